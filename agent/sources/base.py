@@ -1,0 +1,116 @@
+"""The source seam: the only way the agent reads GPUs and the node.
+
+Only modules under ``agent/sources/`` import ``pynvml`` or open ``/proc`` and ``/sys``.
+Everything downstream (attribution, windowing, signing) works on these frozen dataclasses,
+so the NVML source, the simulated source and the test fakes are interchangeable.
+
+Units are in the field names. A reading that could not be taken is ``None``, and the reason
+is in the sample's ``unavailable`` map under the field's name: "0" and "not measured" are
+never the same thing.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Protocol
+
+
+@dataclass(frozen=True)
+class DeviceInfo:
+    """What does not change while the agent runs (re-read after a driver reload)."""
+
+    index: int
+    uuid: str
+    serial: str | None
+    model: str
+    mem_total_bytes: int | None
+    power_limit_mw: int | None
+    unavailable: dict[str, str] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class Attribution:
+    """Who a process belongs to. ``tenant`` is "unattributed" when no rule matched."""
+
+    tenant: str
+    kind: str  # one of attestation.statement.WORKLOAD_KINDS
+    workload: str
+
+
+@dataclass(frozen=True)
+class ProcessSample:
+    """One process seen on one GPU. ``pid`` is the host PID; (pid, start_time) identifies it.
+
+    ``attribution`` is set by sources that already know the tenant (the simulated source);
+    for the NVML source it is None and ``agent.attribution`` resolves it from /proc.
+    """
+
+    pid: int
+    mem_bytes: int | None
+    sm_pct: float | None = None
+    start_time_ticks: int | None = None
+    attribution: Attribution | None = None
+
+
+@dataclass(frozen=True)
+class GpuSample:
+    index: int
+    util_pct: float | None
+    mem_used_bytes: int | None
+    power_mw: int | None
+    energy_mj: int | None
+    procs: tuple[ProcessSample, ...] = ()
+    sm_active_pct: float | None = None
+    tensor_active_pct: float | None = None
+    nvlink_tx_bytes_per_s: float | None = None
+    nvlink_rx_bytes_per_s: float | None = None
+    pcie_tx_bytes_per_s: float | None = None
+    pcie_rx_bytes_per_s: float | None = None
+    unavailable: dict[str, str] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class NodeIoSample:
+    """Node I/O rates beside the GPUs (bytes per second). None: not measured."""
+
+    ib_tx_bytes_per_s: float | None = None
+    ib_rx_bytes_per_s: float | None = None
+    net_tx_bytes_per_s: float | None = None
+    net_rx_bytes_per_s: float | None = None
+    disk_read_bytes_per_s: float | None = None
+    disk_write_bytes_per_s: float | None = None
+
+
+@dataclass(frozen=True)
+class NodeSample:
+    """Everything read from one node at one instant ``t`` (Unix seconds).
+
+    A GPU missing from ``gpus`` was not read at that instant (lost, or the read failed);
+    its reason is in ``unavailable`` under ``gpu[<index>]``.
+    """
+
+    t: float
+    gpus: tuple[GpuSample, ...]
+    node_io: NodeIoSample | None = None
+    unavailable: dict[str, str] = field(default_factory=dict)
+
+
+class SourceError(Exception):
+    """The source cannot start (e.g. no NVIDIA driver). Carries a remedy for a person."""
+
+    def __init__(self, message: str, remedy: str = "") -> None:
+        super().__init__(message)
+        self.remedy = remedy
+
+    def diagnostics(self) -> str:
+        return f"{self}\n{self.remedy}" if self.remedy else str(self)
+
+
+class GpuSource(Protocol):
+    """A node's GPUs. ``devices()`` is called once at start, ``sample()`` every interval."""
+
+    def devices(self) -> tuple[DeviceInfo, ...]: ...
+
+    def sample(self) -> NodeSample: ...
+
+    def close(self) -> None: ...

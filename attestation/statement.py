@@ -1,0 +1,421 @@
+"""The usage-window statement: an in-toto Statement v1 with gpuaudit's predicate.
+
+One statement per node per window says which tenant used which GPU how much. Everything
+signed is an integer with its unit in its name, a string, a list or an object: there are
+no floats. A reading the node could not take is ``null`` and its reason is recorded in the
+``unavailable`` map beside it, so that "0" and "not measured" are never confused.
+
+Schema (predicate type ``https://gpuaudit.dev/usage-window/v1``; docs/formats.md)::
+
+    {"node": {"id", "boot_id", "agent_version"},
+     "window": {"start_ms", "end_ms", "sample_interval_ms"},
+     "chain": {"key_id", "seq", "prev"},          # prev: hex SHA-256 of the previous PAE, null at seq 0
+     "gpus": [GpuWindow...],
+     "node_io": NodeIo | null,
+     "unavailable": {field: reason},             # node-level blind spots
+     "events": [{"kind", "detail"}]}
+
+Readers MUST ignore unknown fields (additions within v1 are additive) and MUST reject a
+known field of the wrong type.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from dataclasses import dataclass, field
+from typing import Any
+
+from attestation.errors import SchemaError
+
+STATEMENT_TYPE = "https://in-toto.io/Statement/v1"
+PREDICATE_TYPE = "https://gpuaudit.dev/usage-window/v1"
+UNATTRIBUTED = "unattributed"
+
+# Kinds of workload a GPU process can belong to.
+WORKLOAD_KINDS = ("k8s_pod", "container", "slurm_job", "user", "lease", "process")
+# How a GPU's use is split between the workloads on it.
+SPLIT_METHODS = ("exclusive", "process_sm", "memory", "equal")
+
+
+@dataclass(frozen=True)
+class Workload:
+    tenant: str
+    kind: str
+    workload: str
+    processes: int
+    mem_max_bytes: int | None
+    share_permille: int
+
+
+@dataclass(frozen=True)
+class Series:
+    """Per-bucket means inside the window, for synchronisation analysis. None: no sample."""
+
+    bucket_ms: int
+    util_permille: tuple[int | None, ...]
+    power_mw: tuple[int | None, ...]
+
+
+@dataclass(frozen=True)
+class Event:
+    kind: str
+    detail: str
+
+
+@dataclass(frozen=True)
+class GpuWindow:
+    index: int
+    uuid: str
+    serial: str | None
+    model: str
+    mem_total_bytes: int | None
+    power_limit_mw: int | None
+    samples: int
+    energy_start_mj: int | None
+    energy_end_mj: int | None
+    power_mean_mw: int | None
+    power_max_mw: int | None
+    util_mean_permille: int | None
+    mem_used_max_bytes: int | None
+    sm_active_mean_permille: int | None = None
+    tensor_active_mean_permille: int | None = None
+    nvlink_tx_bytes: int | None = None
+    nvlink_rx_bytes: int | None = None
+    pcie_tx_bytes: int | None = None
+    pcie_rx_bytes: int | None = None
+    series: Series | None = None
+    split_method: str = "exclusive"
+    workloads: tuple[Workload, ...] = ()
+    unavailable: dict[str, str] = field(default_factory=dict)
+    events: tuple[Event, ...] = ()
+
+
+@dataclass(frozen=True)
+class NodeIo:
+    """Bytes moved during the window (totals, not rates). None: not measured."""
+
+    ib_tx_bytes: int | None = None
+    ib_rx_bytes: int | None = None
+    net_tx_bytes: int | None = None
+    net_rx_bytes: int | None = None
+    disk_read_bytes: int | None = None
+    disk_write_bytes: int | None = None
+
+
+@dataclass(frozen=True)
+class Chain:
+    key_id: str
+    seq: int
+    prev: str | None
+
+
+@dataclass(frozen=True)
+class UsageWindow:
+    """The predicate, as agent, collector and verifier see it."""
+
+    node_id: str
+    boot_id: str
+    agent_version: str
+    start_ms: int
+    end_ms: int
+    sample_interval_ms: int
+    chain: Chain
+    gpus: tuple[GpuWindow, ...]
+    node_io: NodeIo | None = None
+    unavailable: dict[str, str] = field(default_factory=dict)
+    events: tuple[Event, ...] = ()
+
+
+# ---------------------------------------------------------------------------
+# Serialisation
+
+
+def _workload_json(w: Workload) -> dict[str, Any]:
+    return {
+        "tenant": w.tenant,
+        "kind": w.kind,
+        "workload": w.workload,
+        "processes": w.processes,
+        "mem_max_bytes": w.mem_max_bytes,
+        "share_permille": w.share_permille,
+    }
+
+
+def _gpu_json(g: GpuWindow) -> dict[str, Any]:
+    out: dict[str, Any] = {
+        "index": g.index,
+        "uuid": g.uuid,
+        "serial": g.serial,
+        "model": g.model,
+        "mem_total_bytes": g.mem_total_bytes,
+        "power_limit_mw": g.power_limit_mw,
+        "samples": g.samples,
+        "energy_start_mj": g.energy_start_mj,
+        "energy_end_mj": g.energy_end_mj,
+        "power_mean_mw": g.power_mean_mw,
+        "power_max_mw": g.power_max_mw,
+        "util_mean_permille": g.util_mean_permille,
+        "mem_used_max_bytes": g.mem_used_max_bytes,
+        "sm_active_mean_permille": g.sm_active_mean_permille,
+        "tensor_active_mean_permille": g.tensor_active_mean_permille,
+        "nvlink_tx_bytes": g.nvlink_tx_bytes,
+        "nvlink_rx_bytes": g.nvlink_rx_bytes,
+        "pcie_tx_bytes": g.pcie_tx_bytes,
+        "pcie_rx_bytes": g.pcie_rx_bytes,
+        "series": None
+        if g.series is None
+        else {
+            "bucket_ms": g.series.bucket_ms,
+            "util_permille": list(g.series.util_permille),
+            "power_mw": list(g.series.power_mw),
+        },
+        "split_method": g.split_method,
+        "workloads": [_workload_json(w) for w in g.workloads],
+        "unavailable": dict(sorted(g.unavailable.items())),
+        "events": [{"kind": e.kind, "detail": e.detail} for e in g.events],
+    }
+    return out
+
+
+def predicate_json(p: UsageWindow) -> dict[str, Any]:
+    return {
+        "node": {"id": p.node_id, "boot_id": p.boot_id, "agent_version": p.agent_version},
+        "window": {"start_ms": p.start_ms, "end_ms": p.end_ms, "sample_interval_ms": p.sample_interval_ms},
+        "chain": {"key_id": p.chain.key_id, "seq": p.chain.seq, "prev": p.chain.prev},
+        "gpus": [_gpu_json(g) for g in p.gpus],
+        "node_io": None
+        if p.node_io is None
+        else {
+            "ib_tx_bytes": p.node_io.ib_tx_bytes,
+            "ib_rx_bytes": p.node_io.ib_rx_bytes,
+            "net_tx_bytes": p.node_io.net_tx_bytes,
+            "net_rx_bytes": p.node_io.net_rx_bytes,
+            "disk_read_bytes": p.node_io.disk_read_bytes,
+            "disk_write_bytes": p.node_io.disk_write_bytes,
+        },
+        "unavailable": dict(sorted(p.unavailable.items())),
+        "events": [{"kind": e.kind, "detail": e.detail} for e in p.events],
+    }
+
+
+def subject_for(g: GpuWindow) -> dict[str, Any]:
+    """One in-toto subject per GPU: named by serial (or UUID), digest of the UUID."""
+    name = f"nvidia-gpu:{g.serial}" if g.serial else f"nvidia-gpu-uuid:{g.uuid}"
+    return {"name": name, "digest": {"sha256": hashlib.sha256(g.uuid.encode()).hexdigest()}}
+
+
+def statement_bytes(p: UsageWindow) -> bytes:
+    """The in-toto Statement v1 around ``p``, as the bytes that get signed."""
+    subjects = [subject_for(g) for g in p.gpus]
+    if not subjects:
+        # in-toto requires at least one subject; a node with no GPU readable names itself.
+        subjects = [{"name": f"node:{p.node_id}", "digest": {"sha256": hashlib.sha256(p.node_id.encode()).hexdigest()}}]
+    stmt = {
+        "_type": STATEMENT_TYPE,
+        "subject": subjects,
+        "predicateType": PREDICATE_TYPE,
+        "predicate": predicate_json(p),
+    }
+    return json.dumps(stmt, separators=(",", ":"), sort_keys=True).encode("utf-8")
+
+
+# ---------------------------------------------------------------------------
+# Strict parsing
+
+
+class _Obj:
+    """Typed accessors over one JSON object, naming the path in every error."""
+
+    __slots__ = ("d", "path")
+
+    def __init__(self, d: Any, path: str) -> None:
+        if not isinstance(d, dict):
+            raise SchemaError(f"{path}: expected an object, got {type(d).__name__}")
+        self.d = d
+        self.path = path
+
+    def _get(self, key: str, optional: bool) -> Any:
+        if key not in self.d:
+            if optional:
+                return None
+            raise SchemaError(f"{self.path}.{key}: required field missing")
+        return self.d[key]
+
+    def int_(self, key: str, *, nullable: bool = False, optional: bool = False, minimum: int | None = 0) -> Any:
+        v = self._get(key, optional or nullable)
+        if v is None:
+            if nullable or optional:
+                return None
+            raise SchemaError(f"{self.path}.{key}: must not be null")
+        if type(v) is not int:
+            raise SchemaError(f"{self.path}.{key}: expected an integer, got {type(v).__name__} ({v!r})")
+        if minimum is not None and v < minimum:
+            raise SchemaError(f"{self.path}.{key}: {v} is below {minimum}")
+        return v
+
+    def str_(self, key: str, *, nullable: bool = False, optional: bool = False) -> Any:
+        v = self._get(key, optional or nullable)
+        if v is None:
+            if nullable or optional:
+                return None
+            raise SchemaError(f"{self.path}.{key}: must not be null")
+        if not isinstance(v, str):
+            raise SchemaError(f"{self.path}.{key}: expected a string, got {type(v).__name__}")
+        return v
+
+    def list_(self, key: str, *, optional: bool = False) -> list[Any]:
+        v = self._get(key, optional)
+        if v is None and optional:
+            return []
+        if not isinstance(v, list):
+            raise SchemaError(f"{self.path}.{key}: expected a list")
+        return v
+
+    def obj(self, key: str, *, nullable: bool = False, optional: bool = False) -> _Obj | None:
+        v = self._get(key, optional or nullable)
+        if v is None:
+            if nullable or optional:
+                return None
+            raise SchemaError(f"{self.path}.{key}: must not be null")
+        return _Obj(v, f"{self.path}.{key}")
+
+    def reasons(self, key: str) -> dict[str, str]:
+        v = self._get(key, True)
+        if v is None:
+            return {}
+        if not isinstance(v, dict) or not all(isinstance(k, str) and isinstance(r, str) for k, r in v.items()):
+            raise SchemaError(f"{self.path}.{key}: expected an object of field -> reason strings")
+        return dict(v)
+
+
+def _events(o: _Obj) -> tuple[Event, ...]:
+    out = []
+    for i, e in enumerate(o.list_("events", optional=True)):
+        eo = _Obj(e, f"{o.path}.events[{i}]")
+        out.append(Event(kind=eo.str_("kind"), detail=eo.str_("detail")))
+    return tuple(out)
+
+
+def _int_list(v: Any, path: str) -> tuple[int | None, ...]:
+    if not isinstance(v, list):
+        raise SchemaError(f"{path}: expected a list")
+    for x in v:
+        if x is not None and type(x) is not int:
+            raise SchemaError(f"{path}: expected integers or null, got {x!r}")
+    return tuple(v)
+
+
+def _parse_gpu(o: _Obj) -> GpuWindow:
+    workloads = []
+    for i, w in enumerate(o.list_("workloads")):
+        wo = _Obj(w, f"{o.path}.workloads[{i}]")
+        kind = wo.str_("kind")
+        if kind not in WORKLOAD_KINDS:
+            raise SchemaError(f"{wo.path}.kind: unknown workload kind {kind!r}")
+        share = wo.int_("share_permille")
+        if share > 1000:
+            raise SchemaError(f"{wo.path}.share_permille: {share} exceeds 1000")
+        workloads.append(
+            Workload(
+                tenant=wo.str_("tenant"),
+                kind=kind,
+                workload=wo.str_("workload"),
+                processes=wo.int_("processes"),
+                mem_max_bytes=wo.int_("mem_max_bytes", nullable=True),
+                share_permille=share,
+            )
+        )
+    so = o.obj("series", nullable=True, optional=True)
+    series = None
+    if so is not None:
+        series = Series(
+            bucket_ms=so.int_("bucket_ms", minimum=1),
+            util_permille=_int_list(so.d.get("util_permille"), f"{so.path}.util_permille"),
+            power_mw=_int_list(so.d.get("power_mw"), f"{so.path}.power_mw"),
+        )
+    split = o.str_("split_method", optional=True) or "exclusive"
+    if split not in SPLIT_METHODS:
+        raise SchemaError(f"{o.path}.split_method: unknown method {split!r}")
+    return GpuWindow(
+        index=o.int_("index"),
+        uuid=o.str_("uuid"),
+        serial=o.str_("serial", nullable=True),
+        model=o.str_("model"),
+        mem_total_bytes=o.int_("mem_total_bytes", nullable=True),
+        power_limit_mw=o.int_("power_limit_mw", nullable=True),
+        samples=o.int_("samples"),
+        energy_start_mj=o.int_("energy_start_mj", nullable=True),
+        energy_end_mj=o.int_("energy_end_mj", nullable=True),
+        power_mean_mw=o.int_("power_mean_mw", nullable=True),
+        power_max_mw=o.int_("power_max_mw", nullable=True),
+        util_mean_permille=o.int_("util_mean_permille", nullable=True),
+        mem_used_max_bytes=o.int_("mem_used_max_bytes", nullable=True),
+        sm_active_mean_permille=o.int_("sm_active_mean_permille", optional=True),
+        tensor_active_mean_permille=o.int_("tensor_active_mean_permille", optional=True),
+        nvlink_tx_bytes=o.int_("nvlink_tx_bytes", optional=True),
+        nvlink_rx_bytes=o.int_("nvlink_rx_bytes", optional=True),
+        pcie_tx_bytes=o.int_("pcie_tx_bytes", optional=True),
+        pcie_rx_bytes=o.int_("pcie_rx_bytes", optional=True),
+        series=series,
+        split_method=split,
+        workloads=tuple(workloads),
+        unavailable=o.reasons("unavailable"),
+        events=_events(o),
+    )
+
+
+def parse_statement(payload: bytes) -> UsageWindow:
+    """Parse verified payload bytes into a ``UsageWindow``. Raises SchemaError with a path."""
+    try:
+        doc = json.loads(payload)
+    except (UnicodeDecodeError, json.JSONDecodeError, RecursionError) as exc:
+        raise SchemaError(f"payload is not JSON: {exc}") from exc
+    st = _Obj(doc, "$")
+    if st.str_("_type") != STATEMENT_TYPE:
+        raise SchemaError(f"$._type: expected {STATEMENT_TYPE!r}")
+    if st.str_("predicateType") != PREDICATE_TYPE:
+        raise SchemaError(f"$.predicateType: expected {PREDICATE_TYPE!r}", reason="bad_predicate_type")
+    if not st.list_("subject"):
+        raise SchemaError("$.subject: in-toto requires at least one subject")
+    p = st.obj("predicate")
+    assert p is not None
+    node = p.obj("node")
+    win = p.obj("window")
+    chain = p.obj("chain")
+    assert node is not None and win is not None and chain is not None
+    start_ms = win.int_("start_ms")
+    end_ms = win.int_("end_ms")
+    if end_ms <= start_ms:
+        raise SchemaError(f"$.predicate.window: end_ms {end_ms} is not after start_ms {start_ms}")
+    seq = chain.int_("seq")
+    prev = chain.str_("prev", nullable=True)
+    if (seq == 0) != (prev is None):
+        raise SchemaError("$.predicate.chain: prev must be null exactly at seq 0")
+    if prev is not None and (len(prev) != 64 or any(c not in "0123456789abcdef" for c in prev)):
+        raise SchemaError("$.predicate.chain.prev: expected 64 lower-case hex digits")
+    gpus = tuple(_parse_gpu(_Obj(g, f"$.predicate.gpus[{i}]")) for i, g in enumerate(p.list_("gpus")))
+    io = p.obj("node_io", nullable=True, optional=True)
+    node_io = None
+    if io is not None:
+        node_io = NodeIo(
+            ib_tx_bytes=io.int_("ib_tx_bytes", optional=True),
+            ib_rx_bytes=io.int_("ib_rx_bytes", optional=True),
+            net_tx_bytes=io.int_("net_tx_bytes", optional=True),
+            net_rx_bytes=io.int_("net_rx_bytes", optional=True),
+            disk_read_bytes=io.int_("disk_read_bytes", optional=True),
+            disk_write_bytes=io.int_("disk_write_bytes", optional=True),
+        )
+    return UsageWindow(
+        node_id=node.str_("id"),
+        boot_id=node.str_("boot_id"),
+        agent_version=node.str_("agent_version"),
+        start_ms=start_ms,
+        end_ms=end_ms,
+        sample_interval_ms=win.int_("sample_interval_ms"),
+        chain=Chain(key_id=chain.str_("key_id"), seq=seq, prev=prev),
+        gpus=gpus,
+        node_io=node_io,
+        unavailable=p.reasons("unavailable"),
+        events=_events(p),
+    )
