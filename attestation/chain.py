@@ -69,7 +69,12 @@ def check_next(head: ChainHead | None, stmt: UsageWindow, digest: str, key_id: s
     # 5.
     for g in stmt.gpus:
         reset = any(e.kind == ENERGY_RESET_EVENT for e in g.events)
-        if g.energy_start_mj is not None and g.energy_end_mj is not None and g.energy_end_mj < g.energy_start_mj and not reset:
+        if (
+            g.energy_start_mj is not None
+            and g.energy_end_mj is not None
+            and g.energy_end_mj < g.energy_start_mj
+            and not reset
+        ):
             raise ChainError(
                 f"GPU {g.uuid}: energy counter goes back within the window "
                 f"({g.energy_start_mj} -> {g.energy_end_mj} mJ) with no reset recorded",

@@ -53,10 +53,7 @@ class Envelope:
         return {
             "payload": base64.b64encode(self.payload).decode("ascii"),
             "payloadType": self.payload_type,
-            "signatures": [
-                {"keyid": s.keyid, "sig": base64.b64encode(s.sig).decode("ascii")}
-                for s in self.signatures
-            ],
+            "signatures": [{"keyid": s.keyid, "sig": base64.b64encode(s.sig).decode("ascii")} for s in self.signatures],
         }
 
     @classmethod

@@ -40,7 +40,7 @@ class ChainError(VerificationError):
     reason = "chain"
 
 
-class KeyError_(Error):  # noqa: N801 - avoid shadowing the builtin KeyError
+class KeyFileError(Error):
     """A key file is missing, malformed or unsafely readable."""
 
     reason = "bad_key"

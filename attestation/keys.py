@@ -22,7 +22,7 @@ from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec, ed25519
 
-from attestation.errors import KeyError_, VerificationError
+from attestation.errors import KeyFileError, VerificationError
 
 ED25519 = "ed25519"
 ECDSA_P256 = "ecdsa-p256-sha256"
@@ -67,12 +67,12 @@ class PublicKey:
         try:
             key = serialization.load_der_public_key(spki_der)
         except (ValueError, TypeError) as exc:
-            raise KeyError_(f"not a DER SubjectPublicKeyInfo: {exc}") from exc
+            raise KeyFileError(f"not a DER SubjectPublicKeyInfo: {exc}") from exc
         if isinstance(key, ed25519.Ed25519PublicKey):
             return cls(ED25519, spki_der)
         if isinstance(key, ec.EllipticCurvePublicKey) and isinstance(key.curve, ec.SECP256R1):
             return cls(ECDSA_P256, spki_der)
-        raise KeyError_(f"unsupported public key type {type(key).__name__}; use Ed25519 or ECDSA P-256")
+        raise KeyFileError(f"unsupported public key type {type(key).__name__}; use Ed25519 or ECDSA P-256")
 
     def verify(self, signature: bytes, message: bytes) -> None:
         key = serialization.load_der_public_key(self.spki_der)
@@ -127,7 +127,7 @@ def create_key_file(path: Path) -> Ed25519Signer:
     try:
         fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
     except FileExistsError as exc:
-        raise KeyError_(f"{path} already exists; refusing to overwrite a key") from exc
+        raise KeyFileError(f"{path} already exists; refusing to overwrite a key") from exc
     with os.fdopen(fd, "wb") as fh:
         fh.write(signer.private_pem())
         fh.flush()
@@ -139,15 +139,15 @@ def load_key_file(path: Path) -> Ed25519Signer:
     try:
         st = path.stat()
     except FileNotFoundError as exc:
-        raise KeyError_(f"key file {path} does not exist") from exc
+        raise KeyFileError(f"key file {path} does not exist") from exc
     if st.st_mode & (stat.S_IRWXG | stat.S_IRWXO):
-        raise KeyError_(f"key file {path} has mode {stat.S_IMODE(st.st_mode):04o}; group/others must have no access")
+        raise KeyFileError(f"key file {path} has mode {stat.S_IMODE(st.st_mode):04o}; group/others must have no access")
     try:
         key = serialization.load_pem_private_key(path.read_bytes(), password=None)
     except (ValueError, TypeError) as exc:
-        raise KeyError_(f"key file {path} is not a PEM private key: {exc}") from exc
+        raise KeyFileError(f"key file {path} is not a PEM private key: {exc}") from exc
     if not isinstance(key, ed25519.Ed25519PrivateKey):
-        raise KeyError_(f"key file {path} holds {type(key).__name__}; the file: backend uses Ed25519")
+        raise KeyFileError(f"key file {path} holds {type(key).__name__}; the file: backend uses Ed25519")
     return Ed25519Signer(key)
 
 
@@ -160,5 +160,5 @@ def open_signer(uri: str, *, create: bool = False) -> Signer:
             return create_key_file(path)
         return load_key_file(path)
     if parsed.scheme in ("tpm", "pkcs11"):
-        raise KeyError_(f"key backend {parsed.scheme}: is not implemented yet; use file:/path")
-    raise KeyError_(f"unknown key URI {uri!r}; expected file:/path/to/key.pem")
+        raise KeyFileError(f"key backend {parsed.scheme}: is not implemented yet; use file:/path")
+    raise KeyFileError(f"unknown key URI {uri!r}; expected file:/path/to/key.pem")

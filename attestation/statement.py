@@ -46,6 +46,9 @@ class Workload:
     processes: int
     mem_max_bytes: int | None
     share_permille: int
+    # GPU time attributed to this workload in the window (sum over samples of the sample
+    # interval times the workload's fraction of the GPU in that sample).
+    gpu_ms: int = 0
 
 
 @dataclass(frozen=True)
@@ -139,6 +142,7 @@ def _workload_json(w: Workload) -> dict[str, Any]:
         "processes": w.processes,
         "mem_max_bytes": w.mem_max_bytes,
         "share_permille": w.share_permille,
+        "gpu_ms": w.gpu_ms,
     }
 
 
@@ -324,6 +328,7 @@ def _parse_gpu(o: _Obj) -> GpuWindow:
                 processes=wo.int_("processes"),
                 mem_max_bytes=wo.int_("mem_max_bytes", nullable=True),
                 share_permille=share,
+                gpu_ms=wo.int_("gpu_ms"),
             )
         )
     so = o.obj("series", nullable=True, optional=True)

@@ -21,9 +21,8 @@ PACKAGE_DIR = "gpuaudit/v1"
 
 
 def generate(out: Path) -> list[Path]:
-    from grpc_tools import protoc  # dev dependency only
-
     import grpc_tools
+    from grpc_tools import protoc  # dev dependency only
 
     includes = Path(grpc_tools.__file__).parent / "_proto"
     sources = sorted((PROTO_ROOT / PACKAGE_DIR).glob("*.proto"))

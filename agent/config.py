@@ -1,0 +1,142 @@
+"""The agent's configuration: one frozen dataclass built once in ``cli.main()``.
+
+Example (docs/operator-guide.md has the full reference)::
+
+    node_id = "kl1-n0001"
+    collector = "collector.example:7443"
+    key = "file:/var/lib/gpuaudit/agent.key"
+    spool = "/var/lib/gpuaudit/spool.db"
+    join_token_file = "/etc/gpuaudit/join-token"
+
+    [tenants.namespaces]
+    team-a = "t-17"
+    [tenants.slurm_accounts]
+    physics = "t-3"
+    [tenants.uids]
+    1000 = "t-4"
+    [[tenants.lease]]
+    tenant = "t-17"
+    start = 2026-03-01T00:00:00Z
+    end = 2026-04-01T00:00:00Z
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import socket
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from agent.attribution import Lease, TenantRules
+from agent.configfile import ConfigError, load
+
+
+@dataclass(frozen=True)
+class AgentConfig:
+    # This node's name in statements (default: the host name).
+    node_id: str = ""
+    # Collector address host:port.
+    collector: str = "127.0.0.1:7443"
+    # Signing key URI (file:/path; created 0600 on first start).
+    key: str = "file:/var/lib/gpuaudit/agent.key"
+    # Durable spool of signed, unacknowledged statements.
+    spool: Path = Path("/var/lib/gpuaudit/spool.db")
+    # One-time join token for the first start (or a file holding it).
+    join_token: str | None = None
+    join_token_file: Path | None = None
+    # Statement window and sampling.
+    window_s: int = 60
+    bucket_s: int = 10
+    sample_interval_s: float = 1.0
+    # "nvml" (real GPUs) or "sim" (plays sim_trace's node sim_node).
+    source: str = "nvml"
+    sim_trace: Path | None = None
+    sim_node: str | None = None
+    # Host filesystem roots (the agent runs with the host's /proc and /sys).
+    proc_root: Path = Path("/proc")
+    sys_root: Path = Path("/sys")
+    # Plaintext gRPC (mTLS is not implemented yet; must be set explicitly).
+    insecure: bool = False
+    tenant_rules: TenantRules = field(default_factory=TenantRules)
+
+    def resolved_node_id(self) -> str:
+        return self.node_id or socket.gethostname()
+
+
+def _time(v: Any, what: str) -> float | None:
+    if v is None:
+        return None
+    if isinstance(v, dt.datetime):
+        if v.tzinfo is None:
+            raise ConfigError(f"{what}: give a time zone (e.g. 2026-03-01T00:00:00Z)")
+        return v.timestamp()
+    raise ConfigError(f"{what}: expected an RFC 3339 date-time, got {v!r}")
+
+
+def _str_map(v: Any, what: str) -> dict[str, str]:
+    if not isinstance(v, dict) or not all(isinstance(k, str) and isinstance(x, str) for k, x in v.items()):
+        raise ConfigError(f"{what}: expected a table of strings")
+    return dict(v)
+
+
+def parse_tenant_rules(t: Any) -> TenantRules:
+    if not isinstance(t, dict):
+        raise ConfigError("[tenants] must be a table")
+    known = {"namespaces", "slurm_accounts", "uids", "containers", "lease"}
+    for k in t:
+        if k not in known:
+            raise ConfigError(f"tenants: unknown key {k!r} (known: {', '.join(sorted(known))})")
+    uids = {}
+    for k, v in _str_map(t.get("uids", {}), "tenants.uids").items():
+        if not k.isdigit():
+            raise ConfigError(f"tenants.uids: {k!r} is not a uid")
+        uids[int(k)] = v
+    leases = []
+    raw = t.get("lease", [])
+    if not isinstance(raw, list):
+        raise ConfigError("tenants.lease: expected [[tenants.lease]] tables")
+    for i, lease in enumerate(raw):
+        if not isinstance(lease, dict) or not isinstance(lease.get("tenant"), str):
+            raise ConfigError(f'tenants.lease[{i}]: needs tenant = "..."')
+        extra = set(lease) - {"tenant", "start", "end"}
+        if extra:
+            raise ConfigError(f"tenants.lease[{i}]: unknown key(s) {sorted(extra)}")
+        leases.append(
+            Lease(
+                tenant=lease["tenant"],
+                start=_time(lease.get("start"), f"tenants.lease[{i}].start"),
+                end=_time(lease.get("end"), f"tenants.lease[{i}].end"),
+            )
+        )
+    try:
+        return TenantRules(
+            namespaces=_str_map(t.get("namespaces", {}), "tenants.namespaces"),
+            slurm_accounts=_str_map(t.get("slurm_accounts", {}), "tenants.slurm_accounts"),
+            uids=uids,
+            containers=_str_map(t.get("containers", {}), "tenants.containers"),
+            leases=tuple(leases),
+        )
+    except ValueError as exc:
+        raise ConfigError(f"tenants: {exc}") from exc
+
+
+def load_agent_config(
+    path: Path | None, env: Mapping[str, str], overrides: Mapping[str, Any] | None = None
+) -> AgentConfig:
+    cfg, tables = load(AgentConfig, path, env=env, overrides=overrides, tables=("tenants", "tenant_rules"))
+    if "tenant_rules" in tables:
+        raise ConfigError("unknown key 'tenant_rules' (use a [tenants] table)")
+    rules = parse_tenant_rules(tables.get("tenants", {}))
+    if cfg.source not in ("nvml", "sim"):
+        raise ConfigError(f"source: {cfg.source!r} is not one of nvml, sim")
+    if cfg.source == "sim" and cfg.sim_trace is None:
+        raise ConfigError('source = "sim" needs sim_trace = "path/to/trace.jsonl"')
+    if cfg.window_s <= 0 or cfg.bucket_s <= 0 or cfg.window_s % cfg.bucket_s:
+        raise ConfigError("window_s must be a positive multiple of bucket_s")
+    if not 0 < cfg.sample_interval_s <= cfg.bucket_s:
+        raise ConfigError("sample_interval_s must be positive and at most bucket_s")
+    import dataclasses
+
+    return dataclasses.replace(cfg, tenant_rules=rules)

@@ -1,0 +1,149 @@
+"""The live agent: sample, attribute, window, sign, spool, stream."""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+import logging
+import time
+from pathlib import Path
+
+import grpc
+
+from agent import __version__
+from agent.attribution import Attributor, TenantRules
+from agent.config import AgentConfig
+from agent.signing import ChainSigner, WindowOverlapError
+from agent.sources.base import Attribution, GpuSource, NodeSample, ProcessSample
+from agent.spool import Spool
+from agent.stream import NodeStream, enroll
+from agent.window import WindowAggregator
+from attestation.keys import Signer, open_signer
+
+_logger = logging.getLogger(__name__)
+
+
+def read_boot_id(proc_root: Path) -> str:
+    try:
+        return (proc_root / "sys/kernel/random/boot_id").read_text().strip()
+    except OSError:
+        return "unknown"
+
+
+def attribute(sample: NodeSample, attributor: Attributor, rules: TenantRules) -> NodeSample:
+    """Resolve every process's tenant; give busy GPUs with no visible process to an active lease."""
+    lease = rules.lease_at(sample.t)
+    gpus = []
+    for g in sample.gpus:
+        procs = tuple(
+            p
+            if p.attribution is not None
+            else dataclasses.replace(p, attribution=attributor.resolve(p.pid, sample.t, p.start_time_ticks))
+            for p in g.procs
+        )
+        if not procs and lease is not None and g.util_pct:
+            # Bare-metal lease: the tenant's processes may be invisible to the agent (pid 0 = none seen).
+            procs = (
+                ProcessSample(
+                    pid=0, mem_bytes=None, attribution=Attribution(lease.tenant, "lease", f"lease:{lease.tenant}")
+                ),
+            )
+        gpus.append(dataclasses.replace(g, procs=procs))
+    return dataclasses.replace(sample, gpus=tuple(gpus))
+
+
+def make_source(cfg: AgentConfig) -> GpuSource:
+    if cfg.source == "sim":
+        from agent.sources.sim import SimulatedSource
+
+        assert cfg.sim_trace is not None
+        return SimulatedSource(cfg.sim_trace, cfg.sim_node)
+    from agent.sources.nodeio import NodeIo
+    from agent.sources.nvml import NvmlSource
+
+    return NvmlSource(proc_root=cfg.proc_root, node_io=NodeIo(cfg.sys_root))
+
+
+def join_token(cfg: AgentConfig) -> str | None:
+    if cfg.join_token:
+        return cfg.join_token
+    if cfg.join_token_file is not None:
+        return cfg.join_token_file.read_text().strip()
+    return None
+
+
+async def ensure_enrolled(channel: grpc.aio.Channel, cfg: AgentConfig, signer: Signer, spool: Spool) -> None:
+    if spool.get_meta("enrolled_key_id") == signer.key_id:
+        return
+    token = join_token(cfg)
+    if token is None:
+        raise RuntimeError(
+            "this node's key is not enrolled yet: give a one-time join token (join_token_file in the config, "
+            "or GPUAUDIT_JOIN_TOKEN) created with `gpuaudit-collector token create`"
+        )
+    await enroll(channel, cfg.resolved_node_id(), signer, token)
+    spool.set_meta("enrolled_key_id", signer.key_id)
+    _logger.info("enrolled key %s for node %s", signer.key_id, cfg.resolved_node_id())
+
+
+async def run_agent(cfg: AgentConfig, *, stop: asyncio.Event | None = None, source: GpuSource | None = None) -> None:
+    stop = stop or asyncio.Event()
+    signer = open_signer(cfg.key, create=True)
+    cfg.spool.parent.mkdir(parents=True, exist_ok=True)
+    spool = Spool(cfg.spool)
+    source = source or make_source(cfg)
+    node_id = cfg.resolved_node_id()
+    devices = source.devices()
+    _logger.info("agent %s on %s: %d GPU(s), key %s", __version__, node_id, len(devices), signer.key_id)
+    agg = WindowAggregator(
+        node_id,
+        read_boot_id(cfg.proc_root),
+        __version__,
+        devices,
+        window_s=cfg.window_s,
+        bucket_s=cfg.bucket_s,
+        sample_interval_s=cfg.sample_interval_s,
+    )
+    chain = ChainSigner(signer, spool)
+    attributor = Attributor(cfg.proc_root, cfg.tenant_rules)
+    channel = grpc.aio.insecure_channel(cfg.collector)
+    try:
+        await ensure_enrolled(channel, cfg, signer, spool)
+        stream = NodeStream(channel, node_id, signer.key_id, spool)
+        streamer = asyncio.create_task(stream.run(), name="stream")
+        next_t = time.monotonic()
+        while not stop.is_set():
+            sample = await asyncio.to_thread(source.sample)
+            sample = attribute(sample, attributor, cfg.tenant_rules)
+            for w in agg.add(sample):
+                try:
+                    seq, _ = chain.sign(w)
+                except WindowOverlapError as exc:
+                    _logger.error("not signing a window: %s", exc)
+                    continue
+                _logger.debug("signed window %d..%d as seq %d", w.start_ms, w.end_ms, seq)
+                stream.notify()
+            if streamer.done():
+                streamer.result()
+            next_t += cfg.sample_interval_s
+            delay = next_t - time.monotonic()
+            if delay < 0:  # fell behind (suspend, slow NVML): resynchronise instead of bursting
+                next_t = time.monotonic()
+                delay = 0
+            try:
+                await asyncio.wait_for(stop.wait(), timeout=delay)
+            except TimeoutError:
+                pass
+        w = agg.flush()
+        if w is not None:
+            chain.sign(w)
+            stream.notify()
+        stream.close_when_drained()
+        try:
+            await asyncio.wait_for(streamer, timeout=10)
+        except TimeoutError:
+            _logger.warning("%d statement(s) stay in the spool for the next start", spool.count(signer.key_id))
+    finally:
+        source.close()
+        await channel.close()
+        spool.close()

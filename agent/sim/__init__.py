@@ -1,0 +1,1 @@
+"""Simulated sites: scenario generators that write Trace v1 records."""

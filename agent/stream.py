@@ -1,0 +1,193 @@
+"""The agent's side of the gRPC protocol: enrollment and the statement stream.
+
+One ``NodeStream`` per node and key. It keeps the stream open, resends everything the
+spool holds from the collector's ``Resume.next_seq`` on every (re)connect, keeps at most
+``max_in_flight`` envelopes unacknowledged, and deletes an envelope from the spool only
+when its Ack arrives. Connection failures are retried with exponential backoff and jitter.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import random
+from dataclasses import dataclass
+
+import grpc
+
+from agent.spool import Spool
+from attestation.keys import Signer
+from attestation.v1 import collector_pb2 as pb
+from attestation.v1 import collector_pb2_grpc as pb_grpc
+
+_logger = logging.getLogger(__name__)
+
+_RETRYABLE = {
+    grpc.StatusCode.UNAVAILABLE,
+    grpc.StatusCode.DEADLINE_EXCEEDED,
+    grpc.StatusCode.RESOURCE_EXHAUSTED,
+    grpc.StatusCode.ABORTED,
+    grpc.StatusCode.INTERNAL,
+    grpc.StatusCode.UNKNOWN,
+    grpc.StatusCode.CANCELLED,
+}
+
+
+class RejectedError(Exception):
+    """The collector refused a statement; the chain cannot continue past it."""
+
+    def __init__(self, seq: int, reason: str, message: str) -> None:
+        super().__init__(f"collector refused seq {seq}: {reason}: {message}")
+        self.seq = seq
+        self.reason = reason
+
+
+async def enroll(
+    channel: grpc.aio.Channel, node_id: str, signer: Signer, join_token: str, timeout_s: float = 10.0
+) -> str:
+    stub = pb_grpc.CollectorStub(channel)
+    resp = await stub.Enroll(
+        pb.EnrollRequest(
+            node_id=node_id,
+            join_token=join_token,
+            public_key_spki=signer.public_key().spki_der,
+            key_assurance=signer.assurance,
+        ),
+        timeout=timeout_s,
+    )
+    if resp.key_id != signer.key_id:
+        raise RuntimeError(f"collector registered key {resp.key_id}, expected {signer.key_id}")
+    return str(resp.key_id)
+
+
+@dataclass
+class StreamStats:
+    sent: int = 0
+    acked: int = 0
+    duplicates: int = 0
+    reconnects: int = 0
+
+
+class NodeStream:
+    def __init__(
+        self,
+        channel: grpc.aio.Channel,
+        node_id: str,
+        key_id: str,
+        spool: Spool,
+        *,
+        max_in_flight: int = 64,
+        backoff_initial_s: float = 0.5,
+        backoff_max_s: float = 30.0,
+    ) -> None:
+        self._stub = pb_grpc.CollectorStub(channel)
+        self.node_id = node_id
+        self.key_id = key_id
+        self.spool = spool
+        self.max_in_flight = max_in_flight
+        self.backoff_initial_s = backoff_initial_s
+        self.backoff_max_s = backoff_max_s
+        self.stats = StreamStats()
+        self._wake = asyncio.Event()
+        self._closing = False
+        self.rejected: RejectedError | None = None
+
+    def notify(self) -> None:
+        """Call after appending to the spool."""
+        self._wake.set()
+
+    def close_when_drained(self) -> None:
+        """Finish once everything in the spool is acknowledged (replay, shutdown)."""
+        self._closing = True
+        self._wake.set()
+
+    async def run(self) -> None:
+        """Stream until closed and drained; reconnect on retryable failures."""
+        delay = self.backoff_initial_s
+        while True:
+            try:
+                await self._run_once()
+                return
+            except grpc.aio.AioRpcError as exc:
+                if exc.code() not in _RETRYABLE:
+                    raise
+                self.stats.reconnects += 1
+                sleep = random.uniform(0, delay)  # full jitter
+                _logger.warning(
+                    "stream for %s failed (%s: %s); reconnecting in %.1fs",
+                    self.node_id,
+                    exc.code().name,
+                    exc.details(),
+                    sleep,
+                )
+                await asyncio.sleep(sleep)
+                delay = min(delay * 2, self.backoff_max_s)
+
+    async def _run_once(self) -> None:
+        call = self._stub.Stream()
+        await call.write(pb.StreamRequest(hello=pb.Hello(node_id=self.node_id, key_id=self.key_id)))
+        first = await call.read()
+        if first is grpc.aio.EOF or not first.HasField("resume"):
+            raise grpc.aio.AioRpcError(
+                grpc.StatusCode.UNAVAILABLE, grpc.aio.Metadata(), grpc.aio.Metadata(), "no resume"
+            )
+        next_seq = int(first.resume.next_seq)
+        if next_seq > 0:
+            self.spool.ack(self.key_id, next_seq - 1)
+        in_flight: set[int] = set()
+        slots = asyncio.Event()
+
+        async def receive() -> None:
+            while True:
+                resp = await call.read()
+                if resp is grpc.aio.EOF:
+                    return
+                if resp.HasField("ack"):
+                    seq = int(resp.ack.seq)
+                    self.spool.ack(self.key_id, seq)
+                    self.stats.acked += 1
+                    self.stats.duplicates += int(resp.ack.duplicate)
+                    in_flight.discard(seq)
+                    slots.set()
+                    self._wake.set()
+                elif resp.HasField("reject"):
+                    r = resp.reject
+                    self.rejected = RejectedError(int(r.seq), r.reason, r.message)
+                    _logger.error("%s", self.rejected)
+                    self._wake.set()
+                    return
+
+        reader = asyncio.create_task(receive())
+        try:
+            while self.rejected is None:
+                room = self.max_in_flight - len(in_flight)
+                batch = self.spool.pending(self.key_id, next_seq, room) if room > 0 else []
+                for seq, blob in batch:
+                    env = pb.Envelope()
+                    env.ParseFromString(blob)
+                    await call.write(pb.StreamRequest(envelope=env))
+                    in_flight.add(seq)
+                    next_seq = seq + 1
+                    self.stats.sent += 1
+                if self._closing and not in_flight and self.spool.count(self.key_id) == 0:
+                    break
+                if reader.done():
+                    reader.result()  # re-raise a transport error
+                    raise grpc.aio.AioRpcError(
+                        grpc.StatusCode.UNAVAILABLE, grpc.aio.Metadata(), grpc.aio.Metadata(), "stream closed"
+                    )
+                self._wake.clear()
+                slots.clear()
+                if batch and len(in_flight) < self.max_in_flight:
+                    continue
+                waiter = asyncio.create_task(self._wake.wait())
+                await asyncio.wait({waiter, reader}, return_when=asyncio.FIRST_COMPLETED)
+                waiter.cancel()
+            await call.done_writing()
+            await reader
+        finally:
+            if not reader.done():
+                reader.cancel()
+            call.cancel()
+        if self.rejected is not None:
+            raise self.rejected

@@ -1,0 +1,270 @@
+"""gpuaudit-collector: the collector's command line.
+
+Exit codes: 0 ok; 1 findings were listed or raised where that is the point (``detect``
+with ``--fail-on-findings``), or a command failed; 2 usage or configuration error.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import dataclasses
+import json
+import logging
+import os
+import signal
+import sys
+import typing
+from pathlib import Path
+from typing import Any
+
+from agent import __version__
+from agent.configfile import ConfigError
+
+_logger = logging.getLogger(__name__)
+
+
+def _setup_logging(verbose: bool, quiet: bool = False) -> None:
+    level = logging.DEBUG if verbose else logging.ERROR if quiet else logging.INFO
+    logging.basicConfig(level=level, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+
+
+def detect_config_from_table(table: dict[str, Any]) -> Any:
+    """DetectConfig from the config file's ``[detect]`` table (``[detect.opacity]`` nested)."""
+    from collector.detect.config import DetectConfig
+    from collector.detect.opacity import OpacityConfig
+
+    def build(cls: Any, t: dict[str, Any], where: str) -> Any:
+        hints = typing.get_type_hints(cls)
+        fields = {f.name for f in dataclasses.fields(cls)}
+        kwargs: dict[str, Any] = {}
+        for k, v in t.items():
+            if k not in fields:
+                raise ConfigError(f"{where}: unknown key {k!r}")
+            typ = hints[k]
+            if typ is OpacityConfig:
+                if not isinstance(v, dict):
+                    raise ConfigError(f"{where}.{k}: expected a table")
+                kwargs[k] = build(OpacityConfig, v, f"{where}.{k}")
+            elif typ is float and isinstance(v, (int, float)) and not isinstance(v, bool):
+                kwargs[k] = float(v)
+            elif typ is int and isinstance(v, int) and not isinstance(v, bool):
+                kwargs[k] = v
+            elif typing.get_origin(typ) is tuple and isinstance(v, list) and all(isinstance(x, str) for x in v):
+                kwargs[k] = tuple(v)
+            else:
+                raise ConfigError(f"{where}.{k}: expected {typ}, got {v!r}")
+        return cls(**kwargs)
+
+    return build(DetectConfig, table, "detect")
+
+
+def _tenants(path: Path | None) -> Any:
+    from collector.tenants import TenantDirectory
+
+    return TenantDirectory.load(path) if path is not None else TenantDirectory()
+
+
+def _load(ns: argparse.Namespace) -> tuple[Any, Any]:
+    from collector.config import load_collector_config
+
+    overrides = {k: getattr(ns, k, None) for k in ("listen", "db", "metrics_listen", "tenants", "collector_id")}
+    if getattr(ns, "insecure", False):
+        overrides["insecure"] = True
+    cfg, detect_table = load_collector_config(getattr(ns, "config", None), os.environ, overrides)
+    return cfg, detect_config_from_table(detect_table)
+
+
+def _open_store(cfg: Any) -> Any:
+    from collector.store.sqlite import SqliteStore
+
+    return SqliteStore(cfg.db)
+
+
+def _cmd_serve(ns: argparse.Namespace) -> int:
+    from collector.detect.engine import DetectorEngine
+    from collector.server import InsecureRefusedError, start_collector
+
+    cfg, dcfg = _load(ns)
+    store = _open_store(cfg)
+    engine = DetectorEngine(dcfg, _tenants(cfg.tenants))
+
+    async def main() -> None:
+        running = await start_collector(cfg, store, engine)
+        if ns.ready_file:
+            Path(ns.ready_file).write_text(json.dumps({"port": running.port, "metrics_port": running.metrics_port}))
+        print(
+            f"gpuaudit-collector {__version__} listening on port {running.port}"
+            + (f", metrics on http://127.0.0.1:{running.metrics_port}/metrics" if running.metrics_port else ""),
+            flush=True,
+        )
+        loop = asyncio.get_running_loop()
+        stop = asyncio.Event()
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            loop.add_signal_handler(sig, stop.set)
+        waiter = asyncio.create_task(stop.wait())
+        term = asyncio.create_task(running.server.wait_for_termination())
+        await asyncio.wait({waiter, term}, return_when=asyncio.FIRST_COMPLETED)
+        await running.stop()
+
+    try:
+        asyncio.run(main())
+    except InsecureRefusedError as exc:
+        print(f"error: {exc.diagnostics()}", file=sys.stderr)
+        return 2
+    finally:
+        store.close()
+    return 0
+
+
+def _cmd_token(ns: argparse.Namespace) -> int:
+    import time
+
+    cfg, _ = _load(ns)
+    store = _open_store(cfg)
+    try:
+        ttl = ns.ttl_s if ns.ttl_s is not None else cfg.token_ttl_s
+        now = time.time_ns() // 1_000_000
+        tokens = [store.create_token(ttl, now) for _ in range(ns.count)]
+    finally:
+        store.close()
+    out = "\n".join(tokens) + "\n"
+    if ns.out:
+        fd = os.open(ns.out, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        with os.fdopen(fd, "w") as fh:
+            fh.write(out)
+    else:
+        sys.stdout.write(out)
+    return 0
+
+
+def _cmd_findings(ns: argparse.Namespace) -> int:
+    cfg, _ = _load(ns)
+    store = _open_store(cfg)
+    try:
+        records = store.findings()
+    finally:
+        store.close()
+    docs = [json.loads(r.json) for r in records]
+    if ns.json:
+        print(json.dumps(docs, indent=2))
+    else:
+        print(format_findings(docs))
+    return 0
+
+
+def format_findings(docs: list[dict[str, Any]]) -> str:
+    if not docs:
+        return "no findings"
+    lines = []
+    for f in docs:
+        flop = f.get("flop_estimate")
+        flop_s = f"{flop[0]:.2e}..{flop[1]:.2e} FLOP" if flop else "FLOP unavailable"
+        lines.append(
+            f"{f['id']}  {f['severity'].upper():8s} {f['kind']}  tenant {f['tenant']}"
+            + (f" (linked: {', '.join(f['tenants'])})" if len(f.get("tenants", [])) > 1 else "")
+        )
+        lines.append(
+            f"    {f['gpus']} GPUs on {f['nodes']} nodes, started {f['started_at']}, detected {f['detected_at']}, "
+            f"{f['gpu_hours']} GPU-h, {flop_s}, score {f['score']}"
+        )
+        op = f.get("opacity", {})
+        if op.get("reasons"):
+            lines.append(f"    opacity {op.get('score')}: " + "; ".join(op["reasons"]))
+    return "\n".join(lines)
+
+
+def _cmd_detect(ns: argparse.Namespace) -> int:
+    from agent.pipeline import windows_from_trace
+    from agent.trace import TraceError
+    from collector.detect.engine import run_offline
+
+    cfg, dcfg = _load(ns)
+    try:
+        findings = run_offline(windows_from_trace(ns.trace, window_s=ns.window_s), dcfg, _tenants(ns.tenants))
+    except TraceError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    docs = [f.to_json() for f in findings]
+    if ns.json:
+        print(json.dumps(docs, indent=2))
+    else:
+        print(format_findings(docs))
+    return 1 if (ns.fail_on_findings and docs) else 0
+
+
+def _cmd_demo(ns: argparse.Namespace) -> int:
+    from collector.demo import run_demo
+
+    return run_demo(hours=ns.hours, workdir=ns.workdir, keep=ns.keep)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    ap = argparse.ArgumentParser(prog="gpuaudit-collector", description="gpuaudit collector")
+    ap.add_argument("--version", action="version", version=f"gpuaudit-collector {__version__}")
+    ap.add_argument("-v", "--verbose", action="store_true", help="debug logging")
+    ap.add_argument("-q", "--quiet", action="store_true", help="errors only")
+    sub = ap.add_subparsers(dest="cmd", required=True)
+
+    def common(p: argparse.ArgumentParser) -> None:
+        p.add_argument("--config", type=Path, help="collector TOML config (docs/operator-guide.md)")
+        p.add_argument("--db", type=Path, help="SQLite store (overrides the config)")
+
+    sv = sub.add_parser("serve", help="accept, verify and store statements; detect; serve /metrics")
+    common(sv)
+    sv.add_argument("--listen", help="gRPC address HOST:PORT (port 0: any free port)")
+    sv.add_argument("--metrics-listen", help="Prometheus address HOST:PORT ('' disables)")
+    sv.add_argument("--tenants", type=Path, help="tenants v1 TOML file")
+    sv.add_argument("--insecure", action="store_true", help="plaintext gRPC (required until mTLS lands)")
+    sv.add_argument("--ready-file", help="write {port, metrics_port} as JSON here once serving")
+    sv.set_defaults(func=_cmd_serve)
+
+    tk = sub.add_parser("token", help="join tokens for enrolling nodes")
+    tksub = tk.add_subparsers(dest="token_cmd", required=True)
+    tc = tksub.add_parser("create", help="create one-time join tokens (printed once; only their hash is kept)")
+    common(tc)
+    tc.add_argument("--count", type=int, default=1, help="how many tokens (one per node)")
+    tc.add_argument("--ttl-s", type=int, help="seconds until the tokens expire (default from config: 86400)")
+    tc.add_argument("--out", help="write the tokens to this file (mode 0600) instead of stdout")
+    tc.set_defaults(func=_cmd_token)
+
+    fd = sub.add_parser("findings", help="list recorded findings")
+    common(fd)
+    fd.add_argument("--json", action="store_true", help="Findings JSON (an array)")
+    fd.set_defaults(func=_cmd_findings)
+
+    dt_ = sub.add_parser("detect", help="run the detector offline on a trace (no network, no signing)")
+    dt_.add_argument("--config", type=Path, help="collector config (its [detect] table is used)")
+    dt_.add_argument("--trace", type=Path, required=True, help="trace v1 file")
+    dt_.add_argument("--tenants", type=Path, help="tenants v1 TOML file")
+    dt_.add_argument("--json", action="store_true", help="Findings JSON (an array)")
+    dt_.add_argument("--window-s", type=int, default=60, help="statement window (default 60)")
+    dt_.add_argument("--fail-on-findings", action="store_true", help="exit 1 when there are findings")
+    dt_.set_defaults(func=_cmd_detect)
+
+    dm = sub.add_parser("demo", help="the demo site: opaque 2,400-GPU training run among ordinary tenants")
+    dm.add_argument("--hours", type=float, default=3.0, help="hours of event time to replay (default 3)")
+    dm.add_argument("--workdir", type=Path, help="keep the demo's files here (default: a temporary directory)")
+    dm.add_argument("--keep", action="store_true", help="leave the collector running at the end (Ctrl-C stops)")
+    dm.set_defaults(func=_cmd_demo)
+    return ap
+
+
+def main(argv: list[str] | None = None) -> int:
+    ns = build_parser().parse_args(argv)
+    _setup_logging(ns.verbose, ns.quiet)
+    try:
+        return int(ns.func(ns))
+    except ConfigError as exc:
+        print(f"error: configuration: {exc}", file=sys.stderr)
+        return 2
+    except Exception as exc:
+        diag = getattr(exc, "diagnostics", None)
+        if callable(diag):
+            print(f"error: {diag()}", file=sys.stderr)
+            return 1
+        raise
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,48 @@
+"""The collector's configuration: one frozen dataclass built once in ``cli.main()``."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from agent.configfile import ConfigError, load
+
+
+@dataclass(frozen=True)
+class CollectorConfig:
+    # gRPC listen address. Port 0 picks a free port (tests, demo).
+    listen: str = "127.0.0.1:7443"
+    # SQLite database file (created with its schema on first start).
+    db: Path = Path("gpuaudit.db")
+    # Prometheus /metrics listen address; empty disables the endpoint.
+    metrics_listen: str = "127.0.0.1:9478"
+    # Tenants v1 file (TOML); without it every tenant is fully opaque.
+    tenants: Path | None = None
+    # Plaintext gRPC. Transport security (mTLS) is not implemented yet, so this must be
+    # set explicitly: the collector refuses to start in plaintext by accident.
+    insecure: bool = False
+    # Identifies this collector in enrollment responses.
+    collector_id: str = "collector-1"
+    # Largest accepted envelope payload, bytes.
+    max_payload_bytes: int = 1 << 20
+    # Most envelopes verified and committed in one transaction.
+    max_batch: int = 512
+    # Join tokens expire after this many seconds unless told otherwise.
+    token_ttl_s: int = 86400
+
+
+def load_collector_config(
+    path: Path | None, env: Mapping[str, str], overrides: Mapping[str, Any] | None = None
+) -> tuple[CollectorConfig, dict[str, Any]]:
+    """Returns the config and the raw ``[detect]`` table (validated by DetectConfig)."""
+    cfg, tables = load(CollectorConfig, path, env=env, overrides=overrides, tables=("detect",))
+    if cfg.max_batch < 1:
+        raise ConfigError("max_batch: must be at least 1")
+    if cfg.max_payload_bytes < 1024:
+        raise ConfigError("max_payload_bytes: must be at least 1024")
+    detect = tables.get("detect", {})
+    if not isinstance(detect, dict):
+        raise ConfigError("[detect] must be a table")
+    return cfg, detect

@@ -1,0 +1,1 @@
+"""The event-time detector: training-shaped use, FLOP accounting, tenant opacity."""

@@ -1,0 +1,354 @@
+"""Ingest: verify signed usage statements, check their chain, store them atomically.
+
+``Ingestor.ingest_batch`` takes the envelopes a stream received (each with the key id the
+stream's Hello announced) and returns one result per envelope, in order: ``Accepted``
+(stored now, or a duplicate of what was stored before) or ``Refused`` (never stored, with
+a stable reason). Each envelope goes through these steps:
+
+1. its key is enrolled and not revoked ("unknown_key", "revoked_key");
+2. its payload and signature list are within limits ("too_large");
+3. a signature by that key verifies over PAE(payloadType, payload) (DSSE protocol.md;
+   "bad_payload_type", "bad_signature");
+4. the verified bytes parse as a usage-window statement ("bad_schema",
+   "bad_predicate_type"); the statement names the enrolled node ("node_mismatch") and the
+   signing key ("key_mismatch");
+5. a seq below the chain head's is a duplicate if its digest equals the stored one
+   (accepted, stored once) and equivocation otherwise (refused, kept as evidence in the
+   store's conflicts);
+6. otherwise ``attestation.chain.check_next`` against the head, which includes earlier
+   statements of the same batch ("seq_gap", "prev_mismatch", "window_overlap",
+   "energy_decrease", ...);
+7. everything accepted, the new chain heads, conflicts and refusals are written in one
+   transaction; only after it commits are the results returned, so the caller may ack.
+
+A refusal never affects other envelopes and never raises. A store failure raises
+``collector.errors.StoreError`` out of ``ingest_batch`` and nothing of the batch is
+acknowledged: the agent keeps the envelopes and resends them.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+
+from attestation import dsse
+from attestation.chain import ChainHead, advance, check_next
+from attestation.dsse import Envelope
+from attestation.errors import ChainError, SchemaError, VerificationError
+from attestation.keys import PublicKey
+from attestation.statement import UsageWindow, parse_statement
+from collector.errors import StoreConflictError, StoreError
+from collector.store.base import ConflictRecord, KeyRecord, RefusalRecord, StatementRecord, Store
+
+_logger = logging.getLogger(__name__)
+
+# A statement for 8 GPUs with a 60-bucket series is about 25 KB; 1 MiB leaves room for
+# large nodes and is still small enough that a hostile stream cannot exhaust memory.
+DEFAULT_MAX_PAYLOAD_BYTES = 1 << 20
+DEFAULT_MAX_SIGNATURES = 8
+_MAX_MESSAGE_CHARS = 1000
+# Retries of the chain step when another writer stored the same (key, seq) first.
+_CONFLICT_RETRIES = 2
+
+
+@dataclass(frozen=True)
+class Accepted:
+    """The statement is durably stored (``duplicate``: it already was, and was not stored again)."""
+
+    seq: int
+    duplicate: bool
+    window: UsageWindow
+    key_id: str
+    digest: str
+
+    accepted = True
+
+
+@dataclass(frozen=True)
+class Refused:
+    """The statement was refused and will never be stored. ``seq`` is None when it could not
+    be read from verified bytes."""
+
+    seq: int | None
+    reason: str
+    message: str
+    key_id: str
+
+    accepted = False
+
+
+IngestResult = Accepted | Refused
+
+
+@dataclass(frozen=True)
+class _Verified:
+    """An envelope that passed steps 1-4."""
+
+    index: int
+    key: KeyRecord
+    envelope: Envelope
+    window: UsageWindow
+    digest: str
+
+
+def _wall_clock_ms() -> int:
+    return time.time_ns() // 1_000_000
+
+
+def _clean(text: str) -> str:
+    """A message safe to store and to put in a protobuf string: valid UTF-8, bounded."""
+    text = text.encode("utf-8", "backslashreplace").decode("utf-8")
+    return text if len(text) <= _MAX_MESSAGE_CHARS else text[: _MAX_MESSAGE_CHARS - 3] + "..."
+
+
+class Ingestor:
+    """Verifies, chains and stores statement batches (see the module docstring).
+
+    Safe to share between the gRPC server's threads: signature verification runs
+    concurrently, the chain check and the write of a batch are serialised.
+    """
+
+    def __init__(
+        self,
+        store: Store,
+        *,
+        max_payload_bytes: int = DEFAULT_MAX_PAYLOAD_BYTES,
+        max_signatures: int = DEFAULT_MAX_SIGNATURES,
+        clock_ms: Callable[[], int] = _wall_clock_ms,
+    ) -> None:
+        self._store = store
+        self._max_payload_bytes = max_payload_bytes
+        self._max_signatures = max_signatures
+        self._clock_ms = clock_ms
+        self._chain_lock = threading.Lock()
+
+    def ingest_batch(self, items: Sequence[tuple[str, Envelope]]) -> list[IngestResult]:
+        """Verify, chain and store ``items`` (hello key id, envelope); one result per item, in order.
+
+        Returns after the accepted statements are durably stored. Raises StoreError only
+        when the store fails, in which case nothing of the batch may be acknowledged.
+        """
+        now_ms = self._clock_ms()
+        results: list[IngestResult | None] = [None] * len(items)
+        refusals: list[RefusalRecord] = []
+        verified: list[_Verified] = []
+        keys: dict[str, tuple[KeyRecord, PublicKey] | None] = {}
+
+        def refuse(index: int, key_id: str, key: KeyRecord | None, seq: int | None, reason: str, msg: str) -> None:
+            key_id = _clean(key_id)
+            msg = _clean(msg)
+            results[index] = Refused(seq=seq, reason=reason, message=msg, key_id=key_id)
+            refusals.append(
+                RefusalRecord(
+                    at_ms=now_ms,
+                    reason=reason,
+                    message=msg,
+                    node_id=key.node_id if key is not None else None,
+                    key_id=key_id,
+                    seq=seq,
+                )
+            )
+
+        # Steps 1-4 need no chain state and run outside the lock.
+        for index, (key_id, envelope) in enumerate(items):
+            try:
+                outcome = self._verify(index, key_id, envelope, keys)
+            except StoreError:
+                raise
+            except Exception as exc:  # a bug must not turn one bad envelope into a failed batch
+                _logger.exception("unexpected error verifying an envelope for key %r", _clean(str(key_id)))
+                refuse(index, str(key_id), None, None, "internal_error", f"unexpected error: {exc!r}")
+                continue
+            if isinstance(outcome, _Verified):
+                verified.append(outcome)
+            else:
+                key = keys.get(key_id)
+                refuse(index, key_id, key[0] if key else None, outcome[0], outcome[1], outcome[2])
+
+        # Steps 5-7 under the lock, so that two streams of one key cannot both extend it.
+        with self._chain_lock:
+            for attempt in range(_CONFLICT_RETRIES + 1):
+                chain_results, statements, heads, conflicts, chain_refusals = self._chain(verified, now_ms)
+                try:
+                    self._store.save_batch(statements, heads, conflicts, [*refusals, *chain_refusals])
+                except StoreConflictError:
+                    if attempt == _CONFLICT_RETRIES:
+                        raise
+                    _logger.warning("another writer extended a chain of this batch; checking the batch again")
+                    continue
+                break
+        for index, result in chain_results.items():
+            results[index] = result
+        if refusals or chain_refusals:
+            _logger.debug(
+                "batch of %d: %d refused (%s)",
+                len(items),
+                len(refusals) + len(chain_refusals),
+                ", ".join(sorted({r.reason for r in [*refusals, *chain_refusals]})),
+            )
+        out: list[IngestResult] = []
+        for r in results:
+            assert r is not None
+            out.append(r)
+        return out
+
+    def _verify(
+        self,
+        index: int,
+        key_id: str,
+        envelope: Envelope,
+        keys: dict[str, tuple[KeyRecord, PublicKey] | None],
+    ) -> _Verified | tuple[int | None, str, str]:
+        """Steps 1-4. Returns the verified statement or (seq, reason, message)."""
+        # 1.
+        if key_id not in keys:
+            record = self._store.key(key_id) if isinstance(key_id, str) else None
+            keys[key_id] = None if record is None else (record, PublicKey(record.algorithm, record.spki_der))
+        known = keys[key_id]
+        if known is None:
+            return None, "unknown_key", f"key {key_id!r} is not enrolled; enroll the node with a join token"
+        key, public = known
+        if key.revoked_ms is not None:
+            return None, "revoked_key", f"key {key_id} of node {key.node_id!r} was revoked at {key.revoked_ms} ms"
+        # 2.
+        if len(envelope.payload) > self._max_payload_bytes:
+            return None, "too_large", f"payload of {len(envelope.payload)} bytes exceeds {self._max_payload_bytes}"
+        if len(envelope.signatures) > self._max_signatures:
+            return None, "too_large", f"{len(envelope.signatures)} signatures exceed {self._max_signatures}"
+        # 3.
+        try:
+            payload = dsse.verify(envelope, public)
+        except VerificationError as exc:
+            # dsse says "unknown_key" when no signature names the key: for the collector the
+            # key is known (step 1) and the envelope is not signed by it.
+            reason = "bad_signature" if exc.reason == "unknown_key" else exc.reason
+            return None, reason, str(exc)
+        # 4.
+        try:
+            window = parse_statement(payload)
+        except SchemaError as exc:
+            return None, exc.reason, str(exc)
+        except (ValueError, RecursionError) as exc:  # e.g. an integer beyond int_max_str_digits
+            return None, "bad_schema", f"payload is not acceptable JSON: {exc}"
+        seq = window.chain.seq
+        if window.node_id != key.node_id:
+            return seq, "node_mismatch", f"statement names node {window.node_id!r}, key enrolled for {key.node_id!r}"
+        if window.chain.key_id != key_id:
+            return seq, "key_mismatch", f"statement names key {window.chain.key_id!r}, signed by {key_id}"
+        if not _utf8(window.boot_id):
+            return seq, "bad_schema", "$.predicate.node.boot_id: not valid Unicode"
+        return _Verified(index=index, key=key, envelope=envelope, window=window, digest=envelope.digest())
+
+    def _chain(
+        self, verified: Sequence[_Verified], now_ms: int
+    ) -> tuple[
+        dict[int, IngestResult],
+        list[StatementRecord],
+        list[ChainHead],
+        list[ConflictRecord],
+        list[RefusalRecord],
+    ]:
+        """Steps 5-6 over the verified envelopes, from the store's heads as they are now."""
+        results: dict[int, IngestResult] = {}
+        statements: list[StatementRecord] = []
+        conflicts: list[ConflictRecord] = []
+        refusals: list[RefusalRecord] = []
+        heads: dict[str, ChainHead | None] = {}
+        changed: dict[str, ChainHead] = {}
+        batch_digests: dict[tuple[str, int], str] = {}
+
+        def refuse(v: _Verified, reason: str, msg: str) -> None:
+            msg = _clean(msg)
+            results[v.index] = Refused(seq=v.window.chain.seq, reason=reason, message=msg, key_id=v.key.key_id)
+            refusals.append(
+                RefusalRecord(
+                    at_ms=now_ms,
+                    reason=reason,
+                    message=msg,
+                    node_id=v.key.node_id,
+                    key_id=v.key.key_id,
+                    seq=v.window.chain.seq,
+                )
+            )
+
+        for v in verified:
+            key_id = v.key.key_id
+            seq = v.window.chain.seq
+            if key_id not in heads:
+                heads[key_id] = self._store.head(key_id)
+            head = heads[key_id]
+            expected = 0 if head is None else head.seq + 1
+            # 5.
+            if seq < expected:
+                stored = batch_digests.get((key_id, seq)) or self._store.statement_digest(key_id, seq)
+                if stored == v.digest:
+                    results[v.index] = Accepted(
+                        seq=seq, duplicate=True, window=v.window, key_id=key_id, digest=v.digest
+                    )
+                elif stored is None:
+                    refuse(v, "seq_replay", f"seq {seq} is below the chain head {expected - 1} but is not stored")
+                else:
+                    _logger.warning(
+                        "equivocation: key %s of node %s signed two statements with seq %d (%s, %s)",
+                        key_id,
+                        v.key.node_id,
+                        seq,
+                        stored,
+                        v.digest,
+                    )
+                    conflicts.append(
+                        ConflictRecord(
+                            key_id=key_id,
+                            seq=seq,
+                            original_digest=stored,
+                            digest=v.digest,
+                            payload=v.envelope.payload,
+                            payload_type=v.envelope.payload_type,
+                            signatures=v.envelope.signatures,
+                            received_ms=now_ms,
+                        )
+                    )
+                    refuse(
+                        v,
+                        "equivocation",
+                        f"seq {seq} was already stored with digest {stored}; this statement ({v.digest}) "
+                        "is kept as evidence",
+                    )
+                continue
+            # 6.
+            try:
+                check_next(head, v.window, v.digest, key_id)
+            except ChainError as exc:
+                refuse(v, exc.reason, str(exc))
+                continue
+            new_head = advance(head, v.window, v.digest)
+            heads[key_id] = new_head
+            changed[key_id] = new_head
+            batch_digests[(key_id, seq)] = v.digest
+            statements.append(
+                StatementRecord(
+                    key_id=key_id,
+                    seq=seq,
+                    node_id=v.window.node_id,
+                    start_ms=v.window.start_ms,
+                    end_ms=v.window.end_ms,
+                    digest=v.digest,
+                    payload=v.envelope.payload,
+                    payload_type=v.envelope.payload_type,
+                    signatures=v.envelope.signatures,
+                    received_ms=now_ms,
+                )
+            )
+            results[v.index] = Accepted(seq=seq, duplicate=False, window=v.window, key_id=key_id, digest=v.digest)
+        return results, statements, list(changed.values()), conflicts, refusals
+
+
+def _utf8(text: str) -> bool:
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return True

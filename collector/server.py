@@ -1,0 +1,151 @@
+"""Assembles a running collector: store, ingest, detector, metrics, gRPC server."""
+
+from __future__ import annotations
+
+import json
+import logging
+import threading
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import grpc
+from grpc_health.v1 import health, health_pb2, health_pb2_grpc
+from prometheus_client import start_http_server
+
+from agent import __version__
+from attestation.v1 import collector_pb2_grpc as pb_grpc
+from collector.config import CollectorConfig
+from collector.detect.engine import DetectorEngine
+from collector.detect.findings import Finding
+from collector.ingest import Accepted, Ingestor, IngestResult
+from collector.metrics import CollectorMetrics
+from collector.service import CollectorService, IngestBatcher
+from collector.store.base import Store
+
+_logger = logging.getLogger(__name__)
+
+SERVICE_NAME = "gpuaudit.v1.Collector"
+
+
+class InsecureRefusedError(Exception):
+    def diagnostics(self) -> str:
+        return (
+            "The collector serves plaintext gRPC only (mTLS is not implemented yet). Start it with "
+            "--insecure (or insecure = true in the config) on a trusted network or loopback."
+        )
+
+
+class FindingSink:
+    """After each committed batch: metrics per window, detector, findings into the store."""
+
+    def __init__(self, store: Store, engine: DetectorEngine, metrics: CollectorMetrics) -> None:
+        self._store = store
+        self._engine = engine
+        self._metrics = metrics
+        self._lock = threading.Lock()
+        self._known: dict[str, str] = {}  # finding id -> severity
+
+    def __call__(self, results: Sequence[IngestResult]) -> None:
+        with self._lock:
+            for res in results:
+                if isinstance(res, Accepted) and not res.duplicate:
+                    self._metrics.observe_window(res.window)
+                    self.save(self._engine.observe(res.window))
+
+    def finish(self) -> list[Finding]:
+        with self._lock:
+            found = self._engine.finish()
+            self.save(found)
+            return found
+
+    def save(self, findings: Sequence[Finding]) -> None:
+        for f in findings:
+            before = self._known.get(f.id)
+            if before is None:
+                self._metrics.findings_raised.labels(f.kind, f.severity).inc()
+                _logger.warning(
+                    "finding %s: %s by %s, %d GPUs on %d nodes, severity %s",
+                    f.id,
+                    f.kind,
+                    f.tenant,
+                    f.gpus,
+                    f.nodes,
+                    f.severity,
+                )
+            if before != f.severity:
+                if before is not None:
+                    self._metrics.findings_open.labels(f.kind, before).dec()
+                self._metrics.findings_open.labels(f.kind, f.severity).inc()
+            self._known[f.id] = f.severity
+            self._store.save_finding(
+                f.id,
+                f.kind,
+                f.tenant,
+                f.severity,
+                f.started_at_ms,
+                f.detected_at_ms,
+                json.dumps(f.to_json(), sort_keys=True),
+            )
+
+
+@dataclass
+class RunningCollector:
+    server: grpc.aio.Server
+    port: int
+    metrics_port: int | None
+    batcher: IngestBatcher
+    sink: FindingSink
+    metrics: CollectorMetrics
+    _http: Any = None
+
+    async def stop(self, grace_s: float = 2.0) -> None:
+        await self.server.stop(grace_s)
+        await self.batcher.stop()
+        if self._http is not None:
+            self._http.shutdown()
+
+
+async def start_collector(config: CollectorConfig, store: Store, engine: DetectorEngine) -> RunningCollector:
+    if not config.insecure:
+        raise InsecureRefusedError("refusing to serve plaintext gRPC without insecure = true")
+    metrics = CollectorMetrics(__version__)
+    sink = FindingSink(store, engine, metrics)
+    ingestor = Ingestor(store, max_payload_bytes=config.max_payload_bytes)
+    batcher = IngestBatcher(ingestor, sink, metrics, max_batch=config.max_batch)
+    batcher.start()
+    limit = config.max_payload_bytes + 64 * 1024
+    server = grpc.aio.server(
+        options=[
+            ("grpc.max_receive_message_length", limit),
+            ("grpc.max_send_message_length", 4 * 1024 * 1024),
+            ("grpc.keepalive_time_ms", 60_000),
+            ("grpc.http2.min_ping_interval_without_data_ms", 10_000),
+        ]
+    )
+    pb_grpc.add_CollectorServicer_to_server(
+        CollectorService(store, batcher, metrics, collector_id=config.collector_id), server
+    )
+    health_servicer = health.aio.HealthServicer()
+    health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
+    port = server.add_insecure_port(config.listen)
+    if port == 0:
+        raise OSError(f"cannot listen on {config.listen}")
+    await server.start()
+    await health_servicer.set(SERVICE_NAME, health_pb2.HealthCheckResponse.SERVING)
+    await health_servicer.set("", health_pb2.HealthCheckResponse.SERVING)
+    http = None
+    metrics_port = None
+    if config.metrics_listen:
+        host, _, mport = config.metrics_listen.rpartition(":")
+        http, _thread = start_http_server(int(mport), addr=host or "127.0.0.1", registry=metrics.registry)
+        metrics_port = int(http.server_port)
+    _logger.info("collector listening on port %d (metrics on %s)", port, metrics_port)
+    return RunningCollector(server, port, metrics_port, batcher, sink, metrics, http)
+
+
+async def serve_forever(running: RunningCollector) -> None:
+    try:
+        await running.server.wait_for_termination()
+    finally:
+        await running.stop()

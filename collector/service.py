@@ -1,0 +1,200 @@
+"""The collector's gRPC service: a thin dispatcher over ingest, detection and the store.
+
+Streams hand envelopes to one ``IngestBatcher``, which verifies and stores them in batches
+(one transaction for many streams' envelopes), then runs the ``after_commit`` hook
+(metrics, detector) and only then lets each stream send its Ack.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import AsyncIterator, Callable, Sequence
+from dataclasses import dataclass
+
+import grpc
+
+from attestation.dsse import Envelope
+from attestation.errors import Error
+from attestation.v1 import collector_pb2 as pb
+from attestation.v1 import collector_pb2_grpc as pb_grpc
+from attestation.wire import envelope_from_proto
+from collector.ingest import Accepted, Ingestor, IngestResult, Refused
+from collector.metrics import CollectorMetrics
+from collector.store.base import Store
+
+_logger = logging.getLogger(__name__)
+
+# Envelopes a single stream may have waiting for their acks at the collector.
+STREAM_QUEUE = 256
+
+
+@dataclass
+class _Item:
+    key_id: str
+    envelope: Envelope
+    future: asyncio.Future[IngestResult]
+
+
+class IngestBatcher:
+    """Collects envelopes from all streams and ingests them in batches in a worker thread."""
+
+    def __init__(
+        self,
+        ingestor: Ingestor,
+        after_commit: Callable[[Sequence[IngestResult]], None],
+        metrics: CollectorMetrics,
+        *,
+        max_batch: int = 512,
+    ) -> None:
+        self._ingestor = ingestor
+        self._after_commit = after_commit
+        self._metrics = metrics
+        self._max_batch = max_batch
+        self._queue: asyncio.Queue[_Item] = asyncio.Queue()
+        self._task: asyncio.Task[None] | None = None
+
+    def start(self) -> None:
+        self._task = asyncio.create_task(self._run(), name="ingest-batcher")
+
+    async def stop(self) -> None:
+        if self._task is not None:
+            self._task.cancel()
+            try:
+                await self._task
+            except asyncio.CancelledError:
+                pass
+
+    def submit(self, key_id: str, envelope: Envelope) -> asyncio.Future[IngestResult]:
+        fut: asyncio.Future[IngestResult] = asyncio.get_running_loop().create_future()
+        self._queue.put_nowait(_Item(key_id, envelope, fut))
+        return fut
+
+    async def _run(self) -> None:
+        while True:
+            items = [await self._queue.get()]
+            while len(items) < self._max_batch and not self._queue.empty():
+                items.append(self._queue.get_nowait())
+            t0 = time.perf_counter()
+            try:
+                results = await asyncio.to_thread(self._work, items)
+            except Exception as exc:  # a store failure: nothing of the batch is acked
+                _logger.error("storing a batch of %d statements failed: %s", len(items), exc)
+                for it in items:
+                    if not it.future.done():
+                        it.future.set_exception(exc)
+                continue
+            self._metrics.batch_seconds.set(time.perf_counter() - t0)
+            for it, res in zip(items, results, strict=True):
+                if not it.future.done():
+                    it.future.set_result(res)
+
+    def _work(self, items: list[_Item]) -> list[IngestResult]:
+        results = self._ingestor.ingest_batch([(it.key_id, it.envelope) for it in items])
+        for res in results:
+            if isinstance(res, Accepted):
+                if res.duplicate:
+                    self._metrics.duplicates.inc()
+                else:
+                    self._metrics.accepted.inc()
+            else:
+                self._metrics.refused.labels(res.reason).inc()
+        try:
+            self._after_commit(results)
+        except Exception:  # detection must never cost an ack: the data is stored
+            _logger.exception("post-commit processing failed; statements are stored and will be acked")
+        return results
+
+
+class CollectorService(pb_grpc.CollectorServicer):
+    def __init__(
+        self,
+        store: Store,
+        batcher: IngestBatcher,
+        metrics: CollectorMetrics,
+        *,
+        collector_id: str,
+        clock_ms: Callable[[], int] = lambda: time.time_ns() // 1_000_000,
+    ) -> None:
+        self._store = store
+        self._batcher = batcher
+        self._metrics = metrics
+        self._collector_id = collector_id
+        self._clock_ms = clock_ms
+
+    async def Enroll(  # noqa: N802 - gRPC method name
+        self, request: pb.EnrollRequest, context: grpc.aio.ServicerContext
+    ) -> pb.EnrollResponse:
+        try:
+            key_id = await asyncio.to_thread(
+                self._store.enroll,
+                request.node_id,
+                request.join_token,
+                bytes(request.public_key_spki),
+                request.key_assurance or "software",
+                self._clock_ms(),
+            )
+        except Error as exc:
+            self._metrics.enroll_refused.labels(exc.reason).inc()
+            _logger.warning("enrollment of node %r refused: %s", request.node_id, exc)
+            await context.abort(grpc.StatusCode.PERMISSION_DENIED, exc.diagnostics())
+        self._metrics.enrolled.inc()
+        _logger.info("enrolled node %s with key %s", request.node_id, key_id)
+        return pb.EnrollResponse(key_id=key_id, collector_id=self._collector_id)
+
+    async def Stream(  # noqa: N802 - gRPC method name
+        self, request_iterator: AsyncIterator[pb.StreamRequest], context: grpc.aio.ServicerContext
+    ) -> None:
+        try:
+            first = await request_iterator.__anext__()
+        except StopAsyncIteration:
+            return
+        if not first.HasField("hello"):
+            self._metrics.refused.labels("no_hello").inc()
+            await context.abort(grpc.StatusCode.INVALID_ARGUMENT, "the first message on a stream must be Hello")
+        hello = first.hello
+        key = await asyncio.to_thread(self._store.key, hello.key_id)
+        if key is None or key.node_id != hello.node_id:
+            self._metrics.refused.labels("unknown_key").inc()
+            await context.abort(
+                grpc.StatusCode.UNAUTHENTICATED,
+                f"key {hello.key_id!r} is not enrolled for node {hello.node_id!r}; enroll with a join token first",
+            )
+        if key.revoked_ms is not None:
+            self._metrics.refused.labels("revoked_key").inc()
+            await context.abort(grpc.StatusCode.PERMISSION_DENIED, f"key {hello.key_id} was revoked")
+        next_seq = await asyncio.to_thread(self._store.next_seq, hello.key_id)
+        await context.write(pb.StreamResponse(resume=pb.Resume(next_seq=next_seq)))
+
+        pending: asyncio.Queue[asyncio.Future[IngestResult] | None] = asyncio.Queue(maxsize=STREAM_QUEUE)
+
+        async def reply() -> None:
+            while True:
+                fut = await pending.get()
+                if fut is None:
+                    return
+                res = await fut
+                if isinstance(res, Refused):
+                    await context.write(
+                        pb.StreamResponse(
+                            reject=pb.Reject(
+                                seq=res.seq if res.seq is not None else 0, reason=res.reason, message=res.message
+                            )
+                        )
+                    )
+                else:
+                    await context.write(pb.StreamResponse(ack=pb.Ack(seq=res.seq, duplicate=res.duplicate)))
+
+        replier = asyncio.create_task(reply())
+        try:
+            async for req in request_iterator:
+                if not req.HasField("envelope"):
+                    self._metrics.refused.labels("unexpected_message").inc()
+                    await context.abort(grpc.StatusCode.INVALID_ARGUMENT, "only envelopes may follow Hello")
+                await pending.put(self._batcher.submit(hello.key_id, envelope_from_proto(req.envelope)))
+            await pending.put(None)
+            await replier
+        finally:
+            if not replier.done():
+                replier.cancel()

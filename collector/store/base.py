@@ -1,0 +1,230 @@
+"""The collector's store: the interface every backend implements, and its records.
+
+``collector.store.sqlite.SqliteStore`` is the default backend; a PostgreSQL backend will
+implement the same ``Store`` protocol and pass the same tests. Records are frozen
+dataclasses; times are integer milliseconds since the Unix epoch (``*_ms``).
+
+Contract for every backend:
+
+- ``save_batch`` writes everything it is given in one transaction and returns only after
+  the transaction is durable: the caller acknowledges statements after it returns.
+- Join tokens are stored as their SHA-256, never in the clear, and are one-time: marking a
+  token used and enrolling the key happen atomically.
+- ``(key_id, seq)`` is unique among statements. A backend MUST raise
+  ``collector.errors.StoreConflictError`` (and store nothing of the batch) when another
+  writer stored the same ``(key_id, seq)`` first.
+- Errors are ``collector.errors.StoreError`` (or ``EnrollmentError`` from ``enroll``).
+"""
+
+from __future__ import annotations
+
+import base64
+import json
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
+from typing import Protocol
+
+from attestation.chain import ChainHead
+from attestation.dsse import Envelope, Signature
+
+__all__ = [
+    "ChainHead",
+    "ConflictRecord",
+    "FindingRecord",
+    "KeyRecord",
+    "RefusalRecord",
+    "StatementRecord",
+    "Store",
+    "TokenRecord",
+    "signatures_from_json",
+    "signatures_to_json",
+]
+
+
+@dataclass(frozen=True)
+class TokenRecord:
+    """A join token as stored: its SHA-256 only."""
+
+    token_sha256: str
+    created_ms: int
+    expires_ms: int
+    used_ms: int | None
+    used_by_node: str | None
+
+
+@dataclass(frozen=True)
+class KeyRecord:
+    """An enrolled node signing key."""
+
+    key_id: str
+    node_id: str
+    algorithm: str
+    spki_der: bytes
+    assurance: str
+    enrolled_ms: int
+    revoked_ms: int | None
+
+    @property
+    def revoked(self) -> bool:
+        return self.revoked_ms is not None
+
+
+@dataclass(frozen=True)
+class StatementRecord:
+    """An accepted statement: the exact signed envelope plus what is indexed about it."""
+
+    key_id: str
+    seq: int
+    node_id: str
+    start_ms: int
+    end_ms: int
+    digest: str  # hex SHA-256 of the envelope's PAE
+    payload: bytes
+    payload_type: str
+    signatures: tuple[Signature, ...]
+    received_ms: int
+
+    def envelope(self) -> Envelope:
+        """The envelope exactly as it was signed and received."""
+        return Envelope(payload=self.payload, payload_type=self.payload_type, signatures=self.signatures)
+
+
+@dataclass(frozen=True)
+class ConflictRecord:
+    """Evidence of equivocation: a validly signed envelope whose (key, seq) was already used."""
+
+    key_id: str
+    seq: int
+    original_digest: str
+    digest: str
+    payload: bytes
+    payload_type: str
+    signatures: tuple[Signature, ...]
+    received_ms: int
+
+    def envelope(self) -> Envelope:
+        return Envelope(payload=self.payload, payload_type=self.payload_type, signatures=self.signatures)
+
+
+@dataclass(frozen=True)
+class RefusalRecord:
+    """A statement the collector refused. ``key_id``/``node_id``/``seq`` are None when unknown."""
+
+    at_ms: int
+    reason: str
+    message: str
+    node_id: str | None = None
+    key_id: str | None = None
+    seq: int | None = None
+
+
+@dataclass(frozen=True)
+class FindingRecord:
+    """A detector finding; ``json_text`` is the finding's full JSON document."""
+
+    finding_id: str
+    kind: str
+    tenant: str
+    severity: str
+    started_ms: int
+    detected_ms: int
+    json_text: str
+
+
+def signatures_to_json(signatures: Sequence[Signature]) -> str:
+    """DSSE envelope.md's ``signatures`` array (base64 ``sig``), for storage as text."""
+    return json.dumps(
+        [{"keyid": s.keyid, "sig": base64.b64encode(s.sig).decode("ascii")} for s in signatures],
+        separators=(",", ":"),
+    )
+
+
+def signatures_from_json(text: str) -> tuple[Signature, ...]:
+    return tuple(Signature(keyid=str(s["keyid"]), sig=base64.b64decode(s["sig"])) for s in json.loads(text))
+
+
+class Store(Protocol):
+    """What ingest, the gRPC service and the CLIs need from a store."""
+
+    # -- enrollment -------------------------------------------------------
+    def create_token(self, ttl_s: int, now_ms: int) -> str:
+        """Create a one-time join token valid for ``ttl_s`` seconds; return the secret (shown once)."""
+        ...
+
+    def tokens(self) -> list[TokenRecord]: ...
+
+    def enroll(self, node_id: str, token: str, spki_der: bytes, assurance: str, now_ms: int) -> str:
+        """Consume ``token`` and enroll the key; return its key id. Raises EnrollmentError."""
+        ...
+
+    def revoke_key(self, key_id: str, now_ms: int) -> bool:
+        """Revoke a key; False if it is unknown or already revoked."""
+        ...
+
+    def key(self, key_id: str) -> KeyRecord | None: ...
+
+    def keys(self) -> list[KeyRecord]: ...
+
+    # -- chains and statements -------------------------------------------
+    def head(self, key_id: str) -> ChainHead | None: ...
+
+    def next_seq(self, key_id: str) -> int:
+        """The seq the key's next statement must carry (0 before its first)."""
+        ...
+
+    def statement_digest(self, key_id: str, seq: int) -> str | None: ...
+
+    def save_batch(
+        self,
+        statements: Sequence[StatementRecord],
+        heads: Sequence[ChainHead],
+        conflicts: Sequence[ConflictRecord] = (),
+        refusals: Sequence[RefusalRecord] = (),
+    ) -> None:
+        """Write all of it in one durable transaction, or nothing."""
+        ...
+
+    def statement_count(self) -> int: ...
+
+    def iter_statements(
+        self,
+        key_id: str | None = None,
+        *,
+        from_seq: int = 0,
+        window_from_ms: int | None = None,
+        window_to_ms: int | None = None,
+    ) -> Iterator[StatementRecord]:
+        """Statements ordered by (key_id, seq); optionally one key's, and only windows
+        overlapping [window_from_ms, window_to_ms)."""
+        ...
+
+    def conflicts(self, key_id: str | None = None) -> list[ConflictRecord]: ...
+
+    # -- refusals ---------------------------------------------------------
+    def record_refusal(self, refusal: RefusalRecord) -> None: ...
+
+    def refusal_counts(self) -> dict[str, int]:
+        """Refusals ever recorded, per reason (exact, even when old rows were pruned)."""
+        ...
+
+    def refusals(self, limit: int = 100) -> list[RefusalRecord]:
+        """The most recent refusals, newest first."""
+        ...
+
+    # -- findings ---------------------------------------------------------
+    def save_finding(
+        self,
+        finding_id: str,
+        kind: str,
+        tenant: str,
+        severity: str,
+        started_ms: int,
+        detected_ms: int,
+        json_text: str,
+    ) -> None:
+        """Insert or update a finding by id; the earliest ``detected_ms`` is kept."""
+        ...
+
+    def findings(self, tenant: str | None = None) -> list[FindingRecord]: ...
+
+    def close(self) -> None: ...
