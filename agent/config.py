@@ -103,13 +103,12 @@ def parse_tenant_rules(t: Any) -> TenantRules:
         extra = set(lease) - {"tenant", "start", "end"}
         if extra:
             raise ConfigError(f"tenants.lease[{i}]: unknown key(s) {sorted(extra)}")
-        leases.append(
-            Lease(
-                tenant=lease["tenant"],
-                start=_time(lease.get("start"), f"tenants.lease[{i}].start"),
-                end=_time(lease.get("end"), f"tenants.lease[{i}].end"),
-            )
-        )
+        start = _time(lease.get("start"), f"tenants.lease[{i}].start")
+        end = _time(lease.get("end"), f"tenants.lease[{i}].end")
+        try:
+            leases.append(Lease(tenant=lease["tenant"], start=start, end=end))
+        except ValueError as exc:
+            raise ConfigError(f"tenants.lease[{i}]: {exc}") from exc
     try:
         return TenantRules(
             namespaces=_str_map(t.get("namespaces", {}), "tenants.namespaces"),

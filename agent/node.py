@@ -134,9 +134,9 @@ async def run_agent(cfg: AgentConfig, *, stop: asyncio.Event | None = None, sour
                 await asyncio.wait_for(stop.wait(), timeout=delay)
             except TimeoutError:
                 pass
-        w = agg.flush()
-        if w is not None:
-            chain.sign(w)
+        last = agg.flush()
+        if last is not None:
+            chain.sign(last)
             stream.notify()
         stream.close_when_drained()
         try:

@@ -45,7 +45,7 @@ class RejectedError(Exception):
 async def enroll(
     channel: grpc.aio.Channel, node_id: str, signer: Signer, join_token: str, timeout_s: float = 10.0
 ) -> str:
-    stub = pb_grpc.CollectorStub(channel)
+    stub = pb_grpc.CollectorStub(channel)  # type: ignore[no-untyped-call]
     resp = await stub.Enroll(
         pb.EnrollRequest(
             node_id=node_id,
@@ -80,7 +80,7 @@ class NodeStream:
         backoff_initial_s: float = 0.5,
         backoff_max_s: float = 30.0,
     ) -> None:
-        self._stub = pb_grpc.CollectorStub(channel)
+        self._stub = pb_grpc.CollectorStub(channel)  # type: ignore[no-untyped-call]
         self.node_id = node_id
         self.key_id = key_id
         self.spool = spool

@@ -83,6 +83,23 @@ def _int(v: Any, what: str, *, allow_none: bool = True) -> int | None:
     return int(v)
 
 
+def _gnum(v: Any, i: int, name: str) -> float | None:
+    """Fast path of ``_num`` for per-GPU fields: the error path is formatted only on error."""
+    if v is None:
+        return None
+    if (type(v) is float or type(v) is int) and 0 <= v < math.inf:
+        return float(v)
+    return _num(v, f"gpus[{i}].{name}")
+
+
+def _gint(v: Any, i: int, name: str) -> int | None:
+    if v is None:
+        return None
+    if type(v) is int and v >= 0:
+        return v
+    return _int(v, f"gpus[{i}].{name}")
+
+
 def _str(v: Any, what: str) -> str:
     if not isinstance(v, str) or not v:
         raise ValueError(f"{what}: expected a non-empty string, got {v!r}")
@@ -130,20 +147,25 @@ def _parse_node(obj: dict[str, Any]) -> NodeRecord:
     return NodeRecord(node=node, devices=tuple(devices))
 
 
-def _parse_proc(p: Any, what: str) -> ProcessSample:
+def _parse_proc(p: Any, i: int, j: int) -> ProcessSample:
+    what = f"gpus[{i}].procs[{j}]"  # cheap next to the rest; keeps every error precise
     if not isinstance(p, dict):
         raise ValueError(f"{what}: expected an object")
-    pid = _int(p.get("pid"), f"{what}.pid", allow_none=False)
-    assert pid is not None
+    pid = p.get("pid")
+    if type(pid) is not int or pid < 0:
+        pid = _int(pid, f"{what}.pid", allow_none=False)
+        assert pid is not None
     kind = p.get("kind", "process")
     if kind not in _PROC_KINDS:
         raise ValueError(f"{what}.kind: unknown kind {kind!r}")
     tenant = p.get("tenant")
     workload = p.get("workload")
+    mem = p.get("mem_bytes")
+    sm = p.get("sm_pct")
     return ProcessSample(
         pid=pid,
-        mem_bytes=_int(p.get("mem_bytes"), f"{what}.mem_bytes"),
-        sm_pct=_num(p.get("sm_pct"), f"{what}.sm_pct"),
+        mem_bytes=mem if type(mem) is int and mem >= 0 else _int(mem, f"{what}.mem_bytes"),
+        sm_pct=None if sm is None else _num(sm, f"{what}.sm_pct"),
         attribution=Attribution(
             tenant=_str(tenant, f"{what}.tenant") if tenant is not None else "unattributed",
             kind=kind,
@@ -160,30 +182,43 @@ def _parse_sample(obj: dict[str, Any]) -> SampleRecord:
     if not isinstance(gpus, list):
         raise ValueError("gpus: expected a list")
     out = []
+    seen: set[int] = set()
     for i, g in enumerate(gpus):
-        w = f"gpus[{i}]"
         if not isinstance(g, dict):
-            raise ValueError(f"{w}: expected an object")
-        index = _int(g.get("index"), f"{w}.index", allow_none=False)
-        assert index is not None
+            raise ValueError(f"gpus[{i}]: expected an object")
+        index = g.get("index")
+        if type(index) is not int or index < 0:
+            index = _int(index, f"gpus[{i}].index", allow_none=False)
+            assert index is not None
+        if index in seen:
+            raise ValueError(f"gpus[{i}].index: duplicate index {index}")
+        seen.add(index)
         unavailable: dict[str, str] = {}
-        util = _num(g.get("util_pct"), f"{w}.util_pct")
-        if util is not None and util > 100:
-            raise ValueError(f"{w}.util_pct: {util} exceeds 100")
-        mem = _int(g.get("mem_used_bytes"), f"{w}.mem_used_bytes")
-        power_w = _num(g.get("power_w"), f"{w}.power_w")
-        energy = _int(g.get("energy_mj"), f"{w}.energy_mj")
-        for name, v in (("util_pct", util), ("mem_used_bytes", mem), ("power_mw", power_w), ("energy_mj", energy)):
-            if v is None:
-                unavailable[name] = ABSENT
-        extra = {k: _num(g.get(k), f"{w}.{k}") for k in _OPTIONAL_GPU_FLOATS}
-        for k, v in extra.items():
+        util = _gnum(g.get("util_pct"), i, "util_pct")
+        if util is None:
+            unavailable["util_pct"] = ABSENT
+        elif util > 100:
+            raise ValueError(f"gpus[{i}].util_pct: {util} exceeds 100")
+        mem = _gint(g.get("mem_used_bytes"), i, "mem_used_bytes")
+        if mem is None:
+            unavailable["mem_used_bytes"] = ABSENT
+        power_w = _gnum(g.get("power_w"), i, "power_w")
+        if power_w is None:
+            unavailable["power_mw"] = ABSENT
+        energy = _gint(g.get("energy_mj"), i, "energy_mj")
+        if energy is None:
+            unavailable["energy_mj"] = ABSENT
+        extra: dict[str, float | None] = {}
+        for k in _OPTIONAL_GPU_FLOATS:
+            v = g.get(k)
             if v is None:
                 unavailable[k] = ABSENT
-        procs_raw = g.get("procs", [])
-        if not isinstance(procs_raw, list):
-            raise ValueError(f"{w}.procs: expected a list")
-        procs = tuple(_parse_proc(p, f"{w}.procs[{j}]") for j, p in enumerate(procs_raw))
+            else:
+                extra[k] = _gnum(v, i, k)
+        procs_raw = g.get("procs", ())
+        if not isinstance(procs_raw, (list, tuple)):
+            raise ValueError(f"gpus[{i}].procs: expected a list")
+        procs = tuple(_parse_proc(p, i, j) for j, p in enumerate(procs_raw)) if procs_raw else ()
         out.append(
             GpuSample(
                 index=index,
@@ -193,7 +228,7 @@ def _parse_sample(obj: dict[str, Any]) -> SampleRecord:
                 energy_mj=energy,
                 procs=procs,
                 unavailable=unavailable,
-                **extra,  # type: ignore[arg-type]
+                **extra,
             )
         )
     node_io = None
@@ -216,16 +251,21 @@ def parse_lines(lines: Iterable[str], name: str = "<trace>") -> Iterator[TraceRe
     last_t: dict[str, float] = {}
     lineno = 0
     for lineno, line in enumerate(lines, start=1):
-        if not line.strip():
+        if lineno > 1 and not line.strip():
             continue
         try:
             obj = json.loads(line)
         except json.JSONDecodeError as exc:
+            if lineno == 1:
+                raise TraceError(f"{name}:1: not a {FORMAT} version {VERSION} header: {line.strip()[:80]}") from exc
             raise TraceError(f"{name}:{lineno}: not JSON: {exc.msg}") from exc
         if not isinstance(obj, dict):
+            if lineno == 1:
+                raise TraceError(f"{name}:1: not a {FORMAT} version {VERSION} header: {line.strip()[:80]}")
             raise TraceError(f"{name}:{lineno}: expected a JSON object")
         if lineno == 1:
-            if obj.get("format") != FORMAT or obj.get("version") != VERSION:
+            version = obj.get("version")
+            if obj.get("format") != FORMAT or type(version) is not int or version != VERSION:
                 raise TraceError(f"{name}:1: not a {FORMAT} version {VERSION} header: {line.strip()[:80]}")
             continue
         kind = obj.get("type")

@@ -205,8 +205,10 @@ class WindowAggregator:
 
     def _add_gpu(self, acc: _GpuAcc, g: GpuSample, bucket: int) -> None:
         acc.samples += 1
-        for k, v in g.unavailable.items():
-            acc.reasons.setdefault(k, v)
+        if g.unavailable:
+            for k, v in g.unavailable.items():
+                if k not in acc.reasons:
+                    acc.reasons[k] = v
         if g.util_pct is not None:
             acc.util.add(g.util_pct)
             acc.b_util[bucket] += g.util_pct
@@ -219,12 +221,16 @@ class WindowAggregator:
                 acc.power_max = g.power_mw
         if g.mem_used_bytes is not None and (acc.mem_max is None or g.mem_used_bytes > acc.mem_max):
             acc.mem_max = g.mem_used_bytes
-        acc.sm.add(g.sm_active_pct)
-        acc.tensor.add(g.tensor_active_pct)
-        acc.nvlink_tx.add(g.nvlink_tx_bytes_per_s)
-        acc.nvlink_rx.add(g.nvlink_rx_bytes_per_s)
-        acc.pcie_tx.add(g.pcie_tx_bytes_per_s)
-        acc.pcie_rx.add(g.pcie_rx_bytes_per_s)
+        if g.sm_active_pct is not None:
+            acc.sm.add(g.sm_active_pct)
+        if g.tensor_active_pct is not None:
+            acc.tensor.add(g.tensor_active_pct)
+        if g.nvlink_tx_bytes_per_s is not None or g.nvlink_rx_bytes_per_s is not None:
+            acc.nvlink_tx.add(g.nvlink_tx_bytes_per_s)
+            acc.nvlink_rx.add(g.nvlink_rx_bytes_per_s)
+        if g.pcie_tx_bytes_per_s is not None or g.pcie_rx_bytes_per_s is not None:
+            acc.pcie_tx.add(g.pcie_tx_bytes_per_s)
+            acc.pcie_rx.add(g.pcie_rx_bytes_per_s)
         if g.energy_mj is not None:
             if acc.energy_last is not None and g.energy_mj < acc.energy_last:
                 acc.events.append(Event(ENERGY_RESET_EVENT, f"counter went from {acc.energy_last} to {g.energy_mj} mJ"))
@@ -237,6 +243,7 @@ class WindowAggregator:
             return
         # Per-workload use in this sample.
         per: dict[tuple[str, str, str], list[float]] = {}
+        mem_seen: set[tuple[str, str, str]] = set()  # workloads with a process whose memory was read
         for p in g.procs:
             a = p.attribution or Attribution(UNATTRIBUTED, "process", f"pid:{p.pid}")
             key = (a.tenant, a.kind, a.workload)
@@ -249,6 +256,7 @@ class WindowAggregator:
                 acc.all_mem = False
             else:
                 s[1] += p.mem_bytes
+                mem_seen.add(key)
             if p.sm_pct is None:
                 acc.all_sm = False
             else:
@@ -261,7 +269,7 @@ class WindowAggregator:
             w.sm_weight += sm / sm_total if sm_total > 0 else equal
             w.mem_weight += mem / mem_total if mem_total > 0 else equal
             w.equal_weight += equal
-            if w.mem_max_bytes is None or mem > w.mem_max_bytes:
+            if key in mem_seen and (w.mem_max_bytes is None or mem > w.mem_max_bytes):
                 w.mem_max_bytes = int(mem)
 
     # -- output -------------------------------------------------------------
@@ -377,7 +385,7 @@ class WindowAggregator:
             workloads=workloads,
             unavailable=reasons,
             events=tuple(acc.events),
-            **values,  # type: ignore[arg-type]
+            **values,
         )
 
     def _workloads(self, acc: _GpuAcc) -> tuple[tuple[Workload, ...], str]:

@@ -29,6 +29,13 @@ def pae(payload_type: str, payload: bytes) -> bytes:
     return b"DSSEv1 %d %b %d %b" % (len(t), t, len(payload), payload)
 
 
+def _b64decode(value: Any) -> bytes:
+    """Standard or URL-safe base64: DSSE protocol.md says verifiers MUST accept either."""
+    if not isinstance(value, str):
+        raise TypeError(f"expected a base64 string, got {type(value).__name__}")
+    return base64.b64decode(value, altchars=b"-_" if ("-" in value or "_" in value) else None, validate=True)
+
+
 @dataclass(frozen=True)
 class Signature:
     keyid: str
@@ -61,17 +68,22 @@ class Envelope:
         if not isinstance(obj, dict):
             raise SchemaError("envelope must be a JSON object", reason="malformed_envelope")
         try:
-            payload = base64.b64decode(obj["payload"], validate=True)
+            payload = _b64decode(obj["payload"])
             ptype = obj["payloadType"]
-            sigs = tuple(
-                Signature(keyid=str(s.get("keyid", "")), sig=base64.b64decode(s["sig"], validate=True))
-                for s in obj["signatures"]
-            )
+            raw_sigs = obj["signatures"]
+            if not isinstance(raw_sigs, list):
+                raise TypeError(f"signatures must be a list, got {type(raw_sigs).__name__}")
+            sigs = []
+            for s in raw_sigs:
+                keyid = s.get("keyid", "")
+                if not isinstance(keyid, str):
+                    raise TypeError(f"keyid must be a string, got {type(keyid).__name__}")
+                sigs.append(Signature(keyid=keyid, sig=_b64decode(s["sig"])))
         except (KeyError, TypeError, AttributeError, binascii.Error, ValueError) as exc:
             raise SchemaError(f"malformed DSSE envelope: {exc!r}", reason="malformed_envelope") from exc
         if not isinstance(ptype, str):
             raise SchemaError("payloadType must be a string", reason="malformed_envelope")
-        return cls(payload=payload, payload_type=ptype, signatures=sigs)
+        return cls(payload=payload, payload_type=ptype, signatures=tuple(sigs))
 
     def to_json_bytes(self) -> bytes:
         return json.dumps(self.to_json(), separators=(",", ":")).encode()

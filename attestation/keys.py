@@ -143,7 +143,11 @@ def load_key_file(path: Path) -> Ed25519Signer:
     if st.st_mode & (stat.S_IRWXG | stat.S_IRWXO):
         raise KeyFileError(f"key file {path} has mode {stat.S_IMODE(st.st_mode):04o}; group/others must have no access")
     try:
-        key = serialization.load_pem_private_key(path.read_bytes(), password=None)
+        data = path.read_bytes()
+    except OSError as exc:
+        raise KeyFileError(f"key file {path} cannot be read: {exc.strerror or exc}") from exc
+    try:
+        key = serialization.load_pem_private_key(data, password=None)
     except (ValueError, TypeError) as exc:
         raise KeyFileError(f"key file {path} is not a PEM private key: {exc}") from exc
     if not isinstance(key, ed25519.Ed25519PrivateKey):
@@ -155,7 +159,10 @@ def open_signer(uri: str, *, create: bool = False) -> Signer:
     """Open the signer named by ``uri``. ``file:`` is implemented; others are refused clearly."""
     parsed = urlparse(uri)
     if parsed.scheme == "file":
-        path = Path(parsed.path if parsed.netloc == "" else parsed.netloc + parsed.path)
+        raw = parsed.path if parsed.netloc == "" else parsed.netloc + parsed.path
+        if not raw:
+            raise KeyFileError(f"key URI {uri!r} names no file; expected file:/path/to/key.pem")
+        path = Path(raw)
         if create and not path.exists():
             return create_key_file(path)
         return load_key_file(path)

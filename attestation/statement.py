@@ -221,7 +221,7 @@ def statement_bytes(p: UsageWindow) -> bytes:
         "predicateType": PREDICATE_TYPE,
         "predicate": predicate_json(p),
     }
-    return json.dumps(stmt, separators=(",", ":"), sort_keys=True).encode("utf-8")
+    return json.dumps(stmt, separators=(",", ":")).encode("utf-8")
 
 
 # ---------------------------------------------------------------------------
@@ -301,72 +301,130 @@ def _events(o: _Obj) -> tuple[Event, ...]:
     return tuple(out)
 
 
-def _int_list(v: Any, path: str) -> tuple[int | None, ...]:
+def _int_list(v: Any, path: str, maximum: int | None = None) -> tuple[int | None, ...]:
     if not isinstance(v, list):
         raise SchemaError(f"{path}: expected a list")
     for x in v:
-        if x is not None and type(x) is not int:
-            raise SchemaError(f"{path}: expected integers or null, got {x!r}")
+        if x is not None and (type(x) is not int or x < 0 or (maximum is not None and x > maximum)):
+            raise SchemaError(f"{path}: expected integers in 0..{maximum or 'inf'} or null, got {x!r}")
     return tuple(v)
 
 
+# GpuWindow integer fields: (name, nullable, optional). Checked in one loop: this is the
+# hot path of ingest (one call per GPU per statement).
+_GPU_INTS: tuple[tuple[str, bool, bool], ...] = (
+    ("index", False, False),
+    ("mem_total_bytes", True, False),
+    ("power_limit_mw", True, False),
+    ("samples", False, False),
+    ("energy_start_mj", True, False),
+    ("energy_end_mj", True, False),
+    ("power_mean_mw", True, False),
+    ("power_max_mw", True, False),
+    ("util_mean_permille", True, False),
+    ("mem_used_max_bytes", True, False),
+    ("sm_active_mean_permille", True, True),
+    ("tensor_active_mean_permille", True, True),
+    ("nvlink_tx_bytes", True, True),
+    ("nvlink_rx_bytes", True, True),
+    ("pcie_tx_bytes", True, True),
+    ("pcie_rx_bytes", True, True),
+)
+_WORKLOAD_INTS: tuple[tuple[str, bool, bool], ...] = (
+    ("processes", False, False),
+    ("mem_max_bytes", True, False),
+    ("share_permille", False, False),
+    ("gpu_ms", False, False),
+)
+
+
+def _ints(d: dict[str, Any], spec: tuple[tuple[str, bool, bool], ...], path: str) -> dict[str, int | None]:
+    out: dict[str, int | None] = {}
+    for name, nullable, optional in spec:
+        v = d.get(name)
+        if type(v) is int and v >= 0:
+            if v > 1000 and name.endswith("_permille"):
+                raise SchemaError(f"{path}.{name}: {v} exceeds 1000")
+            out[name] = v
+        elif v is None:
+            if name not in d and not optional:
+                raise SchemaError(f"{path}.{name}: required field missing")
+            if not nullable and name in d:
+                raise SchemaError(f"{path}.{name}: must not be null")
+            if not nullable and not optional:
+                raise SchemaError(f"{path}.{name}: required field missing")
+            out[name] = None
+        elif type(v) is int:
+            raise SchemaError(f"{path}.{name}: {v} is below 0")
+        else:
+            raise SchemaError(f"{path}.{name}: expected an integer, got {type(v).__name__} ({v!r})")
+    return out
+
+
+def _parse_workload(w: Any, path: str) -> Workload:
+    if not isinstance(w, dict):
+        raise SchemaError(f"{path}: expected an object, got {type(w).__name__}")
+    ints = _ints(w, _WORKLOAD_INTS, path)
+    kind = w.get("kind")
+    if kind not in WORKLOAD_KINDS:
+        raise SchemaError(f"{path}.kind: unknown workload kind {kind!r}")
+    tenant, workload = w.get("tenant"), w.get("workload")
+    for name, v in (("tenant", tenant), ("workload", workload)):
+        if not isinstance(v, str):
+            raise SchemaError(f"{path}.{name}: expected a string, got {type(v).__name__}")
+    share = ints["share_permille"]
+    assert share is not None
+    if share > 1000:
+        raise SchemaError(f"{path}.share_permille: {share} exceeds 1000")
+    return Workload(
+        tenant=tenant,
+        kind=kind,
+        workload=workload,
+        processes=ints["processes"],  # type: ignore[arg-type]
+        mem_max_bytes=ints["mem_max_bytes"],
+        share_permille=share,
+        gpu_ms=ints["gpu_ms"],  # type: ignore[arg-type]
+    )
+
+
 def _parse_gpu(o: _Obj) -> GpuWindow:
-    workloads = []
-    for i, w in enumerate(o.list_("workloads")):
-        wo = _Obj(w, f"{o.path}.workloads[{i}]")
-        kind = wo.str_("kind")
-        if kind not in WORKLOAD_KINDS:
-            raise SchemaError(f"{wo.path}.kind: unknown workload kind {kind!r}")
-        share = wo.int_("share_permille")
-        if share > 1000:
-            raise SchemaError(f"{wo.path}.share_permille: {share} exceeds 1000")
-        workloads.append(
-            Workload(
-                tenant=wo.str_("tenant"),
-                kind=kind,
-                workload=wo.str_("workload"),
-                processes=wo.int_("processes"),
-                mem_max_bytes=wo.int_("mem_max_bytes", nullable=True),
-                share_permille=share,
-                gpu_ms=wo.int_("gpu_ms"),
-            )
-        )
+    d = o.d
+    ints = _ints(d, _GPU_INTS, o.path)
+    workloads = tuple(
+        _parse_workload(w, f"{o.path}.workloads[{i}]") for i, w in enumerate(o.list_("workloads"))
+    )
     so = o.obj("series", nullable=True, optional=True)
     series = None
     if so is not None:
         series = Series(
             bucket_ms=so.int_("bucket_ms", minimum=1),
-            util_permille=_int_list(so.d.get("util_permille"), f"{so.path}.util_permille"),
+            util_permille=_int_list(so.d.get("util_permille"), f"{so.path}.util_permille", 1000),
             power_mw=_int_list(so.d.get("power_mw"), f"{so.path}.power_mw"),
         )
     split = o.str_("split_method", optional=True) or "exclusive"
     if split not in SPLIT_METHODS:
         raise SchemaError(f"{o.path}.split_method: unknown method {split!r}")
+    unavailable = o.reasons("unavailable")
+    serial = o.str_("serial", nullable=True)
+    # A core reading that is null must say why (its own reason, or "readings": the GPU was
+    # not read in this window), so "not measured" is never mistaken for a number.
+    missing = [n for n, _, optional in _GPU_INTS if not optional and ints[n] is None]
+    if serial is None:
+        missing.append("serial")
+    if missing and "readings" not in unavailable:
+        unexplained = [n for n in missing if n not in unavailable]
+        if unexplained:
+            raise SchemaError(f"{o.path}: null reading(s) {', '.join(unexplained)} with no reason in unavailable")
     return GpuWindow(
-        index=o.int_("index"),
         uuid=o.str_("uuid"),
-        serial=o.str_("serial", nullable=True),
+        serial=serial,
         model=o.str_("model"),
-        mem_total_bytes=o.int_("mem_total_bytes", nullable=True),
-        power_limit_mw=o.int_("power_limit_mw", nullable=True),
-        samples=o.int_("samples"),
-        energy_start_mj=o.int_("energy_start_mj", nullable=True),
-        energy_end_mj=o.int_("energy_end_mj", nullable=True),
-        power_mean_mw=o.int_("power_mean_mw", nullable=True),
-        power_max_mw=o.int_("power_max_mw", nullable=True),
-        util_mean_permille=o.int_("util_mean_permille", nullable=True),
-        mem_used_max_bytes=o.int_("mem_used_max_bytes", nullable=True),
-        sm_active_mean_permille=o.int_("sm_active_mean_permille", optional=True),
-        tensor_active_mean_permille=o.int_("tensor_active_mean_permille", optional=True),
-        nvlink_tx_bytes=o.int_("nvlink_tx_bytes", optional=True),
-        nvlink_rx_bytes=o.int_("nvlink_rx_bytes", optional=True),
-        pcie_tx_bytes=o.int_("pcie_tx_bytes", optional=True),
-        pcie_rx_bytes=o.int_("pcie_rx_bytes", optional=True),
         series=series,
         split_method=split,
-        workloads=tuple(workloads),
-        unavailable=o.reasons("unavailable"),
+        workloads=workloads,
+        unavailable=unavailable,
         events=_events(o),
+        **ints,  # type: ignore[arg-type]
     )
 
 

@@ -26,7 +26,8 @@ def envelope_from_proto(msg: pb.Envelope) -> Envelope:
 
 
 def envelope_to_bytes(env: Envelope) -> bytes:
-    return envelope_to_proto(env).SerializeToString()
+    data: bytes = envelope_to_proto(env).SerializeToString()
+    return data
 
 
 def envelope_from_bytes(data: bytes) -> Envelope:

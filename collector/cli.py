@@ -145,7 +145,7 @@ def _cmd_findings(ns: argparse.Namespace) -> int:
         records = store.findings()
     finally:
         store.close()
-    docs = [json.loads(r.json) for r in records]
+    docs = [json.loads(r.json_text) for r in records]
     if ns.json:
         print(json.dumps(docs, indent=2))
     else:
@@ -243,7 +243,7 @@ def build_parser() -> argparse.ArgumentParser:
     dt_.set_defaults(func=_cmd_detect)
 
     dm = sub.add_parser("demo", help="the demo site: opaque 2,400-GPU training run among ordinary tenants")
-    dm.add_argument("--hours", type=float, default=3.0, help="hours of event time to replay (default 3)")
+    dm.add_argument("--hours", type=float, default=2.0, help="hours of event time to replay (default 2)")
     dm.add_argument("--workdir", type=Path, help="keep the demo's files here (default: a temporary directory)")
     dm.add_argument("--keep", action="store_true", help="leave the collector running at the end (Ctrl-C stops)")
     dm.set_defaults(func=_cmd_demo)

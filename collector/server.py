@@ -123,7 +123,7 @@ async def start_collector(config: CollectorConfig, store: Store, engine: Detecto
             ("grpc.http2.min_ping_interval_without_data_ms", 10_000),
         ]
     )
-    pb_grpc.add_CollectorServicer_to_server(
+    pb_grpc.add_CollectorServicer_to_server(  # type: ignore[no-untyped-call]
         CollectorService(store, batcher, metrics, collector_id=config.collector_id), server
     )
     health_servicer = health.aio.HealthServicer()

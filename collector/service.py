@@ -161,6 +161,7 @@ class CollectorService(pb_grpc.CollectorServicer):
                 grpc.StatusCode.UNAUTHENTICATED,
                 f"key {hello.key_id!r} is not enrolled for node {hello.node_id!r}; enroll with a join token first",
             )
+        assert key is not None  # abort() raised otherwise
         if key.revoked_ms is not None:
             self._metrics.refused.labels("revoked_key").inc()
             await context.abort(grpc.StatusCode.PERMISSION_DENIED, f"key {hello.key_id} was revoked")

@@ -1,0 +1,39 @@
+# gpuaudit — the two commands a new machine needs: `make demo` and `make test`.
+# Only python3 and make are assumed; everything else goes into .venv.
+
+PYTHON ?= python3
+VENV   := .venv
+BIN    := $(VENV)/bin
+STAMP  := $(VENV)/.installed-stamp
+
+.PHONY: help venv test lint typecheck demo proto clean
+
+help:
+	@echo "make demo       run the demo site (collector + 380 simulated agents), ~2 min"
+	@echo "make test       run the test suite"
+	@echo "make lint       ruff + mypy --strict"
+	@echo "make proto      regenerate attestation/v1 from proto/"
+
+$(STAMP): pyproject.toml
+	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install -q --upgrade pip
+	$(BIN)/python -m pip install -q -e '.[dev]'
+	@touch $(STAMP)
+
+venv: $(STAMP)
+
+test: $(STAMP)
+	$(BIN)/python -m pytest -q
+
+lint: $(STAMP)
+	$(BIN)/ruff check agent collector attestation tools tests
+	$(BIN)/mypy agent collector attestation tools
+
+demo: $(STAMP)
+	$(BIN)/gpuaudit-collector demo
+
+proto: $(STAMP)
+	$(BIN)/python tools/genproto.py
+
+clean:
+	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache build *.egg-info

@@ -1,0 +1,247 @@
+"""The event-time detector on synthetic UsageWindow streams."""
+
+from __future__ import annotations
+
+import random
+from dataclasses import dataclass
+
+import pytest
+
+from attestation.statement import Chain, GpuWindow, Series, UsageWindow, Workload
+from collector.detect.config import DetectConfig
+from collector.detect.engine import DetectorEngine
+from collector.detect.findings import Finding
+from collector.tenants import TenantDirectory
+
+T0_MS = 1_772_424_000_000  # 2026-03-02T04:00:00Z
+WINDOW_MS = 60_000
+BUCKETS = 6
+H100 = "NVIDIA H100 80GB HBM3"
+LIMIT_MW = 700_000
+
+TENANTS = TenantDirectory.from_toml(
+    """
+[[tenant]]
+id = "t-open"
+country = "DE"
+registered = 2001-01-01
+ultimate_parent_country = "DE"
+beneficial_owners_disclosed = true
+nominee_directors = false
+declared_use = "research and model training"
+kyc_level = "enhanced"
+"""
+)
+
+
+@dataclass(frozen=True)
+class Group:
+    """``nodes`` nodes of one tenant doing ``kind`` from window ``first`` to ``last`` (exclusive)."""
+
+    prefix: str
+    nodes: int
+    tenant: str
+    kind: str  # "train", "throttled", "infer", "slurm", "idle"
+    first: int = 0
+    last: int = 10**9
+    model: str = H100
+    synced: bool = True
+
+
+def _gpu(i: int, node: str, model: str, util: list[int], power: list[int], tenant: str | None) -> GpuWindow:
+    workloads = () if tenant is None else (Workload(tenant, "k8s_pod", f"{node}-w", 1, 70 << 30, 1000),)
+    return GpuWindow(
+        index=i,
+        uuid=f"GPU-{node}-{i}",
+        serial=None,
+        model=model,
+        mem_total_bytes=80 << 30,
+        power_limit_mw=LIMIT_MW,
+        samples=BUCKETS,
+        energy_start_mj=0,
+        energy_end_mj=1,
+        power_mean_mw=sum(power) // len(power),
+        power_max_mw=max(power),
+        util_mean_permille=sum(util) // len(util),
+        mem_used_max_bytes=int((80 << 30) * 0.9),
+        series=Series(10_000, tuple(util), tuple(power)),
+        workloads=workloads,
+    )
+
+
+def stream(groups: list[Group], windows: int, seed: int = 7) -> list[UsageWindow]:
+    """Windows in event order: all nodes' window k, then k+1 ... (per node in order)."""
+    rng = random.Random(seed)
+    out: list[UsageWindow] = []
+    for k in range(windows):
+        start = T0_MS + k * WINDOW_MS
+        shared = [rng.gauss(0.0, 0.06) for _ in range(BUCKETS)]
+        if k % 7 == 3:
+            shared[2] -= 0.3  # a synchronized dip (evaluation, checkpoint)
+        for g in groups:
+            for n in range(g.nodes):
+                node = f"{g.prefix}-n{n:04d}"
+                active = g.first <= k < g.last
+                own = [rng.gauss(0.0, 0.05) for _ in range(BUCKETS)]
+                gpus = []
+                for i in range(8):
+                    if not active or g.kind == "idle" or (g.kind == "slurm" and (n * 8 + i + k // 20) % 3):
+                        util, frac, tenant = [0] * BUCKETS, [0.1] * BUCKETS, None
+                    elif g.kind in ("train", "throttled"):
+                        level = 0.72 if g.kind == "train" else 0.38
+                        u = 970 if g.kind == "train" else 520
+                        common = shared if g.synced else [rng.gauss(0.0, 0.06) for _ in range(BUCKETS)]
+                        frac = [level + common[b] + own[b] + rng.gauss(0.0, 0.01) for b in range(BUCKETS)]
+                        util = [u + rng.randrange(-20, 20) for _ in range(BUCKETS)]
+                        tenant = g.tenant
+                    elif g.kind == "slurm":
+                        frac = [0.7 + rng.gauss(0.0, 0.05) for _ in range(BUCKETS)]
+                        util = [930 + rng.randrange(-40, 40) for _ in range(BUCKETS)]
+                        tenant = f"{g.tenant}-{(n * 8 + i) % 11}"
+                    else:  # inference: bursty, independent, memory preallocated
+                        util = [rng.randrange(200, 800) for _ in range(BUCKETS)]
+                        frac = [0.27 + 0.33 * x / 1000 + rng.gauss(0.0, 0.02) for x in util]
+                        tenant = g.tenant
+                    power = [int(max(0.05, f) * LIMIT_MW) for f in frac]
+                    gpus.append(_gpu(i, node, g.model, util, power, tenant))
+                out.append(
+                    UsageWindow(
+                        node_id=node,
+                        boot_id="b",
+                        agent_version="test",
+                        start_ms=start,
+                        end_ms=start + WINDOW_MS,
+                        sample_interval_ms=10_000,
+                        chain=Chain("k", k, None if k == 0 else "0" * 64),
+                        gpus=tuple(gpus),
+                    )
+                )
+    return out
+
+
+def run(windows: list[UsageWindow], config: DetectConfig | None = None) -> tuple[list[Finding], DetectorEngine]:
+    eng = DetectorEngine(config or DetectConfig(), TENANTS)
+    emitted: list[Finding] = []
+    for w in windows:
+        emitted.extend(eng.observe(w))
+    emitted.extend(eng.finish())
+    return emitted, eng
+
+
+SITE = [
+    Group("kl1", 300, "t-opaque", "train", first=5),
+    Group("inf", 40, "t-infer", "infer"),
+    Group("slm", 20, "t-uni", "slurm"),
+]
+
+
+@pytest.fixture(scope="module")
+def site_stream() -> list[UsageWindow]:
+    return stream(SITE, 30)
+
+
+def test_opaque_synchronized_run_is_detected_fast_with_its_size(site_stream: list[UsageWindow]) -> None:
+    emitted, eng = run(site_stream)
+    found = eng.findings()
+    assert [f.tenant for f in found] == ["t-opaque"], f"only the opaque tenant may have a finding: {found}"
+    f = found[0]
+    assert f.started_at_ms == T0_MS + 5 * WINDOW_MS
+    assert f.detected_at_ms - f.started_at_ms <= 15 * WINDOW_MS, "must be raised within 15 min of steady state"
+    assert f.detected_at_ms - f.started_at_ms >= DetectConfig().min_duration_s * 1000
+    assert (f.gpus, f.nodes) == (2400, 300)
+    assert f.severity in ("high", "critical") and f.opacity.score == 1.0
+    assert f.flop_estimate is not None and 0 < f.flop_estimate[0] < f.flop_estimate[1]
+    assert f.flop_estimate[1] <= f.evidence["flop"]["upper_bound"]
+    assert f.evidence["signals"]["synchrony_corr"]["fired"] is True
+    assert all(e.detected_at_ms == f.detected_at_ms and e.id == f.id for e in emitted)
+    j = f.to_json()
+    for key in ("id", "kind", "tenant", "severity", "started_at", "detected_at", "gpus", "nodes", "gpu_hours"):
+        assert key in j
+    assert j["started_at"] == "2026-03-02T04:05:00Z" and j["detected_at"].endswith("Z")
+    assert j["kind"] == "large_training" and isinstance(j["flop_estimate"], list)
+    assert set(j["opacity"]) == {"score", "reasons"}
+    assert f.gpu_hours == pytest.approx(2400 * 25 / 60, rel=0.05)
+
+
+def test_inference_fleet_and_small_slurm_jobs_raise_nothing() -> None:
+    groups = [Group("inf", 120, "t-infer", "infer"), Group("slm", 40, "t-uni", "slurm")]
+    emitted, eng = run(stream(groups, 40))
+    assert emitted == [] and eng.findings() == []
+
+
+def test_unsynchronized_throttled_gpus_do_not_count_but_synchronized_ones_do() -> None:
+    _, eng = run(stream([Group("thr", 40, "t-thr", "throttled", synced=False)], 25))
+    assert eng.findings() == [], "throttled-looking GPUs without synchrony are not training evidence"
+    _, eng = run(stream([Group("thr", 40, "t-thr", "throttled", synced=True)], 25))
+    found = eng.findings()
+    assert len(found) == 1 and found[0].gpus == 320
+
+
+def test_transparent_tenants_big_run_is_at_most_low() -> None:
+    _, eng = run(stream([Group("big", 100, "t-open", "train")], 20))
+    found = eng.findings()
+    assert len(found) == 1 and found[0].severity == "low"
+    assert found[0].opacity.score < DetectConfig().transparent_opacity_max
+
+
+def test_short_or_small_runs_raise_nothing() -> None:
+    _, eng = run(stream([Group("sm", 7, "t-small", "train")], 30))  # 56 GPUs
+    assert eng.findings() == []
+    _, eng = run(stream([Group("sh", 40, "t-short", "train", first=2, last=10)], 30))  # 8 min
+    assert eng.findings() == []
+
+
+def test_unknown_gpu_model_makes_flop_unavailable_not_zero() -> None:
+    _, eng = run(stream([Group("x", 40, "t-x", "train", model="Mystery Accelerator 9000")], 15))
+    (f,) = eng.findings()
+    assert f.flop_estimate is None
+    assert "Mystery Accelerator 9000" in f.evidence["flop"]["unavailable"]
+
+
+def test_a_missing_window_does_not_split_the_run() -> None:
+    ws = [w for w in stream([Group("g", 40, "t-g", "train")], 25) if w.start_ms != T0_MS + 12 * WINDOW_MS]
+    _, eng = run(ws)
+    (f,) = eng.findings()
+    assert f.started_at_ms == T0_MS
+
+
+def test_out_of_order_arrival_across_nodes_gives_the_same_findings(site_stream: list[UsageWindow]) -> None:
+    rng = random.Random(3)
+    by_node: dict[str, list[UsageWindow]] = {}
+    for w in site_stream:
+        by_node.setdefault(w.node_id, []).append(w)
+    lag = {n: rng.randrange(0, 4) for n in by_node}  # windows behind; less than the allowed lateness
+    keyed = [(w.start_ms + lag[n] * WINDOW_MS, rng.random(), w) for n, ws in by_node.items() for w in ws]
+    shuffled = [w for _, _, w in sorted(keyed, key=lambda x: (x[0], x[1]))]
+    assert shuffled != site_stream
+    _, a = run(site_stream)
+    _, b = run(shuffled)
+    assert b.stats.late_dropped == 0
+    assert [f.to_json() for f in a.findings()] == [f.to_json() for f in b.findings()]
+
+
+def test_no_look_ahead_truncated_stream_raises_what_the_full_stream_had_raised(
+    site_stream: list[UsageWindow],
+) -> None:
+    full, _ = run(site_stream)
+    first_full = {}
+    for f in full:
+        first_full.setdefault(f.id, f)
+    for cut in (16, 17, 22):
+        t_ms = T0_MS + cut * WINDOW_MS
+        trunc, _ = run([w for w in site_stream if w.end_ms <= t_ms])
+        first_trunc = {}
+        for f in trunc:
+            first_trunc.setdefault(f.id, f)
+        expected = {i: f.to_json() for i, f in first_full.items() if f.detected_at_ms <= t_ms}
+        assert {i: f.to_json() for i, f in first_trunc.items()} == expected, f"cut at window {cut}"
+
+
+def test_late_and_duplicate_windows_are_dropped_and_counted() -> None:
+    ws = stream([Group("g", 4, "t-g", "train")], 12)
+    eng = DetectorEngine(DetectConfig(), TENANTS)
+    for w in ws[:-1]:  # the last node's last window has not arrived: that window stays open
+        eng.observe(w)
+    eng.observe(ws[-2])  # a replay of a window still open
+    eng.observe(ws[0])  # a window that closed long ago
+    assert eng.stats.duplicates_dropped == 1 and eng.stats.late_dropped == 1
