@@ -369,9 +369,10 @@ def _parse_workload(w: Any, path: str) -> Workload:
     if kind not in WORKLOAD_KINDS:
         raise SchemaError(f"{path}.kind: unknown workload kind {kind!r}")
     tenant, workload = w.get("tenant"), w.get("workload")
-    for name, v in (("tenant", tenant), ("workload", workload)):
-        if not isinstance(v, str):
-            raise SchemaError(f"{path}.{name}: expected a string, got {type(v).__name__}")
+    if not isinstance(tenant, str):
+        raise SchemaError(f"{path}.tenant: expected a string, got {type(tenant).__name__}")
+    if not isinstance(workload, str):
+        raise SchemaError(f"{path}.workload: expected a string, got {type(workload).__name__}")
     share = ints["share_permille"]
     assert share is not None
     if share > 1000:
@@ -390,9 +391,7 @@ def _parse_workload(w: Any, path: str) -> Workload:
 def _parse_gpu(o: _Obj) -> GpuWindow:
     d = o.d
     ints = _ints(d, _GPU_INTS, o.path)
-    workloads = tuple(
-        _parse_workload(w, f"{o.path}.workloads[{i}]") for i, w in enumerate(o.list_("workloads"))
-    )
+    workloads = tuple(_parse_workload(w, f"{o.path}.workloads[{i}]") for i, w in enumerate(o.list_("workloads")))
     so = o.obj("series", nullable=True, optional=True)
     series = None
     if so is not None:

@@ -23,7 +23,6 @@ import urllib.request
 from pathlib import Path
 from typing import Any
 
-
 # Real agents sample every second; the demo's simulated telemetry is one sample every 20 s
 # (3 per 60 s window) so that hours of a 380-node site replay in about a minute on 2 cores.
 DEMO_SAMPLE_INTERVAL_S = 20
