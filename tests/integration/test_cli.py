@@ -1,0 +1,96 @@
+"""The command lines as a user runs them: exit codes, output, and the demo's scenario offline."""
+
+from __future__ import annotations
+
+import json
+import stat
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from agent.sim.scenarios import DEMO_OPAQUE_TENANT, demo_site, demo_tenants_toml
+from agent.trace import write_trace
+from collector import cli as collector_cli
+
+
+def run(*args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([sys.executable, "-m", *args], capture_output=True, text=True, timeout=300)
+
+
+def test_demo_scenario_through_the_offline_detector(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """The demo's site, one hour: the opaque tenant's 2,400-GPU run is found, nobody else is."""
+    trace = tmp_path / "site.jsonl.gz"
+    write_trace(trace, demo_site(seed=11, hours=1.0, sample_interval_s=20))
+    tenants = tmp_path / "tenants.toml"
+    tenants.write_text(demo_tenants_toml())
+    rc = collector_cli.main(["detect", "--trace", str(trace), "--tenants", str(tenants), "--json"])
+    assert rc == 0
+    findings = json.loads(capsys.readouterr().out)
+    assert [f["tenant"] for f in findings] == [DEMO_OPAQUE_TENANT], [(f["tenant"], f["gpus"]) for f in findings]
+    f = findings[0]
+    assert (f["gpus"], f["nodes"]) == (2400, 300)
+    assert f["severity"] == "critical"
+    # The run starts at 04:00 (10 minutes into the trace); it must be raised within 15 minutes.
+    assert f["started_at"] == "2026-03-02T04:00:00Z"
+    assert f["detected_at"] <= "2026-03-02T04:15:00Z", f["detected_at"]
+    low, high = f["flop_estimate"]
+    assert 0 < low < high
+    for key in ("id", "kind", "score", "opacity", "evidence", "gpu_hours"):
+        assert key in f, f"Findings JSON lacks {key}"
+
+
+def test_detect_rejects_a_malformed_trace_with_the_line_number(tmp_path: Path) -> None:
+    trace = tmp_path / "bad.jsonl"
+    trace.write_text('{"format": "gpuaudit-trace", "version": 1}\n{"type": "sample", "node": "x"}\n')
+    p = run("collector.cli", "detect", "--trace", str(trace))
+    assert p.returncode == 2, p.stderr
+    assert "bad.jsonl:2" in p.stderr, p.stderr
+
+
+def test_serve_refuses_plaintext_without_the_insecure_flag(tmp_path: Path) -> None:
+    p = run("collector.cli", "serve", "--db", str(tmp_path / "c.db"), "--listen", "127.0.0.1:0", "--metrics-listen", "")
+    assert p.returncode == 2
+    assert "insecure" in p.stderr
+
+
+def test_unknown_config_key_is_a_usage_error_naming_the_key(tmp_path: Path) -> None:
+    cfg = tmp_path / "collector.toml"
+    cfg.write_text('listen = "127.0.0.1:0"\nlisten_adress = "oops"\n')
+    p = run("collector.cli", "findings", "--config", str(cfg))
+    assert p.returncode == 2
+    assert "listen_adress" in p.stderr
+
+
+def test_token_create_and_findings_on_an_empty_store(tmp_path: Path) -> None:
+    db = tmp_path / "c.db"
+    out = tmp_path / "tokens"
+    p = run("collector.cli", "token", "create", "--db", str(db), "--count", "3", "--out", str(out))
+    assert p.returncode == 0, p.stderr
+    tokens = out.read_text().split()
+    assert len(tokens) == 3 and len(set(tokens)) == 3
+    assert stat.S_IMODE(out.stat().st_mode) == 0o600, "join tokens are secrets"
+    p = run("collector.cli", "findings", "--db", str(db), "--json")
+    assert p.returncode == 0 and json.loads(p.stdout) == []
+
+
+def test_agent_keygen_creates_a_private_key_file(tmp_path: Path) -> None:
+    key = tmp_path / "agent.key"
+    p = run("agent.cli", "keygen", "--key", f"file:{key}")
+    assert p.returncode == 0, p.stderr
+    assert p.stdout.startswith("sha256:")
+    assert stat.S_IMODE(key.stat().st_mode) == 0o600
+    again = run("agent.cli", "keygen", "--key", f"file:{key}")
+    assert again.returncode == 0 and again.stdout == p.stdout, "keygen on an existing key prints its id"
+
+
+def test_agent_run_without_a_gpu_driver_says_so(tmp_path: Path) -> None:
+    cfg = tmp_path / "agent.toml"
+    cfg.write_text(
+        f'node_id = "n1"\nkey = "file:{tmp_path}/k"\nspool = "{tmp_path}/spool.db"\ninsecure = true\n'
+        'collector = "127.0.0.1:1"\n'
+    )
+    p = run("agent.cli", "run", "--config", str(cfg))
+    assert p.returncode == 1, (p.returncode, p.stderr)
+    assert "nvidia-smi" in p.stderr or "NVIDIA driver" in p.stderr, p.stderr
