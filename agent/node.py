@@ -114,6 +114,11 @@ async def run_agent(cfg: AgentConfig, *, stop: asyncio.Event | None = None, sour
         next_t = time.monotonic()
         while not stop.is_set():
             sample = await asyncio.to_thread(source.sample)
+            if chain.last_end_ms is not None and sample.t * 1000 < chain.last_end_ms:
+                # Still inside a window signed before a restart (or the clock went back):
+                # that window is closed for good; its signed statement stands.
+                await asyncio.sleep(cfg.sample_interval_s)
+                continue
             sample = attribute(sample, attributor, cfg.tenant_rules)
             for w in agg.add(sample):
                 try:

@@ -1,13 +1,15 @@
 """The simulated source: plays one node of a trace through the live agent's code path.
 
 Samples keep their shape but are re-timed to the agent's clock, so an agent started with a
-simulated source behaves like one on a real node (windows, signing, streaming) and the
-collector cannot tell the difference except by the statement's data. At the end of the
-trace it starts again from the beginning.
+simulated source behaves like one on a real node (windows, signing, streaming). The trace
+loops, and which sample is played is a function of the wall clock, as is the energy
+counter: it grows across loops and across agent restarts exactly as a real GPU's
+total-energy counter does (it is never reset by restarting the agent).
 """
 
 from __future__ import annotations
 
+import bisect
 import dataclasses
 import time
 from collections.abc import Callable
@@ -35,16 +37,35 @@ class SimulatedSource:
         self.node = node
         self._devices = devices
         self._samples = samples
-        self._i = 0
         self._clock = clock
+        self._t0 = samples[0].t
+        step = samples[1].t - samples[0].t if len(samples) > 1 else 1.0
+        self._period = samples[-1].t - samples[0].t + step
+        # Energy one loop of the trace adds per GPU (last reading plus one more step at the last rate).
+        self._loop_energy: dict[int, int] = {}
+        for g in samples[0].gpus:
+            first = g.energy_mj
+            last = next((x.energy_mj for x in samples[-1].gpus if x.index == g.index), None)
+            if first is not None and last is not None and last >= first:
+                per_step = (last - first) / max(len(samples) - 1, 1)
+                self._loop_energy[g.index] = round(last - first + per_step)
+        self._times = [x.t for x in samples]
 
     def devices(self) -> tuple[DeviceInfo, ...]:
         return self._devices
 
     def sample(self) -> NodeSample:
-        s = self._samples[self._i]
-        self._i = (self._i + 1) % len(self._samples)
-        return dataclasses.replace(s, t=self._clock())
+        now = self._clock()
+        loops, offset = divmod(now - self._t0, self._period)
+        i = min(bisect.bisect_right(self._times, self._t0 + offset) - 1, len(self._samples) - 1)
+        s = self._samples[max(i, 0)]
+        gpus = tuple(
+            g
+            if g.energy_mj is None or g.index not in self._loop_energy
+            else dataclasses.replace(g, energy_mj=g.energy_mj + int(loops) * self._loop_energy[g.index])
+            for g in s.gpus
+        )
+        return dataclasses.replace(s, t=now, gpus=gpus)
 
     def close(self) -> None:
         pass
