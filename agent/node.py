@@ -16,7 +16,7 @@ from agent.config import AgentConfig
 from agent.signing import ChainSigner, WindowOverlapError
 from agent.sources.base import Attribution, GpuSource, NodeSample, ProcessSample
 from agent.spool import Spool
-from agent.stream import NodeStream, enroll
+from agent.stream import NodeStream, RejectedError, enroll
 from agent.window import WindowAggregator
 from attestation.keys import Signer, open_signer
 
@@ -110,7 +110,7 @@ async def run_agent(cfg: AgentConfig, *, stop: asyncio.Event | None = None, sour
     try:
         await ensure_enrolled(channel, cfg, signer, spool)
         stream = NodeStream(channel, node_id, signer.key_id, spool)
-        streamer = asyncio.create_task(stream.run(), name="stream")
+        streamer: asyncio.Task[None] | None = asyncio.create_task(stream.run(), name="stream")
         next_t = time.monotonic()
         while not stop.is_set():
             sample = await asyncio.to_thread(source.sample)
@@ -128,8 +128,18 @@ async def run_agent(cfg: AgentConfig, *, stop: asyncio.Event | None = None, sour
                     continue
                 _logger.debug("signed window %d..%d as seq %d", w.start_ms, w.end_ms, seq)
                 stream.notify()
-            if streamer.done():
-                streamer.result()
+            if streamer is not None and streamer.done():
+                failure = streamer.exception()
+                if not isinstance(failure, RejectedError):
+                    streamer.result()
+                # The collector refused a statement: the chain cannot go on past it, so streaming
+                # stops, but sampling and signing go on into the spool and nothing is lost.
+                _logger.error(
+                    "streaming stopped: %s; statements are kept in the spool %s until an operator acts",
+                    failure,
+                    cfg.spool,
+                )
+                streamer = None
             next_t += cfg.sample_interval_s
             delay = next_t - time.monotonic()
             if delay < 0:  # fell behind (suspend, slow NVML): resynchronise instead of bursting
@@ -145,9 +155,13 @@ async def run_agent(cfg: AgentConfig, *, stop: asyncio.Event | None = None, sour
             stream.notify()
         stream.close_when_drained()
         try:
-            await asyncio.wait_for(streamer, timeout=10)
-        except TimeoutError:
-            _logger.warning("%d statement(s) stay in the spool for the next start", spool.count(signer.key_id))
+            if streamer is not None:
+                await asyncio.wait_for(streamer, timeout=10)
+        except (TimeoutError, RejectedError):
+            pass
+        left = spool.count(signer.key_id)
+        if left:
+            _logger.warning("%d statement(s) stay in the spool for the next start", left)
     finally:
         source.close()
         await channel.close()

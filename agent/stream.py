@@ -135,7 +135,6 @@ class NodeStream:
         if next_seq > 0:
             self.spool.ack(self.key_id, next_seq - 1)
         in_flight: set[int] = set()
-        slots = asyncio.Event()
 
         async def receive() -> None:
             while True:
@@ -148,7 +147,6 @@ class NodeStream:
                     self.stats.acked += 1
                     self.stats.duplicates += int(resp.ack.duplicate)
                     in_flight.discard(seq)
-                    slots.set()
                     self._wake.set()
                 elif resp.HasField("reject"):
                     r = resp.reject
@@ -177,7 +175,6 @@ class NodeStream:
                         grpc.StatusCode.UNAVAILABLE, grpc.aio.Metadata(), grpc.aio.Metadata(), "stream closed"
                     )
                 self._wake.clear()
-                slots.clear()
                 if batch and len(in_flight) < self.max_in_flight:
                     continue
                 waiter = asyncio.create_task(self._wake.wait())
