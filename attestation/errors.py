@@ -51,3 +51,15 @@ class KeyFileError(Error):
             "Key files must be created by gpuaudit-agent keygen (mode 0600, owned by the "
             "agent's user); remove group/other permissions with chmod 600."
         )
+
+
+class ProofError(VerificationError):
+    """A Merkle inclusion or consistency proof does not verify (RFC 9162 §2.1.3.2, §2.1.4.2)."""
+
+    reason = "bad_proof"
+
+
+class CheckpointError(VerificationError):
+    """A signed checkpoint is malformed, unsigned by the expected key, or its signature fails."""
+
+    reason = "bad_checkpoint"

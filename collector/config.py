@@ -31,6 +31,17 @@ class CollectorConfig:
     max_batch: int = 512
     # Join tokens expire after this many seconds unless told otherwise.
     token_ttl_s: int = 86400
+    # The transparency log's Ed25519 signing key (PKCS#8 PEM, mode 0600), created on first
+    # use. Default: "<db>.log-key.pem" next to the database.
+    log_key: Path | None = None
+
+    def log_key_path(self) -> Path:
+        return self.log_key if self.log_key is not None else self.db.with_name(self.db.name + ".log-key.pem")
+
+    @property
+    def log_origin(self) -> str:
+        """The log's origin line and note key name (c2sp.org/tlog-checkpoint)."""
+        return f"gpuaudit/{self.collector_id}"
 
 
 def load_collector_config(

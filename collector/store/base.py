@@ -13,6 +13,10 @@ Contract for every backend:
 - ``(key_id, seq)`` is unique among statements. A backend MUST raise
   ``collector.errors.StoreConflictError`` (and store nothing of the batch) when another
   writer stored the same ``(key_id, seq)`` first.
+- Every statement ``save_batch`` stores becomes a leaf of the transparency log in the
+  same transaction: leaf indices count 0, 1, 2, ... in commit order, without gaps, and
+  the leaf hash is SHA-256(0x00 || PAE) (``attestation.merkle``). Leaves and signed
+  checkpoints are never changed or deleted.
 - Errors are ``collector.errors.StoreError`` (or ``EnrollmentError`` from ``enroll``).
 """
 
@@ -29,9 +33,11 @@ from attestation.dsse import Envelope, Signature
 
 __all__ = [
     "ChainHead",
+    "CheckpointRecord",
     "ConflictRecord",
     "FindingRecord",
     "KeyRecord",
+    "LogLeafRecord",
     "RefusalRecord",
     "StatementRecord",
     "Store",
@@ -131,6 +137,26 @@ class FindingRecord:
     json_text: str
 
 
+@dataclass(frozen=True)
+class LogLeafRecord:
+    """One leaf of the collector's transparency log: the statement (key_id, seq) at ``index``."""
+
+    index: int
+    key_id: str
+    seq: int
+    leaf_hash: bytes  # SHA-256(0x00 || PAE of the statement's envelope)
+
+
+@dataclass(frozen=True)
+class CheckpointRecord:
+    """A checkpoint the collector signed: the C2SP signed note and what it commits to."""
+
+    tree_size: int
+    root_hash: bytes
+    signed_ms: int
+    note: str
+
+
 def signatures_to_json(signatures: Sequence[Signature]) -> str:
     """DSSE envelope.md's ``signatures`` array (base64 ``sig``), for storage as text."""
     return json.dumps(
@@ -199,6 +225,23 @@ class Store(Protocol):
         ...
 
     def conflicts(self, key_id: str | None = None) -> list[ConflictRecord]: ...
+
+    # -- transparency log -------------------------------------------------
+    def log_size(self) -> int:
+        """Number of leaves in the log (= statements ever stored)."""
+        ...
+
+    def log_leaves(self, start: int = 0, end: int | None = None) -> list[LogLeafRecord]:
+        """Leaves with ``start <= index < end`` (default: to the end), in index order."""
+        ...
+
+    def save_checkpoint(self, record: CheckpointRecord) -> None:
+        """Store a signed checkpoint (append-only)."""
+        ...
+
+    def latest_checkpoint(self) -> CheckpointRecord | None:
+        """The checkpoint signed last, or None before the first."""
+        ...
 
     # -- refusals ---------------------------------------------------------
     def record_refusal(self, refusal: RefusalRecord) -> None: ...

@@ -28,8 +28,10 @@ from pathlib import Path
 from typing import Any, Self
 
 from attestation.chain import ChainHead
+from attestation.dsse import pae
 from attestation.errors import KeyFileError
 from attestation.keys import PublicKey, key_id_of
+from attestation.merkle import leaf_hash
 from collector.errors import (
     EnrollmentError,
     MigrationError,
@@ -38,9 +40,11 @@ from collector.errors import (
     StoreError,
 )
 from collector.store.base import (
+    CheckpointRecord,
     ConflictRecord,
     FindingRecord,
     KeyRecord,
+    LogLeafRecord,
     RefusalRecord,
     StatementRecord,
     TokenRecord,
@@ -142,6 +146,27 @@ MIGRATIONS: tuple[str, ...] = (
         json         TEXT NOT NULL
     ) STRICT;
     CREATE INDEX findings_tenant ON findings (tenant, started_ms);
+    """,
+    # 2: the transparency log (RFC 9162 leaves, in commit order) and its signed checkpoints.
+    # Statements stored before this version get their leaves when the store is opened
+    # (_backfill_log_leaves): SQLite cannot compute SHA-256 in a migration script.
+    """
+    CREATE TABLE log_leaves (
+        leaf_index  INTEGER PRIMARY KEY,        -- 0, 1, 2, ... in the order statements committed
+        key_id      TEXT NOT NULL,
+        seq         INTEGER NOT NULL,
+        leaf_hash   BLOB NOT NULL,              -- SHA-256(0x00 || PAE)
+        UNIQUE (key_id, seq),
+        FOREIGN KEY (key_id, seq) REFERENCES statements (key_id, seq)
+    ) STRICT;
+
+    CREATE TABLE checkpoints (
+        id          INTEGER PRIMARY KEY,
+        tree_size   INTEGER NOT NULL,
+        root_hash   BLOB NOT NULL,
+        signed_ms   INTEGER NOT NULL,
+        note        TEXT NOT NULL               -- the C2SP signed note, exactly as signed
+    ) STRICT;
     """,
 )
 
@@ -260,6 +285,7 @@ class SqliteStore:
             if now_ms is None:
                 now_ms = time.time_ns() // 1_000_000
             migrate(conn, MIGRATIONS, now_ms, where=self._path)
+            _backfill_log_leaves(conn, self._path)
         except StoreError:
             conn.close()
             raise
@@ -369,6 +395,13 @@ class SqliteStore:
                 raise EnrollmentError("join token is not known to this collector", reason="bad_token")
             expires_ms, used_ms, used_by = row
             if used_ms is not None:
+                same = conn.execute(
+                    "SELECT 1 FROM node_keys WHERE key_id = ? AND node_id = ?", (key_id, node_id)
+                ).fetchone()
+                if used_by == node_id and same is not None:
+                    # The same node retrying with the same token and key (the first answer was
+                    # lost in transit): enrollment is idempotent.
+                    return key_id
                 raise EnrollmentError(f"join token was already used (by node {used_by!r})", reason="token_used")
             if now_ms >= expires_ms:
                 raise EnrollmentError(
@@ -467,6 +500,12 @@ class SqliteStore:
                         )
                         for s in statements
                     ],
+                )
+                # The statements' log leaves, in the same transaction, in commit order.
+                (next_index,) = conn.execute("SELECT COALESCE(MAX(leaf_index), -1) + 1 FROM log_leaves").fetchone()
+                conn.executemany(
+                    "INSERT INTO log_leaves (leaf_index, key_id, seq, leaf_hash) VALUES (?, ?, ?, ?)",
+                    [(next_index + i, s.key_id, s.seq, _leaf_hash(s)) for i, s in enumerate(statements)],
                 )
             if heads:
                 conn.executemany(
@@ -567,6 +606,35 @@ class SqliteStore:
         ]
 
     # ------------------------------------------------------------------
+    # transparency log
+
+    def log_size(self) -> int:
+        return int(self._query("SELECT COALESCE(MAX(leaf_index), -1) + 1 FROM log_leaves")[0][0])
+
+    def log_leaves(self, start: int = 0, end: int | None = None) -> list[LogLeafRecord]:
+        sql = "SELECT leaf_index, key_id, seq, leaf_hash FROM log_leaves WHERE leaf_index >= ?"
+        params: list[object] = [start]
+        if end is not None:
+            sql += " AND leaf_index < ?"
+            params.append(end)
+        rows = self._query(sql + " ORDER BY leaf_index", params)
+        return [LogLeafRecord(int(i), str(k), int(q), bytes(h)) for i, k, q, h in rows]
+
+    def save_checkpoint(self, record: CheckpointRecord) -> None:
+        with self._tx() as conn:
+            conn.execute(
+                "INSERT INTO checkpoints (tree_size, root_hash, signed_ms, note) VALUES (?, ?, ?, ?)",
+                (record.tree_size, record.root_hash, record.signed_ms, record.note),
+            )
+
+    def latest_checkpoint(self) -> CheckpointRecord | None:
+        rows = self._query("SELECT tree_size, root_hash, signed_ms, note FROM checkpoints ORDER BY id DESC LIMIT 1")
+        if not rows:
+            return None
+        size, root, signed_ms, note = rows[0]
+        return CheckpointRecord(int(size), bytes(root), int(signed_ms), str(note))
+
+    # ------------------------------------------------------------------
     # refusals
 
     def _insert_refusals(self, conn: sqlite3.Connection, refusals: Sequence[RefusalRecord]) -> None:
@@ -631,6 +699,37 @@ class SqliteStore:
             params.append(tenant)
         rows = self._query(sql + " ORDER BY started_ms, finding_id", params)
         return [FindingRecord(*row) for row in rows]
+
+
+def _leaf_hash(s: StatementRecord) -> bytes:
+    return leaf_hash(pae(s.payload_type, s.payload))
+
+
+def _backfill_log_leaves(conn: sqlite3.Connection, where: str) -> None:
+    """Give statements stored before schema version 2 their log leaves, in commit (id) order."""
+    (missing,) = conn.execute("SELECT (SELECT COUNT(*) FROM statements) - (SELECT COUNT(*) FROM log_leaves)").fetchone()
+    if not missing:
+        return
+    conn.execute("BEGIN IMMEDIATE")
+    try:
+        rows = conn.execute(
+            "SELECT s.key_id, s.seq, s.payload, s.payload_type FROM statements s WHERE NOT EXISTS "
+            "(SELECT 1 FROM log_leaves l WHERE l.key_id = s.key_id AND l.seq = s.seq) ORDER BY s.id"
+        ).fetchall()
+        (next_index,) = conn.execute("SELECT COALESCE(MAX(leaf_index), -1) + 1 FROM log_leaves").fetchone()
+        conn.executemany(
+            "INSERT INTO log_leaves (leaf_index, key_id, seq, leaf_hash) VALUES (?, ?, ?, ?)",
+            [
+                (next_index + i, key_id, seq, leaf_hash(pae(str(ptype), bytes(payload))))
+                for i, (key_id, seq, payload, ptype) in enumerate(rows)
+            ],
+        )
+        conn.execute("COMMIT")
+    except BaseException:
+        if conn.in_transaction:
+            conn.execute("ROLLBACK")
+        raise
+    _logger.info("store %s: added %d statement(s) stored before the log existed to the log", where, len(rows))
 
 
 def _statement(row: Any) -> StatementRecord:

@@ -1,0 +1,260 @@
+"""RFC 9162 Merkle trees: hashing, roots, inclusion and consistency proofs.
+
+Hashing (RFC 9162 §2.1.1)::
+
+    MTH({})       = SHA-256()
+    leaf hash     = SHA-256(0x00 || d)
+    node hash     = SHA-256(0x01 || left || right)
+    MTH(D[n])     = node(MTH(D[0:k]), MTH(D[k:n]))   k: the largest power of two < n
+
+For gpuaudit a leaf's data ``d`` is the DSSE PAE of an accepted envelope, so the leaf
+hash is SHA-256(0x00 || PAE) and a leaf is recomputed by a verifier from the envelope
+it holds, never taken from whoever sent it.
+
+``MerkleTree`` keeps the hash of every complete, aligned subtree (2n hashes for n
+leaves), so appending is O(1) amortised and any root, inclusion proof or consistency
+proof for any size up to the current one costs O(log^2 n) hashes. The verifiers follow
+the RFC's algorithms step by step and need nothing but the proof.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from collections.abc import Iterable, Sequence
+
+from attestation.errors import ProofError
+
+HASH_SIZE = 32
+EMPTY_ROOT = hashlib.sha256(b"").digest()
+
+
+def leaf_hash(data: bytes) -> bytes:
+    """SHA-256(0x00 || data)."""
+    return hashlib.sha256(b"\x00" + data).digest()
+
+
+def node_hash(left: bytes, right: bytes) -> bytes:
+    """SHA-256(0x01 || left || right)."""
+    return hashlib.sha256(b"\x01" + left + right).digest()
+
+
+def _split(n: int) -> int:
+    """The largest power of two smaller than ``n`` (n >= 2)."""
+    return 1 << ((n - 1).bit_length() - 1)
+
+
+class MerkleTree:
+    """An append-only RFC 9162 tree over leaf hashes, with every complete subtree cached.
+
+    ``levels[h][i]`` is the hash of leaves ``[i * 2**h, (i + 1) * 2**h)``; such a
+    subtree never changes once complete, so roots and proofs for earlier sizes are
+    computed from the same cache.
+    """
+
+    def __init__(self, leaf_hashes: Iterable[bytes] = ()) -> None:
+        self._levels: list[list[bytes]] = [[]]
+        for h in leaf_hashes:
+            self.append(h)
+
+    @property
+    def size(self) -> int:
+        return len(self._levels[0])
+
+    def append(self, leaf: bytes) -> int:
+        """Append a leaf hash; return its index."""
+        if len(leaf) != HASH_SIZE:
+            raise ValueError(f"a leaf hash has {HASH_SIZE} bytes, got {len(leaf)}")
+        index = self.size
+        self._levels[0].append(leaf)
+        level, i = 0, index
+        while i & 1:  # the new node completes a subtree one level up
+            if len(self._levels) == level + 1:
+                self._levels.append([])
+            below = self._levels[level]
+            self._levels[level + 1].append(node_hash(below[i - 1], below[i]))
+            level, i = level + 1, i >> 1
+        return index
+
+    def leaf(self, index: int) -> bytes:
+        return self._levels[0][index]
+
+    def _hash(self, start: int, end: int) -> bytes:
+        """MTH(D[start:end]) where [start, end) is a node of some tree of size >= end."""
+        n = end - start
+        if n & (n - 1) == 0 and start % n == 0:  # complete and aligned: cached
+            return self._levels[n.bit_length() - 1][start // n]
+        k = _split(n)
+        return node_hash(self._hash(start, start + k), self._hash(start + k, end))
+
+    def _check_size(self, size: int | None) -> int:
+        if size is None:
+            return self.size
+        if not 0 <= size <= self.size:
+            raise ValueError(f"tree size {size} is outside 0..{self.size}")
+        return size
+
+    def root(self, size: int | None = None) -> bytes:
+        """MTH of the first ``size`` leaves (default: all)."""
+        n = self._check_size(size)
+        return EMPTY_ROOT if n == 0 else self._hash(0, n)
+
+    def inclusion_proof(self, index: int, size: int | None = None) -> list[bytes]:
+        """PATH(m, D[n]) (RFC 9162 §2.1.3.1), ordered from the leaf's sibling upwards."""
+        n = self._check_size(size)
+        if not 0 <= index < n:
+            raise ValueError(f"leaf index {index} is outside a tree of size {n}")
+        path: list[bytes] = []
+        start, end = 0, n
+        while end - start > 1:
+            k = _split(end - start)
+            if index < start + k:
+                path.append(self._hash(start + k, end))
+                end = start + k
+            else:
+                path.append(self._hash(start, start + k))
+                start += k
+        path.reverse()
+        return path
+
+    def consistency_proof(self, old_size: int, size: int | None = None) -> list[bytes]:
+        """PROOF(m, D[n]) = SUBPROOF(m, D[n], true) (RFC 9162 §2.1.4.1). Empty when m is 0 or n."""
+        n = self._check_size(size)
+        if not 0 <= old_size <= n:
+            raise ValueError(f"old size {old_size} is outside 0..{n}")
+        if old_size in (0, n):
+            return []
+        proof: list[bytes] = []
+        m, start, end, complete = old_size, 0, n, True
+        while True:
+            if m == end - start:
+                if not complete:
+                    proof.append(self._hash(start, end))
+                break
+            k = _split(end - start)
+            if m <= k:
+                proof.append(self._hash(start + k, end))
+                end = start + k
+            else:
+                proof.append(self._hash(start, start + k))
+                m -= k
+                start += k
+                complete = False
+        proof.reverse()
+        return proof
+
+
+def root_of(leaf_hashes: Sequence[bytes]) -> bytes:
+    return MerkleTree(leaf_hashes).root()
+
+
+def _check_hashes(hashes: Sequence[bytes], what: str) -> None:
+    for i, h in enumerate(hashes):
+        if not isinstance(h, bytes) or len(h) != HASH_SIZE:
+            raise ProofError(f"{what}[{i}] is not a {HASH_SIZE}-byte hash", reason="malformed_proof")
+
+
+def root_from_inclusion_proof(leaf: bytes, index: int, size: int, proof: Sequence[bytes]) -> bytes:
+    """The root implied by ``proof`` (RFC 9162 §2.1.3.2, steps 1-4). Raises ProofError."""
+    _check_hashes([leaf], "leaf")
+    _check_hashes(proof, "inclusion proof")
+    # 1. leaf_index < tree_size
+    if not 0 <= index < size:
+        raise ProofError(f"leaf index {index} is outside a tree of size {size}", reason="malformed_proof")
+    # 2.
+    fn, sn = index, size - 1
+    # 3.
+    r = leaf
+    # 4.
+    for p in proof:
+        # 4a.
+        if sn == 0:
+            raise ProofError(f"inclusion proof is longer than a tree of size {size} allows", reason="malformed_proof")
+        # 4b.
+        if fn & 1 or fn == sn:
+            r = node_hash(p, r)
+            if not fn & 1:
+                while fn and not fn & 1:
+                    fn >>= 1
+                    sn >>= 1
+        else:
+            r = node_hash(r, p)
+        # 4c.
+        fn >>= 1
+        sn >>= 1
+    # 5. (first half) sn must be 0
+    if sn != 0:
+        raise ProofError(f"inclusion proof is shorter than a tree of size {size} needs", reason="malformed_proof")
+    return r
+
+
+def verify_inclusion(leaf: bytes, index: int, size: int, proof: Sequence[bytes], root: bytes) -> None:
+    """RFC 9162 §2.1.3.2: ``leaf`` is at ``index`` in the tree of ``size`` with ``root``. Raises ProofError."""
+    # 5. (second half) r equals root_hash
+    if root_from_inclusion_proof(leaf, index, size, proof) != root:
+        raise ProofError(
+            f"leaf {leaf.hex()} is not at index {index} of the tree of size {size} with root {root.hex()}",
+            reason="not_included",
+        )
+
+
+def verify_consistency(old_size: int, size: int, proof: Sequence[bytes], old_root: bytes, root: bytes) -> None:
+    """RFC 9162 §2.1.4.2: the tree (size, root) extends (old_size, old_root). Raises ProofError."""
+    _check_hashes([old_root, root], "root")
+    _check_hashes(proof, "consistency proof")
+    if not 0 <= old_size <= size:
+        raise ProofError(f"tree size went back from {old_size} to {size}", reason="inconsistent")
+    if old_size == size:
+        if proof:
+            raise ProofError("a consistency proof between equal sizes must be empty", reason="malformed_proof")
+        if old_root != root:
+            raise ProofError(f"two different roots for tree size {size}", reason="inconsistent")
+        return
+    if old_size == 0:
+        # Every tree extends the empty one; its root is fixed.
+        if proof:
+            raise ProofError("a consistency proof from the empty tree must be empty", reason="malformed_proof")
+        if old_root != EMPTY_ROOT:
+            raise ProofError("the root of the empty tree is SHA-256 of nothing", reason="inconsistent")
+        return
+    # 1.
+    if not proof:
+        raise ProofError("empty consistency proof", reason="malformed_proof")
+    path = list(proof)
+    # 2.
+    if old_size & (old_size - 1) == 0:
+        path.insert(0, old_root)
+    # 3.
+    fn, sn = old_size - 1, size - 1
+    # 4.
+    while fn & 1:
+        fn >>= 1
+        sn >>= 1
+    # 5.
+    fr = sr = path[0]
+    # 6.
+    for c in path[1:]:
+        # 6a.
+        if sn == 0:
+            raise ProofError("consistency proof is longer than the sizes allow", reason="malformed_proof")
+        # 6b.
+        if fn & 1 or fn == sn:
+            fr = node_hash(c, fr)
+            sr = node_hash(c, sr)
+            if not fn & 1:
+                while fn and not fn & 1:
+                    fn >>= 1
+                    sn >>= 1
+        else:
+            sr = node_hash(sr, c)
+        # 6c.
+        fn >>= 1
+        sn >>= 1
+    # 7.
+    if sn != 0:
+        raise ProofError("consistency proof is shorter than the sizes need", reason="malformed_proof")
+    if fr != old_root:
+        raise ProofError(
+            f"the proof does not lead to the earlier root {old_root.hex()} of size {old_size}", reason="inconsistent"
+        )
+    if sr != root:
+        raise ProofError(f"the proof does not lead to the root {root.hex()} of size {size}", reason="inconsistent")

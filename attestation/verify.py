@@ -1,0 +1,579 @@
+"""Offline verification of a vendor bundle (docs/formats.md, "Vendor bundle v1").
+
+A chip vendor runs this without trusting the data center: every envelope is checked
+against its node's enrolled key, every chain is re-walked with the same rules the
+collector applies (``attestation.chain.check_next``), every envelope's leaf is
+recomputed from its bytes and proven to be in the log's signed checkpoint, and the
+checkpoint is proven consistent with one the vendor kept from an earlier bundle.
+
+Like keylime's verifier, ``verify_bundle`` does not stop at the first problem: it
+collects every ``Failure`` with the step it belongs to and a stable reason, and returns
+a ``Report`` (``Report.raise_for_failures`` raises for callers that prefer that). Only a
+bundle that cannot be read at all (not JSON, truncated, wrong media type, missing
+sections) ends verification early, with one "malformed_bundle" failure.
+
+Needs nothing outside the ``attestation`` package (protobuf, cryptography).
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import json
+import logging
+from dataclasses import dataclass, field
+from typing import Any
+
+from attestation import dsse
+from attestation.chain import ChainHead, advance, check_next
+from attestation.checkpoint import Checkpoint, parse_checkpoint_body, parse_note, verify_checkpoint
+from attestation.dsse import Envelope
+from attestation.errors import (
+    ChainError,
+    CheckpointError,
+    Error,
+    KeyFileError,
+    ProofError,
+    SchemaError,
+    VerificationError,
+)
+from attestation.keys import PublicKey, key_id_of
+from attestation.merkle import HASH_SIZE, leaf_hash, verify_consistency, verify_inclusion
+from attestation.statement import UNATTRIBUTED, UsageWindow, parse_statement
+
+_logger = logging.getLogger(__name__)
+
+BUNDLE_MEDIA_TYPE = "application/vnd.gpuaudit.bundle.v1+json"
+MS_PER_HOUR = 3_600_000
+MJ_PER_KWH = 3_600_000_000
+
+# Steps, in the order they run; each failure names one.
+STEPS = ("bundle", "checkpoint", "enrollment", "signature", "chain", "inclusion", "consistency")
+
+
+class BundleError(VerificationError):
+    """The bundle cannot be read: not JSON, truncated, the wrong media type or missing sections."""
+
+    reason = "malformed_bundle"
+
+
+@dataclass(frozen=True)
+class Failure:
+    """One verification problem: the step, a stable reason, and what a person needs to know."""
+
+    step: str
+    reason: str
+    message: str
+    entry: int | None = None  # index into the bundle's entries
+    key_id: str | None = None
+    seq: int | None = None
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "step": self.step,
+            "reason": self.reason,
+            "message": self.message,
+            "entry": self.entry,
+            "key_id": self.key_id,
+            "seq": self.seq,
+        }
+
+    def __str__(self) -> str:
+        where = []
+        if self.entry is not None:
+            where.append(f"entry {self.entry}")
+        if self.key_id is not None:
+            where.append(f"key {self.key_id[:19]}…")
+        if self.seq is not None:
+            where.append(f"seq {self.seq}")
+        return f"[{self.step}] {self.reason}: " + (f"{', '.join(where)}: " if where else "") + self.message
+
+
+@dataclass
+class TenantUsage:
+    gpu_ms: int = 0
+    energy_mj: int = 0
+
+    @property
+    def gpu_hours(self) -> float:
+        return self.gpu_ms / MS_PER_HOUR
+
+    @property
+    def energy_kwh(self) -> float:
+        return self.energy_mj / MJ_PER_KWH
+
+
+@dataclass
+class GpuUsage:
+    """Usage of one GPU (by serial, or ``uuid:<UUID>`` when the serial could not be read)."""
+
+    serial: str
+    node_ids: set[str] = field(default_factory=set)
+    models: set[str] = field(default_factory=set)
+    tenants: dict[str, TenantUsage] = field(default_factory=dict)
+    windows: list[tuple[int, int]] = field(default_factory=list)
+    windows_without_energy: int = 0
+
+    def gaps(self) -> list[tuple[int, int]]:
+        """Intervals between the first and last window that no statement covers."""
+        out: list[tuple[int, int]] = []
+        end: int | None = None
+        for s, e in sorted(self.windows):
+            if end is not None and s > end:
+                out.append((end, s))
+            end = e if end is None else max(end, e)
+        return out
+
+    def to_json(self) -> dict[str, Any]:
+        ws = sorted(self.windows)
+        return {
+            "serial": self.serial,
+            "nodes": sorted(self.node_ids),
+            "models": sorted(self.models),
+            "first_ms": ws[0][0] if ws else None,
+            "last_ms": ws[-1][1] if ws else None,
+            "windows": len(ws),
+            "windows_without_energy": self.windows_without_energy,
+            "tenants": {
+                t: {
+                    "gpu_ms": u.gpu_ms,
+                    "gpu_hours": round(u.gpu_hours, 6),
+                    "energy_mj": u.energy_mj,
+                    "energy_kwh": round(u.energy_kwh, 6),
+                }
+                for t, u in sorted(self.tenants.items())
+            },
+            "gaps": [{"start_ms": s, "end_ms": e} for s, e in self.gaps()],
+        }
+
+
+@dataclass
+class Report:
+    failures: list[Failure] = field(default_factory=list)
+    gpus: dict[str, GpuUsage] = field(default_factory=dict)
+    checkpoint: Checkpoint | None = None
+    previous: Checkpoint | None = None
+    entries: int = 0
+    keys: int = 0
+    selection: Any = None
+
+    @property
+    def ok(self) -> bool:
+        return not self.failures
+
+    def fail(self, step: str, reason: str, message: str, **where: Any) -> None:
+        self.failures.append(Failure(step, reason, message, **where))
+
+    def reasons(self) -> set[str]:
+        return {f.reason for f in self.failures}
+
+    def raise_for_failures(self) -> None:
+        if self.failures:
+            first = self.failures[0]
+            raise VerificationError(
+                f"{len(self.failures)} verification failure(s); first: {first}", reason=first.reason
+            )
+
+    def to_json(self) -> dict[str, Any]:
+        cp = self.checkpoint
+        return {
+            "ok": self.ok,
+            "entries": self.entries,
+            "keys": self.keys,
+            "selection": self.selection,
+            "checkpoint": None
+            if cp is None
+            else {"origin": cp.origin, "size": cp.size, "root": base64.b64encode(cp.root).decode("ascii")},
+            "previous_checkpoint": None if self.previous is None else {"size": self.previous.size},
+            "failures": [f.to_json() for f in self.failures],
+            "gpus": [self.gpus[s].to_json() for s in sorted(self.gpus)],
+        }
+
+
+# ---------------------------------------------------------------------------
+# Reading the bundle
+
+
+@dataclass(frozen=True)
+class _Node:
+    node_id: str
+    key: PublicKey
+    revoked_ms: int | None
+
+
+@dataclass(frozen=True)
+class _Statement:
+    entry: int
+    key_id: str
+    window: UsageWindow
+    digest: str
+
+
+def _b64(value: Any, what: str) -> bytes:
+    if not isinstance(value, str):
+        raise BundleError(f"{what}: expected a base64 string")
+    try:
+        return base64.b64decode(value, validate=True)
+    except (binascii.Error, ValueError) as exc:
+        raise BundleError(f"{what}: not base64") from exc
+
+
+def _int(value: Any, what: str, *, nullable: bool = False) -> Any:
+    if value is None and nullable:
+        return None
+    if type(value) is not int or value < 0:
+        raise BundleError(f"{what}: expected a non-negative integer, got {value!r}")
+    return value
+
+
+def _obj(value: Any, what: str) -> dict[str, Any]:
+    if not isinstance(value, dict):
+        raise BundleError(f"{what}: expected an object")
+    return value
+
+
+def _str(value: Any, what: str) -> str:
+    if not isinstance(value, str):
+        raise BundleError(f"{what}: expected a string")
+    return value
+
+
+def _hashes(value: Any, what: str) -> list[bytes]:
+    if not isinstance(value, list):
+        raise BundleError(f"{what}: expected a list of base64 hashes")
+    out = [_b64(h, f"{what}[{i}]") for i, h in enumerate(value)]
+    for i, h in enumerate(out):
+        if len(h) != HASH_SIZE:
+            raise BundleError(f"{what}[{i}]: {len(h)} bytes, expected {HASH_SIZE}")
+    return out
+
+
+def _load(data: bytes) -> dict[str, Any]:
+    try:
+        doc = json.loads(data)
+    except (UnicodeDecodeError, ValueError, RecursionError) as exc:
+        raise BundleError(f"the bundle is not JSON (truncated or damaged?): {exc}") from exc
+    doc = _obj(doc, "bundle")
+    media = doc.get("media_type")
+    if media != BUNDLE_MEDIA_TYPE:
+        raise BundleError(f"media_type {media!r}; this verifier reads {BUNDLE_MEDIA_TYPE}")
+    for name, kind in (("log", dict), ("nodes", list), ("entries", list)):
+        if not isinstance(doc.get(name), kind):
+            raise BundleError(f"the bundle's {name!r} is missing or not a{'n object' if kind is dict else ' list'}")
+    if doc.get("consistency") is not None:
+        _obj(doc["consistency"], "consistency")
+    return doc
+
+
+# ---------------------------------------------------------------------------
+# Verification
+
+
+def verify_bundle(data: bytes, previous_checkpoint: str | bytes | None = None) -> Report:
+    """Verify a bundle (its bytes) and, optionally, its consistency with an earlier checkpoint."""
+    report = Report()
+    try:
+        _verify(data, previous_checkpoint, report)
+    except BundleError as exc:
+        report.fail("bundle", exc.reason, str(exc))
+    return report
+
+
+def _verify(data: bytes, previous_checkpoint: str | bytes | None, report: Report) -> None:
+    # 0. The bundle parses: JSON, media type, sections.
+    doc = _load(data)
+    report.selection = doc.get("selection")
+    entries: list[Any] = doc["entries"]
+    report.entries = len(entries)
+
+    # 1. The log key, and the checkpoint's signature by it (c2sp.org/signed-note).
+    log = doc["log"]
+    origin = _str(log.get("origin"), "log.origin")
+    note = _str(log.get("checkpoint"), "log.checkpoint")
+    log_key: PublicKey | None = None
+    try:
+        pk = _obj(log.get("public_key"), "log.public_key")
+        log_key = PublicKey.from_spki(_b64(pk.get("spki"), "log.public_key.spki"))
+    except (BundleError, KeyFileError) as exc:
+        report.fail("checkpoint", "bad_log_key", f"the log's public key is unusable: {exc}")
+    checkpoint: Checkpoint | None = None
+    if log_key is not None:
+        try:
+            checkpoint = verify_checkpoint(note, origin, log_key, origin=origin)
+        except CheckpointError as exc:
+            report.fail("checkpoint", exc.reason, str(exc))
+    if checkpoint is None:
+        # Keep going with the unverified checkpoint so every other problem is still reported.
+        try:
+            checkpoint = parse_checkpoint_body(parse_note(note)[0])
+        except CheckpointError as exc:
+            report.fail("checkpoint", exc.reason, str(exc))
+    report.checkpoint = checkpoint
+
+    # 2. Enrollment records: well formed, key ids match their keys.
+    nodes: dict[str, _Node] = {}
+    for i, raw in enumerate(doc["nodes"]):
+        try:
+            rec = _obj(raw, f"nodes[{i}]")
+            spki = _b64(rec.get("spki"), f"nodes[{i}].spki")
+            key_id = _str(rec.get("key_id"), f"nodes[{i}].key_id")
+            node = _Node(
+                node_id=_str(rec.get("node_id"), f"nodes[{i}].node_id"),
+                key=PublicKey.from_spki(spki),
+                revoked_ms=_int(rec.get("revoked_ms"), f"nodes[{i}].revoked_ms", nullable=True),
+            )
+        except (BundleError, KeyFileError) as exc:
+            report.fail("enrollment", "malformed_enrollment", str(exc))
+            continue
+        if key_id != key_id_of(spki):
+            report.fail("enrollment", "key_id_mismatch", f"nodes[{i}] names key {key_id} for key {key_id_of(spki)}")
+            continue
+        if key_id in nodes:
+            report.fail("enrollment", "duplicate_enrollment", f"key {key_id} is enrolled twice", key_id=key_id)
+            continue
+        nodes[key_id] = node
+    report.keys = len(nodes)
+
+    # 3. Each envelope: signed by its enrolled key (DSSE), parses, names its node, signed
+    #    before the key was revoked (a statement is signed when its window ends).
+    statements: list[_Statement] = []
+    parsed: list[tuple[Envelope, int, list[bytes]] | None] = []
+    for i, raw in enumerate(entries):
+        try:
+            e = _obj(raw, f"entries[{i}]")
+            index = _int(e.get("leaf_index"), f"entries[{i}].leaf_index")
+            proof = _hashes(e.get("inclusion_proof"), f"entries[{i}].inclusion_proof")
+            env = Envelope.from_json(e.get("envelope"))
+        except (BundleError, Error) as exc:
+            report.fail("bundle", "malformed_entry", str(exc), entry=i)
+            parsed.append(None)
+            continue
+        parsed.append((env, index, proof))
+        stmt = _verify_envelope(i, env, nodes, report)
+        if stmt is not None:
+            statements.append(stmt)
+
+    # 4-5. Chains, windows and energy, per key (attestation.chain.check_next).
+    by_key: dict[str, list[_Statement]] = {}
+    for s in statements:
+        by_key.setdefault(s.key_id, []).append(s)
+    for key_id, chain in by_key.items():
+        _verify_chain(key_id, chain, report)
+
+    # 6. Inclusion of every envelope in the checkpoint (RFC 9162 §2.1.3.2), from the
+    #    leaf recomputed from the envelope's own bytes.
+    if checkpoint is not None:
+        for i, item in enumerate(parsed):
+            if item is None:
+                continue
+            env, index, proof = item
+            try:
+                verify_inclusion(leaf_hash(env.pae()), index, checkpoint.size, proof, checkpoint.root)
+            except ProofError as exc:
+                report.fail("inclusion", exc.reason, str(exc), entry=i)
+
+    # 7. Consistency with the vendor's earlier checkpoint (RFC 9162 §2.1.4.2).
+    if previous_checkpoint is not None:
+        _verify_consistency(doc.get("consistency"), previous_checkpoint, origin, log_key, checkpoint, report)
+
+    # 8. Usage per GPU serial and tenant, from the statements whose signature verified.
+    _usage(statements, report)
+
+
+def _verify_envelope(i: int, env: Envelope, nodes: dict[str, _Node], report: Report) -> _Statement | None:
+    key_id = next((s.keyid for s in env.signatures if s.keyid in nodes), None)
+    if key_id is None:
+        names = [s.keyid for s in env.signatures]
+        report.fail("signature", "unknown_key", f"signed by {names}, none of them enrolled in the bundle", entry=i)
+        return None
+    node = nodes[key_id]
+    try:
+        payload = dsse.verify(env, node.key)
+    except VerificationError as exc:
+        report.fail("signature", exc.reason, str(exc), entry=i, key_id=key_id)
+        return None
+    try:
+        window = parse_statement(payload)
+    except SchemaError as exc:
+        report.fail("signature", exc.reason, str(exc), entry=i, key_id=key_id)
+        return None
+    except (ValueError, RecursionError) as exc:  # e.g. an integer beyond int_max_str_digits
+        report.fail("signature", "bad_schema", f"payload is not acceptable JSON: {exc}", entry=i, key_id=key_id)
+        return None
+    seq = window.chain.seq
+    if window.node_id != node.node_id:
+        report.fail(
+            "signature",
+            "node_mismatch",
+            f"statement names node {window.node_id!r}, key enrolled for {node.node_id!r}",
+            entry=i,
+            key_id=key_id,
+            seq=seq,
+        )
+    if node.revoked_ms is not None and window.end_ms > node.revoked_ms:
+        report.fail(
+            "signature",
+            "revoked_key",
+            f"window ending {window.end_ms} ms was signed after the key was revoked at {node.revoked_ms} ms",
+            entry=i,
+            key_id=key_id,
+            seq=seq,
+        )
+    return _Statement(entry=i, key_id=key_id, window=window, digest=env.digest())
+
+
+def _verify_chain(key_id: str, chain: list[_Statement], report: Report) -> None:
+    """Re-walk one key's chain. The bundle lists each key's statements in seq order.
+
+    4a. order: a statement listed after a higher seq is "out_of_order";
+    4b. one seq twice: the same statement is "seq_replay", two different ones a "fork";
+    4c. the first statement anchors the walk (a bundle may start mid-chain: its prev is
+        taken on trust, the log's inclusion proof binds it); every later one must pass
+        check_next: seq without gaps, prev = digest of the previous, windows that do not
+        overlap, energy counters that do not go back. After a failure the walk continues
+        from the failing statement, so one problem is reported once.
+    """
+    # 4a.
+    highest = -1
+    seen: dict[int, list[_Statement]] = {}
+    for s in chain:
+        seq = s.window.chain.seq
+        if seq < highest and seq not in seen:
+            report.fail(
+                "chain",
+                "out_of_order",
+                f"seq {seq} is listed after seq {highest}",
+                entry=s.entry,
+                key_id=key_id,
+                seq=seq,
+            )
+        highest = max(highest, seq)
+        seen.setdefault(seq, []).append(s)
+    # 4b.
+    walk: list[_Statement] = []
+    for seq in sorted(seen):
+        first, *others = seen[seq]
+        for o in others:
+            if o.digest == first.digest:
+                report.fail(
+                    "chain",
+                    "seq_replay",
+                    f"seq {seq} appears again (entries {first.entry} and {o.entry})",
+                    entry=o.entry,
+                    key_id=key_id,
+                    seq=seq,
+                )
+            else:
+                report.fail(
+                    "chain",
+                    "fork",
+                    f"two different statements with seq {seq}: {first.digest} (entry {first.entry}) and "
+                    f"{o.digest} (entry {o.entry}); the key signed a fork",
+                    entry=o.entry,
+                    key_id=key_id,
+                    seq=seq,
+                )
+        walk.append(first)
+    # 4c.
+    head: ChainHead | None = None
+    for s in walk:
+        w = s.window
+        if head is None and w.chain.seq > 0:
+            anchor = ChainHead(key_id=key_id, seq=w.chain.seq - 1, digest=w.chain.prev or "", end_ms=w.start_ms,
+                               boot_id=w.boot_id)  # fmt: skip
+            current: ChainHead | None = anchor
+        else:
+            current = head
+        try:
+            check_next(current, w, s.digest, key_id)
+        except ChainError as exc:
+            report.fail("chain", exc.reason, str(exc), entry=s.entry, key_id=key_id, seq=w.chain.seq)
+        head = advance(head, w, s.digest)
+
+
+def _verify_consistency(
+    raw: Any,
+    previous: str | bytes,
+    origin: str,
+    log_key: PublicKey | None,
+    checkpoint: Checkpoint | None,
+    report: Report,
+) -> None:
+    """7a. the earlier checkpoint is signed by this log's key; 7b. the bundle proves the
+    current checkpoint extends it."""
+    if log_key is None or checkpoint is None:
+        report.fail("consistency", "not_checked", "no usable log key or checkpoint to check consistency against")
+        return
+    # 7a.
+    try:
+        prev = verify_checkpoint(previous, origin, log_key, origin=origin)
+    except CheckpointError as exc:
+        report.fail(
+            "consistency",
+            "untrusted_previous_checkpoint",
+            f"the earlier checkpoint does not verify with this bundle's log key ({exc.reason}: {exc}); "
+            "the log key or origin changed, or the file is not a checkpoint of this log",
+        )
+        return
+    report.previous = prev
+    # 7b.
+    if prev.size > checkpoint.size:
+        report.fail(
+            "consistency",
+            "inconsistent_checkpoint",
+            f"the log shrank: the earlier checkpoint has {prev.size} leaves, this one {checkpoint.size}",
+        )
+        return
+    proof: list[bytes] = []
+    if prev.size not in (0, checkpoint.size):
+        try:
+            c = _obj(raw, "consistency")
+            if _int(c.get("from_size"), "consistency.from_size") != prev.size:
+                report.fail(
+                    "consistency",
+                    "missing_consistency_proof",
+                    f"the bundle proves consistency from size {c.get('from_size')}, not from {prev.size}",
+                )
+                return
+            proof = _hashes(c.get("proof"), "consistency.proof")
+        except BundleError as exc:
+            report.fail("consistency", "missing_consistency_proof", f"no usable consistency proof: {exc}")
+            return
+    try:
+        verify_consistency(prev.size, checkpoint.size, proof, prev.root, checkpoint.root)
+    except ProofError as exc:
+        report.fail(
+            "consistency",
+            "inconsistent_checkpoint",
+            f"the checkpoint of size {checkpoint.size} does not extend the earlier one of size {prev.size}: {exc}",
+        )
+
+
+def _usage(statements: list[_Statement], report: Report) -> None:
+    done: set[str] = set()
+    for s in statements:
+        if s.digest in done:
+            continue
+        done.add(s.digest)
+        w = s.window
+        for g in w.gpus:
+            name = g.serial if g.serial else f"uuid:{g.uuid}"
+            gpu = report.gpus.setdefault(name, GpuUsage(serial=name))
+            gpu.node_ids.add(w.node_id)
+            gpu.models.add(g.model)
+            gpu.windows.append((w.start_ms, w.end_ms))
+            energy = None
+            if g.energy_start_mj is not None and g.energy_end_mj is not None and g.energy_end_mj >= g.energy_start_mj:
+                energy = g.energy_end_mj - g.energy_start_mj
+            else:
+                gpu.windows_without_energy += 1
+            shared = 0
+            for wl in g.workloads:
+                u = gpu.tenants.setdefault(wl.tenant, TenantUsage())
+                u.gpu_ms += wl.gpu_ms
+                if energy is not None:
+                    part = energy * wl.share_permille // 1000
+                    u.energy_mj += part
+                    shared += part
+            if energy is not None and energy > shared:
+                gpu.tenants.setdefault(UNATTRIBUTED, TenantUsage()).energy_mj += energy - shared

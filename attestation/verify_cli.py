@@ -1,0 +1,124 @@
+"""gpuaudit-verify: verify a vendor bundle offline (docs/vendor-guide.md).
+
+Exit codes: 0 everything verifies; 1 verification failed (every failure is listed with
+its reason); 2 usage error (bad arguments, unreadable file).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from datetime import UTC, datetime
+from pathlib import Path
+
+from attestation.verify import Report, verify_bundle
+
+
+def _time(ms: int) -> str:
+    return datetime.fromtimestamp(ms / 1000, tz=UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+def _duration(ms: int) -> str:
+    s = ms // 1000
+    return f"{s // 3600}h{s % 3600 // 60:02d}m" if s >= 3600 else f"{s // 60}m{s % 60:02d}s"
+
+
+def format_report(report: Report, path: str) -> str:
+    lines = [f"bundle {path}"]
+    cp = report.checkpoint
+    if cp is not None:
+        lines.append(f"log {cp.origin}: checkpoint of {cp.size} leaves, root {cp.root.hex()}")
+    if report.previous is not None:
+        lines.append(f"earlier checkpoint of {report.previous.size} leaves checked for consistency")
+    lines.append(f"{report.entries} envelopes, {report.keys} enrolled keys")
+    for serial in sorted(report.gpus):
+        g = report.gpus[serial]
+        ws = sorted(g.windows)
+        lines.append("")
+        lines.append(
+            f"GPU {serial}  {', '.join(sorted(g.models))} on {', '.join(sorted(g.node_ids))}  "
+            f"{_time(ws[0][0])} .. {_time(ws[-1][1])}, {len(ws)} windows"
+        )
+        for tenant, u in sorted(g.tenants.items()):
+            lines.append(f"  {tenant:32s} {u.gpu_hours:10.3f} GPU-h {u.energy_kwh:10.3f} kWh")
+        if g.windows_without_energy:
+            lines.append(f"  energy unavailable in {g.windows_without_energy} window(s)")
+        gaps = g.gaps()
+        if gaps:
+            lines.append(f"  gaps ({len(gaps)}):")
+            lines.extend(f"    {_time(s)} .. {_time(e)} ({_duration(e - s)})" for s, e in gaps)
+        else:
+            lines.append("  gaps: none")
+    lines.append("")
+    if report.ok:
+        lines.append("VERIFIED: every signature, chain and inclusion check passed")
+        if report.previous is None:
+            lines.append(
+                "  (no --previous-checkpoint: the log's consistency with an earlier checkpoint was not checked)"
+            )
+        else:
+            lines.append(f"  the log extends the earlier checkpoint of {report.previous.size} leaves")
+    else:
+        lines.append(f"FAILED: {len(report.failures)} verification failure(s)")
+        lines.extend(f"  {f}" for f in report.failures)
+    return "\n".join(lines)
+
+
+def read_previous(path: Path) -> str:
+    """A checkpoint note from ``path``: the note itself, or the checkpoint of an earlier bundle."""
+    text = path.read_text(encoding="utf-8")
+    if text.lstrip().startswith("{"):
+        try:
+            note = json.loads(text)["log"]["checkpoint"]
+        except (ValueError, KeyError, TypeError) as exc:
+            raise ValueError(f"{path} is JSON but not a bundle with log.checkpoint") from exc
+        if not isinstance(note, str):
+            raise ValueError(f"{path}: log.checkpoint is not a string")
+        return note
+    return text
+
+
+def build_parser() -> argparse.ArgumentParser:
+    ap = argparse.ArgumentParser(
+        prog="gpuaudit-verify",
+        description="Verify a gpuaudit vendor bundle offline: signatures by enrolled keys, chain continuity, "
+        "windows, energy counters, inclusion in the log's signed checkpoint and, given an earlier checkpoint, "
+        "the log's consistency with it. Prints GPU-hours and energy per GPU serial and tenant. "
+        "Exit 0: verified; 1: verification failed; 2: usage error.",
+    )
+    ap.add_argument("bundle", type=Path, metavar="FILE", help="bundle from gpuaudit-collector export")
+    ap.add_argument("--json", action="store_true", help="print the report as JSON")
+    ap.add_argument(
+        "--previous-checkpoint",
+        type=Path,
+        metavar="FILE",
+        help="a checkpoint you kept (the note, or the earlier bundle itself): the log must extend it",
+    )
+    return ap
+
+
+def main(argv: list[str] | None = None) -> int:
+    ns = build_parser().parse_args(argv)
+    try:
+        data = ns.bundle.read_bytes()
+    except OSError as exc:
+        print(f"error: cannot read {ns.bundle}: {exc.strerror or exc}", file=sys.stderr)
+        return 2
+    previous = None
+    if ns.previous_checkpoint is not None:
+        try:
+            previous = read_previous(ns.previous_checkpoint)
+        except (OSError, UnicodeDecodeError, ValueError) as exc:
+            print(f"error: cannot read the previous checkpoint {ns.previous_checkpoint}: {exc}", file=sys.stderr)
+            return 2
+    report = verify_bundle(data, previous)
+    if ns.json:
+        print(json.dumps(report.to_json(), indent=2))
+    else:
+        print(format_report(report, str(ns.bundle)))
+    return 0 if report.ok else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,173 @@
+"""The collector's transparency log: an RFC 9162 tree over every accepted statement.
+
+The store appends one leaf per accepted statement in the transaction that stores it
+(``Store.save_batch``); this module reads those leaf hashes, keeps the tree's complete
+subtrees in memory (``attestation.merkle.MerkleTree``: 64 bytes per leaf, O(log^2 n) per
+proof), serves roots and proofs, and signs checkpoints (c2sp.org/tlog-checkpoint) with
+the log's Ed25519 key.
+
+The log never signs a checkpoint inconsistent with the previous one
+(c2sp.org/tlog-checkpoint, "Signatures"): before signing, the previous checkpoint's size
+and root are taken from its stored note and a consistency proof from it to the new tree
+is verified; if the store's leaves no longer lead to that root (the database was edited
+or restored from an older backup), ``Log.checkpoint`` raises ``InconsistentLogError``
+and signs nothing.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+from pathlib import Path
+
+from attestation.checkpoint import (
+    Checkpoint,
+    SignedCheckpoint,
+    parse_checkpoint_body,
+    parse_note,
+    sign_checkpoint,
+    verify_checkpoint,
+)
+from attestation.errors import CheckpointError, ProofError
+from attestation.keys import PublicKey, Signer, create_key_file, load_key_file
+from attestation.merkle import MerkleTree, verify_consistency
+from collector.config import CollectorConfig
+from collector.errors import CollectorError
+from collector.store.base import CheckpointRecord, Store
+
+_logger = logging.getLogger(__name__)
+
+
+class LogError(CollectorError):
+    """The transparency log cannot be read, or a proof cannot be served."""
+
+    reason = "log"
+
+
+class InconsistentLogError(LogError):
+    """The stored leaves contradict a checkpoint the log signed before: nothing was signed."""
+
+    reason = "inconsistent_log"
+
+    def diagnostics(self) -> str:
+        return (
+            f"{self.reason}: {self}\n"
+            "The collector refuses to sign a checkpoint that contradicts one it signed before: "
+            "the store's log leaves were changed or the database was restored from an older backup. "
+            "Keep the database as it is (it is evidence) and restore the newest backup that still "
+            "contains every signed checkpoint's leaves."
+        )
+
+
+class Log:
+    """Roots, proofs and signed checkpoints over the store's log leaves. Thread-safe."""
+
+    def __init__(self, store: Store, signer: Signer, origin: str) -> None:
+        self._store = store
+        self._signer = signer
+        self._origin = origin
+        self._tree = MerkleTree()
+        self._index: dict[tuple[str, int], int] = {}
+        self._lock = threading.RLock()
+
+    @classmethod
+    def open(cls, cfg: CollectorConfig, store: Store) -> Log:
+        """The log of ``cfg``'s collector; its key file is created (0600) on first use."""
+        path: Path = cfg.log_key_path()
+        if path.exists():
+            signer = load_key_file(path)
+        else:
+            signer = create_key_file(path)
+            _logger.info("created the log signing key %s (%s)", path, signer.key_id)
+        return cls(store, signer, cfg.log_origin)
+
+    @property
+    def origin(self) -> str:
+        return self._origin
+
+    def public_key(self) -> PublicKey:
+        return self._signer.public_key()
+
+    def sync(self) -> int:
+        """Read the leaves appended since the last call; return the tree size."""
+        with self._lock:
+            for leaf in self._store.log_leaves(self._tree.size):
+                if leaf.index != self._tree.size:
+                    raise LogError(f"log leaf {leaf.index} follows leaf {self._tree.size - 1}: leaves are missing")
+                self._tree.append(leaf.leaf_hash)
+                self._index[(leaf.key_id, leaf.seq)] = leaf.index
+            return self._tree.size
+
+    @property
+    def size(self) -> int:
+        return self._tree.size
+
+    def leaf_index(self, key_id: str, seq: int) -> int | None:
+        """The leaf index of statement (key_id, seq), None if it is not (yet) in the synced log."""
+        return self._index.get((key_id, seq))
+
+    def leaf_hash(self, index: int) -> bytes:
+        return self._tree.leaf(index)
+
+    def root(self, size: int | None = None) -> bytes:
+        with self._lock:
+            return self._tree.root(size)
+
+    def inclusion_proof(self, index: int, size: int) -> list[bytes]:
+        with self._lock:
+            return self._tree.inclusion_proof(index, size)
+
+    def consistency_proof(self, old_size: int, size: int) -> list[bytes]:
+        with self._lock:
+            return self._tree.consistency_proof(old_size, size)
+
+    def verify_own(self, note: str) -> Checkpoint:
+        """Verify a checkpoint this log signed (e.g. one a vendor kept). Raises CheckpointError."""
+        return verify_checkpoint(note, self._origin, self.public_key(), origin=self._origin)
+
+    def checkpoint(self, now_ms: int) -> SignedCheckpoint:
+        """Sign (and store) a checkpoint of the whole log, unless it contradicts the previous one.
+
+        Steps:
+        1. read the leaves committed since the last sync;
+        2. take the previous checkpoint's size and root from its stored note;
+        3. verify a consistency proof from it to the current tree (RFC 9162 §2.1.4.2),
+           raising InconsistentLogError otherwise;
+        4. if nothing was appended and the previous note is ours, return it unchanged;
+        5. sign the new checkpoint and store it.
+        """
+        with self._lock:
+            # 1.
+            size = self.sync()
+            root = self._tree.root()
+            # 2.
+            previous = self._store.latest_checkpoint()
+            if previous is not None:
+                try:
+                    prev = parse_checkpoint_body(parse_note(previous.note)[0])
+                except CheckpointError as exc:
+                    raise InconsistentLogError(f"the stored previous checkpoint cannot be read: {exc}") from exc
+                # 3.
+                if prev.size > size:
+                    raise InconsistentLogError(
+                        f"the log has {size} leaves but a checkpoint was signed at size {prev.size}"
+                    )
+                try:
+                    verify_consistency(prev.size, size, self._tree.consistency_proof(prev.size, size), prev.root, root)
+                except ProofError as exc:
+                    raise InconsistentLogError(
+                        f"the log's first {prev.size} leaves no longer lead to the root signed before: {exc}"
+                    ) from exc
+                # 4.
+                if prev.size == size and prev.origin == self._origin:
+                    try:
+                        cp = self.verify_own(previous.note)
+                    except CheckpointError:
+                        pass  # signed by another key (rotated): sign again with ours
+                    else:
+                        return SignedCheckpoint(checkpoint=cp, note=previous.note)
+            # 5.
+            signed = sign_checkpoint(Checkpoint(self._origin, size, root), self._origin, self._signer)
+            self._store.save_checkpoint(CheckpointRecord(size, root, now_ms, signed.note))
+            _logger.info("signed checkpoint %s at size %d, root %s", self._origin, size, root.hex())
+            return signed

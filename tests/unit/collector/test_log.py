@@ -1,0 +1,150 @@
+"""The collector's transparency log: leaves written with the statements, checkpoints that
+are signed only when consistent with the previous one, proofs that verify."""
+
+from __future__ import annotations
+
+import sqlite3
+import stat
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from attestation.checkpoint import verify_checkpoint
+from attestation.keys import Ed25519Signer
+from attestation.merkle import leaf_hash, verify_consistency, verify_inclusion
+from collector.config import CollectorConfig
+from collector.ingest import Ingestor
+from collector.log import InconsistentLogError, Log
+from collector.store.sqlite import MIGRATIONS, SqliteStore, migrate
+
+# conftest.py's NodeChain, reached through fixtures (conftest modules are not imported).
+NodeChain = Any
+NOW_MS = 1_700_000_000_000
+ORIGIN = "gpuaudit/test"
+
+
+def _log(store: SqliteStore) -> Log:
+    return Log(store, Ed25519Signer.generate(), ORIGIN)
+
+
+def test_every_accepted_statement_becomes_a_leaf_in_commit_order(
+    store: SqliteStore, ingestor: Ingestor, enroll: Callable[..., NodeChain]
+) -> None:
+    a, b = enroll("node-a", gpus=1), enroll("node-b", gpus=1)
+    batch1 = [(a.key_id, e) for e in a.take(2)]
+    batch2 = [(b.key_id, b.next()), (a.key_id, a.next())]
+    ingestor.ingest_batch(batch1)
+    ingestor.ingest_batch(batch2)
+    ingestor.ingest_batch(batch2)  # duplicates are not logged twice
+    leaves = store.log_leaves()
+    assert store.log_size() == 4
+    assert [(lf.index, lf.key_id, lf.seq) for lf in leaves] == [
+        (0, a.key_id, 0),
+        (1, a.key_id, 1),
+        (2, b.key_id, 0),
+        (3, a.key_id, 2),
+    ]
+    envs = [e for _, e in batch1 + batch2]
+    assert [lf.leaf_hash for lf in leaves] == [leaf_hash(e.pae()) for e in envs], "leaf hash = SHA-256(0x00 || PAE)"
+    assert [lf.index for lf in store.log_leaves(1, 3)] == [1, 2]
+
+
+def test_refused_statements_are_not_logged(
+    store: SqliteStore, ingestor: Ingestor, enroll: Callable[..., NodeChain]
+) -> None:
+    a = enroll(gpus=1)
+    ingestor.ingest_batch([(a.key_id, a.next())])
+    a.next()  # skipped: the next one is a gap
+    ingestor.ingest_batch([(a.key_id, a.next())])
+    assert store.log_size() == 1
+
+
+def test_statements_from_before_the_log_are_backfilled_in_commit_order(tmp_path: Path) -> None:
+    path = tmp_path / "old.db"
+    conn = sqlite3.connect(path, isolation_level=None)
+    migrate(conn, MIGRATIONS[:1], NOW_MS)
+    signer = Ed25519Signer.generate()
+    conn.execute(
+        "INSERT INTO node_keys VALUES (?, 'n', 'ed25519', ?, 'software', 0, NULL)",
+        (signer.key_id, signer.public_key().spki_der),
+    )
+    for seq in (1, 0, 2):  # committed out of seq order: the log follows commit order
+        conn.execute(
+            "INSERT INTO statements (key_id, seq, node_id, start_ms, end_ms, digest, payload, payload_type, "
+            "signatures, received_ms) VALUES (?, ?, 'n', 0, 1, 'd', ?, 't', '[]', 0)",
+            (signer.key_id, seq, b"p%d" % seq),
+        )
+    conn.close()
+    with SqliteStore(path, now_ms=NOW_MS) as store:
+        leaves = store.log_leaves()
+        assert [lf.seq for lf in leaves] == [1, 0, 2]
+        assert leaves[0].leaf_hash == leaf_hash(b"DSSEv1 1 t 2 p1")
+    with SqliteStore(path, now_ms=NOW_MS) as store:  # idempotent
+        assert store.log_size() == 3
+
+
+def test_checkpoints_are_signed_stored_and_consistent(
+    store: SqliteStore, ingestor: Ingestor, enroll: Callable[..., NodeChain]
+) -> None:
+    a = enroll(gpus=1)
+    log = _log(store)
+    empty = log.checkpoint(NOW_MS)
+    assert empty.checkpoint.size == 0
+    ingestor.ingest_batch([(a.key_id, e) for e in a.take(5)])
+    first = log.checkpoint(NOW_MS + 1)
+    cp = verify_checkpoint(first.note, ORIGIN, log.public_key(), origin=ORIGIN)
+    assert cp.size == 5 and cp.root == log.root()
+    assert log.checkpoint(NOW_MS + 2).note == first.note, "nothing appended: the same checkpoint"
+    ingestor.ingest_batch([(a.key_id, e) for e in a.take(6)])
+    second = log.checkpoint(NOW_MS + 3)
+    assert second.checkpoint.size == 11
+    stored = store.latest_checkpoint()
+    assert stored is not None and stored.note == second.note and stored.tree_size == 11
+    verify_consistency(5, 11, log.consistency_proof(5, 11), first.checkpoint.root, second.checkpoint.root)
+    for lf in store.log_leaves():
+        verify_inclusion(lf.leaf_hash, lf.index, 11, log.inclusion_proof(lf.index, 11), second.checkpoint.root)
+    assert log.leaf_index(a.key_id, 10) == 10
+
+
+def test_a_rewritten_log_is_never_signed(
+    store: SqliteStore, ingestor: Ingestor, enroll: Callable[..., NodeChain]
+) -> None:
+    a = enroll(gpus=1)
+    ingestor.ingest_batch([(a.key_id, e) for e in a.take(4)])
+    signer = Ed25519Signer.generate()
+    Log(store, signer, ORIGIN).checkpoint(NOW_MS)
+    with store._tx() as conn:  # someone edits the database behind the collector's back
+        conn.execute("UPDATE log_leaves SET leaf_hash = ? WHERE leaf_index = 2", (leaf_hash(b"forged"),))
+    ingestor.ingest_batch([(a.key_id, a.next())])
+    restarted = Log(store, signer, ORIGIN)
+    with pytest.raises(InconsistentLogError) as exc:
+        restarted.checkpoint(NOW_MS + 1)
+    assert "root signed before" in str(exc.value)
+    latest = store.latest_checkpoint()
+    assert latest is not None and latest.tree_size == 4, "nothing was signed"
+
+
+def test_a_truncated_log_is_never_signed(
+    store: SqliteStore, ingestor: Ingestor, enroll: Callable[..., NodeChain]
+) -> None:
+    a = enroll(gpus=1)
+    ingestor.ingest_batch([(a.key_id, e) for e in a.take(4)])
+    signer = Ed25519Signer.generate()
+    Log(store, signer, ORIGIN).checkpoint(NOW_MS)
+    with store._tx() as conn:
+        conn.execute("DELETE FROM log_leaves WHERE leaf_index = 3")
+    with pytest.raises(InconsistentLogError):
+        Log(store, signer, ORIGIN).checkpoint(NOW_MS + 1)
+
+
+def test_open_creates_the_log_key_0600_next_to_the_db(tmp_path: Path) -> None:
+    cfg = CollectorConfig(db=tmp_path / "c.db", collector_id="site-7")
+    with SqliteStore(cfg.db, now_ms=NOW_MS) as store:
+        log = Log.open(cfg, store)
+        key_path = tmp_path / "c.db.log-key.pem"
+        assert stat.S_IMODE(key_path.stat().st_mode) == 0o600
+        assert log.origin == "gpuaudit/site-7"
+        again = Log.open(cfg, store)
+        assert again.public_key() == log.public_key(), "the key is created once, then loaded"
