@@ -193,6 +193,41 @@ def _cmd_detect(ns: argparse.Namespace) -> int:
     return 1 if (ns.fail_on_findings and docs) else 0
 
 
+def _rfc3339_ms(text: str) -> int:
+    """Milliseconds since the epoch of an RFC 3339 time with an offset (argparse type)."""
+    from datetime import datetime
+
+    try:
+        t = datetime.fromisoformat(text)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(f"{text!r} is not an RFC 3339 time (e.g. 2025-01-31T00:00:00Z)") from exc
+    if t.tzinfo is None:
+        raise argparse.ArgumentTypeError(f"{text!r} has no UTC offset; add Z or +HH:MM")
+    return int(t.timestamp() * 1000)
+
+
+def _cmd_export(ns: argparse.Namespace) -> int:
+    import time
+
+    from collector.export import Selection, build_bundle, read_checkpoint_file, write_bundle
+    from collector.log import Log
+
+    cfg, _ = _load(ns)
+    sel = Selection(serials=tuple(ns.serial or ()), tenant=ns.tenant, all=ns.all, since_ms=ns.since, until_ms=ns.until)
+    previous = read_checkpoint_file(ns.previous_checkpoint) if ns.previous_checkpoint else None
+    store = _open_store(cfg)
+    try:
+        doc = build_bundle(store, Log.open(cfg, store), sel, time.time_ns() // 1_000_000, previous)
+    finally:
+        store.close()
+    write_bundle(ns.out, doc)
+    print(
+        f"wrote {len(doc['entries'])} envelopes from {len(doc['nodes'])} keys to {ns.out} "
+        f"(checkpoint {doc['log']['origin']}, size {doc['log']['checkpoint'].splitlines()[1]})"
+    )
+    return 0
+
+
 def _cmd_demo(ns: argparse.Namespace) -> int:
     from collector.demo import run_demo
 
@@ -241,6 +276,27 @@ def build_parser() -> argparse.ArgumentParser:
     dt_.add_argument("--window-s", type=int, default=60, help="statement window (default 60)")
     dt_.add_argument("--fail-on-findings", action="store_true", help="exit 1 when there are findings")
     dt_.set_defaults(func=_cmd_detect)
+
+    ex = sub.add_parser(
+        "export",
+        help="write a vendor bundle (envelopes, enrollment, signed checkpoint, proofs) for gpuaudit-verify",
+        description="Export the statements naming some GPU serials or a tenant (or all) as a self-contained "
+        "bundle a chip vendor verifies offline with gpuaudit-verify (docs/vendor-guide.md).",
+    )
+    common(ex)
+    what = ex.add_mutually_exclusive_group(required=True)
+    what.add_argument("--serial", nargs="+", metavar="S", help="statements naming these GPU serials")
+    what.add_argument("--tenant", metavar="T", help="statements naming this tenant")
+    what.add_argument("--all", action="store_true", help="every statement")
+    ex.add_argument("--since", type=_rfc3339_ms, help="windows ending after this RFC 3339 time")
+    ex.add_argument("--until", type=_rfc3339_ms, help="windows starting before this RFC 3339 time")
+    ex.add_argument("--out", type=Path, required=True, help="bundle file to write")
+    ex.add_argument(
+        "--previous-checkpoint",
+        type=Path,
+        help="the vendor's earlier checkpoint (note or bundle): add a consistency proof",
+    )
+    ex.set_defaults(func=_cmd_export)
 
     dm = sub.add_parser("demo", help="the demo site: opaque 2,400-GPU training run among ordinary tenants")
     dm.add_argument("--hours", type=float, default=2.0, help="hours of event time to replay (default 2)")
