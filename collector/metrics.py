@@ -1,41 +1,228 @@
 """The collector's Prometheus metrics, on a registry of its own (no global state).
 
-Labels are bounded: refusal reason, tenant, finding kind and severity — never a PID, a
-job id or a node's sequence number (those belong in the store).
+Conventions (https://prometheus.io/docs/practices/naming/, as dcgm-exporter and
+node_exporter follow them): base units in the name (``_seconds``, ``_joules``, ``_bytes``,
+``_ratio``, ``_watts``), ``_total`` on every counter, ``_timestamp_seconds`` on Unix times.
+
+Labels are bounded: ``node`` (enrolled nodes), ``gpu`` (GPU UUIDs of those nodes),
+``tenant`` (at most ``max_tenants`` distinct values, the rest folded into ``"_other"``),
+``reason``, ``kind``, ``severity``, ``bound`` and ``collector`` (fixed sets). Never a PID,
+a job or workload id, a key id or a sequence number: those belong in the store.
+
+Series that alerts take ``increase()`` of are created at 0 before their first event
+(refusal reasons, findings by severity, chain breaks per node once the node is known):
+``increase()`` cannot see the step from "no series" to 1.
+
+Series, all prefixed ``gpuaudit_``:
+
+=============================================================  =======  ==================
+collector_build_info{version,python_version}                   gauge    always 1
+collector_statements_accepted_total                            counter  stored now
+collector_statements_duplicate_total                           counter  already stored
+collector_statements_refused_total{reason}                     counter  never stored
+collector_chain_breaks_total{node,reason}                      counter  seq_gap, prev_mismatch,
+                                                                        seq_replay, equivocation
+collector_statements_stored                                    gauge    in the store
+collector_enrollments_total                                    counter
+collector_enrollments_refused_total{reason}                    counter
+collector_ingest_batch_duration_seconds                        histo    verify+store+commit
+collector_ingest_batch_statements                              histo    envelopes per batch
+collector_nodes_reporting                                      gauge    accepted in horizon
+collector_nodes_known                                          gauge    ever accepted
+collector_store_size_bytes                                     gauge    database files
+collector_scrape_collector_success{collector}                  gauge    as node_exporter
+collector_scrape_collector_duration_seconds{collector}         gauge
+collector_tenant_labels_overflowed_total                       counter  tenants folded
+node_last_statement_end_timestamp_seconds{node}                gauge    event time
+node_last_statement_received_timestamp_seconds{node}           gauge    wall clock
+node_gpus{node}                                                gauge    in latest statement
+node_energy_joules_total{node}                                 counter  all GPUs, busy or idle
+gpu_utilization_ratio{node,gpu}                                gauge    latest window mean
+gpu_power_watts{node,gpu}                                      gauge    latest window mean
+tenant_gpu_seconds_total{tenant}                               counter  event time
+tenant_energy_joules_total{tenant}                             counter
+tenant_flop_estimate_total{tenant,bound}                       counter  bound: low, high
+tenant_flop_unavailable_gpu_seconds_total{tenant}              counter  unknown GPU model
+unattributed_gpu_seconds_total{node}                           counter  no tenant
+findings_raised_total{kind,severity}                           counter  first reaching severity
+findings{kind,severity}                                        gauge    recorded, by current
+=============================================================  =======  ==================
 """
 
 from __future__ import annotations
 
+import os
+import platform
+import threading
 import time
+from collections.abc import Iterable, Iterator, Sequence
+from pathlib import Path
+from typing import TYPE_CHECKING
 
-from prometheus_client import CollectorRegistry, Counter, Gauge, Info
-from prometheus_client.core import GaugeMetricFamily
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, Info
+from prometheus_client.core import GaugeMetricFamily, Metric
+from prometheus_client.gc_collector import GCCollector
+from prometheus_client.platform_collector import PlatformCollector
+from prometheus_client.process_collector import ProcessCollector
 from prometheus_client.registry import Collector
 
-from attestation.statement import UsageWindow
+from attestation.statement import UNATTRIBUTED, UsageWindow
+from collector.detect import flops
+from collector.detect.findings import KIND_LARGE_TRAINING, SEVERITIES
+from collector.ingest import Accepted, IngestResult
+
+if TYPE_CHECKING:
+    from collector.store.base import Store
+
+# Every reason ingest and the service refuse a statement with (collector/ingest.py,
+# collector/service.py, attestation/chain.py). Others are counted too, from their first.
+REFUSAL_REASONS = (
+    "unknown_key",
+    "revoked_key",
+    "too_large",
+    "malformed_envelope",
+    "bad_payload_type",
+    "bad_signature",
+    "bad_schema",
+    "bad_predicate_type",
+    "node_mismatch",
+    "key_mismatch",
+    "seq_gap",
+    "prev_mismatch",
+    "seq_replay",
+    "equivocation",
+    "window_overlap",
+    "energy_decrease",
+    "internal_error",
+    "no_hello",
+    "unexpected_message",
+)
+# Refusals that mean a node's chain is broken (a statement missing) or forked (two
+# different statements claim one place in it).
+CHAIN_BREAK_REASONS = ("seq_gap", "prev_mismatch", "seq_replay", "equivocation")
+
+BATCH_SECONDS_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0)
+BATCH_SIZE_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128, 256, 512, 1024, 2048)
+
+OTHER_TENANTS = "_other"
 
 
 class _NodesReporting(Collector):
+    """Nodes with an accepted statement in the last ``horizon_s`` (wall clock), and all known."""
+
     def __init__(self, horizon_s: float) -> None:
         self.horizon_s = horizon_s
         self.last_seen: dict[str, float] = {}
+        self.known: set[str] = set()
 
-    def collect(self):  # type: ignore[no-untyped-def]
+    def collect(self) -> Iterator[Metric]:
         now = time.monotonic()
-        n = sum(1 for t in self.last_seen.values() if now - t <= self.horizon_s)
+        n = sum(1 for t in list(self.last_seen.values()) if now - t <= self.horizon_s)
         g = GaugeMetricFamily(
             "gpuaudit_collector_nodes_reporting",
-            f"Nodes whose statements were accepted in the last {int(self.horizon_s)} s.",
+            f"Nodes whose statements were accepted in the last {int(self.horizon_s)} s (wall clock).",
+            value=n,
         )
-        g.add_metric([], n)
         yield g
+        yield GaugeMetricFamily(
+            "gpuaudit_collector_nodes_known",
+            "Nodes with at least one accepted statement (in the store when the collector started, or since).",
+            value=len(self.known),
+        )
+
+
+class _StoreFiles(Collector):
+    """Size of the store's files on disk, with node_exporter's per-collector success and duration."""
+
+    def __init__(self, paths: Sequence[Path]) -> None:
+        self.paths = tuple(paths)
+
+    def collect(self) -> Iterator[Metric]:
+        t0 = time.perf_counter()
+        ok = 1
+        size = 0
+        try:
+            for p in self.paths:
+                try:
+                    size += os.stat(p).st_size
+                except FileNotFoundError:
+                    continue  # -wal / -shm exist only while the database is open in WAL mode
+        except OSError:
+            ok = 0
+        if ok:
+            yield GaugeMetricFamily(
+                "gpuaudit_collector_store_size_bytes",
+                "Size of the store's database files on disk (SQLite: the database, its WAL and shared memory).",
+                value=size,
+            )
+        success = GaugeMetricFamily(
+            "gpuaudit_collector_scrape_collector_success",
+            "Whether a collector of this exporter succeeded in this scrape (1) or not (0).",
+            labels=["collector"],
+        )
+        success.add_metric(["store"], ok)
+        duration = GaugeMetricFamily(
+            "gpuaudit_collector_scrape_collector_duration_seconds",
+            "Time a collector of this exporter took in this scrape.",
+            labels=["collector"],
+        )
+        duration.add_metric(["store"], time.perf_counter() - t0)
+        yield success
+        yield duration
+
+
+class _WithoutCreated(Collector):
+    """The inner registry's metrics without client_python's ``*_created`` samples.
+
+    Those double the series of every counter and histogram for a timestamp Prometheus does
+    not use with the text format; client_python can only drop them process-wide
+    (``disable_created_metrics()``), and this module keeps no global state.
+    """
+
+    def __init__(self, inner: CollectorRegistry) -> None:
+        self._inner = inner
+
+    def collect(self) -> Iterator[Metric]:
+        for m in self._inner.collect():
+            if m.type in ("counter", "histogram", "summary"):
+                m.samples = [s for s in m.samples if not s.name.endswith("_created")]
+            yield m
+
+
+ENROLL_REFUSAL_REASONS = ("bad_request", "bad_key", "bad_token", "token_used", "token_expired", "key_exists")
+
+
+def store_paths(db: Path) -> list[Path]:
+    """The files a SQLite store at ``db`` occupies."""
+    return [db, Path(f"{db}-wal"), Path(f"{db}-shm")]
 
 
 class CollectorMetrics:
-    def __init__(self, version: str, nodes_horizon_s: float = 300.0) -> None:
-        self.registry = CollectorRegistry(auto_describe=True)
-        r = self.registry
-        Info("gpuaudit_collector_build", "Collector build information.", registry=r).info({"version": version})
+    """All collector metrics. Thread-safe: ingest runs in worker threads, scrapes in another."""
+
+    def __init__(
+        self,
+        version: str,
+        nodes_horizon_s: float = 300.0,
+        *,
+        store_files: Sequence[Path] = (),
+        mfu: tuple[float, float] = (0.25, 0.55),
+        max_tenants: int = 2000,
+    ) -> None:
+        r = CollectorRegistry(auto_describe=True)
+        self.registry = CollectorRegistry()  # what /metrics serves
+        self.registry.register(_WithoutCreated(r))
+        self._lock = threading.Lock()
+        self._mfu = mfu
+        self._max_tenants = max_tenants
+        self._tenants: set[str] = set()
+        self._last_end_ms: dict[str, int] = {}
+        ProcessCollector(registry=r)
+        PlatformCollector(registry=r)
+        GCCollector(registry=r)
+        Info("gpuaudit_collector_build", "Collector build information.", registry=r).info(
+            {"version": version, "python_version": platform.python_version()}
+        )
         self.accepted = Counter("gpuaudit_collector_statements_accepted", "Statements verified and stored.", registry=r)
         self.duplicates = Counter(
             "gpuaudit_collector_statements_duplicate",
@@ -43,41 +230,250 @@ class CollectorMetrics:
             registry=r,
         )
         self.refused = Counter(
-            "gpuaudit_collector_statements_refused", "Statements refused, by reason.", ["reason"], registry=r
+            "gpuaudit_collector_statements_refused",
+            "Statements refused (never stored), by reason.",
+            ["reason"],
+            registry=r,
+        )
+        self.chain_breaks = Counter(
+            "gpuaudit_collector_chain_breaks",
+            "Refusals that show a node's chain broken (seq_gap, prev_mismatch: a statement missing) or "
+            "forked (seq_replay, equivocation: two statements for one place), by node and reason.",
+            ["node", "reason"],
+            registry=r,
+        )
+        self.stored = Gauge(
+            "gpuaudit_collector_statements_stored", "Statements in the store (accepted, ever).", registry=r
         )
         self.enroll_refused = Counter(
             "gpuaudit_collector_enrollments_refused", "Enrollment requests refused, by reason.", ["reason"], registry=r
         )
         self.enrolled = Counter("gpuaudit_collector_enrollments", "Node keys enrolled.", registry=r)
+        self.batch_seconds = Histogram(
+            "gpuaudit_collector_ingest_batch_duration_seconds",
+            "Time to verify, chain-check and durably store one batch of statements.",
+            buckets=BATCH_SECONDS_BUCKETS,
+            registry=r,
+        )
+        self.batch_size = Histogram(
+            "gpuaudit_collector_ingest_batch_statements",
+            "Statements (envelopes) per ingest batch.",
+            buckets=BATCH_SIZE_BUCKETS,
+            registry=r,
+        )
+        self.tenant_overflow = Counter(
+            "gpuaudit_collector_tenant_labels_overflowed",
+            f"Tenant values counted under tenant={OTHER_TENANTS!r} because {max_tenants} distinct tenants "
+            "were already labelled.",
+            registry=r,
+        )
+        self.node_last_end = Gauge(
+            "gpuaudit_node_last_statement_end_timestamp_seconds",
+            "End of the latest accepted statement's window, by node (event time).",
+            ["node"],
+            registry=r,
+        )
+        self.node_last_received = Gauge(
+            "gpuaudit_node_last_statement_received_timestamp_seconds",
+            "When the collector last accepted a statement from the node (wall clock).",
+            ["node"],
+            registry=r,
+        )
+        self.node_gpus = Gauge(
+            "gpuaudit_node_gpus", "GPUs in the node's latest accepted statement.", ["node"], registry=r
+        )
+        self.node_energy = Counter(
+            "gpuaudit_node_energy_joules",
+            "Energy of the node's GPUs (busy or idle) from their energy counters.",
+            ["node"],
+            registry=r,
+        )
+        self.gpu_util = Gauge(
+            "gpuaudit_gpu_utilization_ratio",
+            "Mean GPU utilization (0-1) in the GPU's latest accepted window.",
+            ["node", "gpu"],
+            registry=r,
+        )
+        self.gpu_power = Gauge(
+            "gpuaudit_gpu_power_watts",
+            "Mean GPU power draw in the GPU's latest accepted window.",
+            ["node", "gpu"],
+            registry=r,
+        )
         self.gpu_seconds = Counter(
-            "gpuaudit_tenant_gpu_seconds", "GPU time attributed to each tenant (event time).", ["tenant"], registry=r
+            "gpuaudit_tenant_gpu_seconds",
+            'GPU time attributed to each tenant (event time); tenant="unattributed": busy with no tenant.',
+            ["tenant"],
+            registry=r,
         )
         self.energy = Counter(
-            "gpuaudit_tenant_energy_joules", "GPU energy attributed to each tenant.", ["tenant"], registry=r
+            "gpuaudit_tenant_energy_joules",
+            "GPU energy attributed to each tenant (in proportion to its share of each GPU's time).",
+            ["tenant"],
+            registry=r,
+        )
+        self.flop = Counter(
+            "gpuaudit_tenant_flop_estimate",
+            "Estimated floating-point operations by tenant: peak dense BF16 of the GPU model x activity "
+            "(SM active, else utilization) x GPU time x model FLOP utilization (bound=low|high).",
+            ["tenant", "bound"],
+            registry=r,
+        )
+        self.flop_unavailable = Counter(
+            "gpuaudit_tenant_flop_unavailable_gpu_seconds",
+            "GPU time with no FLOP estimate (GPU model of unknown peak, or no activity reading), by tenant.",
+            ["tenant"],
+            registry=r,
+        )
+        self.unattributed = Counter(
+            "gpuaudit_unattributed_gpu_seconds",
+            "Busy GPU time that no tenant rule claimed, by node.",
+            ["node"],
+            registry=r,
         )
         self.findings_raised = Counter(
-            "gpuaudit_findings_raised", "Findings raised, by kind and severity.", ["kind", "severity"], registry=r
+            "gpuaudit_findings_raised",
+            "Findings that reached each severity (one raised at medium and escalated to high counts once in each).",
+            ["kind", "severity"],
+            registry=r,
         )
         self.findings_open = Gauge(
-            "gpuaudit_findings", "Findings currently recorded, by kind and severity.", ["kind", "severity"], registry=r
-        )
-        self.batch_seconds = Gauge(
-            "gpuaudit_collector_last_batch_seconds", "Time spent verifying and storing the last batch.", registry=r
+            "gpuaudit_findings", "Findings recorded, by kind and current severity.", ["kind", "severity"], registry=r
         )
         self._nodes = _NodesReporting(nodes_horizon_s)
         r.register(self._nodes)
+        if store_files:
+            r.register(_StoreFiles(store_files))
+        for reason in REFUSAL_REASONS:
+            self.refused.labels(reason)
+        for reason in ENROLL_REFUSAL_REASONS:
+            self.enroll_refused.labels(reason)
+        for sev in SEVERITIES:
+            self.findings_raised.labels(KIND_LARGE_TRAINING, sev)
+            self.findings_open.labels(KIND_LARGE_TRAINING, sev)
+
+    # -- state ------------------------------------------------------------
+    def load_store(self, store: Store) -> dict[str, str]:
+        """Seed what survives a restart from the store: statements stored, each node's latest
+        window end (so a node dark since before the restart still alerts), recorded findings.
+
+        Returns finding id -> severity of the recorded findings.
+        """
+        self.stored.set(store.statement_count())
+        latest: dict[str, int] = {}
+        for key in store.keys():
+            if key.revoked:  # a decommissioned node's key: it is expected to be silent
+                continue
+            head = store.head(key.key_id)
+            if head is not None:
+                latest[key.node_id] = max(latest.get(key.node_id, 0), head.end_ms)
+        with self._lock:
+            for node, end_ms in latest.items():
+                self._node_seen(node)
+                if end_ms > self._last_end_ms.get(node, -1):
+                    self._last_end_ms[node] = end_ms
+                    self.node_last_end.labels(node).set(end_ms / 1000.0)
+        known: dict[str, str] = {}
+        for f in store.findings():
+            known[f.finding_id] = f.severity
+            self.findings_open.labels(f.kind, f.severity).inc()
+        return known
+
+    def _node_seen(self, node: str) -> None:
+        if node not in self._nodes.known:
+            self._nodes.known.add(node)
+            for reason in CHAIN_BREAK_REASONS:
+                self.chain_breaks.labels(node, reason)
+
+    def _tenant(self, tenant: str) -> str:
+        if tenant in self._tenants:
+            return tenant
+        if len(self._tenants) < self._max_tenants:
+            self._tenants.add(tenant)
+            return tenant
+        self.tenant_overflow.inc()
+        return OTHER_TENANTS
+
+    # -- ingest -----------------------------------------------------------
+    def observe_batch(self, seconds: float, statements: int) -> None:
+        self.batch_seconds.observe(seconds)
+        self.batch_size.observe(statements)
+
+    def observe_results(self, results: Iterable[IngestResult], nodes: Iterable[str | None]) -> None:
+        """Count one batch's results; ``nodes`` gives each result's node (the stream's), if known."""
+        for res, node in zip(results, nodes, strict=True):
+            if isinstance(res, Accepted):
+                if res.duplicate:
+                    self.duplicates.inc()
+                else:
+                    self.accepted.inc()
+                    self.stored.inc()
+                continue
+            self.refused.labels(res.reason).inc()
+            if node and res.reason in CHAIN_BREAK_REASONS:
+                with self._lock:
+                    self._node_seen(node)
+                self.chain_breaks.labels(node, res.reason).inc()
 
     def observe_window(self, w: UsageWindow) -> None:
-        self._nodes.last_seen[w.node_id] = time.monotonic()
+        """Usage of one newly accepted statement."""
+        with self._lock:
+            self._observe_window(w)
+
+    def _observe_window(self, w: UsageWindow) -> None:
+        node = w.node_id
+        self._node_seen(node)
+        self._nodes.last_seen[node] = time.monotonic()
+        self.node_last_received.labels(node).set(time.time())
+        # Statements of one key arrive in order; a node re-enrolled with a new key may not.
+        if w.end_ms > self._last_end_ms.get(node, -1):
+            self._last_end_ms[node] = w.end_ms
+            self.node_last_end.labels(node).set(w.end_ms / 1000.0)
+        self.node_gpus.labels(node).set(len(w.gpus))
+        mfu_low, mfu_high = self._mfu
         for g in w.gpus:
-            if g.samples == 0:
-                continue
-            sampled_ms = g.samples * w.sample_interval_ms
+            if g.util_mean_permille is not None:
+                self.gpu_util.labels(node, g.uuid).set(g.util_mean_permille / 1000.0)
+            if g.power_mean_mw is not None:
+                self.gpu_power.labels(node, g.uuid).set(g.power_mean_mw / 1000.0)
             energy_j = None
             if g.energy_start_mj is not None and g.energy_end_mj is not None and g.energy_end_mj >= g.energy_start_mj:
                 energy_j = (g.energy_end_mj - g.energy_start_mj) / 1000.0
+                self.node_energy.labels(node).inc(energy_j)
+            if g.samples == 0:
+                continue
+            sampled_ms = g.samples * w.sample_interval_ms
+            peak = flops.lookup(g.model)
+            active_permille = (
+                g.sm_active_mean_permille if g.sm_active_mean_permille is not None else g.util_mean_permille
+            )
             for wl in g.workloads:
-                self.gpu_seconds.labels(wl.tenant).inc(wl.gpu_ms / 1000.0)
+                tenant = self._tenant(wl.tenant)
+                gpu_s = wl.gpu_ms / 1000.0
+                self.gpu_seconds.labels(tenant).inc(gpu_s)
+                if wl.tenant == UNATTRIBUTED:
+                    self.unattributed.labels(node).inc(gpu_s)
                 if energy_j is not None and sampled_ms > 0:
                     # The GPU's energy in the window, in proportion to the time it was this workload's.
-                    self.energy.labels(wl.tenant).inc(energy_j * min(1.0, wl.gpu_ms / sampled_ms))
+                    self.energy.labels(tenant).inc(energy_j * min(1.0, wl.gpu_ms / sampled_ms))
+                if peak is None or active_permille is None:
+                    self.flop_unavailable.labels(tenant).inc(gpu_s)
+                else:
+                    done = peak.bf16_dense_flops * (active_permille / 1000.0) * gpu_s
+                    self.flop.labels(tenant, "low").inc(mfu_low * done)
+                    self.flop.labels(tenant, "high").inc(mfu_high * done)
+
+    # -- findings ---------------------------------------------------------
+    def observe_finding(self, kind: str, before: str | None, severity: str) -> None:
+        """A finding was raised (``before`` None) or updated from severity ``before``."""
+        if before == severity:
+            return
+        if before is not None:
+            self.findings_open.labels(kind, before).dec()
+        self.findings_open.labels(kind, severity).inc()
+        if before is None or _rank(severity) > _rank(before):
+            self.findings_raised.labels(kind, severity).inc()
+
+
+def _rank(severity: str) -> int:
+    return SEVERITIES.index(severity) if severity in SEVERITIES else -1

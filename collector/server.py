@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
 import logging
 import threading
@@ -19,7 +20,7 @@ from collector.config import CollectorConfig
 from collector.detect.engine import DetectorEngine
 from collector.detect.findings import Finding
 from collector.ingest import Accepted, Ingestor, IngestResult
-from collector.metrics import CollectorMetrics
+from collector.metrics import CollectorMetrics, store_paths
 from collector.service import CollectorService, IngestBatcher
 from collector.store.base import Store
 
@@ -39,12 +40,18 @@ class InsecureRefusedError(Exception):
 class FindingSink:
     """After each committed batch: metrics per window, detector, findings into the store."""
 
-    def __init__(self, store: Store, engine: DetectorEngine, metrics: CollectorMetrics) -> None:
+    def __init__(
+        self,
+        store: Store,
+        engine: DetectorEngine,
+        metrics: CollectorMetrics,
+        known: dict[str, str] | None = None,
+    ) -> None:
         self._store = store
         self._engine = engine
         self._metrics = metrics
         self._lock = threading.Lock()
-        self._known: dict[str, str] = {}  # finding id -> severity
+        self._known: dict[str, str] = dict(known or {})  # finding id -> severity
 
     def __call__(self, results: Sequence[IngestResult]) -> None:
         with self._lock:
@@ -62,8 +69,8 @@ class FindingSink:
     def save(self, findings: Sequence[Finding]) -> None:
         for f in findings:
             before = self._known.get(f.id)
+            self._metrics.observe_finding(f.kind, before, f.severity)
             if before is None:
-                self._metrics.findings_raised.labels(f.kind, f.severity).inc()
                 _logger.warning(
                     "finding %s: %s by %s, %d GPUs on %d nodes, severity %s",
                     f.id,
@@ -73,10 +80,6 @@ class FindingSink:
                     f.nodes,
                     f.severity,
                 )
-            if before != f.severity:
-                if before is not None:
-                    self._metrics.findings_open.labels(f.kind, before).dec()
-                self._metrics.findings_open.labels(f.kind, f.severity).inc()
             self._known[f.id] = f.severity
             self._store.save_finding(
                 f.id,
@@ -109,8 +112,13 @@ class RunningCollector:
 async def start_collector(config: CollectorConfig, store: Store, engine: DetectorEngine) -> RunningCollector:
     if not config.insecure:
         raise InsecureRefusedError("refusing to serve plaintext gRPC without insecure = true")
-    metrics = CollectorMetrics(__version__)
-    sink = FindingSink(store, engine, metrics)
+    metrics = CollectorMetrics(
+        __version__,
+        store_files=store_paths(config.db),
+        mfu=(engine.config.mfu_low, engine.config.mfu_high),
+    )
+    known_findings = await asyncio.to_thread(metrics.load_store, store)
+    sink = FindingSink(store, engine, metrics, known_findings)
     ingestor = Ingestor(store, max_payload_bytes=config.max_payload_bytes)
     batcher = IngestBatcher(ingestor, sink, metrics, max_batch=config.max_batch)
     batcher.start()

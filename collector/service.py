@@ -20,7 +20,7 @@ from attestation.errors import Error
 from attestation.v1 import collector_pb2 as pb
 from attestation.v1 import collector_pb2_grpc as pb_grpc
 from attestation.wire import envelope_from_proto
-from collector.ingest import Accepted, Ingestor, IngestResult, Refused
+from collector.ingest import Ingestor, IngestResult, Refused
 from collector.metrics import CollectorMetrics
 from collector.store.base import Store
 
@@ -35,6 +35,7 @@ class _Item:
     key_id: str
     envelope: Envelope
     future: asyncio.Future[IngestResult]
+    node_id: str | None = None  # the stream's enrolled node, for per-node metrics
 
 
 class IngestBatcher:
@@ -66,9 +67,9 @@ class IngestBatcher:
             except asyncio.CancelledError:
                 pass
 
-    def submit(self, key_id: str, envelope: Envelope) -> asyncio.Future[IngestResult]:
+    def submit(self, key_id: str, envelope: Envelope, node_id: str | None = None) -> asyncio.Future[IngestResult]:
         fut: asyncio.Future[IngestResult] = asyncio.get_running_loop().create_future()
-        self._queue.put_nowait(_Item(key_id, envelope, fut))
+        self._queue.put_nowait(_Item(key_id, envelope, fut, node_id))
         return fut
 
     async def _run(self) -> None:
@@ -85,21 +86,14 @@ class IngestBatcher:
                     if not it.future.done():
                         it.future.set_exception(exc)
                 continue
-            self._metrics.batch_seconds.set(time.perf_counter() - t0)
+            self._metrics.observe_batch(time.perf_counter() - t0, len(items))
             for it, res in zip(items, results, strict=True):
                 if not it.future.done():
                     it.future.set_result(res)
 
     def _work(self, items: list[_Item]) -> list[IngestResult]:
         results = self._ingestor.ingest_batch([(it.key_id, it.envelope) for it in items])
-        for res in results:
-            if isinstance(res, Accepted):
-                if res.duplicate:
-                    self._metrics.duplicates.inc()
-                else:
-                    self._metrics.accepted.inc()
-            else:
-                self._metrics.refused.labels(res.reason).inc()
+        self._metrics.observe_results(results, [it.node_id for it in items])
         try:
             self._after_commit(results)
         except Exception:  # detection must never cost an ack: the data is stored
@@ -193,7 +187,7 @@ class CollectorService(pb_grpc.CollectorServicer):
                 if not req.HasField("envelope"):
                     self._metrics.refused.labels("unexpected_message").inc()
                     await context.abort(grpc.StatusCode.INVALID_ARGUMENT, "only envelopes may follow Hello")
-                await pending.put(self._batcher.submit(hello.key_id, envelope_from_proto(req.envelope)))
+                await pending.put(self._batcher.submit(hello.key_id, envelope_from_proto(req.envelope), hello.node_id))
             await pending.put(None)
             await replier
         finally:

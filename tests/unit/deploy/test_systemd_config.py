@@ -1,0 +1,131 @@
+"""deploy/systemd units are hardened and pass ``systemd-analyze verify``; deploy/config
+examples load with the real config loaders."""
+
+from __future__ import annotations
+
+import configparser
+import shutil
+import stat
+import subprocess
+from pathlib import Path
+
+import pytest
+
+from agent.config import load_agent_config
+from collector.cli import detect_config_from_table
+from collector.config import load_collector_config
+from collector.tenants import TenantDirectory
+
+ROOT = Path(__file__).resolve().parents[3]
+SYSTEMD = ROOT / "deploy" / "systemd"
+CONFIG = ROOT / "deploy" / "config"
+UNITS = ("gpuaudit-agent.service", "gpuaudit-collector.service")
+
+
+def _unit(name: str) -> dict[str, list[str]]:
+    """Directives of a unit's [Service] section, each with every value it is given."""
+    out: dict[str, list[str]] = {}
+    section = None
+    for line in (SYSTEMD / name).read_text().splitlines():
+        line = line.strip()
+        if not line or line.startswith("#"):
+            continue
+        if line.startswith("["):
+            section = line
+            continue
+        if section == "[Service]":
+            k, _, v = line.partition("=")
+            out.setdefault(k, []).append(v)
+    return out
+
+
+@pytest.mark.parametrize("name", UNITS)
+def test_units_are_hardened(name: str) -> None:
+    u = _unit(name)
+    for key, value in {
+        "NoNewPrivileges": "yes",
+        "ProtectSystem": "strict",
+        "ProtectHome": "yes",
+        "PrivateTmp": "yes",
+        "ProtectKernelModules": "yes",
+        "ProtectKernelTunables": "yes",
+        "ProtectControlGroups": "yes",
+        "RestrictSUIDSGID": "yes",
+    }.items():
+        assert u.get(key) == [value], f"{name}: {key}={value} expected, got {u.get(key)}"
+    assert u["ReadWritePaths"] == ["/var/lib/gpuaudit"], f"{name}: only the state directory may be writable"
+    assert u["User"] != ["root"] and u["User"], f"{name} must run as its own user"
+    assert "CapabilityBoundingSet" in u, f"{name}: the capability bounding set must be explicit"
+
+
+def test_agent_reaches_nvidia_devices_and_the_hosts_proc_only() -> None:
+    u = _unit("gpuaudit-agent.service")
+    assert u["CapabilityBoundingSet"] == ["CAP_SYS_PTRACE"]
+    assert u["DevicePolicy"] == ["closed"]
+    allowed = [v.split()[0] for v in u["DeviceAllow"]]
+    assert "/dev/nvidiactl" in allowed and "char-nvidia-frontend" in allowed, allowed
+    assert all("nvidia" in d for d in allowed), f"only NVIDIA devices: {allowed}"
+    assert u["ProcSubset"] == ["all"], "attribution reads every process's /proc entry"
+
+
+def test_collector_has_no_capabilities() -> None:
+    u = _unit("gpuaudit-collector.service")
+    assert u["CapabilityBoundingSet"] == [""]
+    assert u["PrivateDevices"] == ["yes"]
+
+
+@pytest.mark.skipif(shutil.which("systemd-analyze") is None, reason="systemd-analyze absent (Debian package systemd)")
+def test_systemd_analyze_verify(tmp_path: Path) -> None:
+    # ExecStart names the install location (/opt/gpuaudit/bin); verify checks it exists, so
+    # point it at stand-ins and verify everything else as written.
+    bindir = tmp_path / "bin"
+    bindir.mkdir()
+    for name in UNITS:
+        exe = bindir / name.replace(".service", "")
+        exe.write_text("#!/bin/sh\n")
+        exe.chmod(exe.stat().st_mode | stat.S_IXUSR)
+        (tmp_path / name).write_text((SYSTEMD / name).read_text().replace("/opt/gpuaudit/bin/", f"{bindir}/"))
+    p = subprocess.run(
+        ["systemd-analyze", "verify", "--man=no", *(str(tmp_path / n) for n in UNITS)],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert p.returncode == 0 and not p.stderr.strip(), "systemd-analyze verify:\n" + p.stdout + p.stderr
+    # ... and it does fail on a unit with a mistake.
+    bad = tmp_path / "gpuaudit-bad.service"
+    bad.write_text((tmp_path / UNITS[1]).read_text().replace("ProtectSystem=strict", "ProtectSystem=stricter"))
+    p = subprocess.run(["systemd-analyze", "verify", "--man=no", str(bad)], capture_output=True, text=True, timeout=60)
+    assert "stricter" in p.stderr, p.stderr
+
+
+def test_install_sections() -> None:
+    for name in UNITS:
+        cp = configparser.ConfigParser(strict=False, interpolation=None)
+        cp.optionxform = str  # type: ignore[assignment,method-assign]
+        cp.read_string("\n".join(x for x in (SYSTEMD / name).read_text().splitlines() if not x.startswith("#")))
+        assert cp["Install"]["WantedBy"] == "multi-user.target", name
+        assert "gpuaudit-" in cp["Service"]["ExecStart"] and "--config /etc/gpuaudit/" in cp["Service"]["ExecStart"]
+
+
+def test_example_configs_load_with_the_real_loaders() -> None:
+    agent = load_agent_config(CONFIG / "agent.toml", {})
+    assert agent.source == "nvml" and agent.insecure and agent.window_s == 60
+    assert agent.spool == Path("/var/lib/gpuaudit/spool.db") and agent.key.startswith("file:/var/lib/gpuaudit/")
+    rules = agent.tenant_rules
+    assert rules.namespaces and rules.slurm_accounts and rules.uids and rules.containers and rules.leases
+    cfg, detect = load_collector_config(CONFIG / "collector.toml", {})
+    assert cfg.db == Path("/var/lib/gpuaudit/collector.db") and cfg.insecure
+    assert cfg.tenants == Path("/etc/gpuaudit/tenants.toml")
+    dcfg = detect_config_from_table(detect)
+    assert dcfg.min_gpus == 64
+    tenants = TenantDirectory.load(CONFIG / "tenants.toml")
+    assert tenants is not None
+    # Paths the units make writable are the paths the configs write to.
+    for unit in UNITS:
+        assert _unit(unit)["ReadWritePaths"] == [str(agent.spool.parent)] == [str(cfg.db.parent)]
+
+
+def test_environment_overrides_the_example_file() -> None:
+    agent = load_agent_config(CONFIG / "agent.toml", {"GPUAUDIT_COLLECTOR": "10.0.0.5:7443"})
+    assert agent.collector == "10.0.0.5:7443"
