@@ -16,7 +16,7 @@ from agent.config import AgentConfig
 from agent.signing import ChainSigner, WindowOverlapError
 from agent.sources.base import Attribution, GpuSource, NodeSample, ProcessSample
 from agent.spool import Spool
-from agent.stream import NodeStream, RejectedError, enroll
+from agent.stream import NodeStream, RejectedError, enroll, insecure_channel
 from agent.window import WindowAggregator
 from attestation.keys import Signer, open_signer
 
@@ -106,7 +106,7 @@ async def run_agent(cfg: AgentConfig, *, stop: asyncio.Event | None = None, sour
     )
     chain = ChainSigner(signer, spool)
     attributor = Attributor(cfg.proc_root, cfg.tenant_rules)
-    channel = grpc.aio.insecure_channel(cfg.collector)
+    channel = insecure_channel(cfg.collector)
     try:
         await ensure_enrolled(channel, cfg, signer, spool)
         stream = NodeStream(channel, node_id, signer.key_id, spool)

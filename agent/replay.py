@@ -19,7 +19,7 @@ import grpc
 from agent.pipeline import windows_from_trace
 from agent.signing import ChainSigner
 from agent.spool import Spool
-from agent.stream import NodeStream, enroll
+from agent.stream import NodeStream, enroll, insecure_channel
 from attestation.keys import Ed25519Signer
 from attestation.statement import UsageWindow
 
@@ -79,6 +79,7 @@ async def replay(
     spool: Spool | None = None,
     progress: Callable[[ReplayStats], None] | None = None,
     progress_every_s: float = 2.0,
+    backoff_max_s: float = 30.0,
 ) -> ReplayStats:
     spool = spool or Spool(":memory:")
     stats = ReplayStats()
@@ -91,7 +92,7 @@ async def replay(
         if n is None:
             signer = Ed25519Signer.generate()
             await enroll(channel, node_id, signer, tokens.take(node_id))
-            stream = NodeStream(channel, node_id, signer.key_id, spool)
+            stream = NodeStream(channel, node_id, signer.key_id, spool, backoff_max_s=backoff_max_s)
             n = nodes[node_id] = _Node(ChainSigner(signer, spool), stream, asyncio.create_task(stream.run()))
             stats.nodes += 1
         return n
@@ -155,7 +156,7 @@ async def replay_trace(
     window_s: int = 60,
     progress: Callable[[ReplayStats], None] | None = None,
 ) -> ReplayStats:
-    channel = grpc.aio.insecure_channel(collector)
+    channel = insecure_channel(collector)
     try:
         return await replay(windows_from_trace(trace, window_s=window_s), channel, TokenPool(tokens), progress=progress)
     finally:

@@ -33,6 +33,28 @@ _RETRYABLE = {
 }
 
 
+# Channel settings: reconnect quickly after a cut (gRPC's own default backs off to 120 s),
+# keep idle streams alive through middleboxes, and notice a dead peer within a minute.
+CHANNEL_OPTIONS: tuple[tuple[str, int], ...] = (
+    ("grpc.initial_reconnect_backoff_ms", 250),
+    ("grpc.min_reconnect_backoff_ms", 250),
+    ("grpc.max_reconnect_backoff_ms", 5_000),
+    ("grpc.keepalive_time_ms", 30_000),
+    ("grpc.keepalive_timeout_ms", 20_000),
+    ("grpc.keepalive_permit_without_calls", 1),
+    ("grpc.http2.max_pings_without_data", 0),
+)
+
+
+def insecure_channel(address: str) -> grpc.aio.Channel:
+    """A plaintext channel with the agent's reconnect and keepalive settings."""
+    return grpc.aio.insecure_channel(address, options=list(CHANNEL_OPTIONS))
+
+
+def _unavailable(details: str) -> grpc.aio.AioRpcError:
+    return grpc.aio.AioRpcError(grpc.StatusCode.UNAVAILABLE, grpc.aio.Metadata(), grpc.aio.Metadata(), details)
+
+
 class RejectedError(Exception):
     """The collector refused a statement; the chain cannot continue past it."""
 
@@ -43,18 +65,35 @@ class RejectedError(Exception):
 
 
 async def enroll(
-    channel: grpc.aio.Channel, node_id: str, signer: Signer, join_token: str, timeout_s: float = 10.0
+    channel: grpc.aio.Channel,
+    node_id: str,
+    signer: Signer,
+    join_token: str,
+    timeout_s: float = 10.0,
+    *,
+    attempts: int = 8,
+    backoff_initial_s: float = 0.25,
 ) -> str:
+    """Enroll the node's key with a one-time join token. Retries transport failures: the
+    collector treats a retry of the same (node, token, key) as the same enrollment."""
     stub = pb_grpc.CollectorStub(channel)  # type: ignore[no-untyped-call]
-    resp = await stub.Enroll(
-        pb.EnrollRequest(
-            node_id=node_id,
-            join_token=join_token,
-            public_key_spki=signer.public_key().spki_der,
-            key_assurance=signer.assurance,
-        ),
-        timeout=timeout_s,
+    request = pb.EnrollRequest(
+        node_id=node_id,
+        join_token=join_token,
+        public_key_spki=signer.public_key().spki_der,
+        key_assurance=signer.assurance,
     )
+    delay = backoff_initial_s
+    for attempt in range(1, attempts + 1):
+        try:
+            resp = await stub.Enroll(request, timeout=timeout_s)
+            break
+        except grpc.aio.AioRpcError as exc:
+            if exc.code() not in _RETRYABLE or attempt == attempts:
+                raise
+            _logger.warning("enrollment of %s failed (%s); retrying", node_id, exc.code().name)
+            await asyncio.sleep(random.uniform(0, delay))
+            delay = min(delay * 2, 10.0)
     if resp.key_id != signer.key_id:
         raise RuntimeError(f"collector registered key {resp.key_id}, expected {signer.key_id}")
     return str(resp.key_id)
@@ -105,6 +144,7 @@ class NodeStream:
         """Stream until closed and drained; reconnect on retryable failures."""
         delay = self.backoff_initial_s
         while True:
+            acked_before = self.stats.acked
             try:
                 await self._run_once()
                 return
@@ -112,6 +152,8 @@ class NodeStream:
                 if exc.code() not in _RETRYABLE:
                     raise
                 self.stats.reconnects += 1
+                if self.stats.acked > acked_before:
+                    delay = self.backoff_initial_s  # the link worked: start backing off afresh
                 sleep = random.uniform(0, delay)  # full jitter
                 _logger.warning(
                     "stream for %s failed (%s: %s); reconnecting in %.1fs",
@@ -124,13 +166,17 @@ class NodeStream:
                 delay = min(delay * 2, self.backoff_max_s)
 
     async def _run_once(self) -> None:
+        try:
+            await self._stream_once()
+        except asyncio.InvalidStateError as exc:  # a write raced the RPC's end (the peer cut it)
+            raise _unavailable(f"stream ended under a write: {exc}") from exc
+
+    async def _stream_once(self) -> None:
         call = self._stub.Stream()
         await call.write(pb.StreamRequest(hello=pb.Hello(node_id=self.node_id, key_id=self.key_id)))
         first = await call.read()
         if first is grpc.aio.EOF or not first.HasField("resume"):
-            raise grpc.aio.AioRpcError(
-                grpc.StatusCode.UNAVAILABLE, grpc.aio.Metadata(), grpc.aio.Metadata(), "no resume"
-            )
+            raise _unavailable("the collector sent no Resume")
         next_seq = int(first.resume.next_seq)
         if next_seq > 0:
             self.spool.ack(self.key_id, next_seq - 1)
@@ -171,9 +217,7 @@ class NodeStream:
                     break
                 if reader.done():
                     reader.result()  # re-raise a transport error
-                    raise grpc.aio.AioRpcError(
-                        grpc.StatusCode.UNAVAILABLE, grpc.aio.Metadata(), grpc.aio.Metadata(), "stream closed"
-                    )
+                    raise _unavailable("stream closed by the collector")
                 self._wake.clear()
                 if batch and len(in_flight) < self.max_in_flight:
                     continue
@@ -182,9 +226,15 @@ class NodeStream:
                 waiter.cancel()
             await call.done_writing()
             await reader
+        except asyncio.InvalidStateError:
+            if reader.done() and not reader.cancelled() and reader.exception() is not None:
+                reader.result()  # the transport error that ended the RPC, with its status
+            raise
         finally:
             if not reader.done():
                 reader.cancel()
+            elif not reader.cancelled():
+                reader.exception()  # retrieved: reported through the paths above, not by asyncio
             call.cancel()
         if self.rejected is not None:
             raise self.rejected

@@ -35,14 +35,16 @@ def main(argv: list[str] | None = None) -> int:
     ns = ap.parse_args(argv)
     with tempfile.TemporaryDirectory() as d:
         trace = Path(d) / "node.jsonl"
-        write_trace(trace, demo_site(seed=1, hours=0.5, sample_interval_s=1, training_nodes=1, inference_nodes=0,
-                                     slurm_nodes=0))
+        write_trace(
+            trace, demo_site(seed=1, hours=0.5, sample_interval_s=1, training_nodes=1, inference_nodes=0, slurm_nodes=0)
+        )
         clock_t = [1_800_000_000.0]
         source = SimulatedSource(trace, clock=lambda: clock_t[0])
         rules = TenantRules()
         attributor = Attributor("/proc", rules)
-        agg = WindowAggregator("bench-node", "boot", "bench", source.devices(), window_s=60, bucket_s=10,
-                               sample_interval_s=1.0)
+        agg = WindowAggregator(
+            "bench-node", "boot", "bench", source.devices(), window_s=60, bucket_s=10, sample_interval_s=1.0
+        )
         spool = Spool(Path(d) / "spool.db")
         chain = ChainSigner(Ed25519Signer.generate(), spool)
         signed = 0

@@ -59,8 +59,9 @@ def main(argv: list[str] | None = None) -> int:
     ns = ap.parse_args(argv)
 
     hours = ns.windows / 60 + 0.05
-    records = demo_site(seed=2, hours=hours, sample_interval_s=20, training_nodes=ns.nodes, inference_nodes=0,
-                        slurm_nodes=0)
+    records = demo_site(
+        seed=2, hours=hours, sample_interval_s=20, training_nodes=ns.nodes, inference_nodes=0, slurm_nodes=0
+    )
     lines = [json.dumps({"format": "gpuaudit-trace", "version": 1})] + [json.dumps(r) for r in records]
     per_node: dict[str, list] = {}
     for w in windows_from_records(parse_lines(lines)):
@@ -85,8 +86,22 @@ def main(argv: list[str] | None = None) -> int:
 
         ready = Path(d) / "ready"
         proc = subprocess.Popen(
-            [sys.executable, "-m", "collector.cli", "-q", "serve", "--db", str(db), "--listen", "127.0.0.1:0",
-             "--metrics-listen", "", "--insecure", "--ready-file", str(ready)],
+            [
+                sys.executable,
+                "-m",
+                "collector.cli",
+                "-q",
+                "serve",
+                "--db",
+                str(db),
+                "--listen",
+                "127.0.0.1:0",
+                "--metrics-listen",
+                "",
+                "--insecure",
+                "--ready-file",
+                str(ready),
+            ],
             stdout=subprocess.DEVNULL,
         )
         try:
@@ -101,8 +116,7 @@ def main(argv: list[str] | None = None) -> int:
                 async with grpc.aio.insecure_channel(f"127.0.0.1:{port}") as ch:
                     for node, token in zip(per_node, tokens, strict=True):
                         await enroll(ch, node, signers[node], token)
-                    streams = [NodeStream(ch, node, signers[node].key_id, spool, max_in_flight=64)
-                               for node in per_node]
+                    streams = [NodeStream(ch, node, signers[node].key_id, spool, max_in_flight=64) for node in per_node]
                     c0 = collector.cpu_times()
                     t0 = time.perf_counter()
                     for s in streams:
