@@ -34,10 +34,10 @@ def _cmd_run(ns: argparse.Namespace) -> int:
     from attestation.errors import Error
 
     cfg = load_agent_config(ns.config, os.environ, {"insecure": True if ns.insecure else None})
-    if not cfg.insecure:
+    if cfg.tls_cert is None and not cfg.insecure:
         print(
-            "error: mTLS is not implemented yet; set insecure = true (or --insecure) to stream in plaintext "
-            "on a trusted network",
+            "error: no TLS settings: give tls_ca, tls_cert and tls_key (from `gpuaudit-collector ca issue "
+            "--client`), or --insecure for development on loopback",
             file=sys.stderr,
         )
         return 2

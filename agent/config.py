@@ -57,7 +57,14 @@ class AgentConfig:
     # Host filesystem roots (the agent runs with the host's /proc and /sys).
     proc_root: Path = Path("/proc")
     sys_root: Path = Path("/sys")
-    # Plaintext gRPC (mTLS is not implemented yet; must be set explicitly).
+    # mTLS: the operator CA that signed the collector's certificate, and this node's client
+    # certificate and key (common name = node_id), from `gpuaudit-collector ca issue`.
+    tls_ca: Path | None = None
+    tls_cert: Path | None = None
+    tls_key: Path | None = None
+    # Expected name in the collector's certificate when it differs from the host dialled.
+    tls_server_name: str | None = None
+    # Plaintext gRPC, for development only (must be set explicitly).
     insecure: bool = False
     tenant_rules: TenantRules = field(default_factory=TenantRules)
 
@@ -128,6 +135,9 @@ def load_agent_config(
     if "tenant_rules" in tables:
         raise ConfigError("unknown key 'tenant_rules' (use a [tenants] table)")
     rules = parse_tenant_rules(tables.get("tenants", {}))
+    tls = (cfg.tls_ca, cfg.tls_cert, cfg.tls_key)
+    if any(t is not None for t in tls) and not all(t is not None for t in tls):
+        raise ConfigError("tls_ca, tls_cert and tls_key must be given together")
     if cfg.source not in ("nvml", "sim"):
         raise ConfigError(f"source: {cfg.source!r} is not one of nvml, sim")
     if cfg.source == "sim" and cfg.sim_trace is None:

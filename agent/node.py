@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
+import datetime as dt
 import logging
 import time
 from pathlib import Path
@@ -16,9 +17,10 @@ from agent.config import AgentConfig
 from agent.signing import ChainSigner, WindowOverlapError
 from agent.sources.base import Attribution, GpuSource, NodeSample, ProcessSample
 from agent.spool import Spool
-from agent.stream import NodeStream, RejectedError, enroll, insecure_channel
+from agent.stream import NodeStream, RejectedError, enroll, insecure_channel, tls_channel
 from agent.window import WindowAggregator
 from attestation.keys import Signer, open_signer
+from attestation.x509util import not_after
 
 _logger = logging.getLogger(__name__)
 
@@ -64,6 +66,21 @@ def make_source(cfg: AgentConfig) -> GpuSource:
     return NvmlSource(proc_root=cfg.proc_root, node_io=NodeIo(cfg.sys_root))
 
 
+def open_channel(cfg: AgentConfig) -> grpc.aio.Channel:
+    """mTLS when configured; plaintext only when explicitly allowed."""
+    if cfg.tls_ca is not None and cfg.tls_cert is not None and cfg.tls_key is not None:
+        cert = cfg.tls_cert.read_bytes()
+        left = not_after(cert) - dt.datetime.now(dt.UTC)
+        if left < dt.timedelta(days=30):
+            _logger.warning("the agent's client certificate %s expires in %s: issue a new one", cfg.tls_cert, left)
+        return tls_channel(
+            cfg.collector, cfg.tls_ca.read_bytes(), cert, cfg.tls_key.read_bytes(), cfg.tls_server_name
+        )
+    if not cfg.insecure:
+        raise RuntimeError("no TLS settings (tls_ca, tls_cert, tls_key) and insecure is not set")
+    return insecure_channel(cfg.collector)
+
+
 def join_token(cfg: AgentConfig) -> str | None:
     if cfg.join_token:
         return cfg.join_token
@@ -106,7 +123,7 @@ async def run_agent(cfg: AgentConfig, *, stop: asyncio.Event | None = None, sour
     )
     chain = ChainSigner(signer, spool)
     attributor = Attributor(cfg.proc_root, cfg.tenant_rules)
-    channel = insecure_channel(cfg.collector)
+    channel = open_channel(cfg)
     try:
         await ensure_enrolled(channel, cfg, signer, spool)
         stream = NodeStream(channel, node_id, signer.key_id, spool)

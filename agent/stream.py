@@ -51,6 +51,18 @@ def insecure_channel(address: str) -> grpc.aio.Channel:
     return grpc.aio.insecure_channel(address, options=list(CHANNEL_OPTIONS))
 
 
+def tls_channel(
+    address: str, ca_pem: bytes, cert_pem: bytes, key_pem: bytes, server_name: str | None = None
+) -> grpc.aio.Channel:
+    """An mTLS channel: the collector must present a certificate from the operator CA, and
+    this node presents its own client certificate."""
+    creds = grpc.ssl_channel_credentials(root_certificates=ca_pem, private_key=key_pem, certificate_chain=cert_pem)
+    options: list[tuple[str, int | str]] = list(CHANNEL_OPTIONS)
+    if server_name:
+        options.append(("grpc.ssl_target_name_override", server_name))
+    return grpc.aio.secure_channel(address, creds, options=options)
+
+
 def _unavailable(details: str) -> grpc.aio.AioRpcError:
     return grpc.aio.AioRpcError(grpc.StatusCode.UNAVAILABLE, grpc.aio.Metadata(), grpc.aio.Metadata(), details)
 

@@ -140,6 +140,3 @@ def issue(
     cert_path.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
     return Issued(cert_path, key_path, not_after)
 
-
-def not_after(cert_pem: bytes) -> dt.datetime:
-    return x509.load_pem_x509_certificate(cert_pem).not_valid_after_utc

@@ -228,6 +228,23 @@ def _cmd_export(ns: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_ca_init(ns: argparse.Namespace) -> int:
+    from collector.ca import init_ca
+
+    cert = init_ca(ns.dir, ns.name, ns.days)
+    print(f"CA certificate {cert} (its key stays in {ns.dir}, mode 0600)")
+    return 0
+
+
+def _cmd_ca_issue(ns: argparse.Namespace) -> int:
+    from collector.ca import issue
+
+    issued = issue(ns.dir, ns.name, server=ns.server, hosts=tuple(ns.host or ()), days=ns.days, out=ns.out)
+    kind = "server" if ns.server else "client"
+    print(f"{kind} certificate {issued.cert}, key {issued.key}, valid until {issued.not_after:%Y-%m-%d}")
+    return 0
+
+
 def _cmd_demo(ns: argparse.Namespace) -> int:
     from collector.demo import run_demo
 
@@ -250,7 +267,7 @@ def build_parser() -> argparse.ArgumentParser:
     sv.add_argument("--listen", help="gRPC address HOST:PORT (port 0: any free port)")
     sv.add_argument("--metrics-listen", help="Prometheus address HOST:PORT ('' disables)")
     sv.add_argument("--tenants", type=Path, help="tenants v1 TOML file")
-    sv.add_argument("--insecure", action="store_true", help="plaintext gRPC (required until mTLS lands)")
+    sv.add_argument("--insecure", action="store_true", help="plaintext gRPC without TLS settings (development on loopback only)")
     sv.add_argument("--ready-file", help="write {port, metrics_port} as JSON here once serving")
     sv.set_defaults(func=_cmd_serve)
 
@@ -297,6 +314,24 @@ def build_parser() -> argparse.ArgumentParser:
         help="the vendor's earlier checkpoint (note or bundle): add a consistency proof",
     )
     ex.set_defaults(func=_cmd_export)
+
+    ca = sub.add_parser("ca", help="the operator CA for mTLS between agents and the collector")
+    casub = ca.add_subparsers(dest="ca_cmd", required=True)
+    ci = casub.add_parser("init", help="create a CA (ECDSA P-256) in DIR")
+    ci.add_argument("--dir", type=Path, required=True, help="where ca.crt and ca.key (0600) go")
+    ci.add_argument("--name", default="gpuaudit operator CA", help="the CA's common name")
+    ci.add_argument("--days", type=int, default=3650, help="validity in days (default 3650)")
+    ci.set_defaults(func=_cmd_ca_init)
+    cs = casub.add_parser("issue", help="issue a server certificate, or a client certificate for one node")
+    cs.add_argument("--dir", type=Path, required=True, help="the CA's directory")
+    cs.add_argument("--name", required=True, help="common name: the collector's host name, or the node id")
+    role = cs.add_mutually_exclusive_group(required=True)
+    role.add_argument("--server", action="store_true", help="a certificate for the collector")
+    role.add_argument("--client", action="store_true", help="a certificate for the agent of node NAME")
+    cs.add_argument("--host", action="append", help="server: a DNS name or IP agents dial (repeat)")
+    cs.add_argument("--days", type=int, default=397, help="validity in days (default 397)")
+    cs.add_argument("--out", type=Path, help="where NAME.crt and NAME.key go (default: the CA's directory)")
+    cs.set_defaults(func=_cmd_ca_issue)
 
     dm = sub.add_parser("demo", help="the demo site: opaque 2,400-GPU training run among ordinary tenants")
     dm.add_argument("--hours", type=float, default=2.0, help="hours of event time to replay (default 2)")

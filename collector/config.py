@@ -20,8 +20,14 @@ class CollectorConfig:
     metrics_listen: str = "127.0.0.1:9478"
     # Tenants v1 file (TOML); without it every tenant is fully opaque.
     tenants: Path | None = None
-    # Plaintext gRPC. Transport security (mTLS) is not implemented yet, so this must be
-    # set explicitly: the collector refuses to start in plaintext by accident.
+    # mTLS: the collector's certificate and key, and the operator CA that signs agents'
+    # client certificates (gpuaudit-collector ca init / ca issue). Files are re-read when
+    # they change, so certificates rotate without a restart.
+    tls_cert: Path | None = None
+    tls_key: Path | None = None
+    tls_client_ca: Path | None = None
+    # Plaintext gRPC, for development on loopback only: without TLS settings the collector
+    # refuses to start unless this is set explicitly.
     insecure: bool = False
     # Identifies this collector in enrollment responses.
     collector_id: str = "collector-1"
@@ -49,6 +55,9 @@ def load_collector_config(
 ) -> tuple[CollectorConfig, dict[str, Any]]:
     """Returns the config and the raw ``[detect]`` table (validated by DetectConfig)."""
     cfg, tables = load(CollectorConfig, path, env=env, overrides=overrides, tables=("detect",))
+    tls = (cfg.tls_cert, cfg.tls_key, cfg.tls_client_ca)
+    if any(t is not None for t in tls) and not all(t is not None for t in tls):
+        raise ConfigError("tls_cert, tls_key and tls_client_ca must be given together")
     if cfg.max_batch < 1:
         raise ConfigError("max_batch: must be at least 1")
     if cfg.max_payload_bytes < 1024:

@@ -8,6 +8,7 @@ import logging
 import threading
 from collections.abc import Sequence
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import grpc
@@ -32,9 +33,44 @@ SERVICE_NAME = "gpuaudit.v1.Collector"
 class InsecureRefusedError(Exception):
     def diagnostics(self) -> str:
         return (
-            "The collector serves plaintext gRPC only (mTLS is not implemented yet). Start it with "
-            "--insecure (or insecure = true in the config) on a trusted network or loopback."
+            "No TLS settings: give tls_cert, tls_key and tls_client_ca (create them with "
+            "`gpuaudit-collector ca init` and `ca issue --server`), or, for development on loopback "
+            "only, --insecure (insecure = true)."
         )
+
+
+class _CertFiles:
+    """Server credentials re-read whenever the certificate, key or CA file changes."""
+
+    def __init__(self, cert: Path, key: Path, client_ca: Path) -> None:
+        self.paths = (cert, key, client_ca)
+        self._stamp: tuple[float, ...] | None = None
+
+    def _read(self) -> grpc.ServerCertificateConfiguration:
+        cert, key, ca = (p.read_bytes() for p in self.paths)
+        self._stamp = tuple(p.stat().st_mtime for p in self.paths)
+        return grpc.ssl_server_certificate_configuration([(key, cert)], root_certificates=ca)
+
+    def initial(self) -> grpc.ServerCertificateConfiguration:
+        return self._read()
+
+    def fetch(self) -> grpc.ServerCertificateConfiguration | None:
+        """Called by gRPC before each handshake; None keeps the current configuration."""
+        try:
+            stamp = tuple(p.stat().st_mtime for p in self.paths)
+            if stamp == self._stamp:
+                return None
+            _logger.info("TLS files changed; loading the new certificate")
+            return self._read()
+        except OSError as exc:
+            _logger.error("cannot reload TLS files (%s); keeping the current certificate", exc)
+            return None
+
+
+def server_credentials(config: CollectorConfig) -> grpc.ServerCredentials:
+    assert config.tls_cert and config.tls_key and config.tls_client_ca
+    files = _CertFiles(config.tls_cert, config.tls_key, config.tls_client_ca)
+    return grpc.dynamic_ssl_server_credentials(files.initial(), files.fetch, require_client_authentication=True)
 
 
 class FindingSink:
@@ -110,7 +146,8 @@ class RunningCollector:
 
 
 async def start_collector(config: CollectorConfig, store: Store, engine: DetectorEngine) -> RunningCollector:
-    if not config.insecure:
+    tls = config.tls_cert is not None
+    if not tls and not config.insecure:
         raise InsecureRefusedError("refusing to serve plaintext gRPC without insecure = true")
     metrics = CollectorMetrics(
         __version__,
@@ -132,11 +169,15 @@ async def start_collector(config: CollectorConfig, store: Store, engine: Detecto
         ]
     )
     pb_grpc.add_CollectorServicer_to_server(  # type: ignore[no-untyped-call]
-        CollectorService(store, batcher, metrics, collector_id=config.collector_id), server
+        CollectorService(store, batcher, metrics, collector_id=config.collector_id, require_peer_identity=tls),
+        server,
     )
     health_servicer = health.aio.HealthServicer()
     health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
-    port = server.add_insecure_port(config.listen)
+    if tls:
+        port = server.add_secure_port(config.listen, server_credentials(config))
+    else:
+        port = server.add_insecure_port(config.listen)
     if port == 0:
         raise OSError(f"cannot listen on {config.listen}")
     await server.start()

@@ -110,16 +110,31 @@ class CollectorService(pb_grpc.CollectorServicer):
         *,
         collector_id: str,
         clock_ms: Callable[[], int] = lambda: time.time_ns() // 1_000_000,
+        require_peer_identity: bool = False,
     ) -> None:
         self._store = store
         self._batcher = batcher
         self._metrics = metrics
         self._collector_id = collector_id
         self._clock_ms = clock_ms
+        self._require_peer_identity = require_peer_identity
+
+    async def _check_peer(self, node_id: str, context: grpc.aio.ServicerContext) -> None:
+        """Under mTLS, the client certificate's common name must be the node it speaks for."""
+        if not self._require_peer_identity:
+            return
+        names = [v.decode("utf-8", "replace") for v in context.auth_context().get("x509_common_name", [])]
+        if node_id not in names:
+            self._metrics.refused.labels("peer_mismatch").inc()
+            await context.abort(
+                grpc.StatusCode.PERMISSION_DENIED,
+                f"client certificate names {names or 'no node'}, not node {node_id!r}",
+            )
 
     async def Enroll(  # noqa: N802 - gRPC method name
         self, request: pb.EnrollRequest, context: grpc.aio.ServicerContext
     ) -> pb.EnrollResponse:
+        await self._check_peer(request.node_id, context)
         try:
             key_id = await asyncio.to_thread(
                 self._store.enroll,
@@ -148,6 +163,7 @@ class CollectorService(pb_grpc.CollectorServicer):
             self._metrics.refused.labels("no_hello").inc()
             await context.abort(grpc.StatusCode.INVALID_ARGUMENT, "the first message on a stream must be Hello")
         hello = first.hello
+        await self._check_peer(hello.node_id, context)
         key = await asyncio.to_thread(self._store.key, hello.key_id)
         if key is None or key.node_id != hello.node_id:
             self._metrics.refused.labels("unknown_key").inc()

@@ -110,12 +110,12 @@ def test_install_sections() -> None:
 
 def test_example_configs_load_with_the_real_loaders() -> None:
     agent = load_agent_config(CONFIG / "agent.toml", {})
-    assert agent.source == "nvml" and agent.insecure and agent.window_s == 60
+    assert agent.source == "nvml" and not agent.insecure and agent.tls_cert is not None and agent.window_s == 60
     assert agent.spool == Path("/var/lib/gpuaudit/spool.db") and agent.key.startswith("file:/var/lib/gpuaudit/")
     rules = agent.tenant_rules
     assert rules.namespaces and rules.slurm_accounts and rules.uids and rules.containers and rules.leases
     cfg, detect = load_collector_config(CONFIG / "collector.toml", {})
-    assert cfg.db == Path("/var/lib/gpuaudit/collector.db") and cfg.insecure
+    assert cfg.db == Path("/var/lib/gpuaudit/collector.db") and not cfg.insecure and cfg.tls_client_ca is not None
     assert cfg.tenants == Path("/etc/gpuaudit/tenants.toml")
     dcfg = detect_config_from_table(detect)
     assert dcfg.min_gpus == 64
