@@ -267,7 +267,9 @@ def build_parser() -> argparse.ArgumentParser:
     sv.add_argument("--listen", help="gRPC address HOST:PORT (port 0: any free port)")
     sv.add_argument("--metrics-listen", help="Prometheus address HOST:PORT ('' disables)")
     sv.add_argument("--tenants", type=Path, help="tenants v1 TOML file")
-    sv.add_argument("--insecure", action="store_true", help="plaintext gRPC without TLS settings (development on loopback only)")
+    sv.add_argument(
+        "--insecure", action="store_true", help="plaintext gRPC without TLS settings (development on loopback only)"
+    )
     sv.add_argument("--ready-file", help="write {port, metrics_port} as JSON here once serving")
     sv.set_defaults(func=_cmd_serve)
 

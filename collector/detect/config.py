@@ -25,7 +25,13 @@ class DetectConfig:
     min_duration_s: int = 600
     """How long the run must have held ``min_gpus`` before it is raised."""
     size_alone_gpus: int = 256
-    """At or above this many GPUs size alone is evidence enough; below it synchrony must fire."""
+    """Only where synchrony could not be measured at all (no per-bucket series in the data, an
+    unknown signal): a run of this many strong training-shaped GPUs is raised on size. Where
+    synchrony was measured it must fire at every size, so a steady 300-GPU inference fleet or
+    many independent one-node jobs of one tenant (measured, not in sync) raise nothing."""
+    shared_workload_min_nodes: int = 2
+    """Where synchrony is unknown, one workload id (an opaque identity: one Slurm job, one pod
+    group) on at least this many nodes holding ``min_gpus`` training-shaped GPUs is job evidence."""
     run_floor_gpus: int = 16
     """A run starts (``started_at``) when a group first has this many training-shaped GPUs."""
     max_gap_windows: int = 2
@@ -58,6 +64,30 @@ class DetectConfig:
     """Mean pair correlation that counts as synchrony evidence for a run below ``size_alone_gpus``."""
     weak_sync_corr: float = 0.45
     """Mean pair correlation above which throttled (weak) GPUs count towards a run."""
+
+    # --- linking tenant accounts that run one job ---------------------------------------
+    link_min_gpus: int = 8
+    """A tenant needs this many candidate GPUs in a window to be compared with others (one node)."""
+    link_history_windows: int = 20
+    """Windows of tenant-level series pooled for a link test (20 min: 60+ points at 20 s samples)."""
+    link_min_points: int = 24
+    """Buckets both sides must have before a correlation is tested (each window's own mean is
+    removed, so the test counts one point less per window as degrees of freedom)."""
+    link_min_corr: float = 0.75
+    """Zero-lag correlation of tenant-level series for a link. Accounts of one job, each a few
+    nodes, correlate at 0.9-0.99 (their means share the job's step-by-step swings); unrelated
+    training jobs on the same benchmark reach 0.55-0.65 by chance alignment of their periodic
+    evaluation dips (seen on MLPerf shapes), so the bar sits well above that."""
+    link_min_z: float = 4.5
+    """Fisher z (atanh(r) * sqrt(n - 3)) for a link: unrelated tenants are ~N(0, 1), so 4.5 keeps
+    chance links below ~1e-5 per pair test even with many busy tenants on a site."""
+    link_confirm_windows: int = 3
+    """Consecutive windows two tenants must test as one job before they are linked."""
+    link_ttl_s: int = 3600
+    """A link not re-confirmed for this long lapses (unless a run of its group is still going)."""
+    link_max_tenants: int = 200
+    """At most this many tenants (the largest by candidate GPUs) are compared per window: bounds
+    the cost on a site with thousands of small accounts."""
 
     # --- FLOP accounting ----------------------------------------------------------------
     mfu_low: float = 0.25

@@ -12,11 +12,20 @@ closes by lateness only. A statement for a window that already closed is late: i
 counted and dropped, never folded into the past.
 
 Per closed window: each GPU is classified (``signals.classify``); its use is attributed to
-the tenants on it by ``share_permille``; per group of tenants (today a group is one tenant;
-``_group_of`` is the seam for linking accounts) the engine counts training-shaped GPUs and
-nodes, measures synchrony across a stable sample of the group's nodes, and keeps a run going
-across windows (tolerating ``max_gap_windows`` missing). A run of ``min_gpus`` for
-``min_duration_s`` with synchrony evidence, or of ``size_alone_gpus``, raises a finding.
+the tenants on it by ``share_permille``. Tenants are then grouped: two accounts whose
+tenant-level load series move together, sample by sample, for ``link_confirm_windows``
+windows in a row (a Fisher-z test on the zero-lag correlation, so unrelated busy tenants do
+not pass by chance) are linked, and a group is a connected set of linked tenants
+(``_group_of``). Per group the engine counts training-shaped GPUs and nodes, measures
+synchrony across a stable sample of the group's nodes, and keeps a run going across windows
+(tolerating ``max_gap_windows`` missing). Runs, synchrony and finding ids are keyed by group;
+when accounts are linked their runs merge and the finding names every member.
+
+A run of ``min_gpus`` for ``min_duration_s`` raises a finding when synchrony fires. Where
+synchrony could not be measured (the data has no per-bucket series: unknown, not evidence
+either way) one workload id across nodes, or ``size_alone_gpus`` strong GPUs, stands in for
+it; where it was measured and did not fire, size alone raises nothing. Nothing keys on
+tenant or workload names: workload ids are used only as opaque identities.
 Everything a finding says was known at its ``detected_at``: there is no look-ahead.
 """
 
@@ -26,6 +35,7 @@ import datetime as dt
 import heapq
 import logging
 import math
+import operator
 from collections import deque
 from collections.abc import Iterable
 from dataclasses import dataclass, field
@@ -72,6 +82,50 @@ class _GroupWindow:
     sm_w: list[float] = field(default_factory=lambda: [0.0, 0.0, 0.0])
     tensor_sum: list[float] = field(default_factory=lambda: [0.0, 0.0, 0.0])
     tensor_w: list[float] = field(default_factory=lambda: [0.0, 0.0, 0.0])
+    # workload id (opaque) -> node -> strong GPUs: one job spanning nodes is job evidence
+    workload_nodes: dict[str, dict[str, float]] = field(default_factory=dict)
+
+    def merge(self, o: _GroupWindow) -> None:
+        """Add another tenant's window (a group is the sum of its members)."""
+        for c in range(3):
+            self.gpus[c] += o.gpus[c]
+            for n, v in o.nodes[c].items():
+                self.nodes[c][n] = self.nodes[c].get(n, 0.0) + v
+            for m, (g, a) in o.models[c].items():
+                cur = self.models[c].get(m)
+                if cur is None:
+                    self.models[c][m] = [g, a]
+                else:
+                    cur[0] += g
+                    cur[1] += a
+            self.util_sum[c] += o.util_sum[c]
+            self.util_w[c] += o.util_w[c]
+            self.power_sum[c] += o.power_sum[c]
+            self.power_w[c] += o.power_w[c]
+            self.sm_sum[c] += o.sm_sum[c]
+            self.sm_w[c] += o.sm_w[c]
+            self.tensor_sum[c] += o.tensor_sum[c]
+            self.tensor_w[c] += o.tensor_w[c]
+        for n, gl in o.by_node.items():
+            mine = self.by_node.get(n)
+            if mine is None:
+                self.by_node[n] = list(gl)
+            else:
+                mine.extend(g for g in gl if all(g is not x for x in mine))
+        for t, v in o.tenants.items():
+            self.tenants[t] = self.tenants.get(t, 0.0) + v
+        for wl, nodes in o.workload_nodes.items():
+            mine_w = self.workload_nodes.setdefault(wl, {})
+            for n, v in nodes.items():
+                mine_w[n] = mine_w.get(n, 0.0) + v
+
+    def shared_workload_gpus(self, min_nodes: int) -> float:
+        """Strong GPUs of the largest single workload id that spans ``min_nodes`` nodes or more."""
+        best = 0.0
+        for nodes in self.workload_nodes.values():
+            if len(nodes) >= min_nodes:
+                best = max(best, sum(nodes.values()))
+        return best
 
 
 @dataclass
@@ -98,8 +152,48 @@ class _Run:
     sync_nodes: int = 0
     sync_max: float | None = None
     weak_counted_windows: int = 0
+    last_strong_gpus: float = 0.0
+    last_shared_workload_gpus: float = 0.0
+    finding_id: str | None = None
+    merged_from: list[str] = field(default_factory=list)
     finding: Finding | None = None
     emitted: Finding | None = None
+
+    def absorb(self, o: _Run) -> None:
+        """Fold another run of the same (now linked) group into this one."""
+        self.start_ms = min(self.start_ms, o.start_ms)
+        self.last_hit_end_ms = max(self.last_hit_end_ms, o.last_hit_end_ms)
+        for t, v in o.tenants.items():
+            self.tenants[t] = self.tenants.get(t, 0.0) + v
+        self.windows = max(self.windows, o.windows)
+        if o.large_start_ms is not None:
+            if self.large_start_ms is None or o.large_start_ms < self.large_start_ms:
+                self.large_start_ms = o.large_start_ms
+            self.large_last_end_ms = max(self.large_last_end_ms, o.large_last_end_ms)
+            self.large_windows = max(self.large_windows, o.large_windows)
+        self.gpu_s += o.gpu_s
+        for m, mu in o.models.items():
+            cur = self.models.setdefault(m, _ModelUse())
+            cur.gpu_s += mu.gpu_s
+            cur.active_gpu_s += mu.active_gpu_s
+        self.peak_gpus = max(self.peak_gpus, o.peak_gpus, self.last_gpus + o.last_gpus)
+        self.peak_nodes = max(self.peak_nodes, o.peak_nodes, self.last_nodes + o.last_nodes)
+        for name, (a, w) in o.sums.items():
+            acc = self.sums.setdefault(name, [0.0, 0.0])
+            acc[0] += a
+            acc[1] += w
+        if o.sync_max is not None:
+            self.sync_max = o.sync_max if self.sync_max is None else max(self.sync_max, o.sync_max)
+        self.weak_counted_windows = max(self.weak_counted_windows, o.weak_counted_windows)
+        # The earliest finding survives (its id and detected_at); the other is superseded.
+        mine, theirs = self.finding, o.finding
+        if theirs is not None and (mine is None or theirs.detected_at_ms < mine.detected_at_ms):
+            if mine is not None:
+                self.merged_from.append(mine.id)
+            self.finding, self.emitted, self.finding_id = theirs, o.emitted, o.finding_id
+        elif theirs is not None:
+            self.merged_from.append(theirs.id)
+        self.merged_from.extend(o.merged_from)
 
 
 @dataclass
@@ -111,9 +205,81 @@ class EngineStats:
     gpus_processed: int = 0
 
 
-def _group_of(tenant: str) -> str:
-    """The group a tenant's use counts towards. Linking accounts into groups plugs in here."""
-    return tenant
+def _group_of(tenant: str, parent: dict[str, str]) -> str:
+    """The representative of ``tenant``'s linked group (union-find root, path-halving)."""
+    while True:
+        p = parent.get(tenant, tenant)
+        if p == tenant:
+            return tenant
+        gp = parent.get(p, p)
+        parent[tenant] = gp
+        tenant = gp
+
+
+def _corr(a: list[float | None], b: list[float | None]) -> tuple[float, int]:
+    """Pearson correlation over the positions both have; (0.0, n) when either is flat."""
+    xs: list[float] = []
+    ys: list[float] = []
+    for x, y in zip(a, b, strict=False):
+        if x is not None and y is not None:
+            xs.append(x)
+            ys.append(y)
+    n = len(xs)
+    if n < 3:
+        return 0.0, n
+    mx = sum(xs) / n
+    my = sum(ys) / n
+    sxx = sxy = syy = 0.0
+    for x, y in zip(xs, ys, strict=True):
+        dx = x - mx
+        dy = y - my
+        sxx += dx * dx
+        syy += dy * dy
+        sxy += dx * dy
+    if sxx <= 1e-12 or syy <= 1e-12:
+        return 0.0, n
+    return sxy / math.sqrt(sxx * syy), n
+
+
+def _fisher_z(r: float, n: int) -> float:
+    """atanh(r) * sqrt(n - 3): ~N(0, 1) for unrelated series of n points."""
+    if n <= 3:
+        return 0.0
+    r = min(max(r, -0.999999), 0.999999)
+    return math.atanh(r) * math.sqrt(n - 3)
+
+
+def _unit(vec: list[float | None]) -> tuple[list[float], int] | None:
+    """Centre over the present points, missing -> 0, scale to unit length; None if flat."""
+    present = [v for v in vec if v is not None]
+    if len(present) < 3:
+        return None
+    m = sum(present) / len(present)
+    xs = [0.0 if v is None else v - m for v in vec]
+    ss = sum(x * x for x in xs)
+    if ss <= 1e-12:
+        return None
+    k = 1.0 / math.sqrt(ss)
+    return [x * k for x in xs], len(present)
+
+
+@dataclass
+class _Cluster:
+    members: list[str]
+    sums: list[float]
+    counts: list[int]
+    unit: list[float] | None = None
+
+    def add(self, vec: list[float | None]) -> None:
+        for i, v in enumerate(vec):
+            if v is not None:
+                self.sums[i] += v
+                self.counts[i] += 1
+        u = _unit(self.mean())
+        self.unit = None if u is None else u[0]
+
+    def mean(self) -> list[float | None]:
+        return [s / c if c else None for s, c in zip(self.sums, self.counts, strict=True)]
 
 
 class DetectorEngine:
@@ -133,8 +299,15 @@ class DetectorEngine:
         self._expected: frozenset[str] = frozenset()
         self._pending: set[str] = set()
         self._pending_for: int | None = None
-        self._history: dict[str, deque[dict[str, list[float | None]]]] = {}
-        self._history_start: dict[str, int] = {}
+        # tenant -> window start -> node -> per-bucket series (the tenant's sampled nodes)
+        self._snaps: dict[str, dict[int, dict[str, list[float | None]]]] = {}
+        # tenant -> window start -> tenant-level series (mean over its sampled nodes)
+        self._tseries: dict[str, dict[int, list[float | None]]] = {}
+        self._recent_starts: deque[int] = deque(maxlen=max(1, config.sync_history_windows, config.link_history_windows))
+        self._agree: dict[tuple[str, str], int] = {}
+        self._links: dict[tuple[str, str], int] = {}  # pair -> last window start it was confirmed
+        self._link_evidence: dict[tuple[str, str], tuple[float, int, float]] = {}  # pair -> (r, n, z)
+        self._run_key_of: dict[str, str] = {}  # tenant -> key of the run it belongs to
         self._runs: dict[str, _Run] = {}
         self._findings: dict[str, Finding] = {}
         self._opacity_cache: dict[tuple[str, int], Opacity] = {}
@@ -219,7 +392,10 @@ class DetectorEngine:
         self._recent_nodes.append(frozenset(windows))
         self._expected = frozenset().union(*self._recent_nodes)
         self._pending_for = None
-        groups = self._aggregate([windows[n] for n in sorted(windows)])
+        tenant_windows = self._aggregate([windows[n] for n in sorted(windows)])
+        self._recent_starts.append(s)
+        self._snapshot(s, tenant_windows)
+        groups = self._group(s, tenant_windows)
         end = max(w.end_ms for w in windows.values())
         return self._update_runs(s, end, groups)
 
@@ -248,7 +424,7 @@ class DetectorEngine:
                     share = wl.share_permille / 1000
                     if share <= 0:
                         continue
-                    key = _group_of(wl.tenant)
+                    key = wl.tenant
                     gw = groups.get(key)
                     if gw is None:
                         gw = groups[key] = _GroupWindow()
@@ -256,6 +432,12 @@ class DetectorEngine:
                     nodes = gw.nodes[cls]
                     nodes[node] = nodes.get(node, 0.0) + share
                     gw.tenants[wl.tenant] = gw.tenants.get(wl.tenant, 0.0) + share
+                    if cls == STRONG:
+                        wn = gw.workload_nodes.get(wl.workload)
+                        if wn is None:
+                            gw.workload_nodes[wl.workload] = {node: share}
+                        else:
+                            wn[node] = wn.get(node, 0.0) + share
                     lst = gw.by_node.get(node)
                     if lst is None:
                         gw.by_node[node] = [g]
@@ -282,41 +464,213 @@ class DetectorEngine:
         self.stats.gpus_processed += gpus_seen
         return groups
 
-    def _sync(self, key: str, s: int, gw: _GroupWindow | None) -> tuple[float | None, int, int]:
-        """Record this window's node series for ``key`` and return (correlation, pairs, nodes)."""
+    def _snapshot(self, s: int, tws: dict[str, _GroupWindow]) -> None:
+        """Keep each sizeable tenant's node series for this window (sync and link tests use them)."""
         cfg = self.config
-        hist = self._history.get(key)
+        oldest = self._recent_starts[0]
+        # Every tenant big enough for a sync test, and the largest few hundred for link tests.
+        sizes = {t: gw.gpus[STRONG] + gw.gpus[WEAK] for t, gw in tws.items()}
+        small = sorted(
+            (t for t, g in sizes.items() if cfg.link_min_gpus <= g < cfg.sync_min_gpus), key=lambda t: (-sizes[t], t)
+        )
+        keep = {t for t, g in sizes.items() if g >= cfg.sync_min_gpus} | set(small[: max(0, cfg.link_max_tenants)])
+        for t, gw in tws.items():
+            if t not in keep:
+                continue
+            snap: dict[str, list[float | None]] = {}
+            for n in stable_sample(gw.by_node, cfg.sync_sample_nodes):
+                ser = node_series(gw.by_node[n])
+                if ser is not None:
+                    snap[n] = ser
+            if not snap:
+                continue
+            self._snaps.setdefault(t, {})[s] = snap
+            length = max(len(v) for v in snap.values())
+            sums = [0.0] * length
+            counts = [0] * length
+            for ser in snap.values():
+                for i, v in enumerate(ser):
+                    if v is not None:
+                        sums[i] += v
+                        counts[i] += 1
+            self._tseries.setdefault(t, {})[s] = [x / c if c else None for x, c in zip(sums, counts, strict=True)]
+        for store in (self._snaps, self._tseries):
+            for t in list(store):
+                per = store[t]
+                for st in [st for st in per if st < oldest]:
+                    del per[st]
+                if not per:
+                    del store[t]
+
+    def _tenant_vector(self, t: str, starts: list[int]) -> list[float | None]:
+        per = self._tseries.get(t, {})
+        out: list[float | None] = []
+        length = 0
+        for st in starts:
+            v = per.get(st)
+            if v is not None:
+                length = max(length, len(v))
+        for st in starts:
+            v = per.get(st)
+            if v is None:
+                out.extend([None] * length)
+            else:
+                out.extend(v)
+                out.extend([None] * (length - len(v)))
+        return out
+
+    def _link(self, s: int, tws: dict[str, _GroupWindow]) -> None:
+        """Test which tenants move as one job this window; confirm links that keep testing so."""
+        cfg = self.config
+        cands = [t for t, gw in tws.items() if gw.gpus[STRONG] + gw.gpus[WEAK] >= cfg.link_min_gpus]
+        cands = [t for t in cands if s in self._tseries.get(t, {})]
+        cands.sort(key=lambda t: (-(tws[t].gpus[STRONG] + tws[t].gpus[WEAK]), t))
+        cands = cands[: max(0, cfg.link_max_tenants)]
+        together: set[tuple[str, str]] = set()
+        if len(cands) >= 2:
+            starts = list(self._recent_starts)[-cfg.link_history_windows :]
+            clusters: list[_Cluster] = []
+            for t in cands:
+                vec = self._tenant_vector(t, starts)
+                u = _unit(vec)
+                if u is None or u[1] < cfg.link_min_points:
+                    continue
+                tu = u[0]
+                best: tuple[float, int, float, _Cluster] | None = None
+                for cl in clusters:
+                    # Screen with one dot product (missing points as the mean), then test exactly.
+                    if cl.unit is None or sum(map(operator.mul, tu, cl.unit)) < cfg.link_min_corr * 0.8:
+                        continue
+                    r, n = _corr(vec, cl.mean())
+                    if n < cfg.link_min_points or r < cfg.link_min_corr:
+                        continue
+                    z = _fisher_z(r, n - len(starts))  # one mean removed per window
+                    if z >= cfg.link_min_z and (best is None or r > best[0]):
+                        best = (r, n, z, cl)
+                if best is None:
+                    cl = _Cluster([t], [0.0] * len(vec), [0] * len(vec))
+                    cl.add(vec)
+                    clusters.append(cl)
+                    continue
+                r, n, z, cl = best
+                for m in cl.members:
+                    pair = (m, t) if m < t else (t, m)
+                    together.add(pair)
+                    self._link_evidence[pair] = (round(r, 3), n, round(z, 2))
+                cl.members.append(t)
+                cl.add(vec)
+        for pair in list(self._agree):
+            if pair not in together:
+                del self._agree[pair]
+        for pair in together:
+            k = self._agree[pair] = self._agree.get(pair, 0) + 1
+            if k >= cfg.link_confirm_windows:
+                if pair not in self._links:
+                    r, n, z = self._link_evidence[pair]
+                    _logger.info("linked tenants %s and %s: r=%.2f over %d points (z=%.1f)", *pair, r, n, z)
+                self._links[pair] = s
+        ttl_ms = cfg.link_ttl_s * _MS
+        for pair, last in list(self._links.items()):
+            if s - last > ttl_ms:
+                key = self._run_key_of.get(pair[0])
+                if key is None or key != self._run_key_of.get(pair[1]) or key not in self._runs:
+                    del self._links[pair]
+                    self._link_evidence.pop(pair, None)
+
+    def _group(self, s: int, tws: dict[str, _GroupWindow]) -> dict[str, tuple[list[str], _GroupWindow]]:
+        """Tenant windows -> group key -> (members, summed window)."""
+        self._link(s, tws)
+        parent: dict[str, str] = {}
+        for a, b in self._links:
+            ra, rb = _group_of(a, parent), _group_of(b, parent)
+            if ra != rb:
+                parent[max(ra, rb)] = min(ra, rb)
+        members: dict[str, list[str]] = {}
+        for t in set(parent) | set(tws):
+            members.setdefault(_group_of(t, parent), []).append(t)
+        parts: dict[str, tuple[list[str], list[_GroupWindow]]] = {}
+        for t in sorted(tws):
+            ms = sorted(members[_group_of(t, parent)])
+            key = t if len(ms) == 1 else "+".join(ms)
+            parts.setdefault(key, (ms, []))[1].append(tws[t])
+        out: dict[str, tuple[list[str], _GroupWindow]] = {}
+        for key, (ms, gws) in parts.items():
+            if len(gws) == 1:
+                out[key] = (ms, gws[0])
+                continue
+            merged = _GroupWindow()
+            for gw in gws:
+                merged.merge(gw)
+            out[key] = (ms, merged)
+        return out
+
+    def _sync(self, s: int, members: list[str], gw: _GroupWindow | None) -> tuple[float | None, int, int]:
+        """Synchrony of a group's nodes over recent windows: (correlation, pairs, nodes sampled)."""
+        cfg = self.config
         if gw is None or gw.gpus[STRONG] + gw.gpus[WEAK] < cfg.sync_min_gpus or len(gw.by_node) < 2:
-            if hist is not None:
-                hist.append({})
             return None, 0, 0
-        if hist is None:
-            hist = self._history[key] = deque(maxlen=max(1, cfg.sync_history_windows))
-        sample = stable_sample(gw.by_node, cfg.sync_sample_nodes)
-        snap: dict[str, list[float | None]] = {}
-        for n in sample:
-            ser = node_series(gw.by_node[n])
-            if ser is not None:
-                snap[n] = ser
-        hist.append(snap)
-        corr, pairs = pooled_correlation(list(hist), sample, cfg.sync_min_points)
+        now: set[str] = set()
+        for m in members:
+            snap = self._snaps.get(m, {}).get(s)
+            if snap is not None:
+                now.update(snap)
+        sample = stable_sample(now, cfg.sync_sample_nodes)
+        history: list[dict[str, list[float | None]]] = []
+        for st in list(self._recent_starts)[-cfg.sync_history_windows :]:
+            merged: dict[str, list[float | None]] = {}
+            for m in members:
+                snap = self._snaps.get(m, {}).get(st)
+                if snap is not None:
+                    for n, ser in snap.items():
+                        merged.setdefault(n, ser)
+            history.append(merged)
+        corr, pairs = pooled_correlation(history, sample, cfg.sync_min_points)
         return corr, pairs, len(sample)
 
-    def _update_runs(self, s: int, end: int, groups: dict[str, _GroupWindow]) -> list[Finding]:
+    def _merge_runs(self, key: str, members: list[str]) -> _Run | None:
+        """Fold the runs of a newly linked group's members into one run under ``key``."""
+        keys = {self._run_key_of.get(m) for m in members}
+        keys.discard(None)
+        run = self._runs.get(key)
+        for k in sorted(k for k in keys if k is not None and k != key):
+            other = self._runs.pop(k, None)
+            if other is None:
+                continue
+            if run is None:
+                other.group = key
+                run = other
+            else:
+                run.absorb(other)
+            for fid in run.merged_from:
+                self._findings.pop(fid, None)  # superseded by the group's finding
+        if run is not None:
+            self._runs[key] = run
+            for m in members:
+                self._run_key_of[m] = key
+        return run
+
+    def _update_runs(self, s: int, end: int, groups: dict[str, tuple[list[str], _GroupWindow]]) -> list[Finding]:
         cfg = self.config
         out: list[Finding] = []
         window_s = (end - s) / _MS
         gap_ms = (cfg.max_gap_windows + 1) * (end - s)
-        keys = sorted(set(groups) | set(self._history) | set(self._runs))
+        for key in sorted(groups):
+            members = groups[key][0]
+            if len(members) > 1:
+                self._merge_runs(key, members)
+        keys = sorted(set(groups) | set(self._runs))
         for key in keys:
-            gw = groups.get(key)
-            corr, pairs, sampled = self._sync(key, s, gw)
+            members, gw_ = groups.get(key, ([key], None))
+            gw = gw_
+            corr, pairs, sampled = self._sync(s, members, gw)
             run = self._runs.get(key)
             if gw is None:
                 if run is not None and s - run.last_hit_end_ms >= gap_ms:
                     self._end_run(key)
                 continue
-            weak_counts = corr is not None and corr >= cfg.weak_sync_corr
+            # Throttled GPUs count when the group is in sync and is itself mostly throttled; beside
+            # a strong training majority, weak GPUs are other work (inference on the same nodes).
+            weak_counts = corr is not None and corr >= cfg.weak_sync_corr and gw.gpus[WEAK] >= gw.gpus[STRONG]
             classes = (STRONG, WEAK) if weak_counts else (STRONG,)
             gpus = sum(gw.gpus[c] for c in classes)
             node_set: set[str] = set(gw.nodes[STRONG])
@@ -331,7 +685,11 @@ class DetectorEngine:
                 run = None
             if run is None:
                 run = self._runs[key] = _Run(group=key, start_ms=s, last_hit_end_ms=end)
+                for m in members:
+                    self._run_key_of[m] = key
             self._account(run, gw, classes, gpus, len(node_set), window_s, corr, pairs, sampled, weak_counts)
+            run.last_strong_gpus = gw.gpus[STRONG]
+            run.last_shared_workload_gpus = gw.shared_workload_gpus(cfg.shared_workload_min_nodes)
             run.last_hit_end_ms = end
             if gpus >= cfg.min_gpus:
                 if run.large_start_ms is None or s - run.large_last_end_ms >= gap_ms:
@@ -342,9 +700,6 @@ class DetectorEngine:
             f = self._evaluate(run, end)
             if f is not None:
                 out.append(f)
-        # Histories of groups with nothing left to say are dropped to bound memory.
-        for key in [k for k, h in self._history.items() if k not in self._runs and not any(h)]:
-            del self._history[key]
         return out
 
     def _account(
@@ -403,6 +758,8 @@ class DetectorEngine:
 
     def _end_run(self, key: str) -> None:
         run = self._runs.pop(key, None)
+        for t in [t for t, k in self._run_key_of.items() if k == key]:
+            del self._run_key_of[t]
         if run is not None and run.finding is not None:
             _logger.info("run %s of %s ended at %s", run.finding.id, key, rfc3339_ms(run.last_hit_end_ms))
 
@@ -425,8 +782,7 @@ class DetectorEngine:
                 return None
             if run.large_last_end_ms - run.large_start_ms < cfg.min_duration_s * _MS:
                 return None
-            synced = run.sync is not None and run.sync >= cfg.sync_min_corr
-            if not (synced or run.last_gpus >= cfg.size_alone_gpus):
+            if not self._job_evidence(run):
                 return None
             detected_at = end_ms
         else:
@@ -439,6 +795,13 @@ class DetectorEngine:
             run.emitted = f
             return f
         return None
+
+    def _job_evidence(self, run: _Run) -> bool:
+        """Are the run's GPUs one job? Synchrony where measured; else one workload id or size."""
+        cfg = self.config
+        if run.sync is not None:
+            return run.sync >= cfg.sync_min_corr
+        return run.last_shared_workload_gpus >= cfg.min_gpus or run.last_strong_gpus >= cfg.size_alone_gpus
 
     def _material(self, prev: Finding, f: Finding) -> bool:
         cfg = self.config
@@ -543,7 +906,14 @@ class DetectorEngine:
 
         signals = {
             "concurrent_training_gpus": signal(float(gpus), cfg.min_gpus, "GPUs"),
-            "size_alone": signal(float(run.last_gpus), cfg.size_alone_gpus, "GPUs"),
+            "size_alone": {
+                **signal(float(run.last_strong_gpus), cfg.size_alone_gpus, "strong training-shaped GPUs"),
+                "note": "counts only where synchrony could not be measured",
+            },
+            "shared_workload_gpus": {
+                **signal(float(run.last_shared_workload_gpus), cfg.min_gpus, "GPUs under one workload id"),
+                "note": "one workload id on several nodes; counts only where synchrony could not be measured",
+            },
             "duration_at_size_s": signal(duration_s, cfg.min_duration_s, "s"),
             "util_mean": signal(util, cfg.strong_util_permille / 1000, "fraction of time busy"),
             "power_fraction_of_limit": signal(power, cfg.strong_power_permille / 1000, "mean power / limit"),
@@ -610,8 +980,23 @@ class DetectorEngine:
             "opacity_by_tenant": {t: o.to_json() for t, o in zip(tenants, ops, strict=True)},
             "memory_note": "memory use is not evidence: inference servers preallocate ~90% of GPU memory",
         }
+        if len(tenants) > 1:
+            evidence["linked_tenants"] = {
+                "tenants": list(tenants),
+                "how": "tenant-level load series correlated sample by sample (zero lag) for "
+                f"{cfg.link_confirm_windows}+ windows in a row, Fisher z >= {cfg.link_min_z}",
+                "pairs": [
+                    {"tenants": list(p), "corr": e[0], "points": e[1], "z": e[2]}
+                    for p, e in sorted(self._link_evidence.items())
+                    if p[0] in run.tenants and p[1] in run.tenants
+                ],
+            }
+        if run.merged_from:
+            evidence["supersedes"] = sorted(set(run.merged_from))
+        if run.finding_id is None:
+            run.finding_id = finding_id(KIND_LARGE_TRAINING, (run.group,), run.start_ms)
         return Finding(
-            id=finding_id(KIND_LARGE_TRAINING, (run.group,), run.start_ms),
+            id=run.finding_id,
             kind=KIND_LARGE_TRAINING,
             tenant=primary,
             tenants=tenants,

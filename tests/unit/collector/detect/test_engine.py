@@ -46,6 +46,7 @@ class Group:
     last: int = 10**9
     model: str = H100
     synced: bool = True
+    dip: int = 3  # window index mod 7 of the synchronized dip; -1: none
 
 
 def _gpu(i: int, node: str, model: str, util: list[int], power: list[int], tenant: str | None) -> GpuWindow:
@@ -75,10 +76,11 @@ def stream(groups: list[Group], windows: int, seed: int = 7) -> list[UsageWindow
     out: list[UsageWindow] = []
     for k in range(windows):
         start = T0_MS + k * WINDOW_MS
-        shared = [rng.gauss(0.0, 0.06) for _ in range(BUCKETS)]
-        if k % 7 == 3:
-            shared[2] -= 0.3  # a synchronized dip (evaluation, checkpoint)
+        base_shared = [rng.gauss(0.0, 0.06) for _ in range(BUCKETS)]
         for g in groups:
+            shared = list(base_shared)
+            if k % 7 == g.dip:
+                shared[2] -= 0.3  # a synchronized dip (evaluation, checkpoint)
             for n in range(g.nodes):
                 node = f"{g.prefix}-n{n:04d}"
                 active = g.first <= k < g.last
@@ -245,3 +247,160 @@ def test_late_and_duplicate_windows_are_dropped_and_counted() -> None:
     eng.observe(ws[-2])  # a replay of a window still open
     eng.observe(ws[0])  # a window that closed long ago
     assert eng.stats.duplicates_dropped == 1 and eng.stats.late_dropped == 1
+
+
+# --------------------------------------------------------------------------- evasions (issue 6)
+
+
+def _split_stream(accounts: list[str], nodes_each: int, windows: int, first: int = 2) -> list[UsageWindow]:
+    """One synchronized job whose nodes are leased under several accounts (same job clock)."""
+    ws = stream([Group("sp", nodes_each * len(accounts), "t-split", "train", first=first)], windows, seed=11)
+    out = []
+    for w in ws:
+        n = int(w.node_id.rsplit("n", 1)[1])
+        acct = accounts[n % len(accounts)]
+        gpus = tuple(
+            GpuWindow(
+                **{
+                    **g.__dict__,
+                    "workloads": tuple(
+                        Workload(acct, "k8s_pod", f"{acct}-job", 1, 70 << 30, 1000) for _ in g.workloads
+                    ),
+                }
+            )
+            for g in w.gpus
+        )
+        out.append(UsageWindow(**{**w.__dict__, "gpus": gpus}))
+    return out
+
+
+def test_one_run_split_across_accounts_is_linked_and_every_account_named() -> None:
+    accounts = ["t-a1", "t-b2", "t-c3", "t-d4"]
+    _, eng = run(_split_stream(accounts, 8, 30))  # 4 x 64 GPUs
+    found = eng.findings()
+    assert len(found) == 1, [f.tenants for f in found]
+    f = found[0]
+    assert f.tenants == tuple(accounts), "the finding must name every linked account"
+    assert f.gpus == 256 and f.nodes == 32
+    assert f.detected_at_ms - (T0_MS + 2 * WINDOW_MS) <= 15 * WINDOW_MS
+    assert f.evidence["linked_tenants"]["pairs"], "link evidence is explained"
+
+
+def test_split_into_accounts_each_below_the_floor_is_still_found() -> None:
+    accounts = [f"t-s{i}" for i in range(6)]
+    _, eng = run(_split_stream(accounts, 2, 30))  # 6 x 16 GPUs: none is 64 alone
+    (f,) = eng.findings()
+    assert set(f.tenants) == set(accounts) and f.gpus == 96
+
+
+def test_unrelated_busy_tenants_are_not_linked() -> None:
+    # Three independent synchronized training jobs (each its own job clock) and an inference fleet.
+    groups = [
+        Group("ja", 12, "t-ja", "train"),
+        Group("inf", 30, "t-inf", "infer"),
+    ]
+    ws_a = stream(groups, 30, seed=1)
+    ws_b = stream([Group("jb", 12, "t-jb", "train", dip=5)], 30, seed=2)
+    ws_c = stream([Group("jc", 12, "t-jc", "train", dip=0)], 30, seed=3)
+    merged = sorted(ws_a + ws_b + ws_c, key=lambda w: (w.start_ms, w.node_id))
+    _, eng = run(merged)
+    found = eng.findings()
+    assert sorted(f.tenants for f in found) == [("t-ja",), ("t-jb",), ("t-jc",)], [f.tenants for f in found]
+
+
+def test_steady_hot_inference_fleet_of_300_gpus_is_not_flagged() -> None:
+    """The old size-alone weakness: 304 GPUs of hot, flat, independent inference by one tenant."""
+    rng = random.Random(5)
+    ws = []
+    for k in range(30):
+        start = T0_MS + k * WINDOW_MS
+        for n in range(38):
+            node = f"hot-n{n:04d}"
+            gpus = []
+            for i in range(8):
+                util = [min(1000, 930 + rng.randrange(-50, 50)) for _ in range(BUCKETS)]
+                power = [int((0.66 + rng.gauss(0.0, 0.05)) * LIMIT_MW) for _ in range(BUCKETS)]
+                gpus.append(_gpu(i, node, H100, util, power, "t-hot"))
+            ws.append(UsageWindow(node, "b", "t", start, start + WINDOW_MS, 10_000, Chain("k", k, None), tuple(gpus)))
+    _, eng = run(ws)
+    assert eng.findings() == [], "size alone must not raise a finding where synchrony was measured and is absent"
+
+
+def test_many_independent_one_node_jobs_of_one_tenant_are_not_one_run() -> None:
+    groups = [Group(f"j{i}", 1, "t-sweep", "train", dip=-1) for i in range(40)]  # 320 GPUs, 40 job clocks
+    ws = sorted(
+        (w for i, g in enumerate(groups) for w in stream([g], 25, seed=100 + i)), key=lambda w: (w.start_ms, w.node_id)
+    )
+    _, eng = run(ws)
+    assert eng.findings() == []
+
+
+def test_throttled_synchronized_training_is_detected() -> None:
+    _, eng = run(stream([Group("thr", 40, "t-thr", "throttled")], 25))
+    (f,) = eng.findings()
+    assert f.gpus == 320 and f.evidence["throttled_gpus_counted_windows"] > 0
+    assert f.evidence["signals"]["util_mean"]["value"] < 0.7
+
+
+def test_training_interleaved_with_inference_on_the_same_nodes_is_detected() -> None:
+    ws = stream([Group("mix", 12, "t-mix", "train")], 25, seed=4)
+    inf = stream([Group("mix", 12, "t-mix", "infer")], 25, seed=5)
+    by_key = {(w.node_id, w.start_ms): w for w in inf}
+    out = []
+    for w in ws:
+        other = by_key[(w.node_id, w.start_ms)]
+        gpus = w.gpus[:6] + other.gpus[6:]  # GPUs 6-7 serve, 0-5 train
+        out.append(UsageWindow(**{**w.__dict__, "gpus": gpus}))
+    _, eng = run(out)
+    (f,) = eng.findings()
+    assert f.tenants == ("t-mix",) and 72 <= f.gpus <= 76, f.gpus  # 6 of 8 GPUs per node train
+
+
+def test_a_run_that_grows_and_shrinks_is_one_finding() -> None:
+    small = stream([Group("gs", 4, "t-gs", "train")], 40, seed=8)
+    grown = stream([Group("gs", 16, "t-gs", "train", first=10, last=25)], 40, seed=8)
+    keep = {(w.node_id, w.start_ms) for w in small}
+    ws = small + [w for w in grown if (w.node_id, w.start_ms) not in keep]
+    ws.sort(key=lambda w: (w.start_ms, w.node_id))
+    _, eng = run(ws)
+    (f,) = eng.findings()
+    assert f.gpus == 128 and f.nodes == 16
+
+
+def test_training_declared_as_inference_carries_the_opacity_reason() -> None:
+    tenants = TenantDirectory.from_toml(
+        """
+[[tenant]]
+id = "t-liar"
+country = "DE"
+registered = 2001-01-01
+ultimate_parent_country = "DE"
+beneficial_owners_disclosed = true
+nominee_directors = false
+declared_use = "LLM inference serving"
+kyc_level = "enhanced"
+"""
+    )
+    eng = DetectorEngine(DetectConfig(), tenants)
+    for w in stream([Group("li", 20, "t-liar", "train")], 20):
+        eng.observe(w)
+    eng.finish()
+    (f,) = eng.findings()
+    assert any("contradicted" in r for r in f.opacity.reasons), f.opacity.reasons
+    assert f.severity != "low" or f.opacity.score >= DetectConfig().transparent_opacity_max
+
+
+def test_without_series_size_alone_or_one_workload_id_stand_in_for_synchrony() -> None:
+    """No per-bucket series: synchrony is unknown, not evidence against."""
+
+    def strip(ws: list[UsageWindow]) -> list[UsageWindow]:
+        return [
+            UsageWindow(**{**w.__dict__, "gpus": tuple(GpuWindow(**{**g.__dict__, "series": None}) for g in w.gpus)})
+            for w in ws
+        ]
+
+    _, eng = run(strip(stream([Group("big", 40, "t-big", "train")], 20)))
+    (f,) = eng.findings()
+    assert f.evidence["signals"]["synchrony_corr"]["value"] is None
+    _, eng = run(strip(stream([Group("mid", 10, "t-mid", "train")], 20)))
+    assert eng.findings() == [], "80 GPUs, no series, one workload id per node: no job evidence"
