@@ -6,12 +6,15 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed-stamp
 
-.PHONY: help venv test lint typecheck demo proto clean
+.PHONY: help venv test lint demo bench eval eval-full proto clean
 
 help:
 	@echo "make demo       run the demo site (collector + 380 simulated agents), ~2 min"
 	@echo "make test       run the test suite"
 	@echo "make lint       ruff + mypy --strict"
+	@echo "make bench      benchmarks against their goals (docs/benchmarks.md)"
+	@echo "make eval       detector evaluation on ../shared/data, quick (~2 min; docs/evaluation.md)"
+	@echo "make eval-full  the full evaluation (~12 min on 2 cores)"
 	@echo "make proto      regenerate attestation/v1 from proto/"
 
 $(STAMP): pyproject.toml
@@ -31,6 +34,17 @@ lint: $(STAMP)
 
 demo: $(STAMP)
 	$(BIN)/gpuaudit-collector demo
+
+bench: $(STAMP)
+	$(BIN)/python bench/bench_agent.py
+	$(BIN)/python bench/bench_ingest.py
+	$(BIN)/python bench/bench_detector.py
+
+eval: $(STAMP)
+	$(BIN)/python -m collector.evaluate --quick
+
+eval-full: $(STAMP)
+	$(BIN)/python -m collector.evaluate
 
 proto: $(STAMP)
 	$(BIN)/python tools/genproto.py

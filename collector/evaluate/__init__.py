@@ -1,0 +1,1 @@
+"""The detector's evaluation on labelled traces built from public data (issue 6, ``make eval``)."""
