@@ -103,6 +103,23 @@ def _cmd_keygen(ns: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_rotate_key(ns: argparse.Namespace) -> int:
+    from agent.rotation import request_rotation
+    from attestation.errors import Error
+
+    try:
+        new = request_rotation(ns.key)
+    except (Error, ValueError) as exc:
+        diag = getattr(exc, "diagnostics", None)
+        print(f"error: {diag() if callable(diag) else exc}", file=sys.stderr)
+        return 2
+    print(
+        f"{new.key_id}\nThe running agent hands over to this key at its next window: the current key signs "
+        "that statement as its last, and the collector enrolls the new key from it (no join token)."
+    )
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     ap = argparse.ArgumentParser(prog="gpuaudit-agent", description="gpuaudit node agent")
     ap.add_argument("--version", action="version", version=f"gpuaudit-agent {__version__}")
@@ -126,6 +143,12 @@ def build_parser() -> argparse.ArgumentParser:
     kg = sub.add_parser("keygen", help="create the node's signing key (0600) and print its key id")
     kg.add_argument("--key", required=True, help="key URI, e.g. file:/var/lib/gpuaudit/agent.key")
     kg.set_defaults(func=_cmd_keygen)
+    rk = sub.add_parser(
+        "rotate-key",
+        help="create the next signing key (<key>.next, 0600); the running agent rotates to it",
+    )
+    rk.add_argument("--key", required=True, help="the agent's key URI, e.g. file:/var/lib/gpuaudit/agent.key")
+    rk.set_defaults(func=_cmd_rotate_key)
     return ap
 
 

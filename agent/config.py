@@ -57,6 +57,10 @@ class AgentConfig:
     # Host filesystem roots (the agent runs with the host's /proc and /sys).
     proc_root: Path = Path("/proc")
     sys_root: Path = Path("/sys")
+    # The kubelet's pod-resources socket ("" turns the allocation check off, e.g. on Slurm
+    # nodes) and its pod log directory (names pod UIDs as <namespace>_<name>_<uid>).
+    kubelet_socket: Path | None = Path("/var/lib/kubelet/pod-resources/kubelet.sock")
+    pod_logs_root: Path = Path("/var/log/pods")
     # mTLS: the operator CA that signed the collector's certificate, and this node's client
     # certificate and key (common name = node_id), from `gpuaudit-collector ca issue`.
     tls_ca: Path | None = None
@@ -66,6 +70,13 @@ class AgentConfig:
     tls_server_name: str | None = None
     # Plaintext gRPC, for development only (must be set explicitly).
     insecure: bool = False
+    # Spool bounds: bytes of unacknowledged envelopes, and age of the oldest. When one is hit
+    # the agent drops statements and the next statement records it, signed (agent/spool.py).
+    # 0 disables a bound.
+    spool_max_bytes: int = 256 * 1024 * 1024
+    spool_max_age_s: int = 7 * 86400
+    # Prometheus /metrics of the agent itself, HOST:PORT ("" turns it off; agent/metrics.py).
+    metrics_listen: str = "127.0.0.1:9479"
     tenant_rules: TenantRules = field(default_factory=TenantRules)
 
     def resolved_node_id(self) -> str:
@@ -144,6 +155,8 @@ def load_agent_config(
         raise ConfigError('source = "sim" needs sim_trace = "path/to/trace.jsonl"')
     if cfg.window_s <= 0 or cfg.bucket_s <= 0 or cfg.window_s % cfg.bucket_s:
         raise ConfigError("window_s must be a positive multiple of bucket_s")
+    if cfg.spool_max_bytes < 0 or cfg.spool_max_age_s < 0:
+        raise ConfigError("spool_max_bytes and spool_max_age_s must be 0 (no bound) or positive")
     if not 0 < cfg.sample_interval_s <= cfg.bucket_s:
         raise ConfigError("sample_interval_s must be positive and at most bucket_s")
     import dataclasses

@@ -13,13 +13,18 @@ import grpc
 
 from agent import __version__
 from agent.attribution import Attributor, TenantRules
+from agent.clock import ClockWatch
 from agent.config import AgentConfig
-from agent.signing import ChainSigner, WindowOverlapError
-from agent.sources.base import Attribution, GpuSource, NodeSample, ProcessSample
+from agent.metrics import AgentMetrics
+from agent.reconcile import Reconciler
+from agent.rotation import finish_rotation, maybe_rotate, resume_rotation, switch_stream
+from agent.signing import ChainSigner, SpoolFullError, WindowOverlapError
+from agent.sources.base import Attribution, DeviceInfo, GpuSource, NodeSample, ProcessSample
 from agent.spool import Spool
 from agent.stream import NodeStream, RejectedError, enroll, insecure_channel, tls_channel
 from agent.window import WindowAggregator
 from attestation.keys import Signer, open_signer
+from attestation.statement import UNATTRIBUTED
 from attestation.x509util import not_after
 
 _logger = logging.getLogger(__name__)
@@ -40,6 +45,10 @@ def attribute(sample: NodeSample, attributor: Attributor, rules: TenantRules) ->
         procs = tuple(
             p
             if p.attribution is not None
+            # A PID the source could not tie to a host process (exited, or from another PID
+            # namespace: HAMi-core #112) is never resolved by number: that could name someone else.
+            else dataclasses.replace(p, attribution=Attribution(UNATTRIBUTED, "process", f"pid:{p.pid}"))
+            if p.suspect is not None
             else dataclasses.replace(p, attribution=attributor.resolve(p.pid, sample.t, p.start_time_ticks))
             for p in g.procs
         )
@@ -66,6 +75,19 @@ def make_source(cfg: AgentConfig) -> GpuSource:
     return NvmlSource(proc_root=cfg.proc_root, node_io=NodeIo(cfg.sys_root))
 
 
+def make_reconciler(cfg: AgentConfig, devices: tuple[DeviceInfo, ...]) -> Reconciler:
+    """Blind spots and kubelet allocation checks (none of either for the simulated source)."""
+    if cfg.source == "sim":
+        return Reconciler(devices)
+    from agent.sources.kubelet import PodResourcesResolver
+
+    socket = cfg.kubelet_socket
+    allocations = None
+    if socket is not None and str(socket) not in ("", "."):
+        allocations = PodResourcesResolver(socket, cfg.pod_logs_root)
+    return Reconciler(devices, proc_root=cfg.proc_root, allocations=allocations)
+
+
 def open_channel(cfg: AgentConfig) -> grpc.aio.Channel:
     """mTLS when configured; plaintext only when explicitly allowed."""
     if cfg.tls_ca is not None and cfg.tls_cert is not None and cfg.tls_key is not None:
@@ -73,9 +95,7 @@ def open_channel(cfg: AgentConfig) -> grpc.aio.Channel:
         left = not_after(cert) - dt.datetime.now(dt.UTC)
         if left < dt.timedelta(days=30):
             _logger.warning("the agent's client certificate %s expires in %s: issue a new one", cfg.tls_cert, left)
-        return tls_channel(
-            cfg.collector, cfg.tls_ca.read_bytes(), cert, cfg.tls_key.read_bytes(), cfg.tls_server_name
-        )
+        return tls_channel(cfg.collector, cfg.tls_ca.read_bytes(), cert, cfg.tls_key.read_bytes(), cfg.tls_server_name)
     if not cfg.insecure:
         raise RuntimeError("no TLS settings (tls_ca, tls_cert, tls_key) and insecure is not set")
     return insecure_channel(cfg.collector)
@@ -103,14 +123,24 @@ async def ensure_enrolled(channel: grpc.aio.Channel, cfg: AgentConfig, signer: S
     _logger.info("enrolled key %s for node %s", signer.key_id, cfg.resolved_node_id())
 
 
-async def run_agent(cfg: AgentConfig, *, stop: asyncio.Event | None = None, source: GpuSource | None = None) -> None:
+async def run_agent(
+    cfg: AgentConfig,
+    *,
+    stop: asyncio.Event | None = None,
+    source: GpuSource | None = None,
+    metrics: AgentMetrics | None = None,
+) -> None:
     stop = stop or asyncio.Event()
+    metrics = metrics or AgentMetrics(__version__)
+    metrics.serve(cfg.metrics_listen)
     signer = open_signer(cfg.key, create=True)
     cfg.spool.parent.mkdir(parents=True, exist_ok=True)
     spool = Spool(cfg.spool)
+    signer = resume_rotation(cfg.key, signer, spool)
     source = source or make_source(cfg)
     node_id = cfg.resolved_node_id()
     devices = source.devices()
+    metrics.set_devices(devices)
     _logger.info("agent %s on %s: %d GPU(s), key %s", __version__, node_id, len(devices), signer.key_id)
     agg = WindowAggregator(
         node_id,
@@ -121,34 +151,66 @@ async def run_agent(cfg: AgentConfig, *, stop: asyncio.Event | None = None, sour
         bucket_s=cfg.bucket_s,
         sample_interval_s=cfg.sample_interval_s,
     )
-    chain = ChainSigner(signer, spool)
+    # Sources that can attest in confidential-computing mode (NvmlSource) bind the chain to the GPUs.
+    chain = ChainSigner(
+        signer,
+        spool,
+        cc=getattr(source, "cc_attestation", None),
+        spool_max_bytes=cfg.spool_max_bytes,
+        spool_max_age_s=cfg.spool_max_age_s,
+    )
+    clock = ClockWatch(tolerance_s=max(2.0, 2 * cfg.sample_interval_s))
+    spool_full = False  # log a full disk once per episode, not every window
     attributor = Attributor(cfg.proc_root, cfg.tenant_rules)
+    reconciler = make_reconciler(cfg, devices)
     channel = open_channel(cfg)
     try:
         await ensure_enrolled(channel, cfg, signer, spool)
         stream = NodeStream(channel, node_id, signer.key_id, spool)
+        metrics.attach(spool, signer.key_id, stream.stats)
         streamer: asyncio.Task[None] | None = asyncio.create_task(stream.run(), name="stream")
         next_t = time.monotonic()
         while not stop.is_set():
-            sample = await asyncio.to_thread(source.sample)
-            if chain.last_end_ms is not None and sample.t * 1000 < chain.last_end_ms:
-                # Still inside a window signed before a restart (or the clock went back):
-                # that window is closed for good; its signed statement stands.
+            sample = await asyncio.to_thread(metrics.sample, source)
+            # Still inside a window signed before a restart, or the clock went back (agent/clock.py):
+            # that time is closed for good; its signed statements stand.
+            use, jump = clock.admit(sample.t, chain.last_end_ms)
+            if jump is not None:
+                chain.note(jump)
+            if not use:
                 await asyncio.sleep(cfg.sample_interval_s)
                 continue
-            sample = attribute(sample, attributor, cfg.tenant_rules)
+            with metrics.scrape("attribution"):
+                sample = reconciler.apply(attribute(sample, attributor, cfg.tenant_rules))
+            maybe_rotate(chain, cfg.key)  # `gpuaudit-agent rotate-key` asked for a new key
             for w in agg.add(sample):
+                chain.log_checkpoint = stream.latest_checkpoint
                 try:
                     seq, _ = chain.sign(w)
                 except WindowOverlapError as exc:
                     _logger.error("not signing a window: %s", exc)
                     continue
+                except SpoolFullError as exc:
+                    if not spool_full:
+                        _logger.error("%s", exc.diagnostics())
+                    spool_full = True
+                    continue
+                if spool_full:
+                    _logger.warning("the spool has room again; the lost windows are recorded in seq %d", seq)
+                    spool_full = False
+                metrics.statement_signed()
+                if chain.signer.key_id != stream.key_id:  # this statement handed over to a new key
+                    finish_rotation(cfg.key, spool, chain.signer)
+                    stream, streamer = switch_stream(channel, node_id, chain.signer.key_id, spool, stream, streamer)
+                    metrics.attach(spool, chain.signer.key_id, stream.stats)
                 _logger.debug("signed window %d..%d as seq %d", w.start_ms, w.end_ms, seq)
                 stream.notify()
             if streamer is not None and streamer.done():
                 failure = streamer.exception()
                 if not isinstance(failure, RejectedError):
                     streamer.result()
+                else:
+                    metrics.rejected(failure.reason)
                 # The collector refused a statement: the chain cannot go on past it, so streaming
                 # stops, but sampling and signing go on into the spool and nothing is lost.
                 _logger.error(
@@ -168,7 +230,10 @@ async def run_agent(cfg: AgentConfig, *, stop: asyncio.Event | None = None, sour
                 pass
         last = agg.flush()
         if last is not None:
-            chain.sign(last)
+            try:
+                chain.sign(last)
+            except (WindowOverlapError, SpoolFullError) as exc:
+                _logger.error("the last window is not signed: %s", exc)
             stream.notify()
         stream.close_when_drained()
         try:
@@ -180,6 +245,8 @@ async def run_agent(cfg: AgentConfig, *, stop: asyncio.Event | None = None, sour
         if left:
             _logger.warning("%d statement(s) stay in the spool for the next start", left)
     finally:
+        metrics.detach_spool()
+        metrics.close()
         source.close()
         await channel.close()
         spool.close()

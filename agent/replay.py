@@ -53,9 +53,12 @@ class _Node:
     task: asyncio.Task[None]
     ends_ms: list[int] = field(default_factory=list)  # end of each signed window, by seq
 
+    def unacked(self) -> int:
+        return self.chain.next_seq - 1 - self.stream.acked_through
+
     def oldest_unacked_end_ms(self) -> int | None:
-        acked = self.stream.stats.acked
-        return self.ends_ms[acked] if acked < len(self.ends_ms) else None
+        first = self.stream.acked_through + 1
+        return self.ends_ms[first] if first < len(self.ends_ms) else None
 
 
 class TokenPool:
@@ -80,6 +83,7 @@ async def replay(
     progress: Callable[[ReplayStats], None] | None = None,
     progress_every_s: float = 2.0,
     backoff_max_s: float = 30.0,
+    ack_timeout_s: float = 30.0,
 ) -> ReplayStats:
     spool = spool or Spool(":memory:")
     stats = ReplayStats()
@@ -92,7 +96,9 @@ async def replay(
         if n is None:
             signer = Ed25519Signer.generate()
             await enroll(channel, node_id, signer, tokens.take(node_id))
-            stream = NodeStream(channel, node_id, signer.key_id, spool, backoff_max_s=backoff_max_s)
+            stream = NodeStream(
+                channel, node_id, signer.key_id, spool, backoff_max_s=backoff_max_s, ack_timeout_s=ack_timeout_s
+            )
             n = nodes[node_id] = _Node(ChainSigner(signer, spool), stream, asyncio.create_task(stream.run()))
             stats.nodes += 1
         return n
@@ -115,7 +121,7 @@ async def replay(
         stats.event_start_ms = w.start_ms if stats.event_start_ms is None else min(stats.event_start_ms, w.start_ms)
         stats.event_end_ms = w.end_ms if stats.event_end_ms is None else max(stats.event_end_ms, w.end_ms)
         # Back-pressure: never let one node run far ahead of its acks.
-        while n.chain.next_seq - n.stream.stats.acked > NODE_BACKLOG:
+        while n.unacked() > NODE_BACKLOG:
             if n.task.done():
                 n.task.result()  # raises the stream's error (e.g. a refusal)
             await asyncio.sleep(0.005)

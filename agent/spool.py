@@ -4,14 +4,30 @@ One SQLite file (WAL, ``synchronous=FULL``): appending an envelope and advancing
 chain state happen in one transaction, so after a crash the agent resumes its chain exactly
 where the last durable statement left it and resends whatever was not acknowledged.
 ``:memory:`` is allowed for replays and tests.
+
+The spool is bounded (``plan_drop``): by the bytes of its unacknowledged envelopes and by
+the age of the oldest. When a bound is hit the signer drops statements and the next
+statement it signs carries a signed ``dropped`` record (attestation/statement.py), so the
+collector sees an explained gap, never a silent hole. An explanation can only cover seqs
+that end right before the statement carrying it (a collector accepts a chain strictly in
+order), so the size bound drops the *newest* unacknowledged statements, keeping the
+oldest (the start of the outage), and the age bound drops every unacknowledged statement
+once the oldest is too old; either way the range ends at the statement being signed.
 """
 
 from __future__ import annotations
 
+import json
+import logging
 import sqlite3
 import threading
 from dataclasses import dataclass
 from pathlib import Path
+
+from attestation.errors import Error
+from attestation.wire import envelope_from_bytes
+
+_logger = logging.getLogger(__name__)
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS chain (
@@ -41,6 +57,24 @@ class ChainState:
     last_end_ms: int | None
 
 
+@dataclass(frozen=True)
+class DropPlan:
+    """Unacknowledged statements to drop (``from_seq``..``to_seq``) before the next is spooled."""
+
+    from_seq: int
+    to_seq: int
+    reason: str  # "spool_size" or "spool_age"
+
+    @property
+    def count(self) -> int:
+        return self.to_seq - self.from_seq + 1
+
+
+def is_disk_full(exc: BaseException) -> bool:
+    """SQLite's SQLITE_FULL ("database or disk is full"), whatever the disk or quota."""
+    return isinstance(exc, sqlite3.OperationalError) and "full" in str(exc).lower()
+
+
 class Spool:
     def __init__(self, path: Path | str) -> None:
         self._db = sqlite3.connect(str(path), isolation_level=None, check_same_thread=False)
@@ -59,11 +93,24 @@ class Spool:
             return ChainState(0, None, None)
         return ChainState(int(row[0]), row[1], row[2])
 
-    def append(self, key_id: str, seq: int, digest: str, envelope: bytes, end_ms: int) -> None:
-        """Store a signed envelope and advance the chain in one transaction."""
+    def append(
+        self, key_id: str, seq: int, digest: str, envelope: bytes, end_ms: int, drop: DropPlan | None = None
+    ) -> None:
+        """Store a signed envelope and advance the chain in one transaction; ``drop``: the
+        statements its ``dropped`` record announces are deleted in the same transaction."""
         with self._lock:
             self._db.execute("BEGIN IMMEDIATE")
             try:
+                if drop is not None:
+                    self._db.execute(
+                        "DELETE FROM spool WHERE key_id = ? AND seq BETWEEN ? AND ?",
+                        (key_id, drop.from_seq, drop.to_seq),
+                    )
+                    self._db.execute(
+                        "INSERT INTO meta (name, value) VALUES (?, ?) "
+                        "ON CONFLICT(name) DO UPDATE SET value = excluded.value",
+                        (f"dropped:{key_id}", json.dumps([drop.from_seq, drop.to_seq, drop.reason])),
+                    )
                 self._db.execute(
                     "INSERT INTO spool (key_id, seq, digest, envelope) VALUES (?, ?, ?, ?)",
                     (key_id, seq, digest, envelope),
@@ -76,8 +123,55 @@ class Spool:
                 )
                 self._db.execute("COMMIT")
             except BaseException:
-                self._db.execute("ROLLBACK")
+                if self._db.in_transaction:  # SQLITE_FULL has already rolled it back
+                    self._db.execute("ROLLBACK")
                 raise
+
+    def plan_drop(
+        self, key_id: str, next_seq: int, incoming_bytes: int, max_bytes: int, max_age_ms: int, now_ms: int
+    ) -> DropPlan | None:
+        """What must be dropped so that a statement of about ``incoming_bytes`` fits the bounds
+        (0: no bound), or None. The range always ends at ``next_seq - 1``; when it swallows
+        the statement that carried the previous drop record, it takes that record's range too,
+        so the new record explains everything missing."""
+        with self._lock:
+            rows = self._db.execute(
+                "SELECT seq, LENGTH(envelope) FROM spool WHERE key_id = ? ORDER BY seq", (key_id,)
+            ).fetchall()
+            oldest = None
+            if rows and max_age_ms > 0:
+                oldest = self._db.execute(
+                    "SELECT envelope FROM spool WHERE key_id = ? AND seq = ?", (key_id, rows[0][0])
+                ).fetchone()
+            last = self._db.execute("SELECT value FROM meta WHERE name = ?", (f"dropped:{key_id}",)).fetchone()
+        if not rows:
+            return None
+        from_seq: int | None = None
+        reason = ""
+        if oldest is not None and _end_ms(bytes(oldest[0])) < now_ms - max_age_ms:
+            from_seq, reason = int(rows[0][0]), "spool_age"
+        elif max_bytes > 0:
+            kept = incoming_bytes
+            for seq, size in rows:
+                if kept + int(size) > max_bytes:
+                    from_seq, reason = int(seq), "spool_size"
+                    break
+                kept += int(size)
+        if from_seq is None:
+            return None
+        if last is not None:
+            before_from, before_to, _ = json.loads(last[0])
+            if before_to + 1 >= from_seq:  # the carrier of the previous record is dropped now
+                from_seq = min(from_seq, int(before_from))
+        return DropPlan(from_seq, next_seq - 1, reason)
+
+    def size_bytes(self, key_id: str) -> int:
+        """Bytes of the unacknowledged envelopes of ``key_id``."""
+        with self._lock:
+            row = self._db.execute(
+                "SELECT COALESCE(SUM(LENGTH(envelope)), 0) FROM spool WHERE key_id = ?", (key_id,)
+            ).fetchone()
+        return int(row[0])
 
     def pending(self, key_id: str, from_seq: int = 0, limit: int = 1000) -> list[tuple[int, bytes]]:
         """Unacknowledged envelopes with seq >= from_seq, oldest first."""
@@ -89,9 +183,17 @@ class Spool:
         return [(int(s), bytes(e)) for s, e in rows]
 
     def ack(self, key_id: str, up_to_seq: int) -> None:
-        """The collector has stored everything up to and including ``up_to_seq``."""
+        """The collector has stored everything up to and including ``up_to_seq``.
+
+        On a full disk the rows stay (deleting needs room in the WAL too) and are deleted
+        with a later ack, or resent and acknowledged as duplicates: nothing is lost."""
         with self._lock:
-            self._db.execute("DELETE FROM spool WHERE key_id = ? AND seq <= ?", (key_id, up_to_seq))
+            try:
+                self._db.execute("DELETE FROM spool WHERE key_id = ? AND seq <= ?", (key_id, up_to_seq))
+            except sqlite3.OperationalError as exc:
+                if not is_disk_full(exc):
+                    raise
+                _logger.debug("spool full: acknowledged statements stay until a later ack (%s)", exc)
 
     def count(self, key_id: str | None = None) -> int:
         with self._lock:
@@ -116,3 +218,13 @@ class Spool:
     def close(self) -> None:
         with self._lock:
             self._db.close()
+
+
+def _end_ms(envelope: bytes) -> int:
+    """The window end of a spooled statement (the agent's own bytes; 0 if unreadable)."""
+    try:
+        doc = json.loads(envelope_from_bytes(envelope).payload)
+        return int(doc["predicate"]["window"]["end_ms"])
+    except (Error, ValueError, KeyError, TypeError) as exc:
+        _logger.warning("a spooled statement has no readable window end (%s); treating it as old", exc)
+        return 0

@@ -11,12 +11,14 @@ from __future__ import annotations
 import asyncio
 import logging
 import random
+import time
 from dataclasses import dataclass
 
 import grpc
 
 from agent.spool import Spool
 from attestation.keys import Signer
+from attestation.statement import LogCheckpointRef
 from attestation.v1 import collector_pb2 as pb
 from attestation.v1 import collector_pb2_grpc as pb_grpc
 
@@ -130,6 +132,7 @@ class NodeStream:
         max_in_flight: int = 64,
         backoff_initial_s: float = 0.5,
         backoff_max_s: float = 30.0,
+        ack_timeout_s: float = 30.0,
     ) -> None:
         self._stub = pb_grpc.CollectorStub(channel)  # type: ignore[no-untyped-call]
         self.node_id = node_id
@@ -138,10 +141,34 @@ class NodeStream:
         self.max_in_flight = max_in_flight
         self.backoff_initial_s = backoff_initial_s
         self.backoff_max_s = backoff_max_s
+        # A stream with statements in flight and no answer for this long is treated as dead
+        # (a black-holed connection can take keepalive a minute or more to notice).
+        self.ack_timeout_s = ack_timeout_s
         self.stats = StreamStats()
         self._wake = asyncio.Event()
         self._closing = False
         self.rejected: RejectedError | None = None
+        # Highest seq the collector is known to hold (from an Ack, or from Resume on reconnect:
+        # a statement stored just before a cut is never acked, the Resume says it is there).
+        self.acked_through = -1
+        # The latest log checkpoint the collector sent (Resume or Ack): signed into the
+        # next statement, so that the nodes' own records contradict a rewritten log.
+        self.latest_checkpoint: LogCheckpointRef | None = None
+
+    def _note_checkpoint(self, cp: pb.LogCheckpoint) -> None:
+        if not cp.origin or len(cp.root_hash) != 32:
+            return
+        seen = LogCheckpointRef(origin=cp.origin, size=int(cp.tree_size), root_sha256=bytes(cp.root_hash).hex())
+        old = self.latest_checkpoint
+        if old is not None and old.origin == seen.origin and old.size > seen.size:
+            _logger.warning(
+                "collector log %s sent a checkpoint of size %d after one of size %d; keeping the larger",
+                seen.origin,
+                seen.size,
+                old.size,
+            )
+            return
+        self.latest_checkpoint = seen
 
     def notify(self) -> None:
         """Call after appending to the spool."""
@@ -186,13 +213,21 @@ class NodeStream:
     async def _stream_once(self) -> None:
         call = self._stub.Stream()
         await call.write(pb.StreamRequest(hello=pb.Hello(node_id=self.node_id, key_id=self.key_id)))
-        first = await call.read()
+        try:
+            first = await asyncio.wait_for(call.read(), timeout=self.ack_timeout_s)
+        except TimeoutError as exc:
+            raise _unavailable(f"no Resume within {self.ack_timeout_s:g} s") from exc
         if first is grpc.aio.EOF or not first.HasField("resume"):
             raise _unavailable("the collector sent no Resume")
         next_seq = int(first.resume.next_seq)
+        self.acked_through = max(self.acked_through, next_seq - 1)
+        if first.resume.HasField("checkpoint"):
+            self._note_checkpoint(first.resume.checkpoint)
         if next_seq > 0:
             self.spool.ack(self.key_id, next_seq - 1)
         in_flight: set[int] = set()
+
+        last_answer = [time.monotonic()]
 
         async def receive() -> None:
             while True:
@@ -203,8 +238,12 @@ class NodeStream:
                     seq = int(resp.ack.seq)
                     self.spool.ack(self.key_id, seq)
                     self.stats.acked += 1
+                    self.acked_through = max(self.acked_through, seq)
+                    last_answer[0] = time.monotonic()
                     self.stats.duplicates += int(resp.ack.duplicate)
                     in_flight.discard(seq)
+                    if resp.ack.HasField("checkpoint"):
+                        self._note_checkpoint(resp.ack.checkpoint)
                     self._wake.set()
                 elif resp.HasField("reject"):
                     r = resp.reject
@@ -234,8 +273,10 @@ class NodeStream:
                 if batch and len(in_flight) < self.max_in_flight:
                     continue
                 waiter = asyncio.create_task(self._wake.wait())
-                await asyncio.wait({waiter, reader}, return_when=asyncio.FIRST_COMPLETED)
+                await asyncio.wait({waiter, reader}, timeout=1.0, return_when=asyncio.FIRST_COMPLETED)
                 waiter.cancel()
+                if in_flight and time.monotonic() - last_answer[0] > self.ack_timeout_s:
+                    raise _unavailable(f"no acknowledgement for {self.ack_timeout_s:g} s with statements in flight")
             await call.done_writing()
             await reader
         except asyncio.InvalidStateError:

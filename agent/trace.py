@@ -208,7 +208,7 @@ def _parse_sample(obj: dict[str, Any]) -> SampleRecord:
         energy = _gint(g.get("energy_mj"), i, "energy_mj")
         if energy is None:
             unavailable["energy_mj"] = ABSENT
-        extra: dict[str, float | None] = {}
+        extra: dict[str, Any] = {}  # the optional float fields of GpuSample
         for k in _OPTIONAL_GPU_FLOATS:
             v = g.get(k)
             if v is None:

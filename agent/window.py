@@ -38,6 +38,9 @@ from attestation.statement import (
 )
 
 NO_SAMPLE = "no_sample_in_window"
+# Sample-level reasons copied into the statement as they are (the rest explain a null field).
+_PASSED_REASONS = ("health.", "xid_events", "procs")
+MAX_GPU_EVENTS = 64  # distinct events kept per GPU per window; more are counted, not listed
 # Statement field -> the source field it is computed from (whose reason it inherits).
 _FIELD_SOURCES = {
     "energy_start_mj": "energy_mj",
@@ -110,6 +113,9 @@ class _GpuAcc:
         self.all_mem = True
         self.unattributed_busy = 0
         self.reasons: dict[str, str] = {}
+        self.health: dict[str, int] = {}  # max over samples; bitwise OR for *_mask
+        self.event_keys: set[tuple[str, str]] = set()
+        self.events_dropped = 0
 
 
 def _permille(pct: float | None) -> int | None:
@@ -209,6 +215,17 @@ class WindowAggregator:
             for k, v in g.unavailable.items():
                 if k not in acc.reasons:
                     acc.reasons[k] = v
+        for hk, hv in g.health.items():
+            old = acc.health.get(hk)
+            acc.health[hk] = hv if old is None else (old | hv if hk.endswith("_mask") else max(old, hv))
+        for kind, detail in g.events:
+            if (kind, detail) in acc.event_keys:
+                continue
+            if len(acc.event_keys) >= MAX_GPU_EVENTS:
+                acc.events_dropped += 1
+                continue
+            acc.event_keys.add((kind, detail))
+            acc.events.append(Event(kind, detail))
         if g.util_pct is not None:
             acc.util.add(g.util_pct)
             acc.b_util[bucket] += g.util_pct
@@ -334,6 +351,8 @@ class WindowAggregator:
                 util_mean_permille=None,
                 mem_used_max_bytes=None,
                 unavailable={**dev_reasons, "readings": reason},
+                identity=dict(dev.identity) if dev else {},
+                mem_reserved_bytes=dev.mem_reserved_bytes if dev else None,
             )
         if acc.energy_last is not None:
             self._energy_carry[index] = acc.energy_last
@@ -369,6 +388,11 @@ class WindowAggregator:
             "pcie_rx_bytes": total(acc.pcie_rx),
         }
         reasons = {k: v for k, v in dev_reasons.items()}
+        reasons.update({k: v for k, v in acc.reasons.items() if k.startswith(_PASSED_REASONS) and k not in reasons})
+        for k in acc.health:
+            reasons.pop(f"health.{k}", None)  # read in some sample of the window after all
+        if acc.events_dropped:
+            reasons["events"] = f"{acc.events_dropped} more distinct event(s) than the {MAX_GPU_EVENTS} listed"
         for name, value in values.items():
             if value is None:
                 reasons[name] = acc.reasons.get(_FIELD_SOURCES[name], "not_reported")
@@ -385,6 +409,9 @@ class WindowAggregator:
             workloads=workloads,
             unavailable=reasons,
             events=tuple(acc.events),
+            identity=dict(dev.identity) if dev else {},
+            health=dict(acc.health),
+            mem_reserved_bytes=dev.mem_reserved_bytes if dev else None,
             **values,
         )
 

@@ -17,6 +17,8 @@ from attestation.errors import ChainError
 from attestation.statement import UsageWindow
 
 ENERGY_RESET_EVENT = "energy_counter_reset"
+# The event a (re)started agent puts into its first statement: a new boot id is then explained.
+AGENT_START_EVENT = "agent_start"
 
 
 @dataclass(frozen=True)
@@ -36,8 +38,11 @@ def check_next(head: ChainHead | None, stmt: UsageWindow, digest: str, key_id: s
 
     Steps:
     1. the statement names the key that signed it;
-    2. seq is head.seq + 1 (0 for a new chain) — lower is a replay, higher a gap;
-    3. prev is the digest of the head (a mismatch at the right seq is a fork);
+    2. seq is head.seq + 1 (0 for a new chain) — lower is a replay, higher a gap, unless
+       the statement carries a signed ``dropped`` record that covers every missing seq
+       (the agent's spool had to drop them; ``explained_gap`` tells which);
+    3. prev is the digest of the head (a mismatch at the right seq is a fork); across an
+       explained gap prev is the dropped record's last_digest (checked when parsing);
     4. the window starts at or after the head's window end;
     5. energy counters do not decrease, within the window or across windows, unless the
        GPU records an energy_counter_reset event.
@@ -49,13 +54,14 @@ def check_next(head: ChainHead | None, stmt: UsageWindow, digest: str, key_id: s
     expected = 0 if head is None else head.seq + 1
     if stmt.chain.seq < expected:
         raise ChainError(f"seq {stmt.chain.seq} already used (expected {expected})", reason="seq_replay")
-    if stmt.chain.seq > expected:
+    gap = explained_gap(head, stmt)
+    if stmt.chain.seq > expected and gap is None:
         raise ChainError(
             f"seq {stmt.chain.seq} skips {stmt.chain.seq - expected} statement(s) after {expected - 1}",
             reason="seq_gap",
         )
     # 3.
-    if head is not None and stmt.chain.prev != head.digest:
+    if head is not None and gap is None and stmt.chain.prev != head.digest:
         raise ChainError(
             f"prev {stmt.chain.prev} does not match the digest {head.digest} of seq {head.seq}",
             reason="prev_mismatch",
@@ -89,6 +95,17 @@ def check_next(head: ChainHead | None, stmt: UsageWindow, digest: str, key_id: s
                 "the previous window, with no reset recorded",
                 reason="energy_decrease",
             )
+
+
+def explained_gap(head: ChainHead | None, stmt: UsageWindow) -> tuple[int, int] | None:
+    """The seqs (first, last) missing between ``head`` and ``stmt`` that ``stmt``'s signed
+    ``dropped`` record explains, or None when nothing is missing or the record does not
+    cover all of it (a gap it does not explain stays a ``seq_gap``)."""
+    expected = 0 if head is None else head.seq + 1
+    d = stmt.dropped
+    if stmt.chain.seq <= expected or d is None or d.from_seq > expected or d.to_seq != stmt.chain.seq - 1:
+        return None
+    return expected, d.to_seq
 
 
 def advance(head: ChainHead | None, stmt: UsageWindow, digest: str) -> ChainHead:

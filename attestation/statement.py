@@ -13,7 +13,9 @@ Schema (predicate type ``https://gpuaudit.dev/usage-window/v1``; docs/formats.md
      "gpus": [GpuWindow...],
      "node_io": NodeIo | null,
      "unavailable": {field: reason},             # node-level blind spots
-     "events": [{"kind", "detail"}]}
+     "events": [{"kind", "detail"}],
+     "log_checkpoint": {"origin", "size", "root_sha256"},  # optional: latest log checkpoint seen
+     "key_assurance": "software" | "tpm" | "hsm"}          # optional: where the signing key lives
 
 Readers MUST ignore unknown fields (additions within v1 are additive) and MUST reject a
 known field of the wrong type.
@@ -21,6 +23,8 @@ known field of the wrong type.
 
 from __future__ import annotations
 
+import base64
+import binascii
 import hashlib
 import json
 from dataclasses import dataclass, field
@@ -92,6 +96,12 @@ class GpuWindow:
     workloads: tuple[Workload, ...] = ()
     unavailable: dict[str, str] = field(default_factory=dict)
     events: tuple[Event, ...] = ()
+    # Optional, additive within v1 (omitted from the JSON when empty; docs/formats.md):
+    # identity text by key (pci_bus_id, vbios_version, driver_version, ...), health integers
+    # by key (maximum over the window's samples; bitwise OR for *_mask), reserved memory.
+    identity: dict[str, str] = field(default_factory=dict)
+    health: dict[str, int] = field(default_factory=dict)
+    mem_reserved_bytes: int | None = None
 
 
 @dataclass(frozen=True)
@@ -111,6 +121,49 @@ class Chain:
     key_id: str
     seq: int
     prev: str | None
+    # Key epochs (optional, additive): a chain started by rotation names the key it
+    # replaces and the digest of that key's last statement (the one carrying ``rotation``).
+    epoch: int = 0
+    prev_key_id: str | None = None
+    prev_key_digest: str | None = None
+
+
+@dataclass(frozen=True)
+class Rotation:
+    """In a chain's last statement: the key that continues the node's record, signed by the old key."""
+
+    new_key_id: str
+    new_key_spki: bytes
+    new_key_assurance: str = "software"
+
+
+@dataclass(frozen=True)
+class Dropped:
+    """Statements of this chain the agent had to drop before they were delivered.
+
+    The agent's spool is bounded (agent/spool.py); when it must drop, the next statement it
+    signs says which seqs (``from_seq``..``to_seq``, always ending right before the
+    statement that carries this record), how many, why (``reason``: ``spool_size``,
+    ``spool_age``) and the digest of the last one dropped, which is also the carrier's
+    ``chain.prev``: the hash chain runs through the dropped statements, so a collector or
+    verifier missing them sees a signed, explained gap instead of a silent hole.
+    """
+
+    from_seq: int
+    to_seq: int
+    count: int
+    reason: str
+    last_digest: str
+
+
+@dataclass(frozen=True)
+class LogCheckpointRef:
+    """The latest collector log checkpoint the node had received when it signed (origin,
+    tree size, hex root hash): a rewritten log contradicts the nodes' own records."""
+
+    origin: str
+    size: int
+    root_sha256: str
 
 
 @dataclass(frozen=True)
@@ -128,6 +181,15 @@ class UsageWindow:
     node_io: NodeIo | None = None
     unavailable: dict[str, str] = field(default_factory=dict)
     events: tuple[Event, ...] = ()
+    # Optional, additive within v1 (omitted from the JSON when None):
+    log_checkpoint: LogCheckpointRef | None = None
+    # Where the signing key lives: "software", "tpm" or "hsm" (attestation.keys.Signer.assurance).
+    key_assurance: str | None = None
+    # Optional, additive within v1 (omitted when None): statements the agent dropped unsent.
+    dropped: Dropped | None = None
+    # Optional, additive within v1 (omitted when None): this is the key's last statement;
+    # the node's record continues under the new key (docs/formats.md, "Key rotation").
+    rotation: Rotation | None = None
 
 
 # ---------------------------------------------------------------------------
@@ -179,10 +241,47 @@ def _gpu_json(g: GpuWindow) -> dict[str, Any]:
         "unavailable": dict(sorted(g.unavailable.items())),
         "events": [{"kind": e.kind, "detail": e.detail} for e in g.events],
     }
+    if g.identity:
+        out["identity"] = dict(sorted(g.identity.items()))
+    if g.health:
+        out["health"] = dict(sorted(g.health.items()))
+    if g.mem_reserved_bytes is not None:
+        out["mem_reserved_bytes"] = g.mem_reserved_bytes
     return out
 
 
 def predicate_json(p: UsageWindow) -> dict[str, Any]:
+    out = _predicate_core_json(p)
+    if p.log_checkpoint is not None:
+        c = p.log_checkpoint
+        out["log_checkpoint"] = {"origin": c.origin, "size": c.size, "root_sha256": c.root_sha256}
+    if p.key_assurance is not None:
+        out["key_assurance"] = p.key_assurance
+    if p.dropped is not None:
+        d = p.dropped
+        out["dropped"] = {
+            "from_seq": d.from_seq,
+            "to_seq": d.to_seq,
+            "count": d.count,
+            "reason": d.reason,
+            "last_digest": d.last_digest,
+        }
+    ch = p.chain
+    if ch.epoch or ch.prev_key_id is not None:
+        out["chain"]["epoch"] = ch.epoch
+        out["chain"]["prev_key_id"] = ch.prev_key_id
+        out["chain"]["prev_key_digest"] = ch.prev_key_digest
+    if p.rotation is not None:
+        r = p.rotation
+        out["rotation"] = {
+            "new_key_id": r.new_key_id,
+            "new_key_spki": base64.b64encode(r.new_key_spki).decode("ascii"),
+            "new_key_assurance": r.new_key_assurance,
+        }
+    return out
+
+
+def _predicate_core_json(p: UsageWindow) -> dict[str, Any]:
     return {
         "node": {"id": p.node_id, "boot_id": p.boot_id, "agent_version": p.agent_version},
         "window": {"start_ms": p.start_ms, "end_ms": p.end_ms, "sample_interval_ms": p.sample_interval_ms},
@@ -414,6 +513,11 @@ def _parse_gpu(o: _Obj) -> GpuWindow:
         unexplained = [n for n in missing if n not in unavailable]
         if unexplained:
             raise SchemaError(f"{o.path}: null reading(s) {', '.join(unexplained)} with no reason in unavailable")
+    health = o.d.get("health", {})
+    if not isinstance(health, dict) or not all(
+        isinstance(k, str) and type(v) is int and v >= 0 for k, v in health.items()
+    ):
+        raise SchemaError(f"{o.path}.health: expected an object of key -> non-negative integer")
     return GpuWindow(
         uuid=o.str_("uuid"),
         serial=serial,
@@ -423,6 +527,9 @@ def _parse_gpu(o: _Obj) -> GpuWindow:
         workloads=workloads,
         unavailable=unavailable,
         events=_events(o),
+        identity=o.reasons("identity"),
+        health=dict(health),
+        mem_reserved_bytes=o.int_("mem_reserved_bytes", nullable=True, optional=True),
         **ints,  # type: ignore[arg-type]
     )
 
@@ -468,6 +575,32 @@ def parse_statement(payload: bytes) -> UsageWindow:
             disk_read_bytes=io.int_("disk_read_bytes", optional=True),
             disk_write_bytes=io.int_("disk_write_bytes", optional=True),
         )
+    epoch = chain.int_("epoch", optional=True) or 0
+    prev_key_id = chain.str_("prev_key_id", nullable=True, optional=True)
+    prev_key_digest = chain.str_("prev_key_digest", nullable=True, optional=True)
+    if (prev_key_id is None) != (prev_key_digest is None):
+        raise SchemaError("$.predicate.chain: prev_key_id and prev_key_digest go together")
+    if prev_key_id is not None and (seq != 0 or epoch == 0):
+        raise SchemaError("$.predicate.chain: prev_key_id only at seq 0 of a chain with epoch > 0")
+    ro = p.obj("rotation", nullable=True, optional=True)
+    rotation = None
+    if ro is not None:
+        try:
+            spki = base64.b64decode(ro.str_("new_key_spki"), validate=True)
+        except (binascii.Error, ValueError) as exc:
+            raise SchemaError("$.predicate.rotation.new_key_spki: not base64") from exc
+        rotation = Rotation(
+            new_key_id=ro.str_("new_key_id"),
+            new_key_spki=spki,
+            new_key_assurance=ro.str_("new_key_assurance", optional=True) or "software",
+        )
+    lc = p.obj("log_checkpoint", nullable=True, optional=True)
+    log_checkpoint = None
+    if lc is not None:
+        root = lc.str_("root_sha256")
+        if len(root) != 64 or any(c not in "0123456789abcdef" for c in root):
+            raise SchemaError("$.predicate.log_checkpoint.root_sha256: expected 64 lower-case hex digits")
+        log_checkpoint = LogCheckpointRef(origin=lc.str_("origin"), size=lc.int_("size"), root_sha256=root)
     return UsageWindow(
         node_id=node.str_("id"),
         boot_id=node.str_("boot_id"),
@@ -475,9 +608,44 @@ def parse_statement(payload: bytes) -> UsageWindow:
         start_ms=start_ms,
         end_ms=end_ms,
         sample_interval_ms=win.int_("sample_interval_ms"),
-        chain=Chain(key_id=chain.str_("key_id"), seq=seq, prev=prev),
+        chain=Chain(
+            key_id=chain.str_("key_id"),
+            seq=seq,
+            prev=prev,
+            epoch=epoch,
+            prev_key_id=prev_key_id,
+            prev_key_digest=prev_key_digest,
+        ),
         gpus=gpus,
         node_io=node_io,
         unavailable=p.reasons("unavailable"),
         events=_events(p),
+        log_checkpoint=log_checkpoint,
+        key_assurance=p.str_("key_assurance", nullable=True, optional=True),
+        dropped=_dropped(p, seq, prev),
+        rotation=rotation,
     )
+
+
+def _dropped(p: _Obj, seq: int, prev: str | None) -> Dropped | None:
+    """The optional ``dropped`` record, consistent with the chain of the statement carrying it."""
+    o = p.obj("dropped", nullable=True, optional=True)
+    if o is None:
+        return None
+    d = Dropped(
+        from_seq=o.int_("from_seq"),
+        to_seq=o.int_("to_seq"),
+        count=o.int_("count", minimum=1),
+        reason=o.str_("reason"),
+        last_digest=o.str_("last_digest"),
+    )
+    if not d.reason or len(d.reason) > 64 or any(c not in "abcdefghijklmnopqrstuvwxyz0123456789_" for c in d.reason):
+        raise SchemaError("$.predicate.dropped.reason: expected 1-64 characters of a-z, 0-9 and _")
+    if d.from_seq > d.to_seq or d.count != d.to_seq - d.from_seq + 1:
+        raise SchemaError(f"$.predicate.dropped: count {d.count} does not match seqs {d.from_seq}..{d.to_seq}")
+    if d.to_seq != seq - 1 or d.last_digest != prev:
+        raise SchemaError(
+            "$.predicate.dropped: must end right before the statement carrying it "
+            f"(to_seq {d.to_seq}, seq {seq}) with last_digest equal to chain.prev"
+        )
+    return d

@@ -25,7 +25,8 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from attestation import dsse
-from attestation.chain import ChainHead, advance, check_next
+from attestation.cc import CC_EVENT, check_cc_report, parse_cc_detail
+from attestation.chain import ChainHead, advance, check_next, explained_gap
 from attestation.checkpoint import Checkpoint, parse_checkpoint_body, parse_note, verify_checkpoint
 from attestation.dsse import Envelope
 from attestation.errors import (
@@ -48,7 +49,19 @@ MS_PER_HOUR = 3_600_000
 MJ_PER_KWH = 3_600_000_000
 
 # Steps, in the order they run; each failure names one.
-STEPS = ("bundle", "checkpoint", "enrollment", "signature", "chain", "inclusion", "consistency")
+STEPS = (
+    "bundle",
+    "checkpoint",
+    "enrollment",
+    "signature",
+    "chain",
+    "inclusion",
+    "seen_checkpoints",
+    "consistency",
+    "cc_attestation",
+    "tenants",
+)
+TENANT_SUMMARIES_PAYLOAD_TYPE = "application/vnd.gpuaudit.tenant-summaries.v1+json"
 
 
 class BundleError(VerificationError):
@@ -156,6 +169,11 @@ class Report:
     entries: int = 0
     keys: int = 0
     selection: Any = None
+    # Pseudonym -> KYC summary, signed by the log key (empty when the bundle carries none).
+    tenant_summaries: dict[str, Any] = field(default_factory=dict)
+    # Gaps in a chain that a signed ``dropped`` record explains (the agent's spool dropped
+    # them unsent): not failures, but usage in them is unknown.
+    explained_gaps: list[dict[str, Any]] = field(default_factory=list)
 
     @property
     def ok(self) -> bool:
@@ -186,7 +204,9 @@ class Report:
             else {"origin": cp.origin, "size": cp.size, "root": base64.b64encode(cp.root).decode("ascii")},
             "previous_checkpoint": None if self.previous is None else {"size": self.previous.size},
             "failures": [f.to_json() for f in self.failures],
+            "explained_gaps": list(self.explained_gaps),
             "gpus": [self.gpus[s].to_json() for s in sorted(self.gpus)],
+            "tenant_summaries": self.tenant_summaries,
         }
 
 
@@ -359,6 +379,8 @@ def _verify(data: bytes, previous_checkpoint: str | bytes | None, report: Report
         by_key.setdefault(s.key_id, []).append(s)
     for key_id, chain in by_key.items():
         _verify_chain(key_id, chain, report)
+    # 5b. Key rotations link one key's chain to the next (docs/formats.md, "Key rotation").
+    _verify_rotations(by_key, report)
 
     # 6. Inclusion of every envelope in the checkpoint (RFC 9162 §2.1.3.2), from the
     #    leaf recomputed from the envelope's own bytes.
@@ -372,9 +394,21 @@ def _verify(data: bytes, previous_checkpoint: str | bytes | None, report: Report
             except ProofError as exc:
                 report.fail("inclusion", exc.reason, str(exc), entry=i)
 
+    # 6b. Checkpoints the nodes saw (predicate.log_checkpoint) against the bundle's.
+    if checkpoint is not None:
+        _verify_seen_checkpoints(doc.get("seen_checkpoints"), origin, checkpoint, by_key, report)
+
+    # 6c. Confidential-computing reports, where statements carry them (attestation.cc).
+    for s in statements:
+        _verify_cc(s, report)
+
     # 7. Consistency with the vendor's earlier checkpoint (RFC 9162 §2.1.4.2).
     if previous_checkpoint is not None:
         _verify_consistency(doc.get("consistency"), previous_checkpoint, origin, log_key, checkpoint, report)
+
+    # 7b. Tenant KYC summaries, signed by the log key (DSSE).
+    if doc.get("tenant_summaries") is not None and log_key is not None:
+        _verify_tenant_summaries(doc["tenant_summaries"], log_key, report)
 
     # 8. Usage per GPU serial and tenant, from the statements whose signature verified.
     _usage(statements, report)
@@ -488,7 +522,191 @@ def _verify_chain(key_id: str, chain: list[_Statement], report: Report) -> None:
             check_next(current, w, s.digest, key_id)
         except ChainError as exc:
             report.fail("chain", exc.reason, str(exc), entry=s.entry, key_id=key_id, seq=w.chain.seq)
+        else:
+            gap = explained_gap(current, w)
+            if gap is not None and w.dropped is not None:
+                report.explained_gaps.append(
+                    {"key_id": key_id, "node_id": w.node_id, "from_seq": gap[0], "to_seq": gap[1],
+                     "reason": w.dropped.reason, "explained_by_seq": w.chain.seq,
+                     "start_ms": current.end_ms if current is not None else None, "end_ms": w.start_ms}
+                )  # fmt: skip
         head = advance(head, w, s.digest)
+
+
+def _verify_tenant_summaries(raw: Any, log_key: PublicKey, report: Report) -> None:
+    """7b. The summaries envelope is signed by the log key; its payload is {tenants: {pseudonym: summary}}."""
+    try:
+        env = Envelope.from_json(raw)
+        payload = dsse.verify(env, log_key, TENANT_SUMMARIES_PAYLOAD_TYPE)
+        doc = json.loads(payload)
+        tenants = _obj(_obj(doc, "tenant_summaries payload").get("tenants"), "tenant_summaries.tenants")
+    except (Error, BundleError, ValueError, RecursionError) as exc:
+        report.fail("tenants", "bad_tenant_summaries", f"the tenant summaries do not verify with the log key: {exc}")
+        return
+    report.tenant_summaries = dict(tenants)
+
+
+def _verify_rotations(by_key: dict[str, list[_Statement]], report: Report) -> None:
+    """5b-1. a rotation statement carries the key it names and is its key's last;
+    5b-2. a chain that starts by rotation (seq 0 with prev_key_id) continues the old key's
+          last statement (its digest, its rotation naming this key, epoch + 1) when the
+          bundle holds the old key's chain."""
+    for key_id, chain in by_key.items():
+        ordered = sorted(chain, key=lambda s: s.window.chain.seq)
+        # 5b-1.
+        rotated_at: _Statement | None = None
+        for s in ordered:
+            if rotated_at is not None and s.window.chain.seq > rotated_at.window.chain.seq:
+                report.fail(
+                    "chain",
+                    "after_rotation",
+                    f"the key signed seq {s.window.chain.seq} after handing over to "
+                    f"{rotated_at.window.rotation.new_key_id if rotated_at.window.rotation else '?'} "
+                    f"at seq {rotated_at.window.chain.seq}",
+                    entry=s.entry,
+                    key_id=key_id,
+                    seq=s.window.chain.seq,
+                )
+                break
+            r = s.window.rotation
+            if r is not None:
+                rotated_at = s
+                if key_id_of(r.new_key_spki) != r.new_key_id:
+                    report.fail(
+                        "chain",
+                        "bad_rotation",
+                        f"rotation names key {r.new_key_id} but carries key {key_id_of(r.new_key_spki)}",
+                        entry=s.entry,
+                        key_id=key_id,
+                        seq=s.window.chain.seq,
+                    )
+        # 5b-2.
+        first = ordered[0]
+        c = first.window.chain
+        if c.seq != 0 or c.prev_key_id is None or c.prev_key_id not in by_key:
+            continue
+        old = max(by_key[c.prev_key_id], key=lambda s: s.window.chain.seq)
+        problem = None
+        if old.window.rotation is None or old.window.rotation.new_key_id != key_id:
+            problem = f"the last statement of key {c.prev_key_id} (seq {old.window.chain.seq}) does not hand over to it"
+        elif old.digest != c.prev_key_digest:
+            problem = f"prev_key_digest {c.prev_key_digest} is not the digest {old.digest} of the hand-over statement"
+        elif c.epoch != old.window.chain.epoch + 1:
+            problem = f"epoch {c.epoch} does not follow the old key's epoch {old.window.chain.epoch}"
+        elif old.window.node_id != first.window.node_id:
+            problem = f"the old key belongs to node {old.window.node_id!r}"
+        if problem is not None:
+            report.fail("chain", "broken_rotation", problem, entry=first.entry, key_id=key_id, seq=0)
+
+
+def _verify_seen_checkpoints(
+    raw: Any, origin: str, checkpoint: Checkpoint, by_key: dict[str, list[_Statement]], report: Report
+) -> None:
+    """Every log checkpoint a node signed into a statement must be a prefix of the bundle's.
+
+    6b-1. along each key's chain, the tree size a node saw never decreases;
+    6b-2. no node saw a tree larger than the bundle's checkpoint;
+    6b-3. each (size, root) a node saw is proven consistent with the bundle's checkpoint by
+          the bundle's ``seen_checkpoints`` proofs (RFC 9162 §2.1.4.2): a log rewritten after
+          nodes recorded its head contradicts their signed statements.
+    Checkpoints of other origins (another collector's log) are not checked here.
+    """
+    proofs: dict[tuple[int, str], list[bytes]] = {}
+    if raw is not None:
+        if not isinstance(raw, list):
+            report.fail("seen_checkpoints", "malformed_bundle", "seen_checkpoints is not a list")
+            raw = []
+        for i, item in enumerate(raw):
+            try:
+                o = _obj(item, f"seen_checkpoints[{i}]")
+                size = _int(o.get("size"), f"seen_checkpoints[{i}].size")
+                root = _str(o.get("root_sha256"), f"seen_checkpoints[{i}].root_sha256")
+                proofs[(size, root)] = _hashes(o.get("proof"), f"seen_checkpoints[{i}].proof")
+            except BundleError as exc:
+                report.fail("seen_checkpoints", "malformed_bundle", str(exc))
+    checked: set[tuple[int, str]] = set()
+    for key_id, chain in by_key.items():
+        highest: tuple[int, int] | None = None  # (size, seq)
+        for s in sorted(chain, key=lambda s: s.window.chain.seq):
+            lc = s.window.log_checkpoint
+            if lc is None or lc.origin != origin:
+                continue
+            seq = s.window.chain.seq
+            # 6b-1.
+            if highest is not None and lc.size < highest[0]:
+                report.fail(
+                    "seen_checkpoints",
+                    "checkpoint_rollback",
+                    f"the node saw a log of size {lc.size} after one of size {highest[0]} (seq {highest[1]}): "
+                    "the log it was shown went back",
+                    entry=s.entry,
+                    key_id=key_id,
+                    seq=seq,
+                )
+            if highest is None or lc.size >= highest[0]:
+                highest = (lc.size, seq)
+            seen = (lc.size, lc.root_sha256)
+            if seen in checked:
+                continue
+            checked.add(seen)
+            # 6b-2.
+            if lc.size > checkpoint.size:
+                report.fail(
+                    "seen_checkpoints",
+                    "seen_checkpoint_beyond_bundle",
+                    f"the node saw a log of size {lc.size}, larger than the bundle's checkpoint ({checkpoint.size}): "
+                    "the bundle's checkpoint hides leaves the log had",
+                    entry=s.entry,
+                    key_id=key_id,
+                    seq=seq,
+                )
+                continue
+            # 6b-3.
+            proof = proofs.get(seen)
+            if proof is None:
+                report.fail(
+                    "seen_checkpoints",
+                    "unproven_seen_checkpoint",
+                    f"the bundle carries no consistency proof from the checkpoint of size {lc.size} the node saw",
+                    entry=s.entry,
+                    key_id=key_id,
+                    seq=seq,
+                )
+                continue
+            try:
+                verify_consistency(lc.size, checkpoint.size, proof, bytes.fromhex(lc.root_sha256), checkpoint.root)
+            except ProofError as exc:
+                report.fail(
+                    "seen_checkpoints",
+                    "seen_checkpoint_inconsistent",
+                    f"the log checkpoint of size {lc.size} the node signed into its statement is not a prefix of "
+                    f"the bundle's checkpoint of size {checkpoint.size}: the log was rewritten ({exc})",
+                    entry=s.entry,
+                    key_id=key_id,
+                    seq=seq,
+                )
+
+
+def _verify_cc(s: _Statement, report: Report) -> None:
+    """6c. Each cc_attestation report echoes the nonce derived from its statement's chain position."""
+    w = s.window
+    for g in w.gpus:
+        for e in g.events:
+            if e.kind != CC_EVENT:
+                continue
+            try:
+                problem = check_cc_report(parse_cc_detail(e.detail), w.chain.key_id, w.chain.seq, w.chain.prev)
+            except SchemaError as exc:
+                problem = str(exc)
+            if problem is not None:
+                report.fail(
+                    "cc_attestation",
+                    "cc_report_unbound",
+                    f"GPU {g.uuid}: {problem}",
+                    entry=s.entry,
+                    key_id=s.key_id,
+                    seq=w.chain.seq,
+                )
 
 
 def _verify_consistency(

@@ -50,6 +50,19 @@ def format_report(report: Report, path: str) -> str:
             lines.extend(f"    {_time(s)} .. {_time(e)} ({_duration(e - s)})" for s, e in gaps)
         else:
             lines.append("  gaps: none")
+    for gap in report.explained_gaps:
+        lines.append(
+            f"explained gap: node {gap['node_id']} seq {gap['from_seq']}..{gap['to_seq']} dropped unsent by its "
+            f"agent ({gap['reason']}), signed in seq {gap['explained_by_seq']}: usage in that time is unknown"
+        )
+    for pseudonym, s in sorted(report.tenant_summaries.items()):
+        if isinstance(s, dict):
+            lines.append(
+                f"tenant {pseudonym}: ultimate parent {s.get('ultimate_parent_country') or 'unknown'}, "
+                f"KYC {s.get('kyc_level') or 'unknown'}; opacity {s.get('opacity_score')}: "
+                + ("; ".join(map(str, s.get("opacity_reasons") or [])) or "none")
+                + " (signed by the collector)"
+            )
     lines.append("")
     if report.ok:
         lines.append("VERIFIED: every signature, chain and inclusion check passed")

@@ -65,17 +65,76 @@ def _tenants(path: Path | None) -> Any:
     return TenantDirectory.load(path) if path is not None else TenantDirectory()
 
 
+def _site_tenants(cfg: Any) -> Any:
+    """The tenants file, each tenant also under its pseudonym (statements name pseudonyms)."""
+    from collector.pseudonyms import key_path, load_or_create_key, with_pseudonyms
+
+    return with_pseudonyms(_tenants(cfg.tenants), load_or_create_key(key_path(cfg.db)))
+
+
+def _cmd_tenant(ns: argparse.Namespace) -> int:
+    """``tenant pseudonym ID...`` and ``tenant reveal PSEUDONYM --reason TEXT``."""
+    import getpass
+    import time
+
+    from collector.pseudonyms import is_pseudonym, key_path, load_or_create_key, pseudonym, reveal
+
+    cfg, _ = _load(ns)
+    key = load_or_create_key(key_path(cfg.db))
+    if ns.tenant_cmd == "pseudonym":
+        for tenant_id in ns.tenant_id:
+            print(f"{tenant_id}\t{pseudonym(key, tenant_id)}")
+        return 0
+    if not is_pseudonym(ns.pseudonym):
+        print(f"error: {ns.pseudonym!r} is not a pseudonym (tp- and 16 hex digits)", file=sys.stderr)
+        return 2
+    if not ns.reason.strip():
+        print("error: --reason must say why the identity is needed", file=sys.stderr)
+        return 2
+    candidates = [t.id for t in _tenants(cfg.tenants)]
+    found = reveal(key, ns.pseudonym, candidates)
+    operator = os.environ.get("SUDO_USER") or getpass.getuser()
+    store = _open_store(cfg)
+    try:
+        store.record_reveal(time.time_ns() // 1_000_000, ns.pseudonym, found, operator, ns.reason)
+    finally:
+        store.close()
+    _logger.warning(
+        "operator %s revealed pseudonym %s (%s); reason: %s", operator, ns.pseudonym, found or "no match", ns.reason
+    )
+    if found is None:
+        print(f"no tenant in the tenants file has pseudonym {ns.pseudonym} (the attempt is recorded)", file=sys.stderr)
+        return 1
+    print(found)
+    return 0
+
+
 def _load(ns: argparse.Namespace) -> tuple[Any, Any]:
     from collector.config import load_collector_config
 
     overrides = {k: getattr(ns, k, None) for k in ("listen", "db", "metrics_listen", "tenants", "collector_id")}
+    db = overrides.get("db")
+    if isinstance(db, str):  # --db takes a SQLite path or a PostgreSQL URL
+        if db.startswith(("postgresql://", "postgres://")):
+            overrides["db"], overrides["db_url"] = None, db
+        else:
+            overrides["db"] = Path(db)
     if getattr(ns, "insecure", False):
         overrides["insecure"] = True
     cfg, detect_table = load_collector_config(getattr(ns, "config", None), os.environ, overrides)
+    if isinstance(overrides.get("db"), Path):  # the flag's SQLite path beats a configured db_url
+        cfg = dataclasses.replace(cfg, db_url=None)
     return cfg, detect_config_from_table(detect_table)
 
 
 def _open_store(cfg: Any) -> Any:
+    if cfg.db_url is not None:
+        # Imported only here: a SQLite collector runs without psycopg installed.
+        try:
+            from collector.store.postgres import PostgresStore
+        except ImportError as exc:
+            raise ConfigError(f"db_url needs psycopg: pip install 'gpuaudit[postgres]' ({exc})") from exc
+        return PostgresStore(cfg.db_url)
     from collector.store.sqlite import SqliteStore
 
     return SqliteStore(cfg.db)
@@ -87,7 +146,7 @@ def _cmd_serve(ns: argparse.Namespace) -> int:
 
     cfg, dcfg = _load(ns)
     store = _open_store(cfg)
-    engine = DetectorEngine(dcfg, _tenants(cfg.tenants))
+    engine = DetectorEngine(dcfg, _site_tenants(cfg))
 
     async def main() -> None:
         running = await start_collector(cfg, store, engine)
@@ -156,8 +215,13 @@ def _cmd_findings(ns: argparse.Namespace) -> int:
 def format_findings(docs: list[dict[str, Any]]) -> str:
     if not docs:
         return "no findings"
+    from collector.integrity import KINDS, format_integrity
+
     lines = []
     for f in docs:
+        if f.get("kind") in KINDS and "evidence" in f:
+            lines.extend(format_integrity(f))
+            continue
         flop = f.get("flop_estimate")
         flop_s = f"{flop[0]:.2e}..{flop[1]:.2e} FLOP" if flop else "FLOP unavailable"
         lines.append(
@@ -217,7 +281,9 @@ def _cmd_export(ns: argparse.Namespace) -> int:
     previous = read_checkpoint_file(ns.previous_checkpoint) if ns.previous_checkpoint else None
     store = _open_store(cfg)
     try:
-        doc = build_bundle(store, Log.open(cfg, store), sel, time.time_ns() // 1_000_000, previous)
+        doc = build_bundle(
+            store, Log.open(cfg, store), sel, time.time_ns() // 1_000_000, previous, tenants=_site_tenants(cfg)
+        )
     finally:
         store.close()
     write_bundle(ns.out, doc)
@@ -225,6 +291,119 @@ def _cmd_export(ns: argparse.Namespace) -> int:
         f"wrote {len(doc['entries'])} envelopes from {len(doc['nodes'])} keys to {ns.out} "
         f"(checkpoint {doc['log']['origin']}, size {doc['log']['checkpoint'].splitlines()[1]})"
     )
+    return 0
+
+
+def _cmd_log(ns: argparse.Namespace) -> int:
+    """``log checkpoint|inclusion|consistency``: read the store's log directly (JSON out)."""
+    import base64
+    import time
+
+    from collector.log import Log
+
+    def b64(h: bytes) -> str:
+        return base64.b64encode(h).decode("ascii")
+
+    cfg, _ = _load(ns)
+    store = _open_store(cfg)
+    try:
+        log = Log.open(cfg, store)
+        log.sync()
+        latest = store.latest_checkpoint()
+        if ns.log_cmd == "checkpoint":
+            if ns.sign or latest is None:
+                note = log.checkpoint(time.time_ns() // 1_000_000).note
+            else:
+                note = latest.note
+            sys.stdout.write(note)
+            return 0
+        signed_size = latest.tree_size if latest is not None else 0
+        if ns.log_cmd == "inclusion":
+            size = ns.tree_size if ns.tree_size is not None else signed_size
+            if ns.leaf_index is not None:
+                index = ns.leaf_index
+            else:
+                if ns.seq is None:
+                    print("error: --key needs --seq", file=sys.stderr)
+                    return 2
+                found = log.leaf_index(ns.key, ns.seq)
+                if found is None:
+                    print(f"error: statement {ns.key}/{ns.seq} is not in the log", file=sys.stderr)
+                    return 1
+                index = found
+            if not 0 <= index < size <= log.size:
+                print(
+                    f"error: leaf {index} is not in a signed tree of size {size} (log has {log.size})", file=sys.stderr
+                )
+                return 1
+            doc: dict[str, Any] = {
+                "leaf_index": index,
+                "tree_size": size,
+                "leaf_hash": b64(log.leaf_hash(index)),
+                "proof": [b64(h) for h in log.inclusion_proof(index, size)],
+            }
+        else:
+            to_size = ns.to_size if ns.to_size is not None else signed_size
+            if not 0 <= ns.from_size <= to_size <= log.size:
+                print(
+                    f"error: sizes {ns.from_size}..{to_size} are not within the log (size {log.size})", file=sys.stderr
+                )
+                return 1
+            doc = {
+                "from_size": ns.from_size,
+                "to_size": to_size,
+                "proof": [b64(h) for h in log.consistency_proof(ns.from_size, to_size)],
+            }
+    finally:
+        store.close()
+    print(json.dumps(doc, indent=2))
+    return 0
+
+
+def _cmd_key(ns: argparse.Namespace) -> int:
+    """``key list`` and ``key revoke KEY_ID``."""
+    import time
+
+    cfg, _ = _load(ns)
+    store = _open_store(cfg)
+    try:
+        if ns.key_cmd == "revoke":
+            if store.key(ns.key_id) is None:
+                print(f"error: key {ns.key_id} is not enrolled", file=sys.stderr)
+                return 1
+            now = time.time_ns() // 1_000_000
+            if not store.revoke_key(ns.key_id, now):
+                print(f"key {ns.key_id} was already revoked")
+                return 0
+            _logger.warning("operator revoked key %s (reason: %s)", ns.key_id, ns.reason or "none given")
+            print(f"revoked key {ns.key_id} at {now} ms; statements it signs from now on are refused")
+            return 0
+        keys = store.keys()
+    finally:
+        store.close()
+    if ns.json:
+        print(
+            json.dumps(
+                [
+                    {
+                        "key_id": k.key_id,
+                        "node_id": k.node_id,
+                        "algorithm": k.algorithm,
+                        "assurance": k.assurance,
+                        "enrolled_ms": k.enrolled_ms,
+                        "revoked_ms": k.revoked_ms,
+                    }
+                    for k in keys
+                ],
+                indent=2,
+            )
+        )
+    else:
+        for k in keys:
+            state = f"revoked at {k.revoked_ms}" if k.revoked_ms is not None else "active"
+            print(f"{k.key_id}  {k.node_id}  {k.algorithm}/{k.assurance}  enrolled {k.enrolled_ms}  {state}")
+        if not keys:
+            print("no keys enrolled")
     return 0
 
 
@@ -245,6 +424,47 @@ def _cmd_ca_issue(ns: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_report(ns: argparse.Namespace) -> int:
+    import time
+
+    from collector.report import build_report, from_detect_config, tenant_facts, write_report
+
+    cfg, dcfg = _load(ns)
+    store_args = f"--db {ns.db}" if ns.db else (f"--config {ns.config}" if ns.config else "")
+    store = _open_store(cfg)
+    try:
+        options = from_detect_config(dcfg, store_args, tenant_facts(_tenants(cfg.tenants)))
+        now_ms = time.time_ns() // 1_000_000
+        text, data = build_report(store, ns.finding_id, options, generated_ms=now_ms, version=__version__)
+    finally:
+        store.close()
+    write_report(ns.out, text)
+    print(f"wrote {ns.out}: finding {ns.finding_id}, {data.statements} statements from {len(data.keys)} node keys")
+    return 0
+
+
+def _cmd_retention(ns: argparse.Namespace) -> int:
+    import time
+
+    from collector.retention import age_statements
+
+    if ns.older_than < 0:
+        print("error: --older-than must be 0 or more days", file=sys.stderr)
+        return 2
+    cfg, _ = _load(ns)
+    store = _open_store(cfg)
+    now = time.time_ns() // 1_000_000
+    try:
+        report = age_statements(store, now - int(ns.older_than * 86_400_000), now)
+    finally:
+        store.close()
+    print(
+        f"aged {report.statements} statement payloads into hourly per-GPU, per-tenant aggregates "
+        f"({report.aggregate_rows} aggregate rows written); log leaves and checkpoints unchanged"
+    )
+    return 0
+
+
 def _cmd_demo(ns: argparse.Namespace) -> int:
     from collector.demo import run_demo
 
@@ -260,7 +480,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     def common(p: argparse.ArgumentParser) -> None:
         p.add_argument("--config", type=Path, help="collector TOML config (docs/operator-guide.md)")
-        p.add_argument("--db", type=Path, help="SQLite store (overrides the config)")
+        p.add_argument("--db", help="SQLite file, or a postgresql:// URL (overrides the config's db / db_url)")
 
     sv = sub.add_parser("serve", help="accept, verify and store statements; detect; serve /metrics")
     common(sv)
@@ -317,6 +537,61 @@ def build_parser() -> argparse.ArgumentParser:
     )
     ex.set_defaults(func=_cmd_export)
 
+    lg = sub.add_parser("log", help="the transparency log: signed checkpoint, inclusion and consistency proofs")
+    lgsub = lg.add_subparsers(dest="log_cmd", required=True)
+    lc = lgsub.add_parser("checkpoint", help="print the latest signed checkpoint (a C2SP signed note)")
+    common(lc)
+    lc.add_argument("--sign", action="store_true", help="sign a checkpoint of the log as it is now first")
+    lc.set_defaults(func=_cmd_log)
+    li = lgsub.add_parser("inclusion", help="inclusion proof of one statement (JSON, base64 hashes)")
+    common(li)
+    leaf = li.add_mutually_exclusive_group(required=True)
+    leaf.add_argument("--leaf-index", type=int, help="the leaf's index in the log")
+    leaf.add_argument("--key", help="the statement's signing key id (with --seq)")
+    li.add_argument("--seq", type=int, help="the statement's seq in its key's chain")
+    li.add_argument("--tree-size", type=int, help="tree size (default: the latest signed checkpoint's)")
+    li.set_defaults(func=_cmd_log)
+    lk = lgsub.add_parser("consistency", help="consistency proof between two tree sizes (JSON)")
+    common(lk)
+    lk.add_argument("--from", dest="from_size", type=int, required=True, help="the earlier tree size")
+    lk.add_argument("--to", dest="to_size", type=int, help="the later tree size (default: latest signed)")
+    lk.set_defaults(func=_cmd_log)
+
+    tn = sub.add_parser("tenant", help="tenant pseudonyms: derive them for agent configs, reveal one (audited)")
+    tnsub = tn.add_subparsers(dest="tenant_cmd", required=True)
+    tp = tnsub.add_parser(
+        "pseudonym",
+        help="print the pseudonym (tp-...) of each tenant id, for the agents' tenant rules",
+    )
+    common(tp)
+    tp.add_argument("tenant_id", nargs="+", help="tenant ids as in the tenants file")
+    tp.set_defaults(func=_cmd_tenant)
+    tr = tnsub.add_parser(
+        "reveal",
+        help="print the tenant id behind a pseudonym; recorded in the store's reveal audit and logged",
+    )
+    common(tr)
+    tr.add_argument("pseudonym", help="tp- followed by 16 hex digits")
+    tr.add_argument("--reason", required=True, help="why the identity is needed (recorded)")
+    tr.add_argument("--tenants", type=Path, help="tenants v1 TOML file (overrides the config)")
+    tr.set_defaults(func=_cmd_tenant)
+
+    ky = sub.add_parser("key", help="enrolled node keys: list, revoke")
+    kysub = ky.add_subparsers(dest="key_cmd", required=True)
+    kl = kysub.add_parser("list", help="list enrolled keys and whether they are revoked")
+    common(kl)
+    kl.add_argument("--json", action="store_true", help="JSON array")
+    kl.set_defaults(func=_cmd_key)
+    kr = kysub.add_parser(
+        "revoke",
+        help="revoke a node key: the collector refuses what it signs from now on, and verifiers "
+        "reject its statements signed after the revocation time",
+    )
+    common(kr)
+    kr.add_argument("key_id", help="the key id (sha256:...) as `key list` shows it")
+    kr.add_argument("--reason", help="why (written to the log)")
+    kr.set_defaults(func=_cmd_key)
+
     ca = sub.add_parser("ca", help="the operator CA for mTLS between agents and the collector")
     casub = ca.add_subparsers(dest="ca_cmd", required=True)
     ci = casub.add_parser("init", help="create a CA (ECDSA P-256) in DIR")
@@ -334,6 +609,31 @@ def build_parser() -> argparse.ArgumentParser:
     cs.add_argument("--days", type=int, default=397, help="validity in days (default 397)")
     cs.add_argument("--out", type=Path, help="where NAME.crt and NAME.key go (default: the CA's directory)")
     cs.set_defaults(func=_cmd_ca_issue)
+
+    rp = sub.add_parser(
+        "report",
+        help="write a finding's evidence report: one self-contained HTML file to read and forward",
+        description="Write one HTML file (no scripts, nothing fetched) that explains a finding in plain words, "
+        "charts the tenant's GPUs, utilization and compute against the thresholds, lists the signed statements "
+        "behind it and how to verify them with gpuaudit-verify. FINDING_ID is from `gpuaudit-collector findings`.",
+    )
+    common(rp)
+    rp.add_argument("finding_id", metavar="FINDING_ID", help="the finding's id (f-...)")
+    rp.add_argument("--out", type=Path, required=True, help="HTML file to write")
+    rp.add_argument("--tenants", type=Path, help="tenants v1 TOML file (adds what it records about the tenant)")
+    rp.set_defaults(func=_cmd_report)
+
+    rt = sub.add_parser(
+        "retention",
+        help="age old statements into hourly per-GPU, per-tenant aggregates (log and proofs stay valid)",
+        description="Drop the payloads and signatures of statements whose window ended more than DAYS ago, "
+        "keeping per-tenant, per-GPU hourly aggregates, each statement's digest and its log leaf, so the "
+        "Merkle root, signed checkpoints and proofs of the remaining statements stay valid. Export what a "
+        "vendor may need first: aged statements can no longer be exported.",
+    )
+    common(rt)
+    rt.add_argument("--older-than", type=float, required=True, metavar="DAYS", help="age in days (may be fractional)")
+    rt.set_defaults(func=_cmd_retention)
 
     dm = sub.add_parser("demo", help="the demo site: opaque 2,400-GPU training run among ordinary tenants")
     dm.add_argument("--hours", type=float, default=2.0, help="hours of event time to replay (default 2)")

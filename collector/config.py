@@ -16,6 +16,10 @@ class CollectorConfig:
     listen: str = "127.0.0.1:7443"
     # SQLite database file (created with its schema on first start).
     db: Path = Path("gpuaudit.db")
+    # PostgreSQL instead of SQLite: a postgresql:// URL (libpq syntax; needs the "postgres"
+    # extra). When set, ``db`` is ignored. Several collectors may share one database.
+    # ``--db`` accepts either a path or such a URL.
+    db_url: str | None = None
     # Prometheus /metrics listen address; empty disables the endpoint.
     metrics_listen: str = "127.0.0.1:9478"
     # Tenants v1 file (TOML); without it every tenant is fully opaque.
@@ -40,6 +44,18 @@ class CollectorConfig:
     # The transparency log's Ed25519 signing key (PKCS#8 PEM, mode 0600), created on first
     # use. Default: "<db>.log-key.pem" next to the database.
     log_key: Path | None = None
+    # Seconds between signed checkpoints of the transparency log (0 disables the task).
+    checkpoint_period_s: int = 60
+
+    # Flood limits (collector/limits.py; every refusal is counted and retried by the agent):
+    # envelopes/s and burst per node key, streams open at once, seconds for a Hello and for
+    # an enrollment, envelopes queued for ingest across streams.
+    rate_per_key: float = 20.0
+    rate_burst: int = 2000
+    max_streams: int = 4096
+    hello_timeout_s: float = 10.0
+    enroll_timeout_s: float = 10.0
+    max_queued: int = 8192
 
     def log_key_path(self) -> Path:
         return self.log_key if self.log_key is not None else self.db.with_name(self.db.name + ".log-key.pem")
@@ -60,6 +76,14 @@ def load_collector_config(
         raise ConfigError("tls_cert, tls_key and tls_client_ca must be given together")
     if cfg.max_batch < 1:
         raise ConfigError("max_batch: must be at least 1")
+    if cfg.db_url is not None and not cfg.db_url.startswith(("postgresql://", "postgres://")):
+        raise ConfigError(f"db_url: expected a postgresql:// URL, got {cfg.db_url[:40]!r}")
+    if cfg.checkpoint_period_s < 0:
+        raise ConfigError("checkpoint_period_s: must be 0 (off) or more")
+    if cfg.rate_per_key <= 0 or cfg.rate_burst < 1 or cfg.max_streams < 1 or cfg.max_queued < 1:
+        raise ConfigError("rate_per_key, rate_burst, max_streams and max_queued must be positive")
+    if cfg.hello_timeout_s <= 0 or cfg.enroll_timeout_s <= 0:
+        raise ConfigError("hello_timeout_s and enroll_timeout_s must be positive")
     if cfg.max_payload_bytes < 1024:
         raise ConfigError("max_payload_bytes: must be at least 1024")
     detect = tables.get("detect", {})

@@ -29,7 +29,9 @@ from attestation.merkle import verify_consistency
 from attestation.statement import parse_statement
 from collector.errors import CollectorError
 from collector.log import Log
+from collector.pseudonyms import is_pseudonym, signed_summaries
 from collector.store.base import KeyRecord, StatementRecord, Store
+from collector.tenants import TenantDirectory
 
 _logger = logging.getLogger(__name__)
 
@@ -140,7 +142,12 @@ def read_checkpoint_file(path: Path) -> str:
 
 
 def build_bundle(
-    store: Store, log: Log, sel: Selection, now_ms: int, previous_checkpoint: str | None = None
+    store: Store,
+    log: Log,
+    sel: Selection,
+    now_ms: int,
+    previous_checkpoint: str | None = None,
+    tenants: TenantDirectory | None = None,
 ) -> dict[str, Any]:
     """The bundle document for ``sel``. Signs (and stores) a checkpoint of the whole log.
 
@@ -178,6 +185,14 @@ def build_bundle(
                 "envelope": rec.envelope().to_json(),
             }
         )
+    # 3b. consistency proofs from every log checkpoint the nodes signed into these statements,
+    #     and the KYC summaries of the tenant pseudonyms they name, signed by the log key.
+    seen_sizes, pseudonyms = _scan(records, log.origin, size)
+    seen = [
+        {"size": s, "root_sha256": root, "proof": [_b64(h) for h in log.consistency_proof(s, size)]}
+        for s, root in sorted(seen_sizes)
+    ]
+    summaries = signed_summaries(pseudonyms, tenants or TenantDirectory(), log.signer, now_ms) if pseudonyms else None
     # 4.
     consistency: dict[str, Any] | None = None
     if previous_checkpoint is not None:
@@ -206,7 +221,28 @@ def build_bundle(
         "nodes": [_node_json(keys[k]) for k in sorted(keys)],
         "entries": entries,
         "consistency": consistency,
+        "seen_checkpoints": seen,
+        "tenant_summaries": summaries,
     }
+
+
+def _scan(records: list[StatementRecord], origin: str, size: int) -> tuple[set[tuple[int, str]], set[str]]:
+    """The distinct (size, root) of this log the statements carry, and the tenant pseudonyms they name."""
+    seen: set[tuple[int, str]] = set()
+    pseudonyms: set[str] = set()
+    for rec in records:
+        has_cp, has_tp = b'"log_checkpoint"' in rec.payload, b'"tp-' in rec.payload
+        if not (has_cp or has_tp):
+            continue
+        try:
+            w = parse_statement(rec.payload)
+        except (SchemaError, ValueError, RecursionError):
+            continue
+        lc = w.log_checkpoint
+        if lc is not None and lc.origin == origin and lc.size <= size:
+            seen.add((lc.size, lc.root_sha256))
+        pseudonyms.update(wl.tenant for g in w.gpus for wl in g.workloads if is_pseudonym(wl.tenant))
+    return seen, pseudonyms
 
 
 def write_bundle(path: Path, doc: dict[str, Any]) -> None:

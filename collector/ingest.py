@@ -17,7 +17,9 @@ a stable reason). Each envelope goes through these steps:
    store's conflicts);
 6. otherwise ``attestation.chain.check_next`` against the head, which includes earlier
    statements of the same batch ("seq_gap", "prev_mismatch", "window_overlap",
-   "energy_decrease", ...);
+   "energy_decrease", ...); a seq jump that the statement's signed ``dropped`` record
+   covers is accepted and recorded as an explained gap (reason "explained_gap" in the
+   refusals table, for the operator; the statement itself is stored);
 7. everything accepted, the new chain heads, conflicts and refusals are written in one
    transaction; only after it commits are the results returned, so the caller may ack.
 
@@ -35,12 +37,13 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 from attestation import dsse
-from attestation.chain import ChainHead, advance, check_next
+from attestation.chain import AGENT_START_EVENT, ChainHead, advance, check_next, explained_gap
 from attestation.dsse import Envelope
-from attestation.errors import ChainError, SchemaError, VerificationError
-from attestation.keys import PublicKey
+from attestation.errors import ChainError, KeyFileError, SchemaError, VerificationError
+from attestation.keys import PublicKey, key_id_of
 from attestation.statement import UsageWindow, parse_statement
 from collector.errors import StoreConflictError, StoreError
+from collector.integrity import IntegrityFinding
 from collector.store.base import ConflictRecord, KeyRecord, RefusalRecord, StatementRecord, Store
 
 _logger = logging.getLogger(__name__)
@@ -63,6 +66,8 @@ class Accepted:
     window: UsageWindow
     key_id: str
     digest: str
+    # Seqs (first, last) missing before this statement that its signed ``dropped`` record explains.
+    gap: tuple[int, int] | None = None
 
     accepted = True
 
@@ -171,7 +176,8 @@ class Ingestor:
         # Steps 5-7 under the lock, so that two streams of one key cannot both extend it.
         with self._chain_lock:
             for attempt in range(_CONFLICT_RETRIES + 1):
-                chain_results, statements, heads, conflicts, chain_refusals = self._chain(verified, now_ms)
+                findings: list[IntegrityFinding] = []
+                chain_results, statements, heads, conflicts, chain_refusals = self._chain(verified, now_ms, findings)
                 try:
                     self._store.save_batch(statements, heads, conflicts, [*refusals, *chain_refusals])
                 except StoreConflictError:
@@ -182,6 +188,8 @@ class Ingestor:
                 break
         for index, result in chain_results.items():
             results[index] = result
+        self._save_findings(findings)
+        self._apply_rotations([r for r in results if isinstance(r, Accepted) and not r.duplicate])
         if refusals or chain_refusals:
             _logger.debug(
                 "batch of %d: %d refused (%s)",
@@ -238,12 +246,81 @@ class Ingestor:
             return seq, "node_mismatch", f"statement names node {window.node_id!r}, key enrolled for {key.node_id!r}"
         if window.chain.key_id != key_id:
             return seq, "key_mismatch", f"statement names key {window.chain.key_id!r}, signed by {key_id}"
+        r = window.rotation
+        if r is not None:
+            try:
+                PublicKey.from_spki(r.new_key_spki)
+            except KeyFileError as exc:
+                return seq, "bad_rotation", f"$.predicate.rotation.new_key_spki: {exc}"
+            if key_id_of(r.new_key_spki) != r.new_key_id:
+                return (
+                    seq,
+                    "bad_rotation",
+                    f"rotation names key {r.new_key_id} but carries key {key_id_of(r.new_key_spki)}",
+                )
         if not _utf8(window.boot_id):
             return seq, "bad_schema", "$.predicate.node.boot_id: not valid Unicode"
         return _Verified(index=index, key=key, envelope=envelope, window=window, digest=envelope.digest())
 
+    def _save_findings(self, findings: Sequence[IntegrityFinding]) -> None:
+        """Integrity findings, after the batch committed (collector.integrity). Never raises:
+        the statements are stored and will be acknowledged either way."""
+        for f in findings:
+            _logger.warning(
+                "integrity finding %s: %s of node %s, key %s: %s", f.id, f.kind, f.node_id, f.key_id, f.message
+            )
+            try:
+                self._store.save_finding(f.id, f.kind, "", "high", f.started_ms, f.detected_ms, f.json_text())
+            except Exception:
+                _logger.exception("could not store integrity finding %s", f.id)
+
+    def _rotation_problem(self, v: _Verified) -> str | None:
+        """Why the chain start ``v`` does not continue its node's previous key, or None."""
+        c = v.window.chain
+        old = self._store.key(c.prev_key_id or "")
+        if old is None or old.node_id != v.key.node_id:
+            return f"prev_key_id {c.prev_key_id} is not a key of node {v.key.node_id!r}"
+        head = self._store.head(old.key_id)
+        if head is None or head.digest != c.prev_key_digest:
+            return f"prev_key_digest {c.prev_key_digest} is not the last statement of key {old.key_id}"
+        env = self._stored_envelope(old.key_id, head.seq, {})
+        rotation = parse_statement(env.payload).rotation if env is not None else None
+        if rotation is None or rotation.new_key_id != v.key.key_id:
+            return f"the last statement of key {old.key_id} does not hand over to key {v.key.key_id}"
+        return None
+
+    def _apply_rotations(self, accepted: Sequence[Accepted]) -> None:
+        """For each accepted ``rotation`` statement (its key's last, signed by the old key):
+        enroll the new key for the same node without a join token, and retire the old key
+        from the end of that statement's window. Never raises."""
+        for a in accepted:
+            r = a.window.rotation
+            if r is None:
+                continue
+            try:
+                if self._store.key(r.new_key_id) is None:
+                    token = self._store.create_token(60, self._clock_ms())
+                    new_id = self._store.enroll(
+                        a.window.node_id, token, r.new_key_spki, r.new_key_assurance, self._clock_ms()
+                    )
+                    if new_id != r.new_key_id:
+                        _logger.error("rotation statement names key %s but its SPKI is key %s", r.new_key_id, new_id)
+                self._store.revoke_key(a.key_id, a.window.end_ms)
+                _logger.info(
+                    "node %s rotated key %s -> %s (statement seq %d)", a.window.node_id, a.key_id, r.new_key_id, a.seq
+                )
+            except Exception:
+                _logger.exception("could not apply the key rotation of %s/%d", a.key_id, a.seq)
+
+    def _stored_envelope(self, key_id: str, seq: int, batch: dict[tuple[str, int], Envelope]) -> Envelope | None:
+        if (key_id, seq) in batch:
+            return batch[(key_id, seq)]
+        for rec in self._store.iter_statements(key_id, from_seq=seq):
+            return rec.envelope() if rec.seq == seq else None
+        return None
+
     def _chain(
-        self, verified: Sequence[_Verified], now_ms: int
+        self, verified: Sequence[_Verified], now_ms: int, findings: list[IntegrityFinding] | None = None
     ) -> tuple[
         dict[int, IngestResult],
         list[StatementRecord],
@@ -259,6 +336,28 @@ class Ingestor:
         heads: dict[str, ChainHead | None] = {}
         changed: dict[str, ChainHead] = {}
         batch_digests: dict[tuple[str, int], str] = {}
+        batch_envelopes: dict[tuple[str, int], Envelope] = {}
+        if findings is None:
+            findings = []
+
+        def finding(v: _Verified, kind: str, earlier_seq: int, message: str) -> None:
+            earlier = self._stored_envelope(v.key.key_id, earlier_seq, batch_envelopes)
+            if earlier is None:
+                _logger.warning("no stored statement %s/%d to prove %s with", v.key.key_id, earlier_seq, kind)
+                return
+            assert findings is not None
+            findings.append(
+                IntegrityFinding(
+                    kind=kind,
+                    node_id=v.key.node_id,
+                    key_id=v.key.key_id,
+                    seq=v.window.chain.seq,
+                    detected_ms=now_ms,
+                    started_ms=v.window.start_ms,
+                    message=_clean(message),
+                    evidence=(earlier, v.envelope),
+                )
+            )
 
         def refuse(v: _Verified, reason: str, msg: str) -> None:
             msg = _clean(msg)
@@ -317,17 +416,70 @@ class Ingestor:
                         f"seq {seq} was already stored with digest {stored}; this statement ({v.digest}) "
                         "is kept as evidence",
                     )
+                    # A reused seq for a window after the chain head: the chain state went back.
+                    rolled_back = head is not None and v.window.start_ms >= head.end_ms
+                    finding(
+                        v,
+                        "rollback" if rolled_back else "equivocation",
+                        seq,
+                        f"seq {seq} signed twice: stored {stored}, now {v.digest}"
+                        + (f" for a window after the chain head (seq {head.seq})" if rolled_back and head else ""),
+                    )
                 continue
             # 6.
+            if seq == 0 and v.window.chain.prev_key_id is not None:
+                problem = self._rotation_problem(v)
+                if problem is not None:
+                    refuse(v, "bad_rotation", problem)
+                    continue
             try:
                 check_next(head, v.window, v.digest, key_id)
             except ChainError as exc:
                 refuse(v, exc.reason, str(exc))
+                if exc.reason == "energy_decrease" and head is not None:
+                    finding(v, "energy_reset", head.seq, str(exc))
                 continue
+            if (
+                head is not None
+                and head.boot_id != v.window.boot_id
+                and not any(e.kind == AGENT_START_EVENT for e in v.window.events)
+            ):
+                finding(
+                    v,
+                    "unexplained_reboot",
+                    head.seq,
+                    f"boot id changed from {head.boot_id!r} to {v.window.boot_id!r} on an unbroken chain "
+                    "without an agent_start event",
+                )
+            gap = explained_gap(head, v.window)
+            if gap is not None:
+                assert v.window.dropped is not None
+                _logger.warning(
+                    "node %s dropped seq %d..%d unsent (%s); seq %d explains the gap, signed",
+                    v.key.node_id,
+                    gap[0],
+                    gap[1],
+                    v.window.dropped.reason,
+                    seq,
+                )
+                refusals.append(
+                    RefusalRecord(
+                        at_ms=now_ms,
+                        reason="explained_gap",
+                        message=_clean(
+                            f"seq {gap[0]}..{gap[1]} dropped by the agent ({v.window.dropped.reason}); "
+                            f"explained by seq {seq}, which was stored"
+                        ),
+                        node_id=v.key.node_id,
+                        key_id=key_id,
+                        seq=seq,
+                    )
+                )
             new_head = advance(head, v.window, v.digest)
             heads[key_id] = new_head
             changed[key_id] = new_head
             batch_digests[(key_id, seq)] = v.digest
+            batch_envelopes[(key_id, seq)] = v.envelope
             statements.append(
                 StatementRecord(
                     key_id=key_id,
@@ -342,7 +494,9 @@ class Ingestor:
                     received_ms=now_ms,
                 )
             )
-            results[v.index] = Accepted(seq=seq, duplicate=False, window=v.window, key_id=key_id, digest=v.digest)
+            results[v.index] = Accepted(
+                seq=seq, duplicate=False, window=v.window, key_id=key_id, digest=v.digest, gap=gap
+            )
         return results, statements, list(changed.values()), conflicts, refusals
 
 

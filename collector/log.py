@@ -88,6 +88,12 @@ class Log:
     def public_key(self) -> PublicKey:
         return self._signer.public_key()
 
+    @property
+    def signer(self) -> Signer:
+        """The log key, also used to sign what the collector itself vouches for in a bundle
+        (tenant KYC summaries)."""
+        return self._signer
+
     def sync(self) -> int:
         """Read the leaves appended since the last call; return the tree size."""
         with self._lock:

@@ -20,6 +20,7 @@ collector_build_info{version,python_version}                   gauge    always 1
 collector_statements_accepted_total                            counter  stored now
 collector_statements_duplicate_total                           counter  already stored
 collector_statements_refused_total{reason}                     counter  never stored
+collector_statements_dropped_by_agents_total{reason}           counter  explained gaps
 collector_chain_breaks_total{node,reason}                      counter  seq_gap, prev_mismatch,
                                                                         seq_replay, equivocation
 collector_statements_stored                                    gauge    in the store
@@ -96,7 +97,14 @@ REFUSAL_REASONS = (
     "internal_error",
     "no_hello",
     "unexpected_message",
+    # Streams refused by the collector's limits (collector/service.py); the agent retries later.
+    "rate_limited",
+    "too_many_streams",
+    "hello_timeout",
+    "malformed_message",
 )
+# Why agents drop unsent statements (attestation.statement.Dropped.reason); others count as "other".
+AGENT_DROP_REASONS = ("spool_size", "spool_age")
 # Refusals that mean a node's chain is broken (a statement missing) or forked (two
 # different statements claim one place in it).
 CHAIN_BREAK_REASONS = ("seq_gap", "prev_mismatch", "seq_replay", "equivocation")
@@ -189,7 +197,15 @@ class _WithoutCreated(Collector):
             yield m
 
 
-ENROLL_REFUSAL_REASONS = ("bad_request", "bad_key", "bad_token", "token_used", "token_expired", "key_exists")
+ENROLL_REFUSAL_REASONS = (
+    "bad_request",
+    "bad_key",
+    "bad_token",
+    "token_used",
+    "token_expired",
+    "key_exists",
+    "timeout",
+)
 
 
 def store_paths(db: Path) -> list[Path]:
@@ -232,6 +248,13 @@ class CollectorMetrics:
         self.refused = Counter(
             "gpuaudit_collector_statements_refused",
             "Statements refused (never stored), by reason.",
+            ["reason"],
+            registry=r,
+        )
+        self.dropped_by_agents = Counter(
+            "gpuaudit_collector_statements_dropped_by_agents",
+            "Statements agents signed but dropped unsent (spool bounds), announced by a signed record in "
+            "the next statement: explained gaps in a chain, by reason.",
             ["reason"],
             registry=r,
         )
@@ -348,6 +371,8 @@ class CollectorMetrics:
             self.refused.labels(reason)
         for reason in ENROLL_REFUSAL_REASONS:
             self.enroll_refused.labels(reason)
+        for reason in (*AGENT_DROP_REASONS, "other"):
+            self.dropped_by_agents.labels(reason)
         for sev in SEVERITIES:
             self.findings_raised.labels(KIND_LARGE_TRAINING, sev)
             self.findings_open.labels(KIND_LARGE_TRAINING, sev)
@@ -408,6 +433,11 @@ class CollectorMetrics:
                 else:
                     self.accepted.inc()
                     self.stored.inc()
+                if res.gap is not None and res.window.dropped is not None:
+                    reason = res.window.dropped.reason
+                    self.dropped_by_agents.labels(reason if reason in AGENT_DROP_REASONS else "other").inc(
+                        res.gap[1] - res.gap[0] + 1
+                    )
                 continue
             self.refused.labels(res.reason).inc()
             if node and res.reason in CHAIN_BREAK_REASONS:

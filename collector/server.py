@@ -16,11 +16,16 @@ from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from prometheus_client import start_http_server
 
 from agent import __version__
+from attestation.statement import UsageWindow
 from attestation.v1 import collector_pb2_grpc as pb_grpc
 from collector.config import CollectorConfig
 from collector.detect.engine import DetectorEngine
 from collector.detect.findings import Finding
+from collector.follow import DetectionFollower
 from collector.ingest import Accepted, Ingestor, IngestResult
+from collector.limits import Limits
+from collector.log import Log
+from collector.logservice import Checkpointer, LogService
 from collector.metrics import CollectorMetrics, store_paths
 from collector.service import CollectorService, IngestBatcher
 from collector.store.base import Store
@@ -94,7 +99,16 @@ class FindingSink:
             for res in results:
                 if isinstance(res, Accepted) and not res.duplicate:
                     self._metrics.observe_window(res.window)
-                    self.save(self._engine.observe(res.window))
+                    if self.detect_inline:
+                        self.save(self._engine.observe(res.window))
+
+    # False when several collectors share the store: collector.follow feeds observe_window.
+    detect_inline = True
+
+    def detect(self, window: UsageWindow) -> None:
+        """Feed one stored window to the detector (collector.follow, shared stores)."""
+        with self._lock:
+            self.save(self._engine.observe(window))
 
     def finish(self) -> list[Finding]:
         with self._lock:
@@ -137,10 +151,16 @@ class RunningCollector:
     sink: FindingSink
     metrics: CollectorMetrics
     _http: Any = None
+    checkpointer: Checkpointer | None = None
+    follower: DetectionFollower | None = None
 
     async def stop(self, grace_s: float = 2.0) -> None:
         await self.server.stop(grace_s)
         await self.batcher.stop()
+        if self.follower is not None:
+            await self.follower.stop()
+        if self.checkpointer is not None:
+            await self.checkpointer.stop()
         if self._http is not None:
             self._http.shutdown()
 
@@ -151,13 +171,19 @@ async def start_collector(config: CollectorConfig, store: Store, engine: Detecto
         raise InsecureRefusedError("refusing to serve plaintext gRPC without insecure = true")
     metrics = CollectorMetrics(
         __version__,
-        store_files=store_paths(config.db),
+        store_files=store_paths(config.db) if config.db_url is None else (),
         mfu=(engine.config.mfu_low, engine.config.mfu_high),
     )
     known_findings = await asyncio.to_thread(metrics.load_store, store)
     sink = FindingSink(store, engine, metrics, known_findings)
+    follower = None
+    if getattr(store, "concurrent_writers", False):
+        # Several collectors on one database: the one holding the lease detects over the log.
+        sink.detect_inline = False
+        follower = DetectionFollower(store, sink.detect, start_index=0)
+        follower.start()
     ingestor = Ingestor(store, max_payload_bytes=config.max_payload_bytes)
-    batcher = IngestBatcher(ingestor, sink, metrics, max_batch=config.max_batch)
+    batcher = IngestBatcher(ingestor, sink, metrics, max_batch=config.max_batch, max_queued=config.max_queued)
     batcher.start()
     limit = config.max_payload_bytes + 64 * 1024
     server = grpc.aio.server(
@@ -165,13 +191,42 @@ async def start_collector(config: CollectorConfig, store: Store, engine: Detecto
             ("grpc.max_receive_message_length", limit),
             ("grpc.max_send_message_length", 4 * 1024 * 1024),
             ("grpc.keepalive_time_ms", 60_000),
+            ("grpc.keepalive_timeout_ms", 20_000),
+            # Keepalive enforcement: a client pinging more often than every 10 s gets GOAWAY
+            # after 2 strikes (agents ping every 30 s: agent/stream.py CHANNEL_OPTIONS).
             ("grpc.http2.min_ping_interval_without_data_ms", 10_000),
+            ("grpc.http2.max_ping_strikes", 2),
+            # Streams per connection (an agent needs one); the total is capped by max_streams.
+            ("grpc.max_concurrent_streams", 64),
         ]
     )
+    # The transparency log: a checkpoint signed every checkpoint_period_s, handed to agents
+    # in Resume/Ack and served with proofs by the Log service.
+    log = await asyncio.to_thread(Log.open, config, store)
+    checkpointer = Checkpointer(log, float(config.checkpoint_period_s or 60))
+    await asyncio.to_thread(checkpointer.sign_now)
+    if config.checkpoint_period_s > 0:
+        checkpointer.start()
     pb_grpc.add_CollectorServicer_to_server(  # type: ignore[no-untyped-call]
-        CollectorService(store, batcher, metrics, collector_id=config.collector_id, require_peer_identity=tls),
+        CollectorService(
+            store,
+            batcher,
+            metrics,
+            collector_id=config.collector_id,
+            require_peer_identity=tls,
+            checkpoints=checkpointer.latest_proto,
+            limits=Limits(
+                rate_per_key=config.rate_per_key,
+                rate_burst=config.rate_burst,
+                max_streams=config.max_streams,
+                hello_timeout_s=config.hello_timeout_s,
+                enroll_timeout_s=config.enroll_timeout_s,
+                max_queued=config.max_queued,
+            ),
+        ),
         server,
     )
+    pb_grpc.add_LogServicer_to_server(LogService(checkpointer), server)  # type: ignore[no-untyped-call]
     health_servicer = health.aio.HealthServicer()
     health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
     if tls:
@@ -190,7 +245,9 @@ async def start_collector(config: CollectorConfig, store: Store, engine: Detecto
         http, _thread = start_http_server(int(mport), addr=host or "127.0.0.1", registry=metrics.registry)
         metrics_port = int(http.server_port)
     _logger.info("collector listening on port %d (metrics on %s)", port, metrics_port)
-    return RunningCollector(server, port, metrics_port, batcher, sink, metrics, http)
+    running = RunningCollector(server, port, metrics_port, batcher, sink, metrics, http, checkpointer)
+    running.follower = follower
+    return running
 
 
 async def serve_forever(running: RunningCollector) -> None:

@@ -14,6 +14,7 @@ from collections.abc import AsyncIterator, Callable, Sequence
 from dataclasses import dataclass
 
 import grpc
+from google.protobuf.message import DecodeError
 
 from attestation.dsse import Envelope
 from attestation.errors import Error
@@ -21,6 +22,7 @@ from attestation.v1 import collector_pb2 as pb
 from attestation.v1 import collector_pb2_grpc as pb_grpc
 from attestation.wire import envelope_from_proto
 from collector.ingest import Ingestor, IngestResult, Refused
+from collector.limits import Limits, TokenBucket
 from collector.metrics import CollectorMetrics
 from collector.store.base import Store
 
@@ -48,12 +50,15 @@ class IngestBatcher:
         metrics: CollectorMetrics,
         *,
         max_batch: int = 512,
+        max_queued: int = 0,
     ) -> None:
         self._ingestor = ingestor
         self._after_commit = after_commit
         self._metrics = metrics
         self._max_batch = max_batch
-        self._queue: asyncio.Queue[_Item] = asyncio.Queue()
+        # Bounded (max_queued > 0): submit_wait() then waits for room, so a flood is held back
+        # by flow control instead of growing memory.
+        self._queue: asyncio.Queue[_Item] = asyncio.Queue(maxsize=max(0, max_queued))
         self._task: asyncio.Task[None] | None = None
 
     def start(self) -> None:
@@ -70,6 +75,14 @@ class IngestBatcher:
     def submit(self, key_id: str, envelope: Envelope, node_id: str | None = None) -> asyncio.Future[IngestResult]:
         fut: asyncio.Future[IngestResult] = asyncio.get_running_loop().create_future()
         self._queue.put_nowait(_Item(key_id, envelope, fut, node_id))
+        return fut
+
+    async def submit_wait(
+        self, key_id: str, envelope: Envelope, node_id: str | None = None
+    ) -> asyncio.Future[IngestResult]:
+        """Like ``submit``, waiting while the queue is full."""
+        fut: asyncio.Future[IngestResult] = asyncio.get_running_loop().create_future()
+        await self._queue.put(_Item(key_id, envelope, fut, node_id))
         return fut
 
     async def _run(self) -> None:
@@ -111,7 +124,16 @@ class CollectorService(pb_grpc.CollectorServicer):
         collector_id: str,
         clock_ms: Callable[[], int] = lambda: time.time_ns() // 1_000_000,
         require_peer_identity: bool = False,
+        checkpoints: Callable[[], pb.LogCheckpoint | None] | None = None,
+        limits: Limits | None = None,
     ) -> None:
+        # Flood limits (collector/limits.py): streams open now, and a token bucket per key.
+        self._limits = limits or Limits()
+        self._streams = 0
+        self._buckets: dict[str, TokenBucket] = {}
+        # The latest signed log checkpoint (collector.logservice.Checkpointer.latest_proto),
+        # handed to agents in Resume and Ack.
+        self._checkpoints = checkpoints
         self._store = store
         self._batcher = batcher
         self._metrics = metrics
@@ -136,13 +158,23 @@ class CollectorService(pb_grpc.CollectorServicer):
     ) -> pb.EnrollResponse:
         await self._check_peer(request.node_id, context)
         try:
-            key_id = await asyncio.to_thread(
-                self._store.enroll,
-                request.node_id,
-                request.join_token,
-                bytes(request.public_key_spki),
-                request.key_assurance or "software",
-                self._clock_ms(),
+            key_id = await asyncio.wait_for(
+                asyncio.to_thread(
+                    self._store.enroll,
+                    request.node_id,
+                    request.join_token,
+                    bytes(request.public_key_spki),
+                    request.key_assurance or "software",
+                    self._clock_ms(),
+                ),
+                self._limits.enroll_timeout_s,
+            )
+        except TimeoutError:
+            # The store may still finish it; a retry of the same (node, token, key) is the same enrollment.
+            self._metrics.enroll_refused.labels("timeout").inc()
+            await context.abort(
+                grpc.StatusCode.DEADLINE_EXCEEDED,
+                f"enrollment took longer than {self._limits.enroll_timeout_s} s; retry it",
             )
         except Error as exc:
             self._metrics.enroll_refused.labels(exc.reason).inc()
@@ -155,10 +187,38 @@ class CollectorService(pb_grpc.CollectorServicer):
     async def Stream(  # noqa: N802 - gRPC method name
         self, request_iterator: AsyncIterator[pb.StreamRequest], context: grpc.aio.ServicerContext
     ) -> None:
+        if self._streams >= self._limits.max_streams:
+            self._metrics.refused.labels("too_many_streams").inc()
+            await context.abort(
+                grpc.StatusCode.RESOURCE_EXHAUSTED,
+                f"too_many_streams: {self._streams} streams open (limit {self._limits.max_streams}); retry later",
+            )
+        self._streams += 1
         try:
-            first = await request_iterator.__anext__()
+            await self._stream(request_iterator, context)
+        except DecodeError as exc:  # gRPC parses each request as the servicer reads it
+            self._metrics.refused.labels("malformed_message").inc()
+            await context.abort(grpc.StatusCode.INVALID_ARGUMENT, f"malformed StreamRequest: {exc}")
+        finally:
+            self._streams -= 1
+
+    def _take(self, key_id: str) -> float:
+        """Spend one of the key's tokens: 0.0 if allowed, else the seconds until the next one."""
+        bucket = self._buckets.get(key_id)
+        if bucket is None:
+            bucket = self._buckets[key_id] = TokenBucket(self._limits.rate_per_key, self._limits.rate_burst)
+        return 0.0 if bucket.take() else max(bucket.wait_s(), 0.001)
+
+    async def _stream(
+        self, request_iterator: AsyncIterator[pb.StreamRequest], context: grpc.aio.ServicerContext
+    ) -> None:
+        try:
+            first = await asyncio.wait_for(request_iterator.__anext__(), self._limits.hello_timeout_s)
         except StopAsyncIteration:
             return
+        except TimeoutError:
+            self._metrics.refused.labels("hello_timeout").inc()
+            await context.abort(grpc.StatusCode.DEADLINE_EXCEEDED, f"no Hello within {self._limits.hello_timeout_s} s")
         if not first.HasField("hello"):
             self._metrics.refused.labels("no_hello").inc()
             await context.abort(grpc.StatusCode.INVALID_ARGUMENT, "the first message on a stream must be Hello")
@@ -176,7 +236,8 @@ class CollectorService(pb_grpc.CollectorServicer):
             self._metrics.refused.labels("revoked_key").inc()
             await context.abort(grpc.StatusCode.PERMISSION_DENIED, f"key {hello.key_id} was revoked")
         next_seq = await asyncio.to_thread(self._store.next_seq, hello.key_id)
-        await context.write(pb.StreamResponse(resume=pb.Resume(next_seq=next_seq)))
+        sent_cp = self._checkpoints() if self._checkpoints is not None else None
+        await context.write(pb.StreamResponse(resume=pb.Resume(next_seq=next_seq, checkpoint=sent_cp)))
 
         pending: asyncio.Queue[asyncio.Future[IngestResult] | None] = asyncio.Queue(maxsize=STREAM_QUEUE)
 
@@ -195,7 +256,14 @@ class CollectorService(pb_grpc.CollectorServicer):
                         )
                     )
                 else:
-                    await context.write(pb.StreamResponse(ack=pb.Ack(seq=res.seq, duplicate=res.duplicate)))
+                    nonlocal sent_cp
+                    cp = self._checkpoints() if self._checkpoints is not None else None
+                    if cp is not None and (sent_cp is None or cp.tree_size != sent_cp.tree_size):
+                        sent_cp = cp
+                    else:
+                        cp = None
+                    ack = pb.Ack(seq=res.seq, duplicate=res.duplicate, checkpoint=cp)
+                    await context.write(pb.StreamResponse(ack=ack))
 
         replier = asyncio.create_task(reply())
         try:
@@ -203,9 +271,24 @@ class CollectorService(pb_grpc.CollectorServicer):
                 if not req.HasField("envelope"):
                     self._metrics.refused.labels("unexpected_message").inc()
                     await context.abort(grpc.StatusCode.INVALID_ARGUMENT, "only envelopes may follow Hello")
-                await pending.put(self._batcher.submit(hello.key_id, envelope_from_proto(req.envelope), hello.node_id))
+                wait_s = self._take(hello.key_id)
+                if wait_s:
+                    # Lossless: the agent keeps what is unacknowledged and resumes after backing off.
+                    # The replier stops first: a write in flight while aborting ends the RPC as INTERNAL.
+                    self._metrics.refused.labels("rate_limited").inc()
+                    replier.cancel()
+                    await asyncio.wait({replier})
+                    await context.abort(
+                        grpc.StatusCode.RESOURCE_EXHAUSTED,
+                        f"rate_limited: key {hello.key_id} exceeds {self._limits.rate_per_key:g} envelopes/s "
+                        f"(burst {self._limits.rate_burst}); retry in {wait_s:.2f} s",
+                    )
+                fut = await self._batcher.submit_wait(hello.key_id, envelope_from_proto(req.envelope), hello.node_id)
+                await pending.put(fut)
             await pending.put(None)
             await replier
         finally:
             if not replier.done():
                 replier.cancel()
+            elif not replier.cancelled():
+                replier.exception()  # retrieved: the RPC's own status says what happened

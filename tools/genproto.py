@@ -1,4 +1,5 @@
-"""Generate attestation/v1/*_pb2*.py from proto/gpuaudit/v1/*.proto.
+"""Generate attestation/v1/*_pb2*.py from proto/gpuaudit/v1/*.proto, and
+agent/sources/podresources/*_pb2*.py from proto/k8s/podresources/v1/*.proto.
 
     python tools/genproto.py            # write into attestation/v1/
     python tools/genproto.py --out DIR  # write elsewhere (the staleness test compares)
@@ -18,14 +19,17 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 PROTO_ROOT = ROOT / "proto"
 PACKAGE_DIR = "gpuaudit/v1"
+# Second target: the kubelet pod-resources API (vendored subset), for the agent's client.
+PODRESOURCES_DIR = "k8s/podresources/v1"
+PODRESOURCES_OUT = ROOT / "agent" / "sources" / "podresources"
 
 
-def generate(out: Path) -> list[Path]:
+def generate(out: Path, package_dir: str = PACKAGE_DIR) -> list[Path]:
     import grpc_tools
     from grpc_tools import protoc  # dev dependency only
 
     includes = Path(grpc_tools.__file__).parent / "_proto"
-    sources = sorted((PROTO_ROOT / PACKAGE_DIR).glob("*.proto"))
+    sources = sorted((PROTO_ROOT / package_dir).glob("*.proto"))
     with tempfile.TemporaryDirectory() as tmp:
         args = [
             "protoc",
@@ -40,9 +44,10 @@ def generate(out: Path) -> list[Path]:
             raise SystemExit("protoc failed")
         out.mkdir(parents=True, exist_ok=True)
         written = []
-        for f in sorted((Path(tmp) / PACKAGE_DIR).iterdir()):
+        module = re.escape(package_dir.replace("/", "."))
+        for f in sorted((Path(tmp) / package_dir).iterdir()):
             text = f.read_text()
-            text = re.sub(r"^from gpuaudit\.v1 import (\w+)", r"from . import \1", text, flags=re.M)
+            text = re.sub(rf"^from {module} import (\w+)", r"from . import \1", text, flags=re.M)
             dest = out / f.name
             dest.write_text(text)
             written.append(dest)
@@ -52,8 +57,9 @@ def generate(out: Path) -> list[Path]:
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--out", type=Path, default=ROOT / "attestation" / "v1")
+    ap.add_argument("--podresources-out", type=Path, default=PODRESOURCES_OUT)
     ns = ap.parse_args(argv)
-    for p in generate(ns.out):
+    for p in [*generate(ns.out), *generate(ns.podresources_out, PODRESOURCES_DIR)]:
         print(p.relative_to(ROOT) if p.is_relative_to(ROOT) else p)
     return 0
 

@@ -26,6 +26,11 @@ class DeviceInfo:
     mem_total_bytes: int | None
     power_limit_mw: int | None
     unavailable: dict[str, str] = field(default_factory=dict)
+    # Further identity, as text, by key: pci_bus_id, board_part_number, vbios_version,
+    # driver_version, cuda_driver_version, architecture, mig_mode, cc_mode. A key that could
+    # not be read is absent here and named in ``unavailable`` (``identity.<key>``).
+    identity: dict[str, str] = field(default_factory=dict)
+    mem_reserved_bytes: int | None = None
 
 
 @dataclass(frozen=True)
@@ -50,6 +55,14 @@ class ProcessSample:
     sm_pct: float | None = None
     start_time_ticks: int | None = None
     attribution: Attribution | None = None
+    # How NVML saw the process: "compute" (the process list), "mps" (an MPS client) or
+    # "accounting" (accounting-mode stats only: it lived between two samples).
+    via: str = "compute"
+    # MIG: the GPU instance the process runs in (None: not a MIG GPU, or not reported).
+    gpu_instance_id: int | None = None
+    # Why this process cannot be trusted to be who /proc says (e.g. "pid_not_in_host_proc",
+    # the HAMi-core #112 host/container PID mix-up); such a process is never attributed.
+    suspect: str | None = None
 
 
 @dataclass(frozen=True)
@@ -67,6 +80,13 @@ class GpuSample:
     pcie_tx_bytes_per_s: float | None = None
     pcie_rx_bytes_per_s: float | None = None
     unavailable: dict[str, str] = field(default_factory=dict)
+    # Health and clocks at this instant, integers by key with the unit in the name
+    # (temp_gpu_c, sm_clock_mhz, throttle_reasons_mask, ecc_volatile_uncorrected, ...);
+    # counters that could not be read are absent and named in ``unavailable``.
+    health: dict[str, int] = field(default_factory=dict)
+    # Things that happened on this GPU, as (kind, detail): Xid errors, allocation mismatches.
+    # ``detail`` must not change from sample to sample for the same cause (windows dedupe).
+    events: tuple[tuple[str, str], ...] = ()
 
 
 @dataclass(frozen=True)

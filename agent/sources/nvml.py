@@ -9,6 +9,19 @@ reasons (``gpm_not_supported``, ``gpm_api_absent``, ``first_sample``,
 ``NodeSample.unavailable["gpu[<index>]"]``; the other GPUs are still read. Each distinct
 (GPU, field, reason) is logged once, not every second.
 
+Beyond the activity readings the source reads identity (PCI bus id, board part number,
+VBIOS, driver and CUDA driver versions, architecture, MIG and confidential-computing mode),
+health (temperature, clocks and throttle reasons, ECC counters, retired pages, remapped
+rows; the slow-changing counters every ``_SLOW_EVERY`` samples) and Xid errors through one
+NVML event set per GPU, drained with a timeout of 0 so the sampling path never blocks.
+``nvmlDeviceGetPcieThroughput`` (which sleeps ~20 ms per call) is never called: PCIe and
+NVLink bytes come from GPM. Processes are the compute list (v3), MPS clients, and, where
+accounting mode is on, processes that started and ended between two samples. A listed PID
+that the host's /proc does not have, or a process list and utilisation samples whose PIDs
+are from different PID namespaces (HAMi-core #112), is reported with a reason, never
+attributed to whoever owns that PID number on the host. Node-level blind spots
+(``accounting_mode``, ``gpm``) are in ``NodeSample.unavailable``.
+
 Units, as NVML gives them: power in milliwatts, energy in millijoules since the driver was
 loaded, memory in bytes, utilisation in percent. GPM bandwidths come in MiB/s and are
 converted to bytes per second.
@@ -27,6 +40,7 @@ from typing import Any
 
 from agent.sources import procfs
 from agent.sources.base import DeviceInfo, GpuSample, NodeSample, ProcessSample, SourceError
+from agent.sources.cc import CcEvidence
 from agent.sources.nodeio import NodeIo
 
 _logger = logging.getLogger(__name__)
@@ -66,6 +80,11 @@ _PROCESS_LIST_FUNCTIONS = (
     "nvmlDeviceGetComputeRunningProcesses_v2",
     "nvmlDeviceGetComputeRunningProcesses",
 )
+_NO_INSTANCE = 0xFFFFFFFF  # gpuInstanceId / computeInstanceId when the GPU is not in MIG mode
+# ECC, retired pages and remapped rows change rarely: read them every this many samples.
+_SLOW_EVERY = 10
+_MAX_EVENTS_PER_SAMPLE = 64  # Xid events drained per GPU per sample (the rest wait for the next)
+_MAX_ACCOUNTING_SEEN = 8192  # PIDs remembered per GPU so accounting stats are asked once
 
 
 class _AbsentError(Exception):
@@ -154,12 +173,20 @@ class NvmlSource:
         self._proc_util_ts: dict[int, int] = {}  # GPU -> last NVML process-sample timestamp (us)
         self._gpm: dict[int, _Gpm] = {}
         self._gpm_reason: dict[int, str] = {}
+        self._xid_sets: dict[int, Any] = {}
+        self._xid_reason: dict[int, str] = {}
+        self._slow: dict[int, tuple[int, dict[str, int], dict[str, str]]] = {}  # GPU -> (tick, values, reasons)
+        self._acct_seen: dict[int, dict[int, None]] = {}  # GPU -> PIDs seen (insertion-ordered set)
+        self._acct_off: dict[int, str] = {}  # GPU -> why accounting stats are not read
         for i, h in enumerate(self._handles):
             if h is None:
                 continue
             reason = self._gpm_setup(i, h) if gpm else "gpm_disabled"
             if reason is not None:
                 self._gpm_reason[i] = reason
+            reason = self._xid_setup(i, h)
+            if reason is not None:
+                self._xid_reason[i] = reason
 
     # -- errors -----------------------------------------------------------------------
 
@@ -200,7 +227,7 @@ class NvmlSource:
         if key in self._logged:
             return
         self._logged.add(key)
-        if reason in ("NVML_ERROR_NOT_SUPPORTED", "gpm_not_supported", "gpm_api_absent", "gpm_disabled"):
+        if reason in ("NVML_ERROR_NOT_SUPPORTED", "gpm_not_supported", "gpm_api_absent", "gpm_disabled", "api_absent"):
             _logger.info("GPU %d: %s is not available on this GPU/driver (%s)", index, field, reason)
         else:
             _logger.warning("GPU %d: cannot read %s: %s", index, field, reason)
@@ -247,6 +274,8 @@ class NvmlSource:
                 model = self._call(i, "model", un, "nvmlDeviceGetName", h)
                 mem = self._call(i, "mem_total_bytes", un, "nvmlDeviceGetMemoryInfo", h)
                 limit = self._power_limit(i, h, un)
+                identity = {**self._identity(i, h, un), **self._system_identity(i, un)}
+                reserved = self._mem_reserved(i, h, un)
             except _GpuLostError as lost:
                 _logger.warning("GPU %d is lost (%s); left out of the device list", i, lost)
                 continue
@@ -259,9 +288,69 @@ class NvmlSource:
                     mem_total_bytes=int(mem.total) if mem is not None else None,
                     power_limit_mw=limit,
                     unavailable=un,
+                    identity=identity,
+                    mem_reserved_bytes=reserved,
                 )
             )
         return tuple(out)
+
+    def _opt(self, index: int, field: str, un: dict[str, str], fn: str, *args: Any) -> Any | None:
+        """Like :meth:`_call`, for a function an older pynvml may lack (reason ``api_absent``)."""
+        if not hasattr(self._nvml, fn):
+            self._mark(index, field, un, "api_absent")
+            return None
+        return self._call(index, field, un, fn, *args)
+
+    def _identity(self, i: int, h: Any, un: dict[str, str]) -> dict[str, str]:
+        """Per-GPU identity text; a key that cannot be read is named in ``un`` as ``identity.<key>``."""
+        nvml = self._nvml
+        out: dict[str, str] = {}
+        pci = self._opt(i, "identity.pci_bus_id", un, "nvmlDeviceGetPciInfo", h)
+        if pci is not None:
+            out["pci_bus_id"] = _text(pci.busId)
+        for key, fn in (
+            ("board_part_number", "nvmlDeviceGetBoardPartNumber"),
+            ("vbios_version", "nvmlDeviceGetVbiosVersion"),
+        ):
+            v = self._opt(i, f"identity.{key}", un, fn, h)
+            if v is not None:
+                out[key] = _text(v)
+        arch = self._opt(i, "identity.architecture", un, "nvmlDeviceGetArchitecture", h)
+        if arch is not None:
+            names = {
+                getattr(nvml, n): n.removeprefix("NVML_DEVICE_ARCH_").lower()
+                for n in dir(nvml)
+                if n.startswith("NVML_DEVICE_ARCH_") and isinstance(getattr(nvml, n), int)
+            }
+            out["architecture"] = names.get(int(arch), f"arch_{int(arch)}")
+        mig = self._opt(i, "identity.mig_mode", un, "nvmlDeviceGetMigMode", h)
+        if mig is not None:
+            out["mig_mode"] = "enabled" if int(mig[0]) == getattr(nvml, "NVML_DEVICE_MIG_ENABLE", 1) else "disabled"
+        return out
+
+    def _system_identity(self, i: int, un: dict[str, str]) -> dict[str, str]:
+        """Driver-wide identity (the same for every GPU): driver, CUDA driver, CC mode."""
+        out: dict[str, str] = {}
+        driver = self._opt(i, "identity.driver_version", un, "nvmlSystemGetDriverVersion")
+        if driver is not None:
+            out["driver_version"] = _text(driver)
+        cuda = self._opt(i, "identity.cuda_driver_version", un, "nvmlSystemGetCudaDriverVersion")
+        if cuda is not None:
+            out["cuda_driver_version"] = f"{int(cuda) // 1000}.{int(cuda) % 1000 // 10}"
+        cc = self._opt(i, "identity.cc_mode", un, "nvmlSystemGetConfComputeState")
+        if cc is not None:
+            on = int(cc.ccFeature) == getattr(self._nvml, "NVML_CC_SYSTEM_FEATURE_ENABLED", 1)
+            out["cc_mode"] = "on" if on else "off"
+        return out
+
+    def _mem_reserved(self, i: int, h: Any, un: dict[str, str]) -> int | None:
+        """Memory the driver reserves (nvmlDeviceGetMemoryInfo_v2), in bytes."""
+        version = getattr(self._nvml, "nvmlMemory_v2", None)
+        if version is None:
+            self._mark(i, "mem_reserved_bytes", un, "api_absent")
+            return None
+        mem = self._call(i, "mem_reserved_bytes", un, "nvmlDeviceGetMemoryInfo", h, version)
+        return int(mem.reserved) if mem is not None else None
 
     def _power_limit(self, index: int, handle: Any, un: dict[str, str]) -> int | None:
         """The enforced power limit in mW; the management limit when the former cannot be read.
@@ -302,7 +391,19 @@ class NvmlSource:
         if self._node_io is not None:
             node_io, io_reasons = self._node_io.sample()
             unavailable.update({f"node_io.{k}": v for k, v in io_reasons.items()})
+        unavailable.update(self._blind_spots())
         return NodeSample(t=t, gpus=tuple(gpus), node_io=node_io, unavailable=unavailable)
+
+    def _blind_spots(self) -> dict[str, str]:
+        """Node-level blind spots: GPUs without GPM, GPUs with accounting mode off."""
+        out: dict[str, str] = {}
+        for key, reasons in (("gpm", self._gpm_reason), ("accounting_mode", self._acct_off)):
+            by_reason: dict[str, list[str]] = {}
+            for i, reason in sorted(reasons.items()):
+                by_reason.setdefault(reason, []).append(str(i))
+            if by_reason:
+                out[key] = "; ".join(f"{r} on GPU {','.join(ids)}" for r, ids in sorted(by_reason.items()))
+        return out
 
     def _sample_gpu(self, i: int, h: Any) -> GpuSample:
         un: dict[str, str] = {}
@@ -316,6 +417,8 @@ class NvmlSource:
         energy = self._not_na(i, "energy_mj", un, energy, _NA_ULONGLONG)
         procs = self._processes(i, h, un)
         gpm = self._gpm_metrics(i, h, un)
+        health = self._health(i, h, un)
+        events = self._xid_events(i, un)
         return GpuSample(
             index=i,
             util_pct=float(util_pct) if util_pct is not None else None,
@@ -330,7 +433,134 @@ class NvmlSource:
             pcie_tx_bytes_per_s=gpm.get("pcie_tx_bytes_per_s"),
             pcie_rx_bytes_per_s=gpm.get("pcie_rx_bytes_per_s"),
             unavailable=un,
+            health=health,
+            events=events,
         )
+
+    # -- health -------------------------------------------------------------------------
+
+    def _health(self, i: int, h: Any, un: dict[str, str]) -> dict[str, int]:
+        """Temperature, clocks, throttle reasons now; ECC, retired pages, remapped rows every
+        ``_SLOW_EVERY`` samples (the last reading is repeated in between)."""
+        nvml = self._nvml
+        out: dict[str, int] = {}
+        quick: tuple[tuple[str, str, tuple[Any, ...]], ...] = (
+            ("temp_gpu_c", "nvmlDeviceGetTemperature", (getattr(nvml, "NVML_TEMPERATURE_GPU", 0),)),
+            ("sm_clock_mhz", "nvmlDeviceGetClockInfo", (getattr(nvml, "NVML_CLOCK_SM", 1),)),
+            ("mem_clock_mhz", "nvmlDeviceGetClockInfo", (getattr(nvml, "NVML_CLOCK_MEM", 2),)),
+        )
+        for key, fn, args in quick:
+            v = self._opt(i, f"health.{key}", un, fn, h, *args)
+            if v is not None:
+                out[key] = int(v)
+        reasons_fn = (
+            "nvmlDeviceGetCurrentClocksEventReasons"
+            if hasattr(nvml, "nvmlDeviceGetCurrentClocksEventReasons")
+            else "nvmlDeviceGetCurrentClocksThrottleReasons"
+        )
+        mask = self._opt(i, "health.throttle_reasons_mask", un, reasons_fn, h)
+        if mask is not None:
+            out["throttle_reasons_mask"] = int(mask)
+        tick, slow, slow_un = self._slow.get(i, (0, {}, {}))
+        if tick % _SLOW_EVERY == 0:
+            slow, slow_un = self._slow_health(i, h)
+        self._slow[i] = (tick + 1, slow, slow_un)
+        un.update(slow_un)
+        out.update(slow)
+        return out
+
+    def _slow_health(self, i: int, h: Any) -> tuple[dict[str, int], dict[str, str]]:
+        nvml = self._nvml
+        out: dict[str, int] = {}
+        un: dict[str, str] = {}
+        for err, err_name in (
+            (getattr(nvml, "NVML_MEMORY_ERROR_TYPE_CORRECTED", 0), "corrected"),
+            (getattr(nvml, "NVML_MEMORY_ERROR_TYPE_UNCORRECTED", 1), "uncorrected"),
+        ):
+            for counter, counter_name in (
+                (getattr(nvml, "NVML_VOLATILE_ECC", 0), "volatile"),
+                (getattr(nvml, "NVML_AGGREGATE_ECC", 1), "aggregate"),
+            ):
+                key = f"ecc_{counter_name}_{err_name}"
+                v = self._opt(i, f"health.{key}", un, "nvmlDeviceGetTotalEccErrors", h, err, counter)
+                if v is not None:
+                    out[key] = int(v)
+        for key, cause in (
+            ("retired_pages_sbe", getattr(nvml, "NVML_PAGE_RETIREMENT_CAUSE_MULTIPLE_SINGLE_BIT_ECC_ERRORS", 0)),
+            ("retired_pages_dbe", getattr(nvml, "NVML_PAGE_RETIREMENT_CAUSE_DOUBLE_BIT_ECC_ERROR", 1)),
+        ):
+            pages = self._opt(i, f"health.{key}", un, "nvmlDeviceGetRetiredPages", h, cause)
+            if pages is not None:
+                out[key] = len(pages)
+        pending = self._opt(i, "health.retired_pages_pending", un, "nvmlDeviceGetRetiredPagesPendingStatus", h)
+        if pending is not None:
+            out["retired_pages_pending"] = int(pending)
+        rows = self._opt(i, "health.remapped_rows_correctable", un, "nvmlDeviceGetRemappedRows", h)
+        if rows is not None:
+            corr, unc, pend, fail = (int(x) for x in rows)
+            out.update(
+                remapped_rows_correctable=corr,
+                remapped_rows_uncorrectable=unc,
+                remapped_rows_pending=pend,
+                remapped_rows_failure=fail,
+            )
+        elif "health.remapped_rows_correctable" in un:
+            reason = un["health.remapped_rows_correctable"]
+            for key in ("remapped_rows_uncorrectable", "remapped_rows_pending", "remapped_rows_failure"):
+                un[f"health.{key}"] = reason
+        return out, un
+
+    # -- Xid events -----------------------------------------------------------------------
+
+    def _xid_setup(self, i: int, h: Any) -> str | None:
+        """One event set per GPU, registered for Xid critical errors; the reason when not."""
+        nvml = self._nvml
+        needed = ("nvmlEventSetCreate", "nvmlDeviceRegisterEvents", "nvmlEventSetFree", "nvmlEventTypeXidCriticalError")
+        if not all(hasattr(nvml, n) for n in needed) or not (
+            hasattr(nvml, "nvmlEventSetWait_v2") or hasattr(nvml, "nvmlEventSetWait")
+        ):
+            return "api_absent"
+        event_set = None
+        try:
+            event_set = nvml.nvmlEventSetCreate()
+            nvml.nvmlDeviceRegisterEvents(h, nvml.nvmlEventTypeXidCriticalError, event_set)
+        except nvml.NVMLError as e:
+            if event_set is not None:
+                with contextlib.suppress(nvml.NVMLError):
+                    nvml.nvmlEventSetFree(event_set)
+            return self._reason(e)
+        self._xid_sets[i] = event_set
+        return None
+
+    def _xid_events(self, i: int, un: dict[str, str]) -> tuple[tuple[str, str], ...]:
+        """Drain GPU ``i``'s Xid event set without waiting (timeout 0)."""
+        event_set = self._xid_sets.get(i)
+        if event_set is None:
+            self._mark(i, "xid_events", un, self._xid_reason.get(i, "api_absent"))
+            return ()
+        nvml = self._nvml
+        wait = getattr(nvml, "nvmlEventSetWait_v2", None) or nvml.nvmlEventSetWait
+        out: list[tuple[str, str]] = []
+        for _ in range(_MAX_EVENTS_PER_SAMPLE):
+            try:
+                data = wait(event_set, 0)
+            except nvml.NVMLError as e:
+                if self._is(e, "NVML_ERROR_TIMEOUT"):
+                    break  # nothing (more) pending
+                if self._is(e, "NVML_ERROR_GPU_IS_LOST"):
+                    raise _GpuLostError(self._reason(e)) from e
+                self._mark(i, "xid_events", un, self._reason(e))
+                break
+            detail = f"Xid {int(data.eventData)}"
+            gi, ci = (
+                int(getattr(data, "gpuInstanceId", _NO_INSTANCE)),
+                int(getattr(data, "computeInstanceId", _NO_INSTANCE)),
+            )
+            if gi != _NO_INSTANCE:
+                detail += f" in GPU instance {gi}" + (f" compute instance {ci}" if ci != _NO_INSTANCE else "")
+            _logger.warning("GPU %d: %s", i, detail)
+            out.append(("xid", detail))
+        return tuple(out)
 
     def _list_processes(self, i: int, h: Any, un: dict[str, str]) -> list[Any] | None:
         """NVML's compute processes on the GPU (newest API the driver has), or None."""
@@ -360,13 +590,20 @@ class NvmlSource:
         return None
 
     def _processes(self, i: int, h: Any, un: dict[str, str]) -> tuple[ProcessSample, ...]:
-        listed = self._list_processes(i, h, un)
-        if not listed:
-            return ()
+        listed = self._list_processes(i, h, un) or []
         # One PID can appear more than once (MIG instances); sum its memory.
         mem_by_pid: dict[int, int | None] = {}
-        for p in listed:
+        via: dict[int, str] = {}
+        instance: dict[int, int] = {}
+        mps = self._mps_processes(i, h, un)
+        for p, kind in [*((p, "compute") for p in listed), *((p, "mps") for p in mps)]:
             pid = int(p.pid)
+            if kind == "mps" and via.get(pid) == "compute":
+                continue  # already counted from the compute list
+            via.setdefault(pid, kind)
+            gi = getattr(p, "gpuInstanceId", _NO_INSTANCE)
+            if gi is not None and int(gi) != _NO_INSTANCE:
+                instance.setdefault(pid, int(gi))
             used = p.usedGpuMemory
             if used is None or used == _NA_ULONGLONG:
                 self._mark(i, "procs.mem_bytes", un, "NVML_VALUE_NOT_AVAILABLE")
@@ -375,17 +612,84 @@ class NvmlSource:
                 mem_by_pid[pid] = int(used)
             elif (prev := mem_by_pid[pid]) is not None:
                 mem_by_pid[pid] = prev + int(used)
-        sm = self._process_sm(i, h, un)
+        sm = self._process_sm(i, h, un) if mem_by_pid else {}
+        if sm and mem_by_pid and not set(sm) & set(mem_by_pid):
+            # HAMi-core #112: on some drivers the process list and the utilisation samples
+            # give PIDs from different PID namespaces. Neither set can be trusted to match the
+            # other, so no per-process SM share is used for this sample.
+            self._mark(i, "procs.sm_pct", un, "pid_namespace_mismatch")
+            sm = {}
         out: list[ProcessSample] = []
         for pid, mem_bytes in mem_by_pid.items():
             start: int | None = None
+            suspect: str | None = None
             if self._proc_root is not None:
                 start = procfs.read_start_time_ticks(self._proc_root, pid)
                 if start is None:
-                    # Exited between NVML's list and this read, or /proc is not the host's.
+                    # Exited between NVML's list and this read, or not a host PID (NVML gave a
+                    # container-namespace PID, HAMi-core #112): never attribute it by number.
                     self._mark(i, "procs.start_time_ticks", un, "proc_unreadable")
-            out.append(ProcessSample(pid=pid, mem_bytes=mem_bytes, sm_pct=sm.get(pid), start_time_ticks=start))
+                    suspect = "pid_not_in_host_proc"
+            out.append(
+                ProcessSample(
+                    pid=pid,
+                    mem_bytes=mem_bytes,
+                    sm_pct=sm.get(pid),
+                    start_time_ticks=start,
+                    via=via[pid],
+                    gpu_instance_id=instance.get(pid),
+                    suspect=suspect,
+                )
+            )
+        out.extend(self._accounting_only(i, h, un, set(mem_by_pid)))
         return tuple(out)
+
+    def _mps_processes(self, i: int, h: Any, un: dict[str, str]) -> list[Any]:
+        """MPS clients (nvmlDeviceGetMPSComputeRunningProcesses_v3); [] when MPS is not in use."""
+        procs = self._opt(i, "procs.mps", un, "nvmlDeviceGetMPSComputeRunningProcesses_v3", h)
+        return list(procs) if procs else []
+
+    def _accounting_only(self, i: int, h: Any, un: dict[str, str], listed: set[int]) -> list[ProcessSample]:
+        """Processes accounting mode saw that ended before this sample could list them.
+
+        Each is reported once, with its peak memory, ``via="accounting"`` and
+        ``suspect="exited_before_sample"``: its /proc entry is gone, so it stays unattributed
+        (its PID may already belong to someone else).
+        """
+        nvml = self._nvml
+        seen = self._acct_seen.setdefault(i, {})
+        for pid in listed:
+            seen[pid] = None
+        mode = self._opt(i, "procs.accounting", un, "nvmlDeviceGetAccountingMode", h)
+        if mode is None:
+            self._acct_off[i] = un.get("procs.accounting", "unknown")
+            return []
+        if int(mode) != getattr(nvml, "NVML_FEATURE_ENABLED", 1):
+            self._acct_off[i] = "disabled"
+            return []
+        self._acct_off.pop(i, None)
+        pids = self._opt(i, "procs.accounting", un, "nvmlDeviceGetAccountingPids", h)
+        out: list[ProcessSample] = []
+        for pid in pids or ():
+            pid = int(pid)
+            if pid in seen:
+                continue
+            stats = self._opt(i, "procs.accounting", un, "nvmlDeviceGetAccountingStats", h, pid)
+            if stats is None or int(stats.isRunning):
+                continue  # still running: the process list will show it
+            seen[pid] = None
+            peak = stats.maxMemoryUsage
+            out.append(
+                ProcessSample(
+                    pid=pid,
+                    mem_bytes=None if peak is None or peak == _NA_ULONGLONG else int(peak),
+                    via="accounting",
+                    suspect="exited_before_sample",
+                )
+            )
+        while len(seen) > _MAX_ACCOUNTING_SEEN:
+            del seen[next(iter(seen))]
+        return out
 
     def _process_sm(self, i: int, h: Any, un: dict[str, str]) -> dict[int, float]:
         """PID -> mean SM utilisation (%) over NVML's samples since the previous call."""
@@ -481,6 +785,41 @@ class NvmlSource:
                 out[field] = value * factor
         return out
 
+    # -- confidential computing ---------------------------------------------------------
+
+    def cc_attestation(self, nonce: bytes) -> CcEvidence:
+        """Each GPU's CC attestation report over ``nonce`` (32 bytes), or why there is none.
+
+        nvmlSystemGetConfComputeState says whether CC is on; only then is
+        nvmlDeviceGetConfComputeGpuAttestationReport asked, per GPU. Never raises.
+        """
+        nvml = self._nvml
+        if not hasattr(nvml, "nvmlSystemGetConfComputeState"):
+            return CcEvidence(reason="cc_api_absent")
+        try:
+            state = nvml.nvmlSystemGetConfComputeState()
+        except nvml.NVMLError as e:
+            reason = self._reason(e)
+            self._note(-1, "cc_attestation", reason)
+            return CcEvidence(reason=reason)
+        if getattr(state, "ccFeature", None) != getattr(nvml, "NVML_CC_SYSTEM_FEATURE_ENABLED", 1):
+            return CcEvidence(reason="cc_mode_off")
+        reports: dict[int, bytes] = {}
+        unavailable: dict[int, str] = {}
+        for i, h in enumerate(self._handles):
+            if h is None:
+                unavailable[i] = self._no_handle.get(i, "no_handle")
+                continue
+            try:
+                r = nvml.nvmlDeviceGetConfComputeGpuAttestationReport(h, nonce)
+            except nvml.NVMLError as e:
+                unavailable[i] = self._reason(e)
+                self._note(i, "cc_attestation", unavailable[i])
+                continue
+            size = int(r.attestationReportSize)
+            reports[i] = bytes(r.attestationReport[:size])
+        return CcEvidence(reports=reports, unavailable=unavailable, reason=None if reports else "no_gpu_attested")
+
     # -- shutdown -----------------------------------------------------------------------
 
     def _shutdown(self) -> None:
@@ -501,6 +840,12 @@ class NvmlSource:
                 except self._nvml.NVMLError as e:
                     _logger.debug("GPU %d: nvmlGpmSampleFree failed: %s", i, self._reason(e))
         self._gpm.clear()
+        for i, event_set in self._xid_sets.items():
+            try:
+                self._nvml.nvmlEventSetFree(event_set)
+            except self._nvml.NVMLError as e:
+                _logger.debug("GPU %d: nvmlEventSetFree failed: %s", i, self._reason(e))
+        self._xid_sets.clear()
         self._shutdown()
 
 

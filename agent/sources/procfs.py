@@ -146,3 +146,34 @@ def read_environ(proc_root: str | os.PathLike[str], pid: int, keys: Iterable[str
         if key in wanted:
             out[key] = value.decode("utf-8", errors="replace")
     return out
+
+
+# The inode number of the initial (host) PID namespace: PROC_PID_INIT_INO in the kernel's
+# include/linux/proc_ns.h, fixed since Linux 3.8. A /proc whose PID 1 is in this namespace
+# shows host PIDs, which are what NVML reports.
+INIT_PID_NS_INODE = 0xEFFFFFFC
+
+
+def host_pid_namespace_reason(proc_root: str | os.PathLike[str]) -> str | None:
+    """None when ``proc_root`` shows the host's PIDs; otherwise why not (or why unknown).
+
+    Reads the link ``<proc_root>/1/ns/pid`` (``pid:[<inode>]``) and compares the inode with
+    the initial PID namespace's. Comparing the agent's own namespace with PID 1's is not
+    enough: in a container without hostPID both are the container's and would agree.
+    Reading the link needs ptrace access to PID 1 (root, or CAP_SYS_PTRACE).
+    """
+    link = Path(proc_root) / "1" / "ns" / "pid"
+    try:
+        target = os.readlink(link)
+    except FileNotFoundError:
+        return f"unknown: {link} does not exist"
+    except PermissionError:
+        return f"unknown: no permission to read {link} (needs root or CAP_SYS_PTRACE)"
+    except OSError as e:
+        return f"unknown: cannot read {link}: {e.strerror or e}"
+    if not (target.startswith("pid:[") and target.endswith("]") and target[5:-1].isdigit()):
+        return f"unknown: unexpected link target {target[:64]!r}"
+    inode = int(target[5:-1])
+    if inode != INIT_PID_NS_INODE:
+        return f"not_host: {proc_root} is PID namespace {inode}, not the host's; NVML PIDs cannot be looked up there"
+    return None

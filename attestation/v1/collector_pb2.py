@@ -24,7 +24,7 @@ _sym_db = _symbol_database.Default()
 
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1bgpuaudit/v1/collector.proto\x12\x0bgpuaudit.v1\"]\n\x08\x45nvelope\x12\x0f\n\x07payload\x18\x01 \x01(\x0c\x12\x14\n\x0cpayload_type\x18\x02 \x01(\t\x12*\n\nsignatures\x18\x03 \x03(\x0b\x32\x16.gpuaudit.v1.Signature\"\'\n\tSignature\x12\x0b\n\x03sig\x18\x01 \x01(\x0c\x12\r\n\x05keyid\x18\x02 \x01(\t\"d\n\rEnrollRequest\x12\x0f\n\x07node_id\x18\x01 \x01(\t\x12\x12\n\njoin_token\x18\x02 \x01(\t\x12\x17\n\x0fpublic_key_spki\x18\x03 \x01(\x0c\x12\x15\n\rkey_assurance\x18\x04 \x01(\t\"6\n\x0e\x45nrollResponse\x12\x0e\n\x06key_id\x18\x01 \x01(\t\x12\x14\n\x0c\x63ollector_id\x18\x02 \x01(\t\"(\n\x05Hello\x12\x0f\n\x07node_id\x18\x01 \x01(\t\x12\x0e\n\x06key_id\x18\x02 \x01(\t\"f\n\rStreamRequest\x12#\n\x05hello\x18\x01 \x01(\x0b\x32\x12.gpuaudit.v1.HelloH\x00\x12)\n\x08\x65nvelope\x18\x02 \x01(\x0b\x32\x15.gpuaudit.v1.EnvelopeH\x00\x42\x05\n\x03msg\"\x1a\n\x06Resume\x12\x10\n\x08next_seq\x18\x01 \x01(\x04\"%\n\x03\x41\x63k\x12\x0b\n\x03seq\x18\x01 \x01(\x04\x12\x11\n\tduplicate\x18\x02 \x01(\x08\"6\n\x06Reject\x12\x0b\n\x03seq\x18\x01 \x01(\x04\x12\x0e\n\x06reason\x18\x02 \x01(\t\x12\x0f\n\x07message\x18\x03 \x01(\t\"\x86\x01\n\x0eStreamResponse\x12%\n\x06resume\x18\x01 \x01(\x0b\x32\x13.gpuaudit.v1.ResumeH\x00\x12\x1f\n\x03\x61\x63k\x18\x02 \x01(\x0b\x32\x10.gpuaudit.v1.AckH\x00\x12%\n\x06reject\x18\x03 \x01(\x0b\x32\x13.gpuaudit.v1.RejectH\x00\x42\x05\n\x03msg2\x95\x01\n\tCollector\x12\x41\n\x06\x45nroll\x12\x1a.gpuaudit.v1.EnrollRequest\x1a\x1b.gpuaudit.v1.EnrollResponse\x12\x45\n\x06Stream\x12\x1a.gpuaudit.v1.StreamRequest\x1a\x1b.gpuaudit.v1.StreamResponse(\x01\x30\x01\x62\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1bgpuaudit/v1/collector.proto\x12\x0bgpuaudit.v1\"]\n\x08\x45nvelope\x12\x0f\n\x07payload\x18\x01 \x01(\x0c\x12\x14\n\x0cpayload_type\x18\x02 \x01(\t\x12*\n\nsignatures\x18\x03 \x03(\x0b\x32\x16.gpuaudit.v1.Signature\"\'\n\tSignature\x12\x0b\n\x03sig\x18\x01 \x01(\x0c\x12\r\n\x05keyid\x18\x02 \x01(\t\"d\n\rEnrollRequest\x12\x0f\n\x07node_id\x18\x01 \x01(\t\x12\x12\n\njoin_token\x18\x02 \x01(\t\x12\x17\n\x0fpublic_key_spki\x18\x03 \x01(\x0c\x12\x15\n\rkey_assurance\x18\x04 \x01(\t\"6\n\x0e\x45nrollResponse\x12\x0e\n\x06key_id\x18\x01 \x01(\t\x12\x14\n\x0c\x63ollector_id\x18\x02 \x01(\t\"(\n\x05Hello\x12\x0f\n\x07node_id\x18\x01 \x01(\t\x12\x0e\n\x06key_id\x18\x02 \x01(\t\"f\n\rStreamRequest\x12#\n\x05hello\x18\x01 \x01(\x0b\x32\x12.gpuaudit.v1.HelloH\x00\x12)\n\x08\x65nvelope\x18\x02 \x01(\x0b\x32\x15.gpuaudit.v1.EnvelopeH\x00\x42\x05\n\x03msg\"J\n\x06Resume\x12\x10\n\x08next_seq\x18\x01 \x01(\x04\x12.\n\ncheckpoint\x18\x02 \x01(\x0b\x32\x1a.gpuaudit.v1.LogCheckpoint\"U\n\x03\x41\x63k\x12\x0b\n\x03seq\x18\x01 \x01(\x04\x12\x11\n\tduplicate\x18\x02 \x01(\x08\x12.\n\ncheckpoint\x18\x03 \x01(\x0b\x32\x1a.gpuaudit.v1.LogCheckpoint\"S\n\rLogCheckpoint\x12\x0e\n\x06origin\x18\x01 \x01(\t\x12\x11\n\ttree_size\x18\x02 \x01(\x04\x12\x11\n\troot_hash\x18\x03 \x01(\x0c\x12\x0c\n\x04note\x18\x04 \x01(\t\"6\n\x06Reject\x12\x0b\n\x03seq\x18\x01 \x01(\x04\x12\x0e\n\x06reason\x18\x02 \x01(\t\x12\x0f\n\x07message\x18\x03 \x01(\t\"\x86\x01\n\x0eStreamResponse\x12%\n\x06resume\x18\x01 \x01(\x0b\x32\x13.gpuaudit.v1.ResumeH\x00\x12\x1f\n\x03\x61\x63k\x18\x02 \x01(\x0b\x32\x10.gpuaudit.v1.AckH\x00\x12%\n\x06reject\x18\x03 \x01(\x0b\x32\x13.gpuaudit.v1.RejectH\x00\x42\x05\n\x03msg\"\x16\n\x14GetCheckpointRequest\"+\n\x0cStatementRef\x12\x0e\n\x06key_id\x18\x01 \x01(\t\x12\x0b\n\x03seq\x18\x02 \x01(\x04\"{\n\x18GetInclusionProofRequest\x12\x14\n\nleaf_index\x18\x01 \x01(\x04H\x00\x12.\n\tstatement\x18\x02 \x01(\x0b\x32\x19.gpuaudit.v1.StatementRefH\x00\x12\x11\n\ttree_size\x18\x03 \x01(\x04\x42\x06\n\x04leaf\"Z\n\x0eInclusionProof\x12\x12\n\nleaf_index\x18\x01 \x01(\x04\x12\x11\n\ttree_size\x18\x02 \x01(\x04\x12\x11\n\tleaf_hash\x18\x03 \x01(\x0c\x12\x0e\n\x06hashes\x18\x04 \x03(\x0c\"@\n\x1aGetConsistencyProofRequest\x12\x11\n\tfrom_size\x18\x01 \x01(\x04\x12\x0f\n\x07to_size\x18\x02 \x01(\x04\"F\n\x10\x43onsistencyProof\x12\x11\n\tfrom_size\x18\x01 \x01(\x04\x12\x0f\n\x07to_size\x18\x02 \x01(\x04\x12\x0e\n\x06hashes\x18\x03 \x03(\x0c\x32\x95\x01\n\tCollector\x12\x41\n\x06\x45nroll\x12\x1a.gpuaudit.v1.EnrollRequest\x1a\x1b.gpuaudit.v1.EnrollResponse\x12\x45\n\x06Stream\x12\x1a.gpuaudit.v1.StreamRequest\x1a\x1b.gpuaudit.v1.StreamResponse(\x01\x30\x01\x32\x8d\x02\n\x03Log\x12N\n\rGetCheckpoint\x12!.gpuaudit.v1.GetCheckpointRequest\x1a\x1a.gpuaudit.v1.LogCheckpoint\x12W\n\x11GetInclusionProof\x12%.gpuaudit.v1.GetInclusionProofRequest\x1a\x1b.gpuaudit.v1.InclusionProof\x12]\n\x13GetConsistencyProof\x12\'.gpuaudit.v1.GetConsistencyProofRequest\x1a\x1d.gpuaudit.v1.ConsistencyProofb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -44,13 +44,29 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_STREAMREQUEST']._serialized_start=380
   _globals['_STREAMREQUEST']._serialized_end=482
   _globals['_RESUME']._serialized_start=484
-  _globals['_RESUME']._serialized_end=510
-  _globals['_ACK']._serialized_start=512
-  _globals['_ACK']._serialized_end=549
-  _globals['_REJECT']._serialized_start=551
-  _globals['_REJECT']._serialized_end=605
-  _globals['_STREAMRESPONSE']._serialized_start=608
-  _globals['_STREAMRESPONSE']._serialized_end=742
-  _globals['_COLLECTOR']._serialized_start=745
-  _globals['_COLLECTOR']._serialized_end=894
+  _globals['_RESUME']._serialized_end=558
+  _globals['_ACK']._serialized_start=560
+  _globals['_ACK']._serialized_end=645
+  _globals['_LOGCHECKPOINT']._serialized_start=647
+  _globals['_LOGCHECKPOINT']._serialized_end=730
+  _globals['_REJECT']._serialized_start=732
+  _globals['_REJECT']._serialized_end=786
+  _globals['_STREAMRESPONSE']._serialized_start=789
+  _globals['_STREAMRESPONSE']._serialized_end=923
+  _globals['_GETCHECKPOINTREQUEST']._serialized_start=925
+  _globals['_GETCHECKPOINTREQUEST']._serialized_end=947
+  _globals['_STATEMENTREF']._serialized_start=949
+  _globals['_STATEMENTREF']._serialized_end=992
+  _globals['_GETINCLUSIONPROOFREQUEST']._serialized_start=994
+  _globals['_GETINCLUSIONPROOFREQUEST']._serialized_end=1117
+  _globals['_INCLUSIONPROOF']._serialized_start=1119
+  _globals['_INCLUSIONPROOF']._serialized_end=1209
+  _globals['_GETCONSISTENCYPROOFREQUEST']._serialized_start=1211
+  _globals['_GETCONSISTENCYPROOFREQUEST']._serialized_end=1275
+  _globals['_CONSISTENCYPROOF']._serialized_start=1277
+  _globals['_CONSISTENCYPROOF']._serialized_end=1347
+  _globals['_COLLECTOR']._serialized_start=1350
+  _globals['_COLLECTOR']._serialized_end=1499
+  _globals['_LOG']._serialized_start=1502
+  _globals['_LOG']._serialized_end=1771
 # @@protoc_insertion_point(module_scope)

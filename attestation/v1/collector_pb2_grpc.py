@@ -140,3 +140,171 @@ class Collector:
             timeout,
             metadata,
             _registered_method=True)
+
+
+class LogStub:
+    """The collector's transparency log: every accepted envelope is a leaf. Collectors MUST
+    NOT sign two checkpoints that are inconsistent with each other, and MUST answer proofs
+    only for tree sizes up to their latest signed checkpoint's.
+    """
+
+    def __init__(self, channel):
+        """Constructor.
+
+        Args:
+            channel: A grpc.Channel.
+        """
+        self.GetCheckpoint = channel.unary_unary(
+                '/gpuaudit.v1.Log/GetCheckpoint',
+                request_serializer=gpuaudit_dot_v1_dot_collector__pb2.GetCheckpointRequest.SerializeToString,
+                response_deserializer=gpuaudit_dot_v1_dot_collector__pb2.LogCheckpoint.FromString,
+                _registered_method=True)
+        self.GetInclusionProof = channel.unary_unary(
+                '/gpuaudit.v1.Log/GetInclusionProof',
+                request_serializer=gpuaudit_dot_v1_dot_collector__pb2.GetInclusionProofRequest.SerializeToString,
+                response_deserializer=gpuaudit_dot_v1_dot_collector__pb2.InclusionProof.FromString,
+                _registered_method=True)
+        self.GetConsistencyProof = channel.unary_unary(
+                '/gpuaudit.v1.Log/GetConsistencyProof',
+                request_serializer=gpuaudit_dot_v1_dot_collector__pb2.GetConsistencyProofRequest.SerializeToString,
+                response_deserializer=gpuaudit_dot_v1_dot_collector__pb2.ConsistencyProof.FromString,
+                _registered_method=True)
+
+
+class LogServicer:
+    """The collector's transparency log: every accepted envelope is a leaf. Collectors MUST
+    NOT sign two checkpoints that are inconsistent with each other, and MUST answer proofs
+    only for tree sizes up to their latest signed checkpoint's.
+    """
+
+    def GetCheckpoint(self, request, context):
+        """The latest signed checkpoint (NOT_FOUND before the first).
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def GetInclusionProof(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def GetConsistencyProof(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+
+def add_LogServicer_to_server(servicer, server):
+    rpc_method_handlers = {
+            'GetCheckpoint': grpc.unary_unary_rpc_method_handler(
+                    servicer.GetCheckpoint,
+                    request_deserializer=gpuaudit_dot_v1_dot_collector__pb2.GetCheckpointRequest.FromString,
+                    response_serializer=gpuaudit_dot_v1_dot_collector__pb2.LogCheckpoint.SerializeToString,
+            ),
+            'GetInclusionProof': grpc.unary_unary_rpc_method_handler(
+                    servicer.GetInclusionProof,
+                    request_deserializer=gpuaudit_dot_v1_dot_collector__pb2.GetInclusionProofRequest.FromString,
+                    response_serializer=gpuaudit_dot_v1_dot_collector__pb2.InclusionProof.SerializeToString,
+            ),
+            'GetConsistencyProof': grpc.unary_unary_rpc_method_handler(
+                    servicer.GetConsistencyProof,
+                    request_deserializer=gpuaudit_dot_v1_dot_collector__pb2.GetConsistencyProofRequest.FromString,
+                    response_serializer=gpuaudit_dot_v1_dot_collector__pb2.ConsistencyProof.SerializeToString,
+            ),
+    }
+    generic_handler = grpc.method_handlers_generic_handler(
+            'gpuaudit.v1.Log', rpc_method_handlers)
+    server.add_generic_rpc_handlers((generic_handler,))
+    server.add_registered_method_handlers('gpuaudit.v1.Log', rpc_method_handlers)
+
+
+ # This class is part of an EXPERIMENTAL API.
+class Log:
+    """The collector's transparency log: every accepted envelope is a leaf. Collectors MUST
+    NOT sign two checkpoints that are inconsistent with each other, and MUST answer proofs
+    only for tree sizes up to their latest signed checkpoint's.
+    """
+
+    @staticmethod
+    def GetCheckpoint(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/gpuaudit.v1.Log/GetCheckpoint',
+            gpuaudit_dot_v1_dot_collector__pb2.GetCheckpointRequest.SerializeToString,
+            gpuaudit_dot_v1_dot_collector__pb2.LogCheckpoint.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def GetInclusionProof(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/gpuaudit.v1.Log/GetInclusionProof',
+            gpuaudit_dot_v1_dot_collector__pb2.GetInclusionProofRequest.SerializeToString,
+            gpuaudit_dot_v1_dot_collector__pb2.InclusionProof.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def GetConsistencyProof(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/gpuaudit.v1.Log/GetConsistencyProof',
+            gpuaudit_dot_v1_dot_collector__pb2.GetConsistencyProofRequest.SerializeToString,
+            gpuaudit_dot_v1_dot_collector__pb2.ConsistencyProof.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)

@@ -42,6 +42,7 @@ __all__ = [
     "StatementRecord",
     "Store",
     "TokenRecord",
+    "UsageAggregate",
     "signatures_from_json",
     "signatures_to_json",
 ]
@@ -157,6 +158,25 @@ class CheckpointRecord:
     note: str
 
 
+@dataclass(frozen=True)
+class UsageAggregate:
+    """What is kept of aged statements: one GPU's use by one tenant in one UTC hour.
+
+    ``tenant`` is "" for time with no workload on the GPU. A window is counted in the hour
+    it starts; a GPU shared by several tenants splits its energy and time by their
+    ``share_permille``. Mean utilisation = ``util_permille_ms / window_ms``.
+    """
+
+    hour_ms: int
+    node_id: str
+    gpu_uuid: str
+    tenant: str
+    windows: int
+    window_ms: int
+    energy_mj: int
+    util_permille_ms: int
+
+
 def signatures_to_json(signatures: Sequence[Signature]) -> str:
     """DSSE envelope.md's ``signatures`` array (base64 ``sig``), for storage as text."""
     return json.dumps(
@@ -243,6 +263,27 @@ class Store(Protocol):
         """The checkpoint signed last, or None before the first."""
         ...
 
+    def log_statements(self, start: int, end: int | None = None) -> list[tuple[int, StatementRecord]]:
+        """(leaf index, statement) for leaves ``start <= index < end`` whose payload is kept, in order."""
+        ...
+
+    # -- retention --------------------------------------------------------
+    def prune_statements(
+        self, keys: Sequence[tuple[str, int]], aggregates: Sequence[UsageAggregate], now_ms: int
+    ) -> int:
+        """Add ``aggregates`` to the hourly table and drop the payloads and signatures of the
+        statements ``keys`` (their rows, digests and log leaves stay), in one transaction.
+        Pruned statements are no longer returned by ``iter_statements``. Raises
+        StoreConflictError, changing nothing, if one of ``keys`` is unknown or already pruned."""
+        ...
+
+    def usage_hourly(self, tenant: str | None = None) -> list[UsageAggregate]: ...
+
+    # -- several collectors -----------------------------------------------
+    def try_detection_lease(self) -> bool:
+        """True if this collector is (now) the one that runs detection on this store."""
+        ...
+
     # -- refusals ---------------------------------------------------------
     def record_refusal(self, refusal: RefusalRecord) -> None: ...
 
@@ -269,5 +310,14 @@ class Store(Protocol):
         ...
 
     def findings(self, tenant: str | None = None) -> list[FindingRecord]: ...
+
+    # -- tenant pseudonyms revealed (collector/pseudonyms.py) -------------
+    def record_reveal(self, at_ms: int, pseudonym: str, tenant: str | None, operator: str, reason: str) -> None:
+        """Append to the reveal audit (``tenant`` None: no tenant has the pseudonym)."""
+        ...
+
+    def reveals(self) -> list[tuple[int, str, str | None, str, str]]:
+        """(at_ms, pseudonym, tenant, operator, reason), oldest first."""
+        ...
 
     def close(self) -> None: ...

@@ -24,6 +24,7 @@ import threading
 import time
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
+from dataclasses import astuple
 from pathlib import Path
 from typing import Any, Self
 
@@ -48,6 +49,7 @@ from collector.store.base import (
     RefusalRecord,
     StatementRecord,
     TokenRecord,
+    UsageAggregate,
     signatures_from_json,
     signatures_to_json,
 )
@@ -166,6 +168,34 @@ MIGRATIONS: tuple[str, ...] = (
         root_hash   BLOB NOT NULL,
         signed_ms   INTEGER NOT NULL,
         note        TEXT NOT NULL               -- the C2SP signed note, exactly as signed
+    ) STRICT;
+    """,
+    # 3: retention: a statement's payload and signatures may age into hourly aggregates;
+    # its row (digest, chain position) and its log leaf stay (collector/retention.py).
+    """
+    ALTER TABLE statements ADD COLUMN pruned_ms INTEGER;   -- set when the payload was dropped
+    CREATE TABLE usage_hourly (
+        hour_ms           INTEGER NOT NULL,     -- UTC hour the windows start in
+        node_id           TEXT NOT NULL,
+        gpu_uuid          TEXT NOT NULL,
+        tenant            TEXT NOT NULL,        -- "" = no workload
+        windows           INTEGER NOT NULL,
+        window_ms         INTEGER NOT NULL,
+        energy_mj         INTEGER NOT NULL,
+        util_permille_ms  INTEGER NOT NULL,
+        PRIMARY KEY (hour_ms, gpu_uuid, tenant)
+    ) STRICT;
+    CREATE INDEX usage_hourly_tenant ON usage_hourly (tenant, hour_ms);
+    """,
+    # 4: tenant pseudonyms revealed by an operator (collector/pseudonyms.py): who, when, why.
+    """
+    CREATE TABLE reveal_audit (
+        id          INTEGER PRIMARY KEY,
+        at_ms       INTEGER NOT NULL,
+        pseudonym   TEXT NOT NULL,
+        tenant      TEXT,                       -- NULL: no tenant has this pseudonym
+        operator    TEXT NOT NULL,
+        reason      TEXT NOT NULL
     ) STRICT;
     """,
 )
@@ -555,7 +585,7 @@ class SqliteStore:
         window_to_ms: int | None = None,
     ) -> Iterator[StatementRecord]:
         # Keyset paging: the lock is held per page, never across a yield.
-        where = []
+        where = ["pruned_ms IS NULL"]  # payloads aged into aggregates are gone
         params: list[object] = []
         if key_id is not None:
             where.append("key_id = ?")
@@ -634,6 +664,70 @@ class SqliteStore:
         size, root, signed_ms, note = rows[0]
         return CheckpointRecord(int(size), bytes(root), int(signed_ms), str(note))
 
+    def log_statements(self, start: int, end: int | None = None) -> list[tuple[int, StatementRecord]]:
+        cols = ", ".join(f"s.{c.strip()}" for c in self._STATEMENT_COLUMNS.split(","))
+        sql = (
+            f"SELECT l.leaf_index, {cols} FROM log_leaves l JOIN statements s ON s.key_id = l.key_id "
+            "AND s.seq = l.seq WHERE l.leaf_index >= ? AND s.pruned_ms IS NULL"
+        )
+        params: list[object] = [start]
+        if end is not None:
+            sql += " AND l.leaf_index < ?"
+            params.append(end)
+        rows = self._query(sql + " ORDER BY l.leaf_index", params)
+        return [(int(r[0]), _statement(r[1:])) for r in rows]
+
+    # ------------------------------------------------------------------
+    # retention
+
+    def prune_statements(
+        self, keys: Sequence[tuple[str, int]], aggregates: Sequence[UsageAggregate], now_ms: int
+    ) -> int:
+        if not keys:
+            return 0
+        unique = sorted(set(keys))
+        with self._tx() as conn:
+            cur = conn.cursor()
+            cur.executemany(
+                "UPDATE statements SET payload = X'', signatures = '[]', pruned_ms = ? "
+                "WHERE key_id = ? AND seq = ? AND pruned_ms IS NULL",
+                [(now_ms, k, q) for k, q in unique],
+            )
+            if cur.rowcount != len(unique):
+                raise StoreConflictError(
+                    f"store {self._path}: {len(unique) - cur.rowcount} statement(s) were already pruned or unknown"
+                )
+            cur.executemany(
+                "INSERT INTO usage_hourly (hour_ms, node_id, gpu_uuid, tenant, windows, window_ms, energy_mj, "
+                "util_permille_ms) VALUES (?, ?, ?, ?, ?, ?, ?, ?) ON CONFLICT (hour_ms, gpu_uuid, tenant) "
+                "DO UPDATE SET windows = windows + excluded.windows, window_ms = window_ms + excluded.window_ms, "
+                "energy_mj = energy_mj + excluded.energy_mj, "
+                "util_permille_ms = util_permille_ms + excluded.util_permille_ms",
+                [astuple(a) for a in aggregates],
+            )
+        return len(unique)
+
+    def usage_hourly(self, tenant: str | None = None) -> list[UsageAggregate]:
+        sql = (
+            "SELECT hour_ms, node_id, gpu_uuid, tenant, windows, window_ms, energy_mj, util_permille_ms "
+            "FROM usage_hourly"
+        )
+        params: list[object] = []
+        if tenant is not None:
+            sql += " WHERE tenant = ?"
+            params.append(tenant)
+        rows = self._query(sql + " ORDER BY hour_ms, gpu_uuid, tenant", params)
+        return [UsageAggregate(*row) for row in rows]
+
+    # ------------------------------------------------------------------
+    # several collectors
+
+    # One SQLite file has one collector writing it; it runs detection itself.
+    concurrent_writers = False
+
+    def try_detection_lease(self) -> bool:
+        return True
+
     # ------------------------------------------------------------------
     # refusals
 
@@ -699,6 +793,21 @@ class SqliteStore:
             params.append(tenant)
         rows = self._query(sql + " ORDER BY started_ms, finding_id", params)
         return [FindingRecord(*row) for row in rows]
+
+    # ------------------------------------------------------------------
+    # tenant pseudonyms revealed (collector/pseudonyms.py)
+
+    def record_reveal(self, at_ms: int, pseudonym: str, tenant: str | None, operator: str, reason: str) -> None:
+        with self._tx() as conn:
+            conn.execute(
+                "INSERT INTO reveal_audit (at_ms, pseudonym, tenant, operator, reason) VALUES (?, ?, ?, ?, ?)",
+                (at_ms, pseudonym, tenant, operator, reason),
+            )
+
+    def reveals(self) -> list[tuple[int, str, str | None, str, str]]:
+        """(at_ms, pseudonym, tenant, operator, reason), oldest first."""
+        rows = self._query("SELECT at_ms, pseudonym, tenant, operator, reason FROM reveal_audit ORDER BY id")
+        return [(int(a), str(p), None if t is None else str(t), str(o), str(r)) for a, p, t, o, r in rows]
 
 
 def _leaf_hash(s: StatementRecord) -> bytes:

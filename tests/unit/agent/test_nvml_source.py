@@ -39,6 +39,17 @@ class FakeProcessInfo:
 
 
 @dataclass
+class FakeAccounted:
+    """One entry of NVML's accounting buffer (nvmlDeviceGetAccountingPids / GetAccountingStats)."""
+
+    pid: int
+    max_memory_bytes: int | None
+    running: bool = False
+    start_time_us: int = 1_700_000_000_000_000
+    gpu_util_pct: int = 50
+
+
+@dataclass
 class FakeGpu:
     name: str = "NVIDIA H100 80GB HBM3"
     uuid: str = "GPU-00000000-0000-0000-0000-000000000000"
@@ -55,6 +66,29 @@ class FakeGpu:
     proc_util: list[tuple[int, int, int]] = field(default_factory=list)
     gpm_supported: bool = True
     gpm_values: dict[int, float] = field(default_factory=dict)
+    # identity beyond UUID/serial/name
+    pci_bus_id: str = "00000000:18:00.0"
+    board_part_number: str = "692-2G520-0200-000"
+    vbios_version: str = "96.00.74.00.0D"
+    architecture: int = pynvml.NVML_DEVICE_ARCH_HOPPER
+    mig_mode: tuple[int, int] = (pynvml.NVML_DEVICE_MIG_DISABLE, pynvml.NVML_DEVICE_MIG_DISABLE)
+    mem_reserved: int = 527 * MIB
+    # health
+    temp_c: int = 47
+    sm_clock_mhz: int = 1980
+    mem_clock_mhz: int = 2619
+    throttle_mask: int = 0
+    # (memory error type, counter type) -> count; absent pairs read 0
+    ecc: dict[tuple[int, int], int] = field(default_factory=dict)
+    retired_pages: dict[int, list[int]] = field(default_factory=dict)  # cause -> page addresses
+    retired_pending: int = 0
+    remapped_rows: tuple[int, int, int, int] = (0, 0, 0, 0)  # corr, unc, pending, failure
+    # Xid codes waiting in the GPU's event set
+    xids: list[int] = field(default_factory=list)
+    # MPS clients, accounting mode and its buffer
+    mps_procs: list[FakeProcessInfo] = field(default_factory=list)
+    accounting_mode: int = pynvml.NVML_FEATURE_ENABLED
+    accounted: list[FakeAccounted] = field(default_factory=list)
     # NVML function name -> NVML_ERROR_* code it fails with
     errors: dict[str, int] = field(default_factory=dict)
     # The GPU falls off the bus after this many utilisation reads (None: never).
@@ -73,9 +107,15 @@ class FakeNvml:
 
     def __init__(self, gpus: list[FakeGpu], init_error: int | None = None, without: tuple[str, ...] = ()) -> None:
         for name in dir(pynvml):
-            if name.startswith(("NVML", "c_nvml")):
+            if name.startswith(("NVML", "c_nvml", "nvmlEventType")) or name in ("nvmlMemory_v2",):
                 setattr(self, name, getattr(pynvml, name))
         self.gpus = gpus
+        self.driver_version = "550.54.15"
+        self.cuda_driver_version = 12040
+        self.cc_feature = pynvml.NVML_CC_SYSTEM_FEATURE_DISABLED
+        self.system_errors: dict[str, int] = {}  # system-wide NVML function -> error code
+        self.event_sets: dict[int, FakeHandle | None] = {}  # event set id -> registered GPU
+        self.event_sets_freed = 0
         self.init_error = init_error
         self.calls: list[tuple[str, Any]] = []
         self.initialised = 0
@@ -129,9 +169,132 @@ class FakeNvml:
     def nvmlDeviceGetName(self, h: FakeHandle) -> str:  # noqa: N802
         return self._gpu("nvmlDeviceGetName", h).name
 
-    def nvmlDeviceGetMemoryInfo(self, h: FakeHandle) -> Any:  # noqa: N802
+    def nvmlDeviceGetMemoryInfo(self, h: FakeHandle, version: int | None = None) -> Any:  # noqa: N802
         g = self._gpu("nvmlDeviceGetMemoryInfo", h)
+        if version:
+            assert version == pynvml.nvmlMemory_v2, "the v2 call needs the struct version"
+            free = g.mem_total - g.mem_used - g.mem_reserved
+            return pynvml.c_nvmlMemory_v2_t(
+                version=version, total=g.mem_total, reserved=g.mem_reserved, free=free, used=g.mem_used
+            )
         return pynvml.c_nvmlMemory_t(total=g.mem_total, free=g.mem_total - g.mem_used, used=g.mem_used)
+
+    def nvmlDeviceGetPciInfo(self, h: FakeHandle) -> Any:  # noqa: N802
+        info = pynvml.nvmlPciInfo_t()
+        info.busId = self._gpu("nvmlDeviceGetPciInfo", h).pci_bus_id.encode()
+        return info
+
+    def nvmlDeviceGetBoardPartNumber(self, h: FakeHandle) -> str:  # noqa: N802
+        return self._gpu("nvmlDeviceGetBoardPartNumber", h).board_part_number
+
+    def nvmlDeviceGetVbiosVersion(self, h: FakeHandle) -> str:  # noqa: N802
+        return self._gpu("nvmlDeviceGetVbiosVersion", h).vbios_version
+
+    def nvmlDeviceGetArchitecture(self, h: FakeHandle) -> int:  # noqa: N802
+        return self._gpu("nvmlDeviceGetArchitecture", h).architecture
+
+    def nvmlDeviceGetMigMode(self, h: FakeHandle) -> list[int]:  # noqa: N802
+        return list(self._gpu("nvmlDeviceGetMigMode", h).mig_mode)
+
+    def _system(self, fn: str) -> None:
+        self.calls.append((fn, None))
+        if fn in self.system_errors:
+            raise pynvml.NVMLError(self.system_errors[fn])
+
+    def nvmlSystemGetDriverVersion(self) -> str:  # noqa: N802
+        self._system("nvmlSystemGetDriverVersion")
+        return self.driver_version
+
+    def nvmlSystemGetCudaDriverVersion(self) -> int:  # noqa: N802
+        self._system("nvmlSystemGetCudaDriverVersion")
+        return self.cuda_driver_version
+
+    def nvmlSystemGetConfComputeState(self) -> Any:  # noqa: N802
+        self._system("nvmlSystemGetConfComputeState")
+        return pynvml.c_nvmlConfComputeSystemState_t(environment=0, ccFeature=self.cc_feature, devToolsMode=0)
+
+    # health
+    def nvmlDeviceGetTemperature(self, h: FakeHandle, sensor: int) -> int:  # noqa: N802
+        assert sensor == pynvml.NVML_TEMPERATURE_GPU
+        return self._gpu("nvmlDeviceGetTemperature", h).temp_c
+
+    def nvmlDeviceGetClockInfo(self, h: FakeHandle, clock: int) -> int:  # noqa: N802
+        g = self._gpu("nvmlDeviceGetClockInfo", h)
+        return {pynvml.NVML_CLOCK_SM: g.sm_clock_mhz, pynvml.NVML_CLOCK_MEM: g.mem_clock_mhz}[clock]
+
+    def nvmlDeviceGetCurrentClocksEventReasons(self, h: FakeHandle) -> int:  # noqa: N802
+        return self._gpu("nvmlDeviceGetCurrentClocksEventReasons", h).throttle_mask
+
+    def nvmlDeviceGetTotalEccErrors(self, h: FakeHandle, error_type: int, counter_type: int) -> int:  # noqa: N802
+        return self._gpu("nvmlDeviceGetTotalEccErrors", h).ecc.get((error_type, counter_type), 0)
+
+    def nvmlDeviceGetRetiredPages(self, h: FakeHandle, cause: int) -> list[int]:  # noqa: N802
+        return list(self._gpu("nvmlDeviceGetRetiredPages", h).retired_pages.get(cause, []))
+
+    def nvmlDeviceGetRetiredPagesPendingStatus(self, h: FakeHandle) -> int:  # noqa: N802
+        return self._gpu("nvmlDeviceGetRetiredPagesPendingStatus", h).retired_pending
+
+    def nvmlDeviceGetRemappedRows(self, h: FakeHandle) -> tuple[int, int, int, int]:  # noqa: N802
+        return self._gpu("nvmlDeviceGetRemappedRows", h).remapped_rows
+
+    # events
+    def nvmlEventSetCreate(self) -> int:  # noqa: N802
+        key = len(self.event_sets) + 1
+        self.event_sets[key] = None
+        return key
+
+    def nvmlDeviceRegisterEvents(self, h: FakeHandle, event_types: int, event_set: int) -> None:  # noqa: N802
+        self._gpu("nvmlDeviceRegisterEvents", h)
+        assert event_types == pynvml.nvmlEventTypeXidCriticalError
+        self.event_sets[event_set] = h
+
+    def nvmlEventSetWait_v2(self, event_set: int, timeout_ms: int) -> Any:  # noqa: N802
+        assert timeout_ms == 0, "the sampling path must never wait for events"
+        h = self.event_sets[event_set]
+        assert h is not None
+        g = self._gpu("nvmlEventSetWait_v2", h)
+        if not g.xids:
+            raise pynvml.NVMLError(pynvml.NVML_ERROR_TIMEOUT)
+        return pynvml.c_nvmlEventData_t(
+            eventType=pynvml.nvmlEventTypeXidCriticalError,
+            eventData=g.xids.pop(0),
+            gpuInstanceId=0xFFFFFFFF,
+            computeInstanceId=0xFFFFFFFF,
+        )
+
+    def nvmlEventSetFree(self, event_set: int) -> None:  # noqa: N802
+        self.event_sets_freed += 1
+
+    # MPS and accounting
+    def nvmlDeviceGetMPSComputeRunningProcesses_v3(self, h: FakeHandle) -> list[FakeProcessInfo]:  # noqa: N802
+        return list(self._gpu("nvmlDeviceGetMPSComputeRunningProcesses_v3", h).mps_procs)
+
+    def nvmlDeviceGetAccountingMode(self, h: FakeHandle) -> int:  # noqa: N802
+        return self._gpu("nvmlDeviceGetAccountingMode", h).accounting_mode
+
+    def nvmlDeviceGetAccountingPids(self, h: FakeHandle) -> list[int]:  # noqa: N802
+        g = self._gpu("nvmlDeviceGetAccountingPids", h)
+        if g.accounting_mode != pynvml.NVML_FEATURE_ENABLED:
+            raise pynvml.NVMLError(pynvml.NVML_ERROR_NOT_SUPPORTED)
+        return [a.pid for a in g.accounted]
+
+    def nvmlDeviceGetAccountingStats(self, h: FakeHandle, pid: int) -> Any:  # noqa: N802
+        g = self._gpu("nvmlDeviceGetAccountingStats", h)
+        self.calls.append(("accounting_pid", pid))
+        for a in g.accounted:
+            if a.pid == pid:
+                stats = pynvml.c_nvmlAccountingStats_t(
+                    gpuUtilization=a.gpu_util_pct,
+                    memoryUtilization=10,
+                    maxMemoryUsage=a.max_memory_bytes or 0,
+                    time=1500,
+                    startTime=a.start_time_us,
+                    isRunning=1 if a.running else 0,
+                )
+                if a.max_memory_bytes is None:
+                    stats.maxMemoryUsage = None  # pynvml's own translation of NVML_VALUE_NOT_AVAILABLE
+                return stats
+        raise pynvml.NVMLError(pynvml.NVML_ERROR_NOT_FOUND)
 
     def nvmlDeviceGetEnforcedPowerLimit(self, h: FakeHandle) -> int:  # noqa: N802
         return self._gpu("nvmlDeviceGetEnforcedPowerLimit", h).enforced_limit_mw
@@ -524,3 +687,166 @@ def test_real_pynvml_without_a_driver_is_a_source_error() -> None:
     with pytest.raises(SourceError) as info:
         NvmlSource()  # the default: import the real pynvml lazily
     assert "nvidia-smi" in info.value.diagnostics()
+
+
+# ---------------------------------------------------------------------------
+# Identity, health, Xid events, MPS, accounting, PID namespaces (issue 3)
+
+
+def scenario_xid_79_then_quiet() -> FakeNvml:
+    """An H100 reports Xid 79 (fallen off the bus, recovered by reset) and Xid 48 (DBE)."""
+    gpu = _h100(0)
+    gpu.xids = [79, 48]
+    return FakeNvml([gpu])
+
+
+def scenario_hami_core_112_pid_namespaces() -> FakeNvml:
+    """Driver 560.35.03 in a container (HAMi-core #112): the process list gives the container
+    PID 324, the utilisation samples the host PID 645400 of the same process."""
+    gpu = _h100(0, procs=[FakeProcessInfo(324, 8 * GIB)], proc_util=[(645400, 1_000_000, 13)])
+    return FakeNvml([gpu])
+
+
+def scenario_short_job_between_samples() -> FakeNvml:
+    """Accounting mode on: PID 5151 ran for 1.5 s between two samples and is gone; 4242 runs."""
+    gpu = _h100(0, procs=[FakeProcessInfo(4242, 40 * GIB)])
+    gpu.accounted = [FakeAccounted(4242, 40 * GIB, running=True), FakeAccounted(5151, 3 * GIB)]
+    return FakeNvml([gpu])
+
+
+def scenario_mps_clients() -> FakeNvml:
+    """MPS: the compute list shows the MPS server (4242); the clients are 6161 and 7171."""
+    gpu = _h100(0, procs=[FakeProcessInfo(4242, 1 * GIB)])
+    gpu.mps_procs = [FakeProcessInfo(6161, 5 * GIB), FakeProcessInfo(7171, 6 * GIB)]
+    return FakeNvml([gpu])
+
+
+def test_identity_fields_of_an_h100() -> None:
+    (d, _) = _source(scenario_h100_healthy()).devices()
+    assert d.identity == {
+        "pci_bus_id": "00000000:18:00.0",
+        "board_part_number": "692-2G520-0200-000",
+        "vbios_version": "96.00.74.00.0D",
+        "architecture": "hopper",
+        "mig_mode": "disabled",
+        "driver_version": "550.54.15",
+        "cuda_driver_version": "12.4",
+        "cc_mode": "off",
+    }
+    assert d.mem_reserved_bytes == 527 * MIB
+
+
+@pytest.mark.parametrize(
+    ("fn", "key"),
+    [
+        ("nvmlDeviceGetBoardPartNumber", "identity.board_part_number"),
+        ("nvmlDeviceGetMigMode", "identity.mig_mode"),
+        ("nvmlDeviceGetVbiosVersion", "identity.vbios_version"),
+    ],
+)
+def test_identity_field_not_supported_is_named(fn: str, key: str) -> None:
+    fake = FakeNvml([FakeGpu(name="NVIDIA GeForce RTX 4090", gpm_supported=False)])
+    fake.gpus[0].errors[fn] = pynvml.NVML_ERROR_NOT_SUPPORTED
+    (d,) = _source(fake).devices()
+    assert d.unavailable == {key: "NVML_ERROR_NOT_SUPPORTED"}
+    assert key.removeprefix("identity.") not in d.identity, "an unreadable identity field must be absent, not ''"
+
+
+def test_confidential_computing_on_and_old_pynvml_without_cc_api() -> None:
+    fake = scenario_h100_healthy()
+    fake.cc_feature = pynvml.NVML_CC_SYSTEM_FEATURE_ENABLED
+    assert _source(fake).devices()[0].identity["cc_mode"] == "on"
+    old = FakeNvml([_h100(0)], without=("nvmlSystemGetConfComputeState",))
+    (d,) = _source(old).devices()
+    assert "cc_mode" not in d.identity and d.unavailable["identity.cc_mode"] == "api_absent"
+
+
+def test_health_readings_and_ecc_counters() -> None:
+    fake = scenario_h100_healthy()
+    g0 = fake.gpus[0]
+    g0.throttle_mask = pynvml.nvmlClocksThrottleReasonSwPowerCap
+    g0.ecc = {(pynvml.NVML_MEMORY_ERROR_TYPE_CORRECTED, pynvml.NVML_AGGREGATE_ECC): 12}
+    g0.remapped_rows = (3, 1, 0, 0)
+    h = _gpu(_source(fake).sample(), 0).health
+    assert h["temp_gpu_c"] == 47 and h["sm_clock_mhz"] == 1980 and h["mem_clock_mhz"] == 2619
+    assert h["throttle_reasons_mask"] == pynvml.nvmlClocksThrottleReasonSwPowerCap
+    assert h["ecc_aggregate_corrected"] == 12 and h["ecc_volatile_uncorrected"] == 0
+    assert (h["remapped_rows_correctable"], h["remapped_rows_uncorrectable"]) == (3, 1)
+    assert h["retired_pages_sbe"] == 0 and h["retired_pages_pending"] == 0
+
+
+def test_hopper_has_no_retired_pages_and_consumer_gpu_no_ecc() -> None:
+    fake = FakeNvml([_h100(0), FakeGpu(name="NVIDIA GeForce RTX 4090", gpm_supported=False)])
+    fake.gpus[0].errors["nvmlDeviceGetRetiredPages"] = pynvml.NVML_ERROR_NOT_SUPPORTED
+    fake.gpus[1].errors["nvmlDeviceGetTotalEccErrors"] = pynvml.NVML_ERROR_NOT_SUPPORTED
+    fake.gpus[1].errors["nvmlDeviceGetRemappedRows"] = pynvml.NVML_ERROR_NOT_SUPPORTED
+    s = _source(fake).sample()
+    h100, rtx = _gpu(s, 0), _gpu(s, 1)
+    assert "retired_pages_sbe" not in h100.health and h100.unavailable["health.retired_pages_sbe"] == (
+        "NVML_ERROR_NOT_SUPPORTED"
+    )
+    assert "ecc_volatile_uncorrected" not in rtx.health, "no ECC must not read as 0 errors"
+    assert rtx.unavailable["health.ecc_volatile_uncorrected"] == "NVML_ERROR_NOT_SUPPORTED"
+    assert rtx.unavailable["health.remapped_rows_failure"] == "NVML_ERROR_NOT_SUPPORTED"
+
+
+def test_slow_counters_are_read_every_tenth_sample() -> None:
+    fake = scenario_h100_healthy()
+    src = _source(fake)
+    for _ in range(11):
+        src.sample()
+    reads = [h for name, h in fake.calls if name == "nvmlDeviceGetRemappedRows" and h == 0]
+    assert len(reads) == 2, f"remapped rows read at samples 1 and 11, got {len(reads)} reads"
+
+
+def test_xid_events_are_drained_without_waiting() -> None:
+    fake = scenario_xid_79_then_quiet()
+    src = _source(fake)
+    first = _gpu(src.sample(), 0)
+    assert first.events == (("xid", "Xid 79"), ("xid", "Xid 48"))
+    assert _gpu(src.sample(), 0).events == (), "events are reported once"
+    src.close()
+    assert fake.event_sets_freed == 1
+
+
+def test_xid_registration_not_supported_is_noted() -> None:
+    fake = FakeNvml([FakeGpu(name="Tesla P100-PCIE-16GB", gpm_supported=False)])
+    fake.gpus[0].errors["nvmlDeviceRegisterEvents"] = pynvml.NVML_ERROR_NOT_SUPPORTED
+    g = _gpu(_source(fake).sample(), 0)
+    assert g.events == () and g.unavailable["xid_events"] == "NVML_ERROR_NOT_SUPPORTED"
+
+
+def test_mps_clients_are_listed_beside_the_server() -> None:
+    g = _gpu(_source(scenario_mps_clients()).sample(), 0)
+    via = {p.pid: p.via for p in g.procs}
+    assert via == {4242: "compute", 6161: "mps", 7171: "mps"}
+    assert {p.pid: p.mem_bytes for p in g.procs}[7171] == 6 * GIB
+
+
+def test_accounting_catches_a_process_that_lived_between_samples() -> None:
+    fake = scenario_short_job_between_samples()
+    src = _source(fake)
+    g = _gpu(src.sample(), 0)
+    short = [p for p in g.procs if p.via == "accounting"]
+    assert [(p.pid, p.mem_bytes, p.suspect) for p in short] == [(5151, 3 * GIB, "exited_before_sample")]
+    assert [p.pid for p in g.procs if p.via == "compute"] == [4242], "the running process is not doubled"
+    g2 = _gpu(src.sample(), 0)
+    assert [p.pid for p in g2.procs] == [4242], "a finished process is reported once"
+    asked = [pid for name, pid in fake.calls if name == "accounting_pid"]
+    assert asked == [5151], f"stats are asked once per new PID, never for listed ones: {asked}"
+
+
+def test_node_blind_spots_accounting_off_and_no_gpm() -> None:
+    fake = FakeNvml([_h100(0), FakeGpu(name="NVIDIA A100-SXM4-80GB", gpm_supported=False)])
+    fake.gpus[0].accounting_mode = pynvml.NVML_FEATURE_DISABLED
+    fake.gpus[1].accounting_mode = pynvml.NVML_FEATURE_DISABLED
+    s = _source(fake).sample()
+    assert s.unavailable == {"accounting_mode": "disabled on GPU 0,1", "gpm": "gpm_not_supported on GPU 1"}
+
+
+def test_hami_core_112_mismatched_pid_namespaces() -> None:
+    g = _gpu(_source(scenario_hami_core_112_pid_namespaces()).sample(), 0)
+    (p,) = g.procs
+    assert p.pid == 324 and p.sm_pct is None, "the host PID's SM % must not be given to container PID 324"
+    assert g.unavailable["procs.sm_pct"] == "pid_namespace_mismatch"
+    assert p.suspect == "pid_not_in_host_proc", "PID 324 is not in the host's /proc: it must not be attributed"

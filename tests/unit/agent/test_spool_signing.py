@@ -148,8 +148,17 @@ def test_signed_windows_verify_parse_and_link(tmp_path: Path) -> None:
         (2, envs[1][1].digest()),
     ]
     assert all(s.chain.key_id == signer.key_id for s in stmts)
-    # The signed statement is the window with only its chain filled in.
-    assert stmts[1] == dataclasses.replace(window(1), chain=stmts[1].chain)
+    # The signed statement is the window with its chain, its key's assurance and why there is
+    # no confidential-computing evidence filled in (no log checkpoint was received yet).
+    assert stmts[1] == dataclasses.replace(
+        window(1),
+        chain=stmts[1].chain,
+        key_assurance="software",
+        unavailable={**window(1).unavailable, "cc_attestation": "no_cc_source"},
+    )
+    assert stmts[1].log_checkpoint is None
+    assert [e.kind for e in stmts[0].events].count("agent_start") == 1, "the first statement must say the agent started"
+    assert not any(e.kind == "agent_start" for e in stmts[1].events)
     assert spool.chain_state(signer.key_id) == ChainState(3, envs[2][1].digest(), window(2).end_ms)
     spool.close()
 

@@ -3,7 +3,10 @@
 from __future__ import annotations
 
 import dataclasses
+import os
+import secrets
 from collections.abc import Callable, Iterator
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -102,9 +105,86 @@ class NodeChain:
         return [self.next() for _ in range(n)]
 
 
+# -- stores: every store test runs against SQLite and against PostgreSQL ---------------
+
+DEFAULT_POSTGRES_URL = "postgresql://postgres@127.0.0.1:5432/test"
+
+
+def with_search_path(url: str, schema: str) -> str:
+    """``url`` with the session's search_path set to ``schema`` (libpq ``options``)."""
+    return url + ("&" if "?" in url else "?") + f"options=-csearch_path%3D{schema}"
+
+
+@pytest.fixture(scope="session")
+def postgres_server_url() -> str:
+    """The test server (GPUAUDIT_TEST_POSTGRES_URL overrides); skips when none is reachable."""
+    url = os.environ.get("GPUAUDIT_TEST_POSTGRES_URL", DEFAULT_POSTGRES_URL)
+    try:
+        import psycopg
+    except ImportError:
+        pytest.skip("psycopg is not installed (pip install 'gpuaudit[postgres]')")
+    try:
+        psycopg.connect(url, connect_timeout=3).close()
+    except psycopg.Error as exc:
+        pytest.skip(f"no PostgreSQL server reachable at {url} (set GPUAUDIT_TEST_POSTGRES_URL): {exc}")
+    return url
+
+
 @pytest.fixture
-def store() -> Iterator[SqliteStore]:
-    s = SqliteStore(":memory:", now_ms=NOW_MS)
+def postgres_url(postgres_server_url: str) -> Iterator[str]:
+    """A URL whose search_path is a fresh schema, dropped after the test."""
+    import psycopg
+
+    schema = f"gpuaudit_test_{secrets.token_hex(6)}"
+    with psycopg.connect(postgres_server_url, autocommit=True) as conn:
+        conn.execute(f"CREATE SCHEMA {schema}")
+    try:
+        yield with_search_path(postgres_server_url, schema)
+    finally:
+        with psycopg.connect(postgres_server_url, autocommit=True) as conn:
+            conn.execute(f"DROP SCHEMA {schema} CASCADE")
+
+
+@pytest.fixture(params=["sqlite", "postgres"])
+def backend(request: pytest.FixtureRequest) -> str:
+    """The store backend under test; every test that uses a store runs on both."""
+    return str(request.param)
+
+
+@pytest.fixture
+def open_store(backend: str, request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Callable[..., Any]]:
+    """open_store(**kwargs) -> a new store on this test's database (the same database on
+    every call, so a test can reopen it); closed after the test."""
+    opened: list[Any] = []
+    if backend == "postgres":
+        from collector.store.postgres import PostgresStore
+
+        url = request.getfixturevalue("postgres_url")
+
+        def _open(**kwargs: Any) -> Any:
+            opened.append(PostgresStore(url, **kwargs))
+            return opened[-1]
+    else:
+        path = tmp_path / "collector.db"
+
+        def _open(**kwargs: Any) -> Any:
+            opened.append(SqliteStore(path, **kwargs))
+            return opened[-1]
+
+    yield _open
+    for s in opened:
+        s.close()
+
+
+@pytest.fixture
+def store(backend: str, request: pytest.FixtureRequest) -> Iterator[Any]:
+    """The store under test: SQLite in memory, or a PostgreSQL schema of its own."""
+    if backend == "postgres":
+        from collector.store.postgres import PostgresStore
+
+        s: Any = PostgresStore(request.getfixturevalue("postgres_url"), now_ms=NOW_MS)
+    else:
+        s = SqliteStore(":memory:", now_ms=NOW_MS)
     yield s
     s.close()
 

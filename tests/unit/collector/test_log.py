@@ -29,6 +29,14 @@ def _log(store: SqliteStore) -> Log:
     return Log(store, Ed25519Signer.generate(), ORIGIN)
 
 
+def _edit_behind_the_collectors_back(store: Any, sql: str, params: tuple[object, ...] = ()) -> None:
+    """Run ``sql`` (``?`` placeholders) directly on the store's database, on either backend."""
+    if not isinstance(store, SqliteStore):
+        sql = sql.replace("?", "%s")
+    with store._tx() as conn:
+        conn.execute(sql, params)
+
+
 def test_every_accepted_statement_becomes_a_leaf_in_commit_order(
     store: SqliteStore, ingestor: Ingestor, enroll: Callable[..., NodeChain]
 ) -> None:
@@ -115,8 +123,9 @@ def test_a_rewritten_log_is_never_signed(
     ingestor.ingest_batch([(a.key_id, e) for e in a.take(4)])
     signer = Ed25519Signer.generate()
     Log(store, signer, ORIGIN).checkpoint(NOW_MS)
-    with store._tx() as conn:  # someone edits the database behind the collector's back
-        conn.execute("UPDATE log_leaves SET leaf_hash = ? WHERE leaf_index = 2", (leaf_hash(b"forged"),))
+    _edit_behind_the_collectors_back(
+        store, "UPDATE log_leaves SET leaf_hash = ? WHERE leaf_index = 2", (leaf_hash(b"forged"),)
+    )
     ingestor.ingest_batch([(a.key_id, a.next())])
     restarted = Log(store, signer, ORIGIN)
     with pytest.raises(InconsistentLogError) as exc:
@@ -133,8 +142,7 @@ def test_a_truncated_log_is_never_signed(
     ingestor.ingest_batch([(a.key_id, e) for e in a.take(4)])
     signer = Ed25519Signer.generate()
     Log(store, signer, ORIGIN).checkpoint(NOW_MS)
-    with store._tx() as conn:
-        conn.execute("DELETE FROM log_leaves WHERE leaf_index = 3")
+    _edit_behind_the_collectors_back(store, "DELETE FROM log_leaves WHERE leaf_index = 3")
     with pytest.raises(InconsistentLogError):
         Log(store, signer, ORIGIN).checkpoint(NOW_MS + 1)
 

@@ -1,4 +1,5 @@
-"""SqliteStore: migrations, durability settings, join tokens, enrollment, findings, refusals."""
+"""The store contract on both backends (the ``store``/``open_store`` fixtures run each test on
+SQLite and on PostgreSQL), plus SQLite's own migrations and durability settings."""
 
 from __future__ import annotations
 
@@ -68,19 +69,19 @@ def test_file_store_is_wal_with_full_sync(tmp_path: Path) -> None:
         assert conn.execute("PRAGMA foreign_keys").fetchone()[0] == 1
 
 
-def test_reopen_keeps_data_and_does_not_migrate_again(tmp_path: Path) -> None:
-    path = tmp_path / "c.db"
-    with SqliteStore(path, now_ms=NOW_MS) as store:
+def test_reopen_keeps_data_and_does_not_migrate_again(open_store: Callable[..., SqliteStore]) -> None:
+    with open_store(now_ms=NOW_MS) as store:
         key_id = _enroll(store)
         store.save_batch([_statement(key_id, 0)], [_head(key_id, 0)])
         store.save_finding("f1", "opacity", "tenant-a", "high", 1, 2, "{}")
-    with SqliteStore(path, now_ms=NOW_MS + 1) as store:
+    with open_store(now_ms=NOW_MS + 1) as store:
         assert store.key(key_id) is not None
         assert store.statement_count() == 1
         assert store.head(key_id) == _head(key_id, 0)
         assert store.next_seq(key_id) == 1
         assert [f.finding_id for f in store.findings()] == ["f1"]
-        (applied,) = store._c().execute("SELECT MAX(applied_ms) FROM schema_migrations").fetchone()
+        assert store.schema_version() == len(MIGRATIONS)
+        (applied,) = store._query("SELECT MAX(applied_ms) FROM schema_migrations")[0]
         assert applied == NOW_MS, "reopening must not re-apply migrations"
 
 
@@ -131,8 +132,8 @@ def test_not_a_database_is_a_clear_error(tmp_path: Path) -> None:
         SqliteStore(path)
 
 
-def test_closed_store_raises_store_error() -> None:
-    store = SqliteStore(":memory:")
+def test_closed_store_raises_store_error(open_store: Callable[..., SqliteStore]) -> None:
+    store = open_store()
     store.close()
     with pytest.raises(StoreError, match="closed"):
         store.statement_count()
@@ -146,7 +147,10 @@ def test_token_is_random_urlsafe_and_stored_only_as_its_hash(store: SqliteStore)
     other = store.create_token(600, NOW_MS)
     assert token != other and len(token) >= 43
     assert set(token) <= set("ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_")
-    dump = "\n".join(store._c().iterdump())
+    if isinstance(store, SqliteStore):
+        dump = "\n".join(store._c().iterdump())
+    else:  # every text column of the PostgreSQL schema
+        dump = "\n".join(str(row) for row in store._query("SELECT * FROM join_tokens"))
     assert token not in dump, "the join token itself must never be stored"
     assert token_sha256(token) in dump
     (rec,) = [t for t in store.tokens() if t.token_sha256 == token_sha256(token)]
@@ -234,11 +238,9 @@ def test_bad_enrollment_requests_do_not_burn_the_token(
     store.enroll("node-ok", token, _spki(), "software", NOW_MS)
 
 
-def test_two_collectors_racing_for_one_token_enroll_once(tmp_path: Path) -> None:
-    path = tmp_path / "c.db"
-    with SqliteStore(path) as s:
-        token = s.create_token(60, NOW_MS)
-    stores = [SqliteStore(path) for _ in range(4)]
+def test_two_collectors_racing_for_one_token_enroll_once(open_store: Callable[..., SqliteStore]) -> None:
+    token = open_store().create_token(60, NOW_MS)
+    stores = [open_store() for _ in range(4)]
     outcomes: list[str] = []
     barrier = threading.Barrier(len(stores))
 
@@ -316,8 +318,8 @@ def test_head_round_trips_energy_counters(store: SqliteStore) -> None:
 # -- refusals and findings ----------------------------------------------------
 
 
-def test_refusals_are_counted_exactly_and_rows_kept_bounded() -> None:
-    with SqliteStore(":memory:", max_refusal_rows=10) as store:
+def test_refusals_are_counted_exactly_and_rows_kept_bounded(open_store: Callable[..., SqliteStore]) -> None:
+    with open_store(max_refusal_rows=10) as store:
         for i in range(25):
             store.record_refusal(RefusalRecord(NOW_MS + i, "bad_signature" if i % 5 else "seq_gap", f"m{i}", seq=i))
         store.save_batch([], [], refusals=[RefusalRecord(NOW_MS, "too_large", "big")] * 3)

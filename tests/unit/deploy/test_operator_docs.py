@@ -27,6 +27,7 @@ def test_every_alert_and_metric_is_documented() -> None:
     for a in alerts:
         assert f"`{a}`" in GUIDE, f"alert {a} is not in the operator guide"
     series = (ROOT / "tests" / "fixtures" / "metrics" / "collector_series.txt").read_text().splitlines()
+    series += (ROOT / "tests" / "fixtures" / "metrics" / "agent_series.txt").read_text().splitlines()
     for line in series:
         name = line.split(" ")[0]
         assert name in GUIDE, f"metric {name} is not in the operator guide"
