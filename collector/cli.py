@@ -645,7 +645,8 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     ns = build_parser().parse_args(argv)
-    _setup_logging(ns.verbose, ns.quiet)
+    # The demo prints its own story; library INFO lines would only clutter it.
+    _setup_logging(ns.verbose, ns.quiet or (ns.cmd == "demo" and not ns.verbose))
     try:
         return int(ns.func(ns))
     except ConfigError as exc:

@@ -196,8 +196,9 @@ async def start_collector(config: CollectorConfig, store: Store, engine: Detecto
             # after 2 strikes (agents ping every 30 s: agent/stream.py CHANNEL_OPTIONS).
             ("grpc.http2.min_ping_interval_without_data_ms", 10_000),
             ("grpc.http2.max_ping_strikes", 2),
-            # Streams per connection (an agent needs one); the total is capped by max_streams.
-            ("grpc.max_concurrent_streams", 64),
+            # Streams per connection: an agent needs one, but a relay or `gpuaudit-agent replay`
+            # carries one per node over a single connection; the total is capped by max_streams.
+            ("grpc.max_concurrent_streams", config.max_streams),
         ]
     )
     # The transparency log: a checkpoint signed every checkpoint_period_s, handed to agents

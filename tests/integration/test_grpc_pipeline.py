@@ -190,3 +190,21 @@ def test_replayed_site_detects_the_opaque_training_run(tmp_path: Path, run_async
             assert f["opacity"]["reasons"], "an opaque tenant's finding must say why it is opaque"
 
     run_async(scenario())
+
+
+def test_many_node_streams_share_one_connection(tmp_path: Path, run_async: Runner) -> None:
+    """`replay` (or a relay) carries one stream per node over one HTTP/2 connection: 100 nodes
+    must all enroll and stream, not stall behind a per-connection stream limit."""
+    records = list(
+        demo_site(seed=4, hours=0.1, sample_interval_s=30, training_nodes=100, inference_nodes=0, slurm_nodes=0)
+    )
+    lines = [json.dumps({"format": "gpuaudit-trace", "version": 1})] + [json.dumps(r) for r in records]
+
+    async def scenario() -> None:
+        async with collector(tmp_path) as h:
+            async with grpc.aio.insecure_channel(h.address) as ch:
+                stats = await replay(windows_from_records(parse_lines(lines)), ch, TokenPool(h.tokens(100)))
+            assert stats.nodes == 100 and stats.rejected == []
+            assert h.store.statement_count() == stats.signed
+
+    run_async(scenario())
