@@ -197,8 +197,10 @@ async def start_collector(config: CollectorConfig, store: Store, engine: Detecto
             ("grpc.http2.min_ping_interval_without_data_ms", 10_000),
             ("grpc.http2.max_ping_strikes", 2),
             # Streams per connection: an agent needs one, but a relay or `gpuaudit-agent replay`
-            # carries one per node over a single connection; the total is capped by max_streams.
-            ("grpc.max_concurrent_streams", config.max_streams),
+            # carries one per node over a single connection. The total is capped by max_streams
+            # in the service, which refuses the excess with a reason; HTTP/2 must let those
+            # streams (and unary calls beside them) through to be refused, not queue them.
+            ("grpc.max_concurrent_streams", config.max_streams + 64),
         ]
     )
     # The transparency log: a checkpoint signed every checkpoint_period_s, handed to agents
