@@ -127,7 +127,10 @@ def _load(ns: argparse.Namespace) -> tuple[Any, Any]:
     return cfg, detect_config_from_table(detect_table)
 
 
-def _open_store(cfg: Any) -> Any:
+def _open_store(cfg: Any, *, create: bool = False) -> Any:
+    """The configured store. Only ``serve`` and ``token create`` may create a SQLite file: a
+    command that reads (findings, export, report, ...) given a wrong path says so instead of
+    leaving an empty database behind."""
     if cfg.db_url is not None:
         # Imported only here: a SQLite collector runs without psycopg installed.
         try:
@@ -137,6 +140,8 @@ def _open_store(cfg: Any) -> Any:
         return PostgresStore(cfg.db_url)
     from collector.store.sqlite import SqliteStore
 
+    if not create and not Path(cfg.db).exists():
+        raise ConfigError(f"no store at {cfg.db}: give the collector's --db (or --config)")
     return SqliteStore(cfg.db)
 
 
@@ -145,7 +150,7 @@ def _cmd_serve(ns: argparse.Namespace) -> int:
     from collector.server import InsecureRefusedError, start_collector
 
     cfg, dcfg = _load(ns)
-    store = _open_store(cfg)
+    store = _open_store(cfg, create=True)
     engine = DetectorEngine(dcfg, _site_tenants(cfg))
 
     async def main() -> None:
@@ -180,7 +185,7 @@ def _cmd_token(ns: argparse.Namespace) -> int:
     import time
 
     cfg, _ = _load(ns)
-    store = _open_store(cfg)
+    store = _open_store(cfg, create=True)
     try:
         ttl = ns.ttl_s if ns.ttl_s is not None else cfg.token_ttl_s
         now = time.time_ns() // 1_000_000

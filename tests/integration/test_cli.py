@@ -94,3 +94,13 @@ def test_agent_run_without_a_gpu_driver_says_so(tmp_path: Path) -> None:
     p = run("agent.cli", "run", "--config", str(cfg))
     assert p.returncode == 1, (p.returncode, p.stderr)
     assert "nvidia-smi" in p.stderr or "NVIDIA driver" in p.stderr, p.stderr
+
+
+@pytest.mark.parametrize("cmd", [["findings"], ["export", "--all", "--out", "x.json"], ["log", "checkpoint"]])
+def test_reading_commands_do_not_create_a_store(tmp_path: Path, cmd: list[str]) -> None:
+    """A mistyped --db must be an error, not a fresh empty database that hides the real one."""
+    db = tmp_path / "typo.db"
+    p = run("collector.cli", *cmd, "--db", str(db))
+    assert p.returncode == 2, (p.returncode, p.stderr)
+    assert "no store at" in p.stderr
+    assert not db.exists(), "a reading command created a database"
