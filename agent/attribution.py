@@ -15,6 +15,9 @@ Order of precedence in :meth:`Attributor.resolve`:
 5. a systemd user slice, or the process's real uid (tenant by uid);
 6. otherwise ``UNATTRIBUTED``, workload ``pid:<pid>``.
 
+Before any of these, a PID that ``/proc`` shows as a kernel thread (PF_KTHREAD) is
+``UNATTRIBUTED``: no GPU process is one, so the PID number came from another PID namespace.
+
 A uid rule is not applied to pods and containers: their uids belong to the container's
 user namespace or image, not to a person on the host.
 """
@@ -396,6 +399,7 @@ class Attributor:
         self._retry_s = retry_s
         # (pid, start_time_ticks) -> (result, retry at Unix seconds or None)
         self._cache: OrderedDict[tuple[int, int], tuple[Attribution, float | None]] = OrderedDict()
+        self._kthread_logged = False
 
     def cache_len(self) -> int:
         """How many processes are cached now (for tests and self-metrics)."""
@@ -406,13 +410,29 @@ class Attributor:
 
         ``start_time_ticks`` is the process start time the caller saw (``ProcessSample``);
         when it no longer matches ``/proc``, the PID now belongs to another process and the
-        result is ``pid:<pid>``, unattributed. Never raises for a vanished process.
+        result is ``pid:<pid>``, unattributed. A kernel thread (PF_KTHREAD in ``stat``) is
+        always ``pid:<pid>``, unattributed, even under a lease. Never raises for a vanished
+        process.
         """
+        stat = procfs.read_stat(self._proc_root, pid)
+        if stat is not None and stat.kernel_thread:
+            # No GPU process is a kernel thread: the PID came from another PID namespace (or
+            # is plain wrong). Not even a lease claims it.
+            if not self._kthread_logged:
+                self._kthread_logged = True
+                _logger.warning(
+                    "PID %d on a GPU is a kernel thread in %s: left unattributed (is %s the host's /proc?)",
+                    pid,
+                    self._proc_root,
+                    self._proc_root,
+                )
+            return self._unattributed(pid)
+
         lease = self._rules.lease_at(t)
         if lease is not None:
             return Attribution(tenant=lease.tenant, kind="lease", workload=f"lease:{lease.tenant}")
 
-        now_ticks = procfs.read_start_time_ticks(self._proc_root, pid)
+        now_ticks = stat.start_time_ticks if stat is not None else None
         if now_ticks is None or (start_time_ticks is not None and start_time_ticks != now_ticks):
             # Gone, or the PID was reused since the caller sampled it: nothing in /proc is
             # about the process that used the GPU.

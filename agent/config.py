@@ -75,6 +75,9 @@ class AgentConfig:
     # 0 disables a bound.
     spool_max_bytes: int = 256 * 1024 * 1024
     spool_max_age_s: int = 7 * 86400
+    # Rotate the signing key after it has signed for this many days (0: only on
+    # `gpuaudit-agent rotate-key`). The old key signs the hand-over; agent/rotation.py.
+    key_rotation_days: float = 90.0
     # Prometheus /metrics of the agent itself, HOST:PORT ("" turns it off; agent/metrics.py).
     metrics_listen: str = "127.0.0.1:9479"
     tenant_rules: TenantRules = field(default_factory=TenantRules)
@@ -157,6 +160,8 @@ def load_agent_config(
         raise ConfigError("window_s must be a positive multiple of bucket_s")
     if cfg.spool_max_bytes < 0 or cfg.spool_max_age_s < 0:
         raise ConfigError("spool_max_bytes and spool_max_age_s must be 0 (no bound) or positive")
+    if not cfg.key_rotation_days >= 0 or cfg.key_rotation_days == float("inf"):
+        raise ConfigError("key_rotation_days must be 0 (no scheduled rotation) or a positive number of days")
     if not 0 < cfg.sample_interval_s <= cfg.bucket_s:
         raise ConfigError("sample_interval_s must be positive and at most bucket_s")
     import dataclasses

@@ -6,26 +6,31 @@ import asyncio
 import dataclasses
 import datetime as dt
 import logging
+import shutil
 import time
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import grpc
 
 from agent import __version__
-from agent.attribution import Attributor, TenantRules
+from agent.attribution import Attributor, ScontrolSlurmResolver, TenantRules
 from agent.clock import ClockWatch
 from agent.config import AgentConfig
 from agent.metrics import AgentMetrics
 from agent.reconcile import Reconciler
-from agent.rotation import finish_rotation, maybe_rotate, resume_rotation, switch_stream
+from agent.rotation import RotationSchedule, finish_rotation, resume_rotation, start_streams, switch_stream
 from agent.signing import ChainSigner, SpoolFullError, WindowOverlapError
 from agent.sources.base import Attribution, DeviceInfo, GpuSource, NodeSample, ProcessSample
 from agent.spool import Spool
-from agent.stream import NodeStream, RejectedError, enroll, insecure_channel, tls_channel
+from agent.stream import RejectedError, enroll, insecure_channel, tls_channel
 from agent.window import WindowAggregator
 from attestation.keys import Signer, open_signer
 from attestation.statement import UNATTRIBUTED
 from attestation.x509util import not_after
+
+if TYPE_CHECKING:
+    from agent.sources.kubelet import PodResourcesResolver
 
 _logger = logging.getLogger(__name__)
 
@@ -75,17 +80,36 @@ def make_source(cfg: AgentConfig) -> GpuSource:
     return NvmlSource(proc_root=cfg.proc_root, node_io=NodeIo(cfg.sys_root))
 
 
-def make_reconciler(cfg: AgentConfig, devices: tuple[DeviceInfo, ...]) -> Reconciler:
-    """Blind spots and kubelet allocation checks (none of either for the simulated source)."""
+def make_pod_resolver(cfg: AgentConfig) -> PodResourcesResolver | None:
+    """The kubelet pod-resources client, when a socket is configured (not for the simulated
+    source). One instance serves both attribution (pod UID -> namespace/name) and the
+    allocation checks, so the kubelet is asked once per refresh."""
     if cfg.source == "sim":
-        return Reconciler(devices)
+        return None
     from agent.sources.kubelet import PodResourcesResolver
 
     socket = cfg.kubelet_socket
-    allocations = None
-    if socket is not None and str(socket) not in ("", "."):
-        allocations = PodResourcesResolver(socket, cfg.pod_logs_root)
-    return Reconciler(devices, proc_root=cfg.proc_root, allocations=allocations)
+    if socket is None or str(socket) in ("", "."):
+        return None
+    return PodResourcesResolver(socket, cfg.pod_logs_root)
+
+
+def make_attributor(cfg: AgentConfig, pods: PodResourcesResolver | None) -> Attributor:
+    """Attribution with the kubelet's pod names and, where ``scontrol`` is installed,
+    slurmctld's job accounts (otherwise the job's own SLURM_JOB_ACCOUNT, see Attributor)."""
+    slurm = None
+    if cfg.source != "sim" and shutil.which("scontrol") is not None:
+        slurm = ScontrolSlurmResolver()
+    return Attributor(cfg.proc_root, cfg.tenant_rules, pod_resolver=pods, slurm_resolver=slurm)
+
+
+def make_reconciler(
+    cfg: AgentConfig, devices: tuple[DeviceInfo, ...], pods: PodResourcesResolver | None = None
+) -> Reconciler:
+    """Blind spots and kubelet allocation checks (none of either for the simulated source)."""
+    if cfg.source == "sim":
+        return Reconciler(devices)
+    return Reconciler(devices, proc_root=cfg.proc_root, allocations=pods)
 
 
 def open_channel(cfg: AgentConfig) -> grpc.aio.Channel:
@@ -161,14 +185,17 @@ async def run_agent(
     )
     clock = ClockWatch(tolerance_s=max(2.0, 2 * cfg.sample_interval_s))
     spool_full = False  # log a full disk once per episode, not every window
-    attributor = Attributor(cfg.proc_root, cfg.tenant_rules)
-    reconciler = make_reconciler(cfg, devices)
+    pods = make_pod_resolver(cfg)
+    attributor = make_attributor(cfg, pods)
+    reconciler = make_reconciler(cfg, devices, pods)
     channel = open_channel(cfg)
+    streamer: asyncio.Task[None] | None = None
     try:
         await ensure_enrolled(channel, cfg, signer, spool)
-        stream = NodeStream(channel, node_id, signer.key_id, spool)
+        # After a restart mid-rotation the previous key's statements (its hand-over) go first.
+        stream, streamer = start_streams(channel, node_id, signer.key_id, spool)
         metrics.attach(spool, signer.key_id, stream.stats)
-        streamer: asyncio.Task[None] | None = asyncio.create_task(stream.run(), name="stream")
+        rotation = RotationSchedule(cfg.key, cfg.key_rotation_days)
         next_t = time.monotonic()
         while not stop.is_set():
             sample = await asyncio.to_thread(metrics.sample, source)
@@ -182,7 +209,9 @@ async def run_agent(
                 continue
             with metrics.scrape("attribution"):
                 sample = reconciler.apply(attribute(sample, attributor, cfg.tenant_rules))
-            maybe_rotate(chain, cfg.key)  # `gpuaudit-agent rotate-key` asked for a new key
+            if streamer is not None:  # never hand over while the collector refuses this chain
+                # key_rotation_days has passed, or `gpuaudit-agent rotate-key` asked for a new key.
+                rotation.check(chain, int(sample.t * 1000))
             for w in agg.add(sample):
                 chain.log_checkpoint = stream.latest_checkpoint
                 try:
@@ -241,10 +270,12 @@ async def run_agent(
                 await asyncio.wait_for(streamer, timeout=10)
         except (TimeoutError, RejectedError):
             pass
-        left = spool.count(signer.key_id)
+        left = spool.count(chain.signer.key_id)
         if left:
             _logger.warning("%d statement(s) stay in the spool for the next start", left)
     finally:
+        if streamer is not None and not streamer.done():
+            streamer.cancel()  # an error ends the run: nothing more is sent from a spool about to close
         metrics.detach_spool()
         metrics.close()
         source.close()

@@ -13,8 +13,19 @@ After attribution, :class:`Reconciler` adds to each sample
 
 A process is matched to its pod through its attribution (cgroup -> pod UID -> namespace/name).
 Processes under an active lease and processes with a ``suspect`` PID are not reconciled:
-the first are the lease holder's by contract, the second cannot be tied to any pod. MIG GPUs
-are not reconciled yet (the allocation names MIG devices, the process list GPU instances).
+the first are the lease holder's by contract, the second cannot be tied to any pod.
+
+MIG: with the NVIDIA device plugin's ``single`` or ``mixed`` MIG strategy the kubelet hands
+out MIG devices (resources ``nvidia.com/gpu`` or ``nvidia.com/mig-<profile>``, device ids
+the MIG UUIDs NVML reports), not the GPU. A process on a MIG GPU is placed on its MIG device
+by its GPU instance id (and compute instance id, where known) in the sample's MIG layout, and
+checked against that MIG UUID's allocation as above ("GPU" read as "MIG device"). Where the
+kubelet hands out the MIG-enabled GPU itself (strategy ``none``), the whole GPU is checked.
+Where a process cannot be placed on one MIG device of known UUID (no instance id, an
+instance the layout does not list, an unreadable UUID, several compute instances it could be
+in, or no layout at all), nothing is guessed: the GPU's ``unavailable["mig_allocation"]``
+says which check could not be made and why.
+
 Details name workloads, never per-sample numbers, so a window lists each mismatch once.
 """
 
@@ -27,11 +38,23 @@ from collections.abc import Callable, Mapping
 from typing import Protocol
 
 from agent.sources import procfs
-from agent.sources.base import DeviceInfo, GpuSample, NodeSample
+from agent.sources.base import (
+    Attribution,
+    DeviceInfo,
+    GpuSample,
+    MigInstanceSample,
+    MigSample,
+    NodeSample,
+    ProcessSample,
+)
 from agent.sources.kubelet import DeviceOwner
 
 UNALLOCATED_USE = "unallocated_use"
 FOREIGN_POD_USE = "foreign_pod_use"
+# GpuSample.unavailable key: why some process on a MIG GPU could not be checked against the
+# allocation. Named under ``mig`` so the window carries it into the statement.
+MIG_ALLOCATION = "mig_allocation"
+_MAX_UNCHECKED = 3  # causes listed in one reason; the rest are counted
 
 
 class Allocations(Protocol):
@@ -90,7 +113,9 @@ class Reconciler:
         if self._allocations is not None and "pod_resources" not in spots:
             alloc = self._allocations.allocation()
             managed = self._allocations.allocatable()
-            gpus = tuple(self._reconcile(g, alloc, managed) for g in sample.gpus)
+            reconciled = tuple(self._reconcile(g, alloc, managed) for g in sample.gpus)
+            if any(a is not b for a, b in zip(reconciled, sample.gpus, strict=True)):
+                gpus = reconciled
         if not spots and gpus is sample.gpus:
             return sample
         return dataclasses.replace(sample, gpus=gpus, unavailable={**sample.unavailable, **spots})
@@ -99,32 +124,100 @@ class Reconciler:
         self, g: GpuSample, alloc: Mapping[str, tuple[DeviceOwner, ...]], managed: frozenset[str]
     ) -> GpuSample:
         dev = self._devices.get(g.index)
-        if dev is None or dev.identity.get("mig_mode") == "enabled" or not g.procs:
+        if dev is None:
+            return g
+        procs = [(p, a) for p in g.procs if (a := _checked(p)) is not None]
+        if not procs:
             return g
         keys = (dev.uuid, str(g.index))
-        if managed and not any(k in managed for k in keys):
-            return g  # not a device the kubelet hands out (reserved by the operator)
-        owners = next((alloc[k] for k in keys if k in alloc), ())
-        owner_pods = sorted({f"{o.namespace}/{o.pod}" for o in owners})
-        where = (
-            f"GPU {dev.uuid} allocated to {', '.join(owner_pods)}"
-            if owner_pods
-            else f"GPU {dev.uuid} allocated to no pod"
-        )
+        mig_on = g.mig is not None or dev.identity.get("mig_mode") == "enabled"
         events: list[tuple[str, str]] = []
-        for p in g.procs:
-            a = p.attribution
-            if a is None or p.suspect is not None or a.kind == "lease":
-                continue
-            if a.kind == "k8s_pod":
-                if a.workload in owner_pods:
+        unchecked: list[str] = []
+        if not mig_on or any(k in managed or k in alloc for k in keys):
+            # The kubelet hands out the GPU itself (MIG off, or MIG strategy "none").
+            if managed and not any(k in managed for k in keys):
+                return g  # not a device the kubelet hands out (reserved by the operator)
+            owners = next((alloc[k] for k in keys if k in alloc), ())
+            for _, a in procs:
+                _judge(events, a, owners, f"GPU {dev.uuid}")
+        elif g.mig is None:
+            unchecked.append(f"mig_layout_unknown: {g.unavailable.get('mig', 'not_reported')}")
+        else:
+            if managed and _layout_complete(g.mig) and not _any_mig_handed_out(g.mig, alloc, managed):
+                return g  # none of its MIG devices is handed out by the kubelet
+            for p, a in procs:
+                x, why = _mig_device(p, g.mig, f"{a.kind} {a.workload}")
+                if x is None or x.uuid is None:
+                    unchecked.append(why)
                     continue
-                kind = FOREIGN_POD_USE if owner_pods else UNALLOCATED_USE
-                event = (kind, f"pod {a.workload} uses {where}")
-            else:
-                event = (UNALLOCATED_USE, f"{a.kind} {a.workload}, outside any pod, uses {where}")
-            if event not in events:
-                events.append(event)
-        if not events:
+                if managed and x.uuid not in managed and x.uuid not in alloc:
+                    continue  # a MIG device the kubelet does not hand out
+                ci = "" if x.compute_instance_id is None else f", compute instance {x.compute_instance_id}"
+                where = f"MIG device {x.uuid} (GPU instance {x.gpu_instance_id}{ci} of GPU {dev.uuid})"
+                _judge(events, a, alloc.get(x.uuid, ()), where)
+        if not events and not unchecked:
             return g
-        return dataclasses.replace(g, events=(*g.events, *events))
+        unavailable = g.unavailable
+        if unchecked:
+            causes = list(dict.fromkeys(unchecked))
+            text = "; ".join(causes[:_MAX_UNCHECKED])
+            if len(causes) > _MAX_UNCHECKED:
+                text += f"; {len(causes) - _MAX_UNCHECKED} more"
+            unavailable = {**g.unavailable, MIG_ALLOCATION: text}
+        return dataclasses.replace(g, events=(*g.events, *events), unavailable=unavailable)
+
+
+def _checked(p: ProcessSample) -> Attribution | None:
+    """The attribution of a process that is reconciled (attributed, trusted, not under a
+    lease); None for any other."""
+    a = p.attribution
+    return a if a is not None and p.suspect is None and a.kind != "lease" else None
+
+
+def _judge(events: list[tuple[str, str]], a: Attribution, owners: tuple[DeviceOwner, ...], device: str) -> None:
+    """Adds the event (once) for a process attributed to ``a`` on ``device`` owned by ``owners``."""
+    owner_pods = sorted({f"{o.namespace}/{o.pod}" for o in owners})
+    where = f"{device} allocated to {', '.join(owner_pods)}" if owner_pods else f"{device} allocated to no pod"
+    if a.kind == "k8s_pod":
+        if a.workload in owner_pods:
+            return
+        kind = FOREIGN_POD_USE if owner_pods else UNALLOCATED_USE
+        event = (kind, f"pod {a.workload} uses {where}")
+    else:
+        event = (UNALLOCATED_USE, f"{a.kind} {a.workload}, outside any pod, uses {where}")
+    if event not in events:
+        events.append(event)
+
+
+def _mig_device(p: ProcessSample, mig: MigSample, who: str) -> tuple[MigInstanceSample | None, str]:
+    """The MIG device (of known UUID) ``p``, attributed to ``who``, runs on, or (None, why it
+    cannot be told)."""
+    gi = p.gpu_instance_id
+    if gi is None:
+        return None, f"no_instance_id: {who}"
+    here = [x for x in mig.instances if x.gpu_instance_id == gi]
+    ci = p.compute_instance_id
+    if ci is not None:
+        # The compute instance it names; failing that, one whose id could not be read.
+        here = [x for x in here if x.compute_instance_id == ci] or [x for x in here if x.compute_instance_id is None]
+    where = f"{who} in GPU instance {gi}" + ("" if ci is None else f", compute instance {ci}")
+    if not here:
+        return None, f"instance_not_enumerated: {where}"
+    uuids = {x.uuid for x in here}
+    if None in uuids:
+        reason = next((x.unavailable.get("uuid") for x in here if x.uuid is None), None) or "not_reported"
+        return None, f"mig_uuid_unknown: {where} (uuid: {reason})"
+    if len(uuids) > 1:
+        return None, f"compute_instance_unknown: {where} ({len(uuids)} MIG devices)"
+    return here[0], ""
+
+
+def _layout_complete(mig: MigSample) -> bool:
+    """Whether every MIG device of the GPU was enumerated with its UUID."""
+    if any(k == "instances" or k.startswith("instance[") for k in mig.unavailable):
+        return False
+    return all(x.uuid is not None for x in mig.instances)
+
+
+def _any_mig_handed_out(mig: MigSample, alloc: Mapping[str, tuple[DeviceOwner, ...]], managed: frozenset[str]) -> bool:
+    return any(x.uuid is not None and (x.uuid in managed or x.uuid in alloc) for x in mig.instances)

@@ -10,7 +10,7 @@ from collections.abc import Callable
 from agent.sources.cc import CcEvidence
 from agent.spool import DropPlan, Spool, is_disk_full
 from attestation import dsse
-from attestation.cc import CC_EVENT, CC_UNAVAILABLE_FIELD, CcReport, cc_nonce
+from attestation.cc import CC_CHAIN_UNAVAILABLE_FIELD, CC_EVENT, CC_UNAVAILABLE_FIELD, CcReport, cc_nonce
 from attestation.chain import AGENT_START_EVENT
 from attestation.keys import Signer
 from attestation.statement import Chain, Dropped, Event, LogCheckpointRef, Rotation, UsageWindow, statement_bytes
@@ -78,6 +78,9 @@ class ChainSigner:
         self._link: tuple[str, str] | None = (link[0], link[1]) if len(link) == 2 else None
         self._rotate_to: Signer | None = None
         self.on_rotated: Callable[[Signer, Signer], None] | None = None
+        # When this key signed its first window (ms; agent/rotation.py schedules rotations from it).
+        since = spool.get_meta(f"key_since_ms/{signer.key_id}")
+        self.key_since_ms: int | None = int(since) if since is not None else None
 
     @property
     def rotating(self) -> bool:
@@ -131,8 +134,9 @@ class ChainSigner:
             w = dataclasses.replace(w, dropped=record)
         env = dsse.sign(statement_bytes(w), self.signer)
         digest = env.digest()
+        meta = self._durable_with(w, digest, new)
         try:
-            self.spool.append(self.signer.key_id, seq, digest, envelope_to_bytes(env), w.end_ms, drop)
+            self.spool.append(self.signer.key_id, seq, digest, envelope_to_bytes(env), w.end_ms, drop, meta)
         except sqlite3.OperationalError as exc:
             if not is_disk_full(exc):
                 raise
@@ -157,21 +161,40 @@ class ChainSigner:
         self.last_digest = digest
         self.last_end_ms = w.end_ms
         self._started = True
+        if self.key_since_ms is None:
+            self.key_since_ms = w.start_ms
         if new is not None:
             self._switch(new, digest)
         return seq, env
+
+    def _durable_with(self, w: UsageWindow, digest: str, new: Signer | None) -> dict[str, str]:
+        """Spool meta written in the statement's own transaction.
+
+        The hand-over's link (``rotated_from``, ``epoch``) and the new key's enrollment are
+        durable exactly when the hand-over statement is: a crash can never leave a spooled
+        hand-over whose new chain does not link to it, nor a linked chain whose hand-over
+        was lost (agent/rotation.py ``resume_rotation`` finishes the rest on start)."""
+        meta: dict[str, str] = {}
+        if self.key_since_ms is None:
+            meta[f"key_since_ms/{self.signer.key_id}"] = str(w.start_ms)
+        if new is not None:
+            meta[f"epoch/{new.key_id}"] = str(self.epoch + 1)
+            meta[f"rotated_from/{new.key_id}"] = f"{self.signer.key_id} {digest}"
+            # The collector enrolls the new key from the hand-over: no join token is needed.
+            meta["enrolled_key_id"] = new.key_id
+        return meta
 
     def _switch(self, new: Signer, rotation_digest: str) -> None:
         old = self.signer
         self.epoch += 1
         self._link = (old.key_id, rotation_digest)
-        self.spool.set_meta(f"epoch/{new.key_id}", str(self.epoch))
-        self.spool.set_meta(f"rotated_from/{new.key_id}", f"{old.key_id} {rotation_digest}")
         self.signer = new
         self._rotate_to = None
         state = self.spool.chain_state(new.key_id)
         self.next_seq = state.next_seq
         self.last_digest = state.last_digest
+        since = self.spool.get_meta(f"key_since_ms/{new.key_id}")
+        self.key_since_ms = int(since) if since is not None else None
         _logger.info("rotated signing key %s -> %s (epoch %d)", old.key_id, new.key_id, self.epoch)
         if self.on_rotated is not None:
             self.on_rotated(old, new)
@@ -222,8 +245,12 @@ class ChainSigner:
         for g in w.gpus:
             report = ev.reports.get(g.index)
             if report is not None:
-                event = Event(CC_EVENT, CcReport(nonce=nonce, report=report).detail())
+                cert_chain = ev.chains.get(g.index)
+                event = Event(CC_EVENT, CcReport(nonce=nonce, report=report, cert_chain=cert_chain).detail())
                 g = dataclasses.replace(g, events=(*g.events, event))
+                if cert_chain is None:
+                    why = ev.chain_unavailable.get(g.index, "no_cert_chain")
+                    g = dataclasses.replace(g, unavailable={**g.unavailable, CC_CHAIN_UNAVAILABLE_FIELD: why})
             elif g.index in ev.unavailable:
                 g = dataclasses.replace(g, unavailable={**g.unavailable, CC_UNAVAILABLE_FIELD: ev.unavailable[g.index]})
             gpus.append(g)

@@ -3,7 +3,10 @@
 One SQLite file (WAL, ``synchronous=FULL``): appending an envelope and advancing the
 chain state happen in one transaction, so after a crash the agent resumes its chain exactly
 where the last durable statement left it and resends whatever was not acknowledged.
-``:memory:`` is allowed for replays and tests.
+``:memory:`` is allowed for replays and tests. The spool also keeps the latest collector
+log checkpoint the agent received (table ``log_checkpoint``), so that the first statement
+after a restart carries it too. Tables are created if missing, so a spool from an older
+agent opens as it is.
 
 The spool is bounded (``plan_drop``): by the bytes of its unacknowledged envelopes and by
 the age of the oldest. When a bound is hit the signer drops statements and the next
@@ -21,10 +24,12 @@ import json
 import logging
 import sqlite3
 import threading
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
 from attestation.errors import Error
+from attestation.statement import LogCheckpointRef
 from attestation.wire import envelope_from_bytes
 
 _logger = logging.getLogger(__name__)
@@ -46,6 +51,12 @@ CREATE TABLE IF NOT EXISTS spool (
     digest TEXT NOT NULL,
     envelope BLOB NOT NULL,
     PRIMARY KEY (key_id, seq)
+);
+CREATE TABLE IF NOT EXISTS log_checkpoint (
+    id INTEGER PRIMARY KEY CHECK (id = 0),
+    origin TEXT NOT NULL,
+    tree_size INTEGER NOT NULL,
+    root_sha256 TEXT NOT NULL
 );
 """
 
@@ -94,13 +105,28 @@ class Spool:
         return ChainState(int(row[0]), row[1], row[2])
 
     def append(
-        self, key_id: str, seq: int, digest: str, envelope: bytes, end_ms: int, drop: DropPlan | None = None
+        self,
+        key_id: str,
+        seq: int,
+        digest: str,
+        envelope: bytes,
+        end_ms: int,
+        drop: DropPlan | None = None,
+        meta: Mapping[str, str] | None = None,
     ) -> None:
         """Store a signed envelope and advance the chain in one transaction; ``drop``: the
-        statements its ``dropped`` record announces are deleted in the same transaction."""
+        statements its ``dropped`` record announces are deleted in the same transaction;
+        ``meta``: entries that must be durable exactly when the envelope is (a key rotation's
+        hand-over, agent/signing.py)."""
         with self._lock:
             self._db.execute("BEGIN IMMEDIATE")
             try:
+                for name, value in (meta or {}).items():
+                    self._db.execute(
+                        "INSERT INTO meta (name, value) VALUES (?, ?) "
+                        "ON CONFLICT(name) DO UPDATE SET value = excluded.value",
+                        (name, value),
+                    )
                 if drop is not None:
                     self._db.execute(
                         "DELETE FROM spool WHERE key_id = ? AND seq BETWEEN ? AND ?",
@@ -214,6 +240,30 @@ class Spool:
                 "INSERT INTO meta (name, value) VALUES (?, ?) ON CONFLICT(name) DO UPDATE SET value = excluded.value",
                 (name, value),
             )
+
+    def log_checkpoint(self) -> LogCheckpointRef | None:
+        """The latest collector log checkpoint the agent received (kept across restarts), or None."""
+        with self._lock:
+            row = self._db.execute("SELECT origin, tree_size, root_sha256 FROM log_checkpoint WHERE id = 0").fetchone()
+        if row is None:
+            return None
+        return LogCheckpointRef(origin=str(row[0]), size=int(row[1]), root_sha256=str(row[2]))
+
+    def save_log_checkpoint(self, checkpoint: LogCheckpointRef) -> None:
+        """Remember ``checkpoint`` as the latest received. Best effort: on a full disk the
+        previous one stays (the agent keeps the new one in memory)."""
+        with self._lock:
+            try:
+                self._db.execute(
+                    "INSERT INTO log_checkpoint (id, origin, tree_size, root_sha256) VALUES (0, ?, ?, ?) "
+                    "ON CONFLICT(id) DO UPDATE SET origin = excluded.origin, tree_size = excluded.tree_size, "
+                    "root_sha256 = excluded.root_sha256",
+                    (checkpoint.origin, checkpoint.size, checkpoint.root_sha256),
+                )
+            except sqlite3.OperationalError as exc:
+                if not is_disk_full(exc):
+                    raise
+                _logger.debug("spool full: the latest log checkpoint is kept in memory only (%s)", exc)
 
     def close(self) -> None:
         with self._lock:

@@ -152,8 +152,9 @@ class NodeStream:
         # a statement stored just before a cut is never acked, the Resume says it is there).
         self.acked_through = -1
         # The latest log checkpoint the collector sent (Resume or Ack): signed into the
-        # next statement, so that the nodes' own records contradict a rewritten log.
-        self.latest_checkpoint: LogCheckpointRef | None = None
+        # next statement, so that the nodes' own records contradict a rewritten log. Kept in
+        # the spool, so that the first statement after a restart carries it too.
+        self.latest_checkpoint: LogCheckpointRef | None = spool.log_checkpoint()
 
     def _note_checkpoint(self, cp: pb.LogCheckpoint) -> None:
         if not cp.origin or len(cp.root_hash) != 32:
@@ -168,6 +169,8 @@ class NodeStream:
                 old.size,
             )
             return
+        if seen != old:
+            self.spool.save_log_checkpoint(seen)
         self.latest_checkpoint = seen
 
     def notify(self) -> None:

@@ -15,7 +15,18 @@ Rules (docs/formats.md):
 - each workload's ``share_permille`` of a GPU comes from per-process SM utilisation when the
   driver reports it for every process (``process_sm``), else from GPU memory
   (``memory``), else equal per sample (``equal``); a single workload is ``exclusive``.
-  Shares add up to 1000. Busy GPU time with no visible process is ``unattributed``.
+  Shares add up to 1000. Busy GPU time with no visible process is ``unattributed``;
+- on a MIG GPU the split is ``mig_slices``: in each sample a workload gets the slices of the
+  GPU instance its processes ran in over the GPU's slices (workloads sharing one GPU
+  instance split its slices equally), and a GPU instance busy by GPM with no visible process
+  is ``unattributed``. Shares are the mean over the samples and add up to the part of the
+  GPU in use (at most 1000); ``gpu_ms`` is the same fraction of the sampled time. When a
+  process cannot be placed in an instance of known size, or the GPU's slice count is
+  unknown, the window falls back to the rules above and ``unavailable["mig_slices"]`` says
+  why. Each MIG instance is reported in ``mig`` with its memory, GPM activity, processes and
+  workloads;
+- ``sharing`` says how the GPU was shared: ``mig``, ``mps`` (an MPS client was seen),
+  ``time_slice`` (several workloads otherwise) or ``exclusive``.
 """
 
 from __future__ import annotations
@@ -24,13 +35,15 @@ import math
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 
-from agent.sources.base import Attribution, DeviceInfo, GpuSample, NodeSample
+from agent.sources.base import Attribution, DeviceInfo, GpuSample, MigSample, NodeSample
 from attestation.chain import ENERGY_RESET_EVENT
 from attestation.statement import (
     UNATTRIBUTED,
     Chain,
     Event,
     GpuWindow,
+    Mig,
+    MigInstance,
     NodeIo,
     Series,
     UsageWindow,
@@ -39,7 +52,18 @@ from attestation.statement import (
 
 NO_SAMPLE = "no_sample_in_window"
 # Sample-level reasons copied into the statement as they are (the rest explain a null field).
-_PASSED_REASONS = ("health.", "xid_events", "procs")
+_PASSED_REASONS = ("health.", "xid_events", "procs", "mig")
+_NO_VISIBLE_PROCESS = (UNATTRIBUTED, "process", "no-visible-process")
+# MigInstance field -> the MigInstanceSample reading it comes from (whose reason it inherits).
+_MIG_FIELD_SOURCES = {
+    "compute_instance_id": "compute_instance_id",
+    "uuid": "uuid",
+    "slices": "slices",
+    "mem_total_bytes": "mem_total_bytes",
+    "mem_used_max_bytes": "mem_used_bytes",
+    "sm_active_mean_permille": "sm_active_pct",
+    "tensor_active_mean_permille": "tensor_active_pct",
+}
 MAX_GPU_EVENTS = 64  # distinct events kept per GPU per window; more are counted, not listed
 # Statement field -> the source field it is computed from (whose reason it inherits).
 _FIELD_SOURCES = {
@@ -84,6 +108,25 @@ class _WorkloadAcc:
     sm_weight: float = 0.0
     mem_weight: float = 0.0
     equal_weight: float = 0.0
+    mig_weight: float = 0.0  # fraction of the GPU's MIG slices, summed over samples
+
+
+class _MigAcc:
+    """Running sums for one MIG instance in one window."""
+
+    def __init__(self, gi: int, ci: int | None, uuid: str | None) -> None:
+        self.gi = gi
+        self.ci = ci
+        self.uuid = uuid
+        self.slices: int | None = None
+        self.samples = 0
+        self.mem_total: int | None = None
+        self.mem_used_max: int | None = None
+        self.sm = _Mean()
+        self.tensor = _Mean()
+        self.pids: set[int] = set()
+        self.workloads: set[tuple[str, str, str]] = set()
+        self.reasons: dict[str, str] = {}
 
 
 class _GpuAcc:
@@ -116,10 +159,28 @@ class _GpuAcc:
         self.health: dict[str, int] = {}  # max over samples; bitwise OR for *_mask
         self.event_keys: set[tuple[str, str]] = set()
         self.events_dropped = 0
+        self.mps = False  # an MPS client was seen
+        self.mig: dict[tuple[int, int | None, str | None], _MigAcc] = {}  # by (GI, CI, MIG UUID)
+        self.mig_seen = False
+        self.mig_total: int | None = None
+        self.mig_reasons: dict[str, str] = {}
+        self.mig_split_off: str | None = None  # why the window cannot be split by MIG slices
 
 
 def _permille(pct: float | None) -> int | None:
     return None if pct is None else max(0, min(1000, round(pct * 10)))
+
+
+def _fractions(weights: Mapping[tuple[str, str, str], float], n: int) -> dict[tuple[str, str, str], int]:
+    """Each weight's mean over ``n`` samples as permille of the GPU (fractions of at most 1
+    per sample), rounded by largest remainder so that the sum is the rounded total."""
+    raw = {k: w * 1000.0 / n for k, w in weights.items()}
+    target = min(1000, round(sum(raw.values())))
+    out = {k: min(1000, math.floor(v + 1e-9)) for k, v in raw.items()}
+    rest = max(0, target - sum(out.values()))
+    for k in sorted(raw, key=lambda k: (raw[k] - out[k], k), reverse=True)[:rest]:
+        out[k] += 1
+    return out
 
 
 def _split(weights: Mapping[tuple[str, str, str], float]) -> dict[tuple[str, str, str], int]:
@@ -254,6 +315,10 @@ class WindowAggregator:
             if acc.energy_start is None:
                 acc.energy_start = g.energy_mj
             acc.energy_last = g.energy_mj
+        if g.mig is not None:
+            self._add_mig(acc, g, g.mig)
+        elif g.procs and acc.mig_split_off is None:
+            acc.mig_split_off = "mig_mode_changed"  # processes in a sample without MIG: no slices for them
         if not g.procs:
             if g.util_pct is not None and g.util_pct > 0:
                 acc.unattributed_busy += 1
@@ -268,6 +333,8 @@ class WindowAggregator:
             if w is None:
                 w = acc.workloads[key] = _WorkloadAcc(a)
             w.pids.add(p.pid)
+            if p.via == "mps":
+                acc.mps = True
             s = per.setdefault(key, [0.0, 0.0])
             if p.mem_bytes is None:
                 acc.all_mem = False
@@ -288,6 +355,70 @@ class WindowAggregator:
             w.equal_weight += equal
             if key in mem_seen and (w.mem_max_bytes is None or mem > w.mem_max_bytes):
                 w.mem_max_bytes = int(mem)
+
+    def _add_mig(self, acc: _GpuAcc, g: GpuSample, m: MigSample) -> None:
+        """One sample of a MIG GPU: per-instance readings, and each workload's slices."""
+        acc.mig_seen = True
+        if m.slices_total is not None:
+            acc.mig_total = m.slices_total
+        for k, v in m.unavailable.items():
+            acc.mig_reasons.setdefault(k, v)
+        gi_slices: dict[int, int] = {}
+        gi_busy: set[int] = set()
+        here: list[_MigAcc] = []
+        for x in m.instances:
+            key = (x.gpu_instance_id, x.compute_instance_id, x.uuid)
+            ma = acc.mig.get(key)
+            if ma is None:
+                ma = acc.mig[key] = _MigAcc(*key)
+            here.append(ma)
+            ma.samples += 1
+            for k, v in x.unavailable.items():
+                ma.reasons.setdefault(k, v)
+            if x.slices is not None:
+                ma.slices = gi_slices[x.gpu_instance_id] = x.slices
+            if x.mem_total_bytes is not None:
+                ma.mem_total = x.mem_total_bytes
+            if x.mem_used_bytes is not None and (ma.mem_used_max is None or x.mem_used_bytes > ma.mem_used_max):
+                ma.mem_used_max = x.mem_used_bytes
+            ma.sm.add(x.sm_active_pct)
+            ma.tensor.add(x.tensor_active_pct)
+            if x.sm_active_pct is not None and x.sm_active_pct > 0:
+                gi_busy.add(x.gpu_instance_id)
+        # Which workloads ran in which GPU instance in this sample.
+        per_gi: dict[int, set[tuple[str, str, str]]] = {}
+        for p in g.procs:
+            a = p.attribution or Attribution(UNATTRIBUTED, "process", f"pid:{p.pid}")
+            key3 = (a.tenant, a.kind, a.workload)
+            if p.gpu_instance_id is None:
+                acc.mig_split_off = acc.mig_split_off or f"process_without_instance: pid {p.pid}"
+                continue
+            per_gi.setdefault(p.gpu_instance_id, set()).add(key3)
+            for ma in here:
+                if ma.gi == p.gpu_instance_id and (
+                    ma.ci is None or p.compute_instance_id is None or ma.ci == p.compute_instance_id
+                ):
+                    ma.pids.add(p.pid)
+                    ma.workloads.add(key3)
+        for gi in gi_busy - set(per_gi):
+            per_gi[gi] = {_NO_VISIBLE_PROCESS}
+        if not per_gi:
+            return
+        if m.slices_total is None:
+            acc.mig_split_off = (
+                acc.mig_split_off or f"slices_total: {m.unavailable.get('slices_total', 'not_reported')}"
+            )
+            return
+        for gi, keys in sorted(per_gi.items()):
+            slices = gi_slices.get(gi)
+            if slices is None:
+                acc.mig_split_off = acc.mig_split_off or f"slices_unknown: GPU instance {gi}"
+                continue
+            for key3 in keys:
+                w = acc.workloads.get(key3)
+                if w is None:
+                    w = acc.workloads[key3] = _WorkloadAcc(Attribution(*key3))
+                w.mig_weight += slices / m.slices_total / len(keys)
 
     # -- output -------------------------------------------------------------
 
@@ -372,6 +503,13 @@ class WindowAggregator:
             ),
         )
         workloads, method = self._workloads(acc)
+        sharing: str | None = None
+        if acc.mig_seen:
+            sharing = "mig"
+        elif acc.mps:
+            sharing = "mps"
+        elif workloads:
+            sharing = "time_slice" if len(workloads) > 1 else "exclusive"
         power_mean = acc.power.mean()
         values: dict[str, int | None] = {
             "energy_start_mj": acc.energy_start,
@@ -396,6 +534,8 @@ class WindowAggregator:
         for name, value in values.items():
             if value is None:
                 reasons[name] = acc.reasons.get(_FIELD_SOURCES[name], "not_reported")
+        if acc.mig_seen and method != "mig_slices" and workloads:
+            reasons["mig_slices"] = acc.mig_split_off or "not_reported"
         return GpuWindow(
             index=index,
             uuid=uuid,
@@ -412,8 +552,52 @@ class WindowAggregator:
             identity=dict(dev.identity) if dev else {},
             health=dict(acc.health),
             mem_reserved_bytes=dev.mem_reserved_bytes if dev else None,
+            sharing=sharing,
+            mig=self._mig_window(acc) if acc.mig_seen else None,
             **values,
         )
+
+    @staticmethod
+    def _mig_window(acc: _GpuAcc) -> Mig:
+        instances = []
+        for ma in sorted(acc.mig.values(), key=lambda m: (m.gi, -1 if m.ci is None else m.ci, m.uuid or "")):
+            sm, tensor = ma.sm.mean(), ma.tensor.mean()
+            values: dict[str, object] = {
+                "compute_instance_id": ma.ci,
+                "uuid": ma.uuid,
+                "slices": ma.slices,
+                "mem_total_bytes": ma.mem_total,
+                "mem_used_max_bytes": ma.mem_used_max,
+                "sm_active_mean_permille": _permille(sm),
+                "tensor_active_mean_permille": _permille(tensor),
+            }
+            reasons = {
+                k: ma.reasons.get(src, "not_reported") for k, src in _MIG_FIELD_SOURCES.items() if values[k] is None
+            }
+            if "procs" in ma.reasons:
+                reasons["procs"] = ma.reasons["procs"]
+            instances.append(
+                MigInstance(
+                    gpu_instance_id=ma.gi,
+                    compute_instance_id=ma.ci,
+                    uuid=ma.uuid,
+                    slices=ma.slices,
+                    samples=ma.samples,
+                    mem_total_bytes=ma.mem_total,
+                    mem_used_max_bytes=ma.mem_used_max,
+                    sm_active_mean_permille=_permille(sm),
+                    tensor_active_mean_permille=_permille(tensor),
+                    processes=len(ma.pids),
+                    workloads=tuple(sorted(ma.workloads)),
+                    unavailable=reasons,
+                )
+            )
+        mig_reasons = dict(acc.mig_reasons)
+        if acc.mig_total is None:
+            mig_reasons.setdefault("slices_total", "not_reported")
+        else:
+            mig_reasons.pop("slices_total", None)  # read in some sample of the window after all
+        return Mig(slices_total=acc.mig_total, instances=tuple(instances), unavailable=mig_reasons)
 
     def _workloads(self, acc: _GpuAcc) -> tuple[tuple[Workload, ...], str]:
         weights: dict[tuple[str, str, str], float]
@@ -424,6 +608,21 @@ class WindowAggregator:
             acc.all_sm = acc.all_mem = False
         if not acc.workloads:
             return (), "exclusive"
+        if acc.mig_seen and acc.mig_split_off is None and acc.mig_total is not None:
+            mig = {k: w.mig_weight for k, w in acc.workloads.items()}
+            mig_shares = _fractions(mig, acc.samples)
+            return tuple(
+                Workload(
+                    tenant=k[0],
+                    kind=k[1],
+                    workload=k[2],
+                    processes=len(w.pids),
+                    mem_max_bytes=w.mem_max_bytes,
+                    share_permille=mig_shares[k],
+                    gpu_ms=round(mig[k] * self.sample_interval_ms),
+                )
+                for k, w in sorted(acc.workloads.items())
+            ), "mig_slices"
         if len(acc.workloads) == 1:
             method = "exclusive"
             weights = {k: w.equal_weight for k, w in acc.workloads.items()}

@@ -17,6 +17,11 @@ Schema (predicate type ``https://gpuaudit.dev/usage-window/v1``; docs/formats.md
      "log_checkpoint": {"origin", "size", "root_sha256"},  # optional: latest log checkpoint seen
      "key_assurance": "software" | "tpm" | "hsm"}          # optional: where the signing key lives
 
+A GPU may carry ``sharing`` (``exclusive``, ``time_slice``, ``mps``, ``mig``) and, with MIG
+mode on, ``mig``: ``{"slices_total", "instances": [...], "unavailable"}``; its
+``split_method`` is then ``mig_slices`` when every process could be placed in an instance
+of known size (docs/formats.md).
+
 Readers MUST ignore unknown fields (additions within v1 are additive) and MUST reject a
 known field of the wrong type.
 """
@@ -27,8 +32,8 @@ import base64
 import binascii
 import hashlib
 import json
-from dataclasses import dataclass, field
-from typing import Any
+from dataclasses import MISSING, dataclass, field, fields
+from typing import Any, TypeVar
 
 from attestation.errors import SchemaError
 
@@ -36,10 +41,17 @@ STATEMENT_TYPE = "https://in-toto.io/Statement/v1"
 PREDICATE_TYPE = "https://gpuaudit.dev/usage-window/v1"
 UNATTRIBUTED = "unattributed"
 
+_T = TypeVar("_T")
+
 # Kinds of workload a GPU process can belong to.
 WORKLOAD_KINDS = ("k8s_pod", "container", "slurm_job", "user", "lease", "process")
-# How a GPU's use is split between the workloads on it.
-SPLIT_METHODS = ("exclusive", "process_sm", "memory", "equal")
+# How a GPU's use is split between the workloads on it. ``mig_slices`` (additive within v1):
+# each workload's share is the slices of the MIG GPU instances it ran in over the GPU's
+# slices, so the shares of a MIG GPU add up to the part of it in use (at most 1000).
+SPLIT_METHODS = ("exclusive", "process_sm", "memory", "equal", "mig_slices")
+# How the GPU was shared (optional ``sharing``, additive within v1): one workload, or several
+# by time-slicing, through MPS, or in MIG instances.
+SHARING_MODES = ("exclusive", "time_slice", "mps", "mig")
 
 
 @dataclass(frozen=True)
@@ -68,6 +80,39 @@ class Series:
 class Event:
     kind: str
     detail: str
+
+
+@dataclass(frozen=True)
+class MigInstance:
+    """One MIG device (compute instance ``compute_instance_id`` of GPU instance
+    ``gpu_instance_id``) over the window. ``slices`` is its GPU instance's slice count;
+    ``sm_active_mean_permille`` and ``tensor_active_mean_permille`` are the GPU instance's
+    GPM activity (NVML has no utilisation rate for MIG devices). A null field has its
+    reason in ``unavailable``."""
+
+    gpu_instance_id: int
+    compute_instance_id: int | None
+    uuid: str | None
+    slices: int | None
+    samples: int  # samples in which the instance was seen
+    mem_total_bytes: int | None
+    mem_used_max_bytes: int | None
+    sm_active_mean_permille: int | None
+    tensor_active_mean_permille: int | None
+    processes: int  # distinct PIDs seen in the instance
+    # (tenant, kind, workload) of each workload seen in the instance, as in ``workloads``.
+    workloads: tuple[tuple[str, str, str], ...] = ()
+    unavailable: dict[str, str] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class Mig:
+    """A MIG-enabled GPU's instances over the window. ``slices_total`` is the GPU's slice
+    count (null with ``unavailable["slices_total"]``)."""
+
+    slices_total: int | None
+    instances: tuple[MigInstance, ...] = ()
+    unavailable: dict[str, str] = field(default_factory=dict)
 
 
 @dataclass(frozen=True)
@@ -102,6 +147,10 @@ class GpuWindow:
     identity: dict[str, str] = field(default_factory=dict)
     health: dict[str, int] = field(default_factory=dict)
     mem_reserved_bytes: int | None = None
+    # Optional, additive within v1 (omitted when None): how the GPU was shared
+    # (SHARING_MODES), and its MIG instances when MIG mode is on.
+    sharing: str | None = None
+    mig: Mig | None = None
 
 
 @dataclass(frozen=True)
@@ -247,7 +296,35 @@ def _gpu_json(g: GpuWindow) -> dict[str, Any]:
         out["health"] = dict(sorted(g.health.items()))
     if g.mem_reserved_bytes is not None:
         out["mem_reserved_bytes"] = g.mem_reserved_bytes
+    if g.sharing is not None:
+        out["sharing"] = g.sharing
+    if g.mig is not None:
+        out["mig"] = _mig_json(g.mig)
     return out
+
+
+def _mig_json(m: Mig) -> dict[str, Any]:
+    return {
+        "slices_total": m.slices_total,
+        "instances": [
+            {
+                "gpu_instance_id": x.gpu_instance_id,
+                "compute_instance_id": x.compute_instance_id,
+                "uuid": x.uuid,
+                "slices": x.slices,
+                "samples": x.samples,
+                "mem_total_bytes": x.mem_total_bytes,
+                "mem_used_max_bytes": x.mem_used_max_bytes,
+                "sm_active_mean_permille": x.sm_active_mean_permille,
+                "tensor_active_mean_permille": x.tensor_active_mean_permille,
+                "processes": x.processes,
+                "workloads": [{"tenant": t, "kind": k, "workload": w} for t, k, w in x.workloads],
+                "unavailable": dict(sorted(x.unavailable.items())),
+            }
+            for x in m.instances
+        ],
+        "unavailable": dict(sorted(m.unavailable.items())),
+    }
 
 
 def predicate_json(p: UsageWindow) -> dict[str, Any]:
@@ -327,6 +404,46 @@ def statement_bytes(p: UsageWindow) -> bytes:
 # Strict parsing
 
 
+def _new(cls: type[_T], values: dict[str, Any]) -> _T:
+    """An instance of the frozen dataclass ``cls`` from already validated ``values``.
+
+    The parser is the hot path of ingest (one statement per node per window, every field
+    checked), and a frozen dataclass's generated ``__init__`` sets each field through
+    ``object.__setattr__``: about 9 us for a GpuWindow, a quarter of the parse. These
+    classes define no ``__post_init__`` and no slots, so filling ``__dict__`` makes the
+    same object (tests/unit/attestation/test_statement_fastpath.py checks equality with
+    the constructor for every class built here). Fields left out take their defaults."""
+    obj = object.__new__(cls)
+    d = obj.__dict__
+    names, defaults = _fields_of(cls)
+    if len(values) < len(names):
+        for name, default in defaults:
+            if name not in values:
+                d[name] = default() if callable(default) else default
+        missing = [n for n in names if n not in values and n not in d]
+        if missing:
+            raise TypeError(f"{cls.__name__}: missing field(s) {', '.join(missing)}")
+    d.update(values)
+    return obj
+
+
+_FIELDS: dict[type, tuple[frozenset[str], tuple[tuple[str, Any], ...]]] = {}
+
+
+def _fields_of(cls: type) -> tuple[frozenset[str], tuple[tuple[str, Any], ...]]:
+    """``cls``'s field names, and (name, default or factory) of those that have one."""
+    out = _FIELDS.get(cls)
+    if out is None:
+        defaults: list[tuple[str, Any]] = []
+        for f in fields(cls):
+            if f.default is not MISSING:
+                defaults.append((f.name, f.default))
+            elif f.default_factory is not MISSING:
+                defaults.append((f.name, f.default_factory))
+        out = _FIELDS[cls] = (frozenset(f.name for f in fields(cls)), tuple(defaults))
+    return out
+
+
 class _Obj:
     """Typed accessors over one JSON object, naming the path in every error."""
 
@@ -387,8 +504,11 @@ class _Obj:
         v = self._get(key, True)
         if v is None:
             return {}
-        if not isinstance(v, dict) or not all(isinstance(k, str) and isinstance(r, str) for k, r in v.items()):
+        if type(v) is not dict:
             raise SchemaError(f"{self.path}.{key}: expected an object of field -> reason strings")
+        for r in v.values():
+            if type(r) is not str:  # keys of a decoded JSON object are always str
+                raise SchemaError(f"{self.path}.{key}: expected an object of field -> reason strings")
         return dict(v)
 
 
@@ -396,16 +516,16 @@ def _events(o: _Obj) -> tuple[Event, ...]:
     out = []
     for i, e in enumerate(o.list_("events", optional=True)):
         eo = _Obj(e, f"{o.path}.events[{i}]")
-        out.append(Event(kind=eo.str_("kind"), detail=eo.str_("detail")))
+        out.append(_new(Event, {"kind": eo.str_("kind"), "detail": eo.str_("detail")}))
     return tuple(out)
 
 
-def _int_list(v: Any, path: str, maximum: int | None = None) -> tuple[int | None, ...]:
-    if not isinstance(v, list):
-        raise SchemaError(f"{path}: expected a list")
+def _int_list(v: Any, parent: str, key: str, maximum: int | None = None) -> tuple[int | None, ...]:
+    if type(v) is not list:
+        raise SchemaError(f"{parent}.{key}: expected a list")
     for x in v:
         if x is not None and (type(x) is not int or x < 0 or (maximum is not None and x > maximum)):
-            raise SchemaError(f"{path}: expected integers in 0..{maximum or 'inf'} or null, got {x!r}")
+            raise SchemaError(f"{parent}.{key}: expected integers in 0..{maximum or 'inf'} or null, got {x!r}")
     return tuple(v)
 
 
@@ -429,6 +549,8 @@ _GPU_INTS: tuple[tuple[str, bool, bool], ...] = (
     ("pcie_tx_bytes", True, True),
     ("pcie_rx_bytes", True, True),
 )
+# The core readings: null only with a reason (see _parse_gpu).
+_GPU_CORE = tuple(n for n, _, optional in _GPU_INTS if not optional)
 _WORKLOAD_INTS: tuple[tuple[str, bool, bool], ...] = (
     ("processes", False, False),
     ("mem_max_bytes", True, False),
@@ -441,23 +563,36 @@ def _ints(d: dict[str, Any], spec: tuple[tuple[str, bool, bool], ...], path: str
     out: dict[str, int | None] = {}
     for name, nullable, optional in spec:
         v = d.get(name)
-        if type(v) is int and v >= 0:
-            if v > 1000 and name.endswith("_permille"):
-                raise SchemaError(f"{path}.{name}: {v} exceeds 1000")
+        if type(v) is int and v >= 0 and (v <= 1000 or name not in _PERMILLE):
             out[name] = v
-        elif v is None:
-            if name not in d and not optional:
-                raise SchemaError(f"{path}.{name}: required field missing")
-            if not nullable and name in d:
-                raise SchemaError(f"{path}.{name}: must not be null")
-            if not nullable and not optional:
-                raise SchemaError(f"{path}.{name}: required field missing")
-            out[name] = None
-        elif type(v) is int:
-            raise SchemaError(f"{path}.{name}: {v} is below 0")
         else:
-            raise SchemaError(f"{path}.{name}: expected an integer, got {type(v).__name__} ({v!r})")
+            out[name] = _int_field(d, name, nullable, optional, v, path)
     return out
+
+
+_PERMILLE = frozenset(n for spec in (_GPU_INTS, _WORKLOAD_INTS) for n, _, _ in spec if n.endswith("_permille")) | {
+    "sm_active_mean_permille",
+    "tensor_active_mean_permille",
+}
+
+
+def _int_field(d: dict[str, Any], name: str, nullable: bool, optional: bool, v: Any, path: str) -> int | None:
+    """The checks of ``_ints`` for a value that is not an integer in 0..1000."""
+    if type(v) is int and v >= 0:
+        if v > 1000 and name.endswith("_permille"):
+            raise SchemaError(f"{path}.{name}: {v} exceeds 1000")
+        return v
+    if v is None:
+        if name not in d and not optional:
+            raise SchemaError(f"{path}.{name}: required field missing")
+        if not nullable and name in d:
+            raise SchemaError(f"{path}.{name}: must not be null")
+        if not nullable and not optional:
+            raise SchemaError(f"{path}.{name}: required field missing")
+        return None
+    if type(v) is int:
+        raise SchemaError(f"{path}.{name}: {v} is below 0")
+    raise SchemaError(f"{path}.{name}: expected an integer, got {type(v).__name__} ({v!r})")
 
 
 def _parse_workload(w: Any, path: str) -> Workload:
@@ -476,15 +611,58 @@ def _parse_workload(w: Any, path: str) -> Workload:
     assert share is not None
     if share > 1000:
         raise SchemaError(f"{path}.share_permille: {share} exceeds 1000")
-    return Workload(
-        tenant=tenant,
-        kind=kind,
-        workload=workload,
-        processes=ints["processes"],  # type: ignore[arg-type]
-        mem_max_bytes=ints["mem_max_bytes"],
-        share_permille=share,
-        gpu_ms=ints["gpu_ms"],  # type: ignore[arg-type]
-    )
+    ints["tenant"], ints["kind"], ints["workload"] = tenant, kind, workload  # type: ignore[assignment]
+    return _new(Workload, ints)
+
+
+_MIG_INSTANCE_INTS: tuple[tuple[str, bool, bool], ...] = (
+    ("gpu_instance_id", False, False),
+    ("compute_instance_id", True, False),
+    ("slices", True, False),
+    ("samples", False, False),
+    ("mem_total_bytes", True, False),
+    ("mem_used_max_bytes", True, False),
+    ("sm_active_mean_permille", True, False),
+    ("tensor_active_mean_permille", True, False),
+    ("processes", False, False),
+)
+
+
+def _parse_mig(o: _Obj) -> Mig:
+    """The optional ``mig`` object: every null reading MUST have its reason beside it."""
+    un = o.reasons("unavailable")
+    slices_total = o.int_("slices_total", nullable=True, minimum=1)
+    if slices_total is None and "slices_total" not in un:
+        raise SchemaError(f"{o.path}.slices_total: null with no reason in unavailable")
+    instances = []
+    for k, raw in enumerate(o.list_("instances")):
+        io = _Obj(raw, f"{o.path}.instances[{k}]")
+        ints = _ints(io.d, _MIG_INSTANCE_INTS, io.path)
+        iun = io.reasons("unavailable")
+        uuid = io.str_("uuid", nullable=True)
+        nulls = [n for n, nullable, _ in _MIG_INSTANCE_INTS if nullable and ints[n] is None]
+        nulls += ["uuid"] if uuid is None else []
+        unexplained = [n for n in nulls if n not in iun]
+        if unexplained:
+            raise SchemaError(f"{io.path}: null field(s) {', '.join(unexplained)} with no reason in unavailable")
+        if ints["slices"] is not None and (ints["slices"] < 1 or (slices_total and ints["slices"] > slices_total)):
+            raise SchemaError(f"{io.path}.slices: {ints['slices']} is not in 1..slices_total ({slices_total})")
+        workloads = []
+        for j, w in enumerate(io.list_("workloads", optional=True)):
+            wo = _Obj(w, f"{io.path}.workloads[{j}]")
+            kind = wo.str_("kind")
+            if kind not in WORKLOAD_KINDS:
+                raise SchemaError(f"{wo.path}.kind: unknown workload kind {kind!r}")
+            workloads.append((wo.str_("tenant"), kind, wo.str_("workload")))
+        instances.append(
+            MigInstance(
+                uuid=uuid,
+                workloads=tuple(workloads),
+                unavailable=iun,
+                **ints,  # type: ignore[arg-type]
+            )
+        )
+    return Mig(slices_total=slices_total, instances=tuple(instances), unavailable=un)
 
 
 def _parse_gpu(o: _Obj) -> GpuWindow:
@@ -494,10 +672,13 @@ def _parse_gpu(o: _Obj) -> GpuWindow:
     so = o.obj("series", nullable=True, optional=True)
     series = None
     if so is not None:
-        series = Series(
-            bucket_ms=so.int_("bucket_ms", minimum=1),
-            util_permille=_int_list(so.d.get("util_permille"), f"{so.path}.util_permille", 1000),
-            power_mw=_int_list(so.d.get("power_mw"), f"{so.path}.power_mw"),
+        series = _new(
+            Series,
+            {
+                "bucket_ms": so.int_("bucket_ms", minimum=1),
+                "util_permille": _int_list(so.d.get("util_permille"), so.path, "util_permille", 1000),
+                "power_mw": _int_list(so.d.get("power_mw"), so.path, "power_mw"),
+            },
         )
     split = o.str_("split_method", optional=True) or "exclusive"
     if split not in SPLIT_METHODS:
@@ -506,19 +687,33 @@ def _parse_gpu(o: _Obj) -> GpuWindow:
     serial = o.str_("serial", nullable=True)
     # A core reading that is null must say why (its own reason, or "readings": the GPU was
     # not read in this window), so "not measured" is never mistaken for a number.
-    missing = [n for n, _, optional in _GPU_INTS if not optional and ints[n] is None]
+    missing = [n for n in _GPU_CORE if ints[n] is None]
     if serial is None:
         missing.append("serial")
     if missing and "readings" not in unavailable:
         unexplained = [n for n in missing if n not in unavailable]
         if unexplained:
             raise SchemaError(f"{o.path}: null reading(s) {', '.join(unexplained)} with no reason in unavailable")
-    health = o.d.get("health", {})
-    if not isinstance(health, dict) or not all(
-        isinstance(k, str) and type(v) is int and v >= 0 for k, v in health.items()
-    ):
+    health = d.get("health", {})
+    if type(health) is not dict:
         raise SchemaError(f"{o.path}.health: expected an object of key -> non-negative integer")
-    return GpuWindow(
+    for v in health.values():  # keys of a decoded JSON object are always str
+        if type(v) is not int or v < 0:
+            raise SchemaError(f"{o.path}.health: expected an object of key -> non-negative integer")
+    sharing = mig = None
+    if "sharing" in d or "mig" in d:  # optional, additive within v1
+        sharing = o.str_("sharing", nullable=True, optional=True)
+        if sharing is not None and sharing not in SHARING_MODES:
+            raise SchemaError(f"{o.path}.sharing: unknown sharing mode {sharing!r}")
+        mo = o.obj("mig", nullable=True, optional=True)
+        mig = _parse_mig(mo) if mo is not None else None
+    if split == "mig_slices":
+        if mig is None or mig.slices_total is None:
+            raise SchemaError(f"{o.path}.split_method: mig_slices needs mig.slices_total")
+        if sum(w.share_permille for w in workloads) > 1000:
+            raise SchemaError(f"{o.path}.workloads: mig_slices shares add up to more than 1000")
+    values: dict[str, Any] = ints
+    values.update(
         uuid=o.str_("uuid"),
         serial=serial,
         model=o.str_("model"),
@@ -530,8 +725,10 @@ def _parse_gpu(o: _Obj) -> GpuWindow:
         identity=o.reasons("identity"),
         health=dict(health),
         mem_reserved_bytes=o.int_("mem_reserved_bytes", nullable=True, optional=True),
-        **ints,  # type: ignore[arg-type]
+        sharing=sharing,
+        mig=mig,
     )
+    return _new(GpuWindow, values)
 
 
 def parse_statement(payload: bytes) -> UsageWindow:

@@ -19,13 +19,16 @@ from __future__ import annotations
 
 import base64
 import binascii
+import datetime as dt
 import json
 import logging
 from dataclasses import dataclass, field
 from typing import Any
 
+from cryptography import x509
+
 from attestation import dsse
-from attestation.cc import CC_EVENT, check_cc_report, parse_cc_detail
+from attestation.cc import CC_EVENT, parse_cc_detail, verify_cc_report
 from attestation.chain import ChainHead, advance, check_next, explained_gap
 from attestation.checkpoint import Checkpoint, parse_checkpoint_body, parse_note, verify_checkpoint
 from attestation.dsse import Envelope
@@ -174,6 +177,9 @@ class Report:
     # Gaps in a chain that a signed ``dropped`` record explains (the agent's spool dropped
     # them unsent): not failures, but usage in them is unknown.
     explained_gaps: list[dict[str, Any]] = field(default_factory=list)
+    # Where the log key came from, when the vendor pinned it (``PinnedLogKey.source``);
+    # empty: the bundle's own key was trusted on first use.
+    log_key_pinned_by: list[str] = field(default_factory=list)
 
     @property
     def ok(self) -> bool:
@@ -205,6 +211,7 @@ class Report:
             "previous_checkpoint": None if self.previous is None else {"size": self.previous.size},
             "failures": [f.to_json() for f in self.failures],
             "explained_gaps": list(self.explained_gaps),
+            "log_key_pinned_by": list(self.log_key_pinned_by),
             "gpus": [self.gpus[s].to_json() for s in sorted(self.gpus)],
             "tenant_summaries": self.tenant_summaries,
         }
@@ -289,17 +296,41 @@ def _load(data: bytes) -> dict[str, Any]:
 # Verification
 
 
-def verify_bundle(data: bytes, previous_checkpoint: str | bytes | None = None) -> Report:
-    """Verify a bundle (its bytes) and, optionally, its consistency with an earlier checkpoint."""
+@dataclass(frozen=True)
+class PinnedLogKey:
+    """The collector's log key as the vendor got it outside the bundle, and from where
+    (for messages: ``--log-key FILE``, an earlier bundle)."""
+
+    key: PublicKey
+    source: str
+
+
+def verify_bundle(
+    data: bytes,
+    previous_checkpoint: str | bytes | None = None,
+    *,
+    cc_root: x509.Certificate | None = None,
+    pinned_log_keys: tuple[PinnedLogKey, ...] = (),
+) -> Report:
+    """Verify a bundle (its bytes) and, optionally, its consistency with an earlier checkpoint.
+    ``cc_root`` replaces the pinned NVIDIA root for confidential-computing reports (attestation.cc).
+    ``pinned_log_keys``: the bundle's log key must be each of these, and only a pinned key is
+    trusted to sign the checkpoint (without any, the bundle's key is trusted on first use)."""
     report = Report()
     try:
-        _verify(data, previous_checkpoint, report)
+        _verify(data, previous_checkpoint, report, cc_root, pinned_log_keys)
     except BundleError as exc:
         report.fail("bundle", exc.reason, str(exc))
     return report
 
 
-def _verify(data: bytes, previous_checkpoint: str | bytes | None, report: Report) -> None:
+def _verify(
+    data: bytes,
+    previous_checkpoint: str | bytes | None,
+    report: Report,
+    cc_root: x509.Certificate | None = None,
+    pinned_log_keys: tuple[PinnedLogKey, ...] = (),
+) -> None:
     # 0. The bundle parses: JSON, media type, sections.
     doc = _load(data)
     report.selection = doc.get("selection")
@@ -316,6 +347,19 @@ def _verify(data: bytes, previous_checkpoint: str | bytes | None, report: Report
         log_key = PublicKey.from_spki(_b64(pk.get("spki"), "log.public_key.spki"))
     except (BundleError, KeyFileError) as exc:
         report.fail("checkpoint", "bad_log_key", f"the log's public key is unusable: {exc}")
+    # 1a. A pinned log key: the bundle's must be the same, and only the pinned key is trusted.
+    for pin in pinned_log_keys:
+        report.log_key_pinned_by.append(pin.source)
+        if log_key is None or log_key.spki_der != pin.key.spki_der:
+            report.fail(
+                "checkpoint",
+                "log_key_mismatch",
+                f"the bundle's log key {log_key.key_id if log_key else '(unusable)'} is not the log key "
+                f"{pin.key.key_id} pinned by {pin.source}: the bundle is not from that collector, or its log key "
+                "changed (confirm a new key with the data center before trusting it)",
+            )
+    if pinned_log_keys:
+        log_key = pinned_log_keys[0].key
     checkpoint: Checkpoint | None = None
     if log_key is not None:
         try:
@@ -400,7 +444,7 @@ def _verify(data: bytes, previous_checkpoint: str | bytes | None, report: Report
 
     # 6c. Confidential-computing reports, where statements carry them (attestation.cc).
     for s in statements:
-        _verify_cc(s, report)
+        _verify_cc(s, report, cc_root)
 
     # 7. Consistency with the vendor's earlier checkpoint (RFC 9162 §2.1.4.2).
     if previous_checkpoint is not None:
@@ -687,22 +731,28 @@ def _verify_seen_checkpoints(
                 )
 
 
-def _verify_cc(s: _Statement, report: Report) -> None:
-    """6c. Each cc_attestation report echoes the nonce derived from its statement's chain position."""
+def _verify_cc(s: _Statement, report: Report, cc_root: x509.Certificate | None) -> None:
+    """6c. Each cc_attestation report is bound to its statement's chain position, parses, and
+    is signed by a GPU attestation key certified up to the root (attestation.cc.verify_cc_report;
+    certificates checked at the window's end, when the report was made)."""
     w = s.window
+    at = dt.datetime.fromtimestamp(w.end_ms / 1000, tz=dt.UTC)
     for g in w.gpus:
         for e in g.events:
             if e.kind != CC_EVENT:
                 continue
             try:
-                problem = check_cc_report(parse_cc_detail(e.detail), w.chain.key_id, w.chain.seq, w.chain.prev)
+                evidence = parse_cc_detail(e.detail)
             except SchemaError as exc:
-                problem = str(exc)
-            if problem is not None:
+                problems = [("cc_report_malformed", str(exc))]
+            else:
+                found = verify_cc_report(evidence, w.chain.key_id, w.chain.seq, w.chain.prev, at=at, root=cc_root)
+                problems = [(p.reason, p.message) for p in found]
+            for reason, message in problems:
                 report.fail(
                     "cc_attestation",
-                    "cc_report_unbound",
-                    f"GPU {g.uuid}: {problem}",
+                    reason,
+                    f"GPU {g.uuid}: {message}",
                     entry=s.entry,
                     key_id=s.key_id,
                     seq=w.chain.seq,

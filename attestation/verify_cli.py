@@ -7,12 +7,18 @@ its reason); 2 usage error (bad arguments, unreadable file).
 from __future__ import annotations
 
 import argparse
+import base64
 import json
 import sys
 from datetime import UTC, datetime
 from pathlib import Path
 
-from attestation.verify import Report, verify_bundle
+from cryptography.hazmat.primitives import serialization
+
+from attestation.cc import NVIDIA_DEVICE_ROOT_SHA256, load_cc_root
+from attestation.errors import KeyFileError, SchemaError
+from attestation.keys import PublicKey
+from attestation.verify import PinnedLogKey, Report, verify_bundle
 
 
 def _time(ms: int) -> str:
@@ -29,6 +35,8 @@ def format_report(report: Report, path: str) -> str:
     cp = report.checkpoint
     if cp is not None:
         lines.append(f"log {cp.origin}: checkpoint of {cp.size} leaves, root {cp.root.hex()}")
+    if report.log_key_pinned_by:
+        lines.append(f"log key pinned by {' and '.join(report.log_key_pinned_by)}")
     if report.previous is not None:
         lines.append(f"earlier checkpoint of {report.previous.size} leaves checked for consistency")
     lines.append(f"{report.entries} envelopes, {report.keys} enrolled keys")
@@ -72,6 +80,10 @@ def format_report(report: Report, path: str) -> str:
             )
         else:
             lines.append(f"  the log extends the earlier checkpoint of {report.previous.size} leaves")
+        if not report.log_key_pinned_by:
+            lines.append(
+                "  (log key trusted on first use: compare it with the data center's, then pin it with --log-key)"
+            )
     else:
         lines.append(f"FAILED: {len(report.failures)} verification failure(s)")
         lines.extend(f"  {f}" for f in report.failures)
@@ -92,6 +104,34 @@ def read_previous(path: Path) -> str:
     return text
 
 
+def read_log_key(path: Path) -> PublicKey:
+    """The collector's log public key from ``path``: a PEM public key (SubjectPublicKeyInfo,
+    e.g. from ``gpuaudit-collector log public-key``), or a bundle whose ``log.public_key``
+    you confirmed with the data center. Raises ValueError with what is wrong."""
+    data = path.read_bytes()
+    text = data.lstrip()
+    if text.startswith(b"{"):
+        try:
+            spki = base64.b64decode(json.loads(data)["log"]["public_key"]["spki"], validate=True)
+        except (ValueError, KeyError, TypeError) as exc:
+            raise ValueError(f"{path} is JSON but not a bundle with log.public_key.spki") from exc
+    elif b"PRIVATE KEY-----" in text:
+        raise ValueError(f"{path} is a private key: give the log's public key (never copy the private key)")
+    elif text.startswith(b"-----BEGIN PUBLIC KEY-----"):
+        try:
+            spki = serialization.load_pem_public_key(data).public_bytes(
+                serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo
+            )
+        except (ValueError, TypeError) as exc:
+            raise ValueError(f"{path} is not a usable PEM public key: {exc}") from exc
+    else:
+        raise ValueError(f"{path} is neither a PEM public key (-----BEGIN PUBLIC KEY-----) nor a bundle")
+    try:
+        return PublicKey.from_spki(spki)
+    except KeyFileError as exc:
+        raise ValueError(f"{path}: {exc}") from exc
+
+
 def build_parser() -> argparse.ArgumentParser:
     ap = argparse.ArgumentParser(
         prog="gpuaudit-verify",
@@ -106,7 +146,23 @@ def build_parser() -> argparse.ArgumentParser:
         "--previous-checkpoint",
         type=Path,
         metavar="FILE",
-        help="a checkpoint you kept (the note, or the earlier bundle itself): the log must extend it",
+        help="a checkpoint you kept (the note, or the earlier bundle itself): the log must extend it; "
+        "an earlier bundle also pins the log key (this bundle's must be the same)",
+    )
+    ap.add_argument(
+        "--log-key",
+        type=Path,
+        metavar="FILE",
+        help="the collector's log public key as the data center gave it to you (PEM, from `gpuaudit-collector "
+        "log public-key`, or a bundle you confirmed): the bundle's log key must be this one "
+        "(without it, the bundle's own key is trusted on first use)",
+    )
+    ap.add_argument(
+        "--cc-root",
+        type=Path,
+        metavar="FILE",
+        help="trust anchor (one certificate, PEM or DER) for GPU confidential-computing attestation reports, "
+        "instead of the pinned NVIDIA Device Identity CA (SHA-256 " + NVIDIA_DEVICE_ROOT_SHA256[:16] + "…)",
     )
     return ap
 
@@ -119,13 +175,41 @@ def main(argv: list[str] | None = None) -> int:
         print(f"error: cannot read {ns.bundle}: {exc.strerror or exc}", file=sys.stderr)
         return 2
     previous = None
+    pins: list[PinnedLogKey] = []
+    if ns.log_key is not None:
+        try:
+            pins.append(PinnedLogKey(read_log_key(ns.log_key), f"--log-key {ns.log_key}"))
+        except OSError as exc:
+            print(f"error: cannot read the log key {ns.log_key}: {exc.strerror or exc}", file=sys.stderr)
+            return 2
+        except ValueError as exc:
+            print(f"error: cannot read the log key {ns.log_key}: {exc}", file=sys.stderr)
+            return 2
     if ns.previous_checkpoint is not None:
         try:
             previous = read_previous(ns.previous_checkpoint)
         except (OSError, UnicodeDecodeError, ValueError) as exc:
             print(f"error: cannot read the previous checkpoint {ns.previous_checkpoint}: {exc}", file=sys.stderr)
             return 2
-    report = verify_bundle(data, previous)
+        if ns.previous_checkpoint.read_bytes().lstrip().startswith(b"{"):  # an earlier bundle: its key too
+            try:
+                pins.append(
+                    PinnedLogKey(read_log_key(ns.previous_checkpoint), f"the earlier bundle {ns.previous_checkpoint}")
+                )
+            except (OSError, ValueError) as exc:
+                print(f"error: cannot read the log key of {ns.previous_checkpoint}: {exc}", file=sys.stderr)
+                return 2
+    cc_root = None
+    if ns.cc_root is not None:
+        try:
+            cc_root = load_cc_root(ns.cc_root.read_bytes())
+        except OSError as exc:
+            print(f"error: cannot read the CC root {ns.cc_root}: {exc.strerror or exc}", file=sys.stderr)
+            return 2
+        except SchemaError as exc:
+            print(f"error: the CC root {ns.cc_root} is not a certificate: {exc}", file=sys.stderr)
+            return 2
+    report = verify_bundle(data, previous, cc_root=cc_root, pinned_log_keys=tuple(pins))
     if ns.json:
         print(json.dumps(report.to_json(), indent=2))
     else:

@@ -278,7 +278,7 @@ def _rfc3339_ms(text: str) -> int:
 def _cmd_export(ns: argparse.Namespace) -> int:
     import time
 
-    from collector.export import Selection, build_bundle, read_checkpoint_file, write_bundle
+    from collector.export import Selection, export_bundle, read_checkpoint_file
     from collector.log import Log
 
     cfg, _ = _load(ns)
@@ -286,16 +286,41 @@ def _cmd_export(ns: argparse.Namespace) -> int:
     previous = read_checkpoint_file(ns.previous_checkpoint) if ns.previous_checkpoint else None
     store = _open_store(cfg)
     try:
-        doc = build_bundle(
-            store, Log.open(cfg, store), sel, time.time_ns() // 1_000_000, previous, tenants=_site_tenants(cfg)
+        # Streamed to the file (collector/export.py): memory stays bounded whatever the selection.
+        summary = export_bundle(
+            ns.out, store, Log.open(cfg, store), sel, time.time_ns() // 1_000_000, previous, tenants=_site_tenants(cfg)
         )
     finally:
         store.close()
-    write_bundle(ns.out, doc)
     print(
-        f"wrote {len(doc['entries'])} envelopes from {len(doc['nodes'])} keys to {ns.out} "
-        f"(checkpoint {doc['log']['origin']}, size {doc['log']['checkpoint'].splitlines()[1]})"
+        f"wrote {summary.entries} envelopes from {summary.keys} keys to {ns.out} "
+        f"(checkpoint {summary.origin}, size {summary.tree_size})"
     )
+    return 0
+
+
+def _cmd_log_public_key(ns: argparse.Namespace) -> int:
+    """``log public-key``: the log's public key (PEM) for vendors to pin (``gpuaudit-verify --log-key``)."""
+    from cryptography.hazmat.primitives import serialization
+
+    from attestation.errors import KeyFileError
+    from attestation.keys import load_key_file
+
+    cfg, _ = _load(ns)
+    path = cfg.log_key_path()
+    if not path.exists():
+        print(f"error: no log key at {path} yet: it is created when the collector first starts", file=sys.stderr)
+        return 1
+    try:
+        public = load_key_file(path).public_key()
+    except KeyFileError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 1
+    pem = serialization.load_der_public_key(public.spki_der).public_bytes(
+        serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo
+    )
+    sys.stdout.write(pem.decode("ascii"))
+    print(f"log {cfg.log_origin}, key {public.key_id}", file=sys.stderr)
     return 0
 
 
@@ -556,6 +581,11 @@ def build_parser() -> argparse.ArgumentParser:
     li.add_argument("--seq", type=int, help="the statement's seq in its key's chain")
     li.add_argument("--tree-size", type=int, help="tree size (default: the latest signed checkpoint's)")
     li.set_defaults(func=_cmd_log)
+    lp = lgsub.add_parser(
+        "public-key", help="print the log's public key (PEM) for vendors to pin with gpuaudit-verify --log-key"
+    )
+    common(lp)
+    lp.set_defaults(func=_cmd_log_public_key)
     lk = lgsub.add_parser("consistency", help="consistency proof between two tree sizes (JSON)")
     common(lk)
     lk.add_argument("--from", dest="from_size", type=int, required=True, help="the earlier tree size")

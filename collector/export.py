@@ -11,18 +11,25 @@ Selection: statements whose window overlaps [since, until) and that name a GPU s
 every statement of an involved key between its first and last selected statement is
 included, whether or not it names the serial or tenant, so that a verifier sees an
 unbroken chain.
+
+Memory: ``export_bundle`` streams the bundle to its file. It reads the store twice, a page
+of statements at a time: once to find each involved key's seq range, and once to write
+the envelopes with their inclusion proofs. Only the log's tree (``collector.log``) and one
+page are in memory, whatever the selection. ``build_bundle`` returns the same bundle as a
+document, for tests and small selections.
 """
 
 from __future__ import annotations
 
 import base64
+import io
 import json
 import logging
 import os
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, TextIO
 
 from attestation.errors import CheckpointError, ProofError, SchemaError
 from attestation.merkle import verify_consistency
@@ -94,22 +101,52 @@ def _matches(record: StatementRecord, sel: Selection) -> bool:
     return any(w.tenant == sel.tenant for g in window.gpus for w in g.workloads)
 
 
-def _selected(store: Store, sel: Selection) -> Iterator[StatementRecord]:
-    """The selected statements plus, per involved key, every statement between its first and last."""
-    if sel.all:
-        yield from store.iter_statements(window_from_ms=sel.since_ms, window_to_ms=sel.until_ms)
-        return
-    ranges: dict[str, tuple[int, int]] = {}
+@dataclass(frozen=True)
+class _KeyRange:
+    """The statements of one key a bundle holds: seq ``lo``..``hi`` (``count`` of them seen
+    when selecting, for ``all``, where they are exactly the statements in the time range)."""
+
+    lo: int
+    hi: int
+    count: int
+
+
+def _ranges(store: Store, sel: Selection) -> dict[str, _KeyRange]:
+    """Pass 1: per involved key, the seq range of its selected statements (the statements
+    themselves are not kept: a page of them at a time is in memory)."""
+    ranges: dict[str, _KeyRange] = {}
     for rec in store.iter_statements(window_from_ms=sel.since_ms, window_to_ms=sel.until_ms):
-        if _matches(rec, sel):
-            lo, hi = ranges.get(rec.key_id, (rec.seq, rec.seq))
-            ranges[rec.key_id] = (min(lo, rec.seq), max(hi, rec.seq))
+        if sel.all or _matches(rec, sel):
+            r = ranges.get(rec.key_id)
+            if r is None:
+                ranges[rec.key_id] = _KeyRange(rec.seq, rec.seq, 1)
+            else:
+                ranges[rec.key_id] = _KeyRange(min(r.lo, rec.seq), max(r.hi, rec.seq), r.count + 1)
+    return ranges
+
+
+def _selected(store: Store, sel: Selection, ranges: dict[str, _KeyRange]) -> Iterator[StatementRecord]:
+    """Pass 2: the selected statements plus, per involved key, every statement between its
+    first and last, in (key_id, seq) order."""
     for key_id in sorted(ranges):
-        lo, hi = ranges[key_id]
-        for rec in store.iter_statements(key_id, from_seq=lo):
-            if rec.seq > hi:
+        r = ranges[key_id]
+        n = 0
+        if sel.all:
+            records = store.iter_statements(
+                key_id, from_seq=r.lo, window_from_ms=sel.since_ms, window_to_ms=sel.until_ms
+            )
+        else:
+            records = store.iter_statements(key_id, from_seq=r.lo)
+        for rec in records:
+            if rec.seq > r.hi:
                 break
+            n += 1
             yield rec
+        if sel.all and n != r.count:
+            raise ExportError(
+                f"the statements of key {key_id} changed during the export ({r.count} selected, {n} read: "
+                "aged out by retention?); export again"
+            )
 
 
 def _node_json(k: KeyRecord) -> dict[str, Any]:
@@ -141,59 +178,62 @@ def read_checkpoint_file(path: Path) -> str:
     return text
 
 
-def build_bundle(
+@dataclass(frozen=True)
+class ExportSummary:
+    """What an exported bundle holds."""
+
+    entries: int
+    keys: int
+    origin: str
+    tree_size: int
+
+
+def _json(value: Any) -> str:
+    return json.dumps(value, separators=(",", ":"))
+
+
+def write_bundle_to(
+    out: TextIO,
     store: Store,
     log: Log,
     sel: Selection,
     now_ms: int,
     previous_checkpoint: str | None = None,
     tenants: TenantDirectory | None = None,
-) -> dict[str, Any]:
-    """The bundle document for ``sel``. Signs (and stores) a checkpoint of the whole log.
+) -> ExportSummary:
+    """Write the bundle for ``sel`` to ``out`` as JSON, one entry at a time: memory holds a
+    page of statements, never the bundle. Signs (and stores) a checkpoint of the whole log.
+
+    The text is exactly ``json.dumps(doc, separators=(",", ":"))`` of the bundle document
+    (docs/formats.md, "Vendor bundle v1"), its sections in this order: media_type,
+    created_ms, selection, log, nodes, entries, consistency, seen_checkpoints,
+    tenant_summaries.
 
     Steps:
-    1. select the statements (see the module docstring);
+    1. select the statements (see the module docstring): pass 1 keeps only each key's seq range;
     2. sign a checkpoint covering all of them (``Log.checkpoint``);
-    3. prove each envelope's inclusion in it;
-    4. with a previous checkpoint (which must verify with this log's key), prove consistency.
+    3. with a previous checkpoint (which must verify with this log's key), prove consistency;
+    4. write the header and enrollment records, then pass 2: each envelope with its
+       inclusion proof, as it is read;
+    5. consistency proofs from every log checkpoint the nodes signed into these statements,
+       and the KYC summaries of the tenant pseudonyms they name, signed by the log key.
     """
     if not (sel.all or sel.serials or sel.tenant):
         raise ExportError("select statements with serials, a tenant, or all")
     # 1.
-    records = list(_selected(store, sel))
-    if not records:
+    ranges = _ranges(store, sel)
+    if not ranges:
         raise ExportError(f"no statements match {sel.to_json()}")
     # 2.
     signed = log.checkpoint(now_ms)
     size = signed.checkpoint.size
-    # 3.
-    entries: list[dict[str, Any]] = []
     keys: dict[str, KeyRecord] = {}
-    for rec in records:
-        index = log.leaf_index(rec.key_id, rec.seq)
-        if index is None or index >= size:
-            raise ExportError(f"statement {rec.key_id}/{rec.seq} is not in the log")
-        if rec.key_id not in keys:
-            key = store.key(rec.key_id)
-            if key is None:
-                raise ExportError(f"statement {rec.key_id}/{rec.seq} has no enrollment record")
-            keys[rec.key_id] = key
-        entries.append(
-            {
-                "leaf_index": index,
-                "inclusion_proof": [_b64(h) for h in log.inclusion_proof(index, size)],
-                "envelope": rec.envelope().to_json(),
-            }
-        )
-    # 3b. consistency proofs from every log checkpoint the nodes signed into these statements,
-    #     and the KYC summaries of the tenant pseudonyms they name, signed by the log key.
-    seen_sizes, pseudonyms = _scan(records, log.origin, size)
-    seen = [
-        {"size": s, "root_sha256": root, "proof": [_b64(h) for h in log.consistency_proof(s, size)]}
-        for s, root in sorted(seen_sizes)
-    ]
-    summaries = signed_summaries(pseudonyms, tenants or TenantDirectory(), log.signer, now_ms) if pseudonyms else None
-    # 4.
+    for key_id in sorted(ranges):
+        key = store.key(key_id)
+        if key is None:
+            raise ExportError(f"statement {key_id}/{ranges[key_id].lo} has no enrollment record")
+        keys[key_id] = key
+    # 3.
     consistency: dict[str, Any] | None = None
     if previous_checkpoint is not None:
         try:
@@ -208,41 +248,98 @@ def build_bundle(
         except ProofError as exc:
             raise ExportError(f"this log is not consistent with the previous checkpoint: {exc}") from exc
         consistency = {"from_size": prev.size, "proof": [_b64(h) for h in proof]}
+    # 4.
     public = log.public_key()
-    return {
-        "media_type": BUNDLE_MEDIA_TYPE,
-        "created_ms": now_ms,
-        "selection": sel.to_json(),
-        "log": {
-            "origin": log.origin,
-            "public_key": {"algorithm": public.algorithm, "spki": _b64(public.spki_der)},
-            "checkpoint": signed.note,
-        },
-        "nodes": [_node_json(keys[k]) for k in sorted(keys)],
-        "entries": entries,
-        "consistency": consistency,
-        "seen_checkpoints": seen,
-        "tenant_summaries": summaries,
+    head = {
+        "origin": log.origin,
+        "public_key": {"algorithm": public.algorithm, "spki": _b64(public.spki_der)},
+        "checkpoint": signed.note,
     }
-
-
-def _scan(records: list[StatementRecord], origin: str, size: int) -> tuple[set[tuple[int, str]], set[str]]:
-    """The distinct (size, root) of this log the statements carry, and the tenant pseudonyms they name."""
-    seen: set[tuple[int, str]] = set()
+    out.write(
+        f'{{"media_type":{_json(BUNDLE_MEDIA_TYPE)},"created_ms":{_json(now_ms)},"selection":{_json(sel.to_json())},'
+        f'"log":{_json(head)},"nodes":{_json([_node_json(keys[k]) for k in sorted(keys)])},"entries":['
+    )
+    seen_sizes: set[tuple[int, str]] = set()
     pseudonyms: set[str] = set()
-    for rec in records:
-        has_cp, has_tp = b'"log_checkpoint"' in rec.payload, b'"tp-' in rec.payload
-        if not (has_cp or has_tp):
-            continue
-        try:
-            w = parse_statement(rec.payload)
-        except (SchemaError, ValueError, RecursionError):
-            continue
-        lc = w.log_checkpoint
-        if lc is not None and lc.origin == origin and lc.size <= size:
-            seen.add((lc.size, lc.root_sha256))
-        pseudonyms.update(wl.tenant for g in w.gpus for wl in g.workloads if is_pseudonym(wl.tenant))
-    return seen, pseudonyms
+    entries = 0
+    for rec in _selected(store, sel, ranges):
+        index = log.leaf_index(rec.key_id, rec.seq)
+        if index is None or index >= size:
+            raise ExportError(f"statement {rec.key_id}/{rec.seq} is not in the log")
+        entry = {
+            "leaf_index": index,
+            "inclusion_proof": [_b64(h) for h in log.inclusion_proof(index, size)],
+            "envelope": rec.envelope().to_json(),
+        }
+        out.write(("," if entries else "") + _json(entry))
+        entries += 1
+        _scan(rec, log.origin, size, seen_sizes, pseudonyms)
+    # 5.
+    seen = [
+        {"size": s, "root_sha256": root, "proof": [_b64(h) for h in log.consistency_proof(s, size)]}
+        for s, root in sorted(seen_sizes)
+    ]
+    summaries = signed_summaries(pseudonyms, tenants or TenantDirectory(), log.signer, now_ms) if pseudonyms else None
+    out.write(
+        f'],"consistency":{_json(consistency)},"seen_checkpoints":{_json(seen)},"tenant_summaries":{_json(summaries)}}}'
+    )
+    return ExportSummary(entries=entries, keys=len(keys), origin=log.origin, tree_size=size)
+
+
+def export_bundle(
+    path: Path,
+    store: Store,
+    log: Log,
+    sel: Selection,
+    now_ms: int,
+    previous_checkpoint: str | None = None,
+    tenants: TenantDirectory | None = None,
+) -> ExportSummary:
+    """Stream the bundle for ``sel`` into ``path``, atomically (a temporary file, fsynced,
+    renamed into place; removed if the export fails). Memory stays bounded whatever the size."""
+    tmp = path.with_name(path.name + ".tmp")
+    try:
+        with open(tmp, "w", encoding="utf-8") as fh:
+            summary = write_bundle_to(fh, store, log, sel, now_ms, previous_checkpoint, tenants)
+            fh.write("\n")
+            fh.flush()
+            os.fsync(fh.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+    return summary
+
+
+def build_bundle(
+    store: Store,
+    log: Log,
+    sel: Selection,
+    now_ms: int,
+    previous_checkpoint: str | None = None,
+    tenants: TenantDirectory | None = None,
+) -> dict[str, Any]:
+    """The bundle document for ``sel``, in memory (tests, small selections); ``export_bundle``
+    writes the same bundle to a file without holding it."""
+    buf = io.StringIO()
+    write_bundle_to(buf, store, log, sel, now_ms, previous_checkpoint, tenants)
+    doc: dict[str, Any] = json.loads(buf.getvalue())
+    return doc
+
+
+def _scan(rec: StatementRecord, origin: str, size: int, seen: set[tuple[int, str]], pseudonyms: set[str]) -> None:
+    """Add the (size, root) of this log the statement carries, and the tenant pseudonyms it names."""
+    has_cp, has_tp = b'"log_checkpoint"' in rec.payload, b'"tp-' in rec.payload
+    if not (has_cp or has_tp):
+        return
+    try:
+        w = parse_statement(rec.payload)
+    except (SchemaError, ValueError, RecursionError):
+        return
+    lc = w.log_checkpoint
+    if lc is not None and lc.origin == origin and lc.size <= size:
+        seen.add((lc.size, lc.root_sha256))
+    pseudonyms.update(wl.tenant for g in w.gpus for wl in g.workloads if is_pseudonym(wl.tenant))
 
 
 def write_bundle(path: Path, doc: dict[str, Any]) -> None:

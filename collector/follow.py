@@ -6,8 +6,10 @@ batches; the one holding the store's detection lease (``Store.try_detection_leas
 PostgreSQL advisory lock) follows the transparency log (leaves are in commit order across
 collectors) and feeds every stored window to its detector. The others only ingest, and
 retry the lease every ``poll_s``: when the detecting collector dies, its database session
-ends, the lock is released and another collector takes over from the log's end at that
-moment (its detector starts with an empty history, as after a restart).
+ends, the lock is released and another collector takes over. Before it follows the log from
+its end at that moment, it warms its detector up (``warm_up``, collector/warmup.py): the
+stored windows of the detector's look-back are replayed, and findings the previous leader
+recorded are continued, not raised again.
 """
 
 from __future__ import annotations
@@ -36,11 +38,15 @@ class DetectionFollower:
         *,
         poll_s: float = 1.0,
         start_index: int | None = None,
+        warm_up: Callable[[], int] | None = None,
     ) -> None:
+        """``warm_up``: called (blocking) on taking the lease unless ``start_index`` is given;
+        replays the recent past into ``observe``'s detector and returns the leaf to follow from."""
         self._store = store
         self._observe = observe
         self._poll_s = poll_s
         self._next: int | None = start_index
+        self._warm_up = warm_up
         self._task: asyncio.Task[None] | None = None
         self.leader = False
 
@@ -53,9 +59,10 @@ class DetectionFollower:
             self._next = None
             return 0
         if not self.leader:
-            self.leader = True
             if self._next is None:
-                self._next = self._store.log_size()
+                # A failed warm-up leaves this a follower; the next poll starts it over.
+                self._next = self._warm_up() if self._warm_up is not None else self._store.log_size()
+            self.leader = True
             _logger.info("this collector runs detection, following the log from leaf %d", self._next)
         assert self._next is not None
         fed = 0

@@ -48,6 +48,11 @@ unattributed_gpu_seconds_total{node}                           counter  no tenan
 findings_raised_total{kind,severity}                           counter  first reaching severity
 findings{kind,severity}                                        gauge    recorded, by current
 =============================================================  =======  ==================
+
+``kind`` of the findings series: the detector's ``large_training`` and the integrity
+findings ingest raises (``equivocation``, ``rollback``, ``unexplained_reboot``,
+``energy_reset``; collector/integrity.py, always severity ``high``), counted as the store
+records them (``tap_integrity_findings``).
 """
 
 from __future__ import annotations
@@ -58,7 +63,7 @@ import threading
 import time
 from collections.abc import Iterable, Iterator, Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, Info
 from prometheus_client.core import GaugeMetricFamily, Metric
@@ -71,6 +76,8 @@ from attestation.statement import UNATTRIBUTED, UsageWindow
 from collector.detect import flops
 from collector.detect.findings import KIND_LARGE_TRAINING, SEVERITIES
 from collector.ingest import Accepted, IngestResult
+from collector.integrity import KINDS as INTEGRITY_KINDS
+from collector.integrity import SEVERITY as INTEGRITY_SEVERITY
 
 if TYPE_CHECKING:
     from collector.store.base import Store
@@ -233,6 +240,7 @@ class CollectorMetrics:
         self._max_tenants = max_tenants
         self._tenants: set[str] = set()
         self._last_end_ms: dict[str, int] = {}
+        self._children: dict[tuple[int, tuple[str, ...]], Any] = {}
         ProcessCollector(registry=r)
         PlatformCollector(registry=r)
         GCCollector(registry=r)
@@ -376,6 +384,10 @@ class CollectorMetrics:
         for sev in SEVERITIES:
             self.findings_raised.labels(KIND_LARGE_TRAINING, sev)
             self.findings_open.labels(KIND_LARGE_TRAINING, sev)
+        for kind in INTEGRITY_KINDS:
+            self.findings_raised.labels(kind, INTEGRITY_SEVERITY)
+            self.findings_open.labels(kind, INTEGRITY_SEVERITY)
+        self._integrity_seen: set[str] = set()  # integrity finding ids counted (or loaded)
 
     # -- state ------------------------------------------------------------
     def load_store(self, store: Store) -> dict[str, str]:
@@ -402,7 +414,23 @@ class CollectorMetrics:
         for f in store.findings():
             known[f.finding_id] = f.severity
             self.findings_open.labels(f.kind, f.severity).inc()
+            if f.kind in INTEGRITY_KINDS:
+                with self._lock:
+                    self._integrity_seen.add(f.finding_id)
         return known
+
+    def tap_integrity_findings(self, store: Store) -> Store:
+        """``store`` as ingest should see it: the integrity findings ingest saves are also
+        counted here (once per finding id, after the store recorded them)."""
+        return _IntegrityFindingsTap(store, self)
+
+    def observe_integrity_finding(self, finding_id: str, kind: str, severity: str) -> None:
+        """An integrity finding was recorded; a finding recorded again (a resent statement) counts once."""
+        with self._lock:
+            if finding_id in self._integrity_seen:
+                return
+            self._integrity_seen.add(finding_id)
+        self.observe_finding(kind, None, severity)
 
     def _node_seen(self, node: str) -> None:
         if node not in self._nodes.known:
@@ -450,26 +478,44 @@ class CollectorMetrics:
         with self._lock:
             self._observe_window(w)
 
+    def _child(self, metric: Any, *labels: str) -> Any:
+        """``metric.labels(*labels)``, memoised: ``labels()`` costs microseconds and ingest
+        calls it for every GPU and workload of every statement. Label sets are never
+        removed from these metrics, so a cached child stays the one exported."""
+        key = (id(metric), labels)
+        child = self._children.get(key)
+        if child is None:
+            child = self._children[key] = metric.labels(*labels)
+        return child
+
     def _observe_window(self, w: UsageWindow) -> None:
         node = w.node_id
+        child = self._child
         self._node_seen(node)
         self._nodes.last_seen[node] = time.monotonic()
-        self.node_last_received.labels(node).set(time.time())
+        child(self.node_last_received, node).set(time.time())
         # Statements of one key arrive in order; a node re-enrolled with a new key may not.
         if w.end_ms > self._last_end_ms.get(node, -1):
             self._last_end_ms[node] = w.end_ms
-            self.node_last_end.labels(node).set(w.end_ms / 1000.0)
-        self.node_gpus.labels(node).set(len(w.gpus))
+            child(self.node_last_end, node).set(w.end_ms / 1000.0)
+        child(self.node_gpus, node).set(len(w.gpus))
         mfu_low, mfu_high = self._mfu
+        # Counter increments are summed per statement and applied once per label set.
+        node_energy: float | None = None
+        unattributed: float | None = None
+        gpu_seconds: dict[str, float] = {}
+        energy: dict[str, float] = {}
+        flop_done: dict[str, float] = {}
+        flop_unavailable: dict[str, float] = {}
         for g in w.gpus:
             if g.util_mean_permille is not None:
-                self.gpu_util.labels(node, g.uuid).set(g.util_mean_permille / 1000.0)
+                child(self.gpu_util, node, g.uuid).set(g.util_mean_permille / 1000.0)
             if g.power_mean_mw is not None:
-                self.gpu_power.labels(node, g.uuid).set(g.power_mean_mw / 1000.0)
+                child(self.gpu_power, node, g.uuid).set(g.power_mean_mw / 1000.0)
             energy_j = None
             if g.energy_start_mj is not None and g.energy_end_mj is not None and g.energy_end_mj >= g.energy_start_mj:
                 energy_j = (g.energy_end_mj - g.energy_start_mj) / 1000.0
-                self.node_energy.labels(node).inc(energy_j)
+                node_energy = (node_energy or 0.0) + energy_j
             if g.samples == 0:
                 continue
             sampled_ms = g.samples * w.sample_interval_ms
@@ -480,18 +526,31 @@ class CollectorMetrics:
             for wl in g.workloads:
                 tenant = self._tenant(wl.tenant)
                 gpu_s = wl.gpu_ms / 1000.0
-                self.gpu_seconds.labels(tenant).inc(gpu_s)
+                gpu_seconds[tenant] = gpu_seconds.get(tenant, 0.0) + gpu_s
                 if wl.tenant == UNATTRIBUTED:
-                    self.unattributed.labels(node).inc(gpu_s)
+                    unattributed = (unattributed or 0.0) + gpu_s
                 if energy_j is not None and sampled_ms > 0:
                     # The GPU's energy in the window, in proportion to the time it was this workload's.
-                    self.energy.labels(tenant).inc(energy_j * min(1.0, wl.gpu_ms / sampled_ms))
+                    share = energy_j * min(1.0, wl.gpu_ms / sampled_ms)
+                    energy[tenant] = energy.get(tenant, 0.0) + share
                 if peak is None or active_permille is None:
-                    self.flop_unavailable.labels(tenant).inc(gpu_s)
+                    flop_unavailable[tenant] = flop_unavailable.get(tenant, 0.0) + gpu_s
                 else:
                     done = peak.bf16_dense_flops * (active_permille / 1000.0) * gpu_s
-                    self.flop.labels(tenant, "low").inc(mfu_low * done)
-                    self.flop.labels(tenant, "high").inc(mfu_high * done)
+                    flop_done[tenant] = flop_done.get(tenant, 0.0) + done
+        if node_energy is not None:
+            child(self.node_energy, node).inc(node_energy)
+        if unattributed is not None:
+            child(self.unattributed, node).inc(unattributed)
+        for tenant, v in gpu_seconds.items():
+            child(self.gpu_seconds, tenant).inc(v)
+        for tenant, v in energy.items():
+            child(self.energy, tenant).inc(v)
+        for tenant, v in flop_unavailable.items():
+            child(self.flop_unavailable, tenant).inc(v)
+        for tenant, v in flop_done.items():
+            child(self.flop, tenant, "low").inc(mfu_low * v)
+            child(self.flop, tenant, "high").inc(mfu_high * v)
 
     # -- findings ---------------------------------------------------------
     def observe_finding(self, kind: str, before: str | None, severity: str) -> None:
@@ -503,6 +562,35 @@ class CollectorMetrics:
         self.findings_open.labels(kind, severity).inc()
         if before is None or _rank(severity) > _rank(before):
             self.findings_raised.labels(kind, severity).inc()
+
+
+class _IntegrityFindingsTap:
+    """A store that tells the metrics about each integrity finding it records. Every other
+    attribute is the store's own (looked up once, then held: no cost on ingest's path)."""
+
+    def __init__(self, store: Store, metrics: CollectorMetrics) -> None:
+        self._store = store
+        self._metrics = metrics
+
+    def __getattr__(self, name: str) -> Any:
+        value = getattr(self._store, name)
+        if callable(value):
+            setattr(self, name, value)
+        return value
+
+    def save_finding(
+        self,
+        finding_id: str,
+        kind: str,
+        tenant: str,
+        severity: str,
+        started_ms: int,
+        detected_ms: int,
+        json_text: str,
+    ) -> None:
+        self._store.save_finding(finding_id, kind, tenant, severity, started_ms, detected_ms, json_text)
+        if kind in INTEGRITY_KINDS:
+            self._metrics.observe_integrity_finding(finding_id, kind, severity)
 
 
 def _rank(severity: str) -> int:

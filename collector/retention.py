@@ -51,6 +51,9 @@ def aggregate(windows: Iterable[UsageWindow]) -> list[UsageAggregate]:
             )
             util = g.util_mean_permille or 0
             shares = [(wl.tenant, wl.share_permille) for wl in g.workloads] or [("", 1000)]
+            idle = 1000 - sum(s for _, s in shares)
+            if idle > 0:  # split_method mig_slices: the slices no workload used are idle time
+                shares.append(("", idle))
             total = sum(s for _, s in shares) or 1
             for tenant, share in shares:
                 key = (hour, g.uuid, tenant)

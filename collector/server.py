@@ -20,7 +20,7 @@ from attestation.statement import UsageWindow
 from attestation.v1 import collector_pb2_grpc as pb_grpc
 from collector.config import CollectorConfig
 from collector.detect.engine import DetectorEngine
-from collector.detect.findings import Finding
+from collector.detect.findings import KIND_LARGE_TRAINING, Finding
 from collector.follow import DetectionFollower
 from collector.ingest import Accepted, Ingestor, IngestResult
 from collector.limits import Limits
@@ -28,7 +28,8 @@ from collector.log import Log
 from collector.logservice import Checkpointer, LogService
 from collector.metrics import CollectorMetrics, store_paths
 from collector.service import CollectorService, IngestBatcher
-from collector.store.base import Store
+from collector.store.base import FindingRecord, Store
+from collector.warmup import warm_up
 
 _logger = logging.getLogger(__name__)
 
@@ -110,6 +111,19 @@ class FindingSink:
         with self._lock:
             self.save(self._engine.observe(window))
 
+    def warm_start(self, records: Sequence[FindingRecord], priors: Sequence[Finding], *, complete: bool) -> None:
+        """Before a warm-start replay (collector/warmup.py): the detector starts over, knowing the
+        stored findings; findings another collector recorded meanwhile are known, not new."""
+        with self._lock:
+            self._engine.warm_start(priors, complete=complete)
+            for r in records:
+                before = self._known.get(r.finding_id)
+                if r.kind == KIND_LARGE_TRAINING and before != r.severity:
+                    if before is not None:
+                        self._metrics.findings_open.labels(r.kind, before).dec()
+                    self._metrics.findings_open.labels(r.kind, r.severity).inc()
+                    self._known[r.finding_id] = r.severity
+
     def finish(self) -> list[Finding]:
         with self._lock:
             found = self._engine.finish()
@@ -179,10 +193,17 @@ async def start_collector(config: CollectorConfig, store: Store, engine: Detecto
     follower = None
     if getattr(store, "concurrent_writers", False):
         # Several collectors on one database: the one holding the lease detects over the log.
+        # On taking the lease it first replays the stored look-back (collector/warmup.py).
         sink.detect_inline = False
-        follower = DetectionFollower(store, sink.detect, start_index=0)
+        follower = DetectionFollower(
+            store, sink.detect, warm_up=lambda: warm_up(store, sink, engine.config).plan.end_leaf
+        )
         follower.start()
-    ingestor = Ingestor(store, max_payload_bytes=config.max_payload_bytes)
+    else:
+        # The detector does not start blind: the stored look-back first, then what arrives.
+        await asyncio.to_thread(warm_up, store, sink, engine.config)
+    # Integrity findings (collector/integrity.py) ingest records also reach the findings metrics.
+    ingestor = Ingestor(metrics.tap_integrity_findings(store), max_payload_bytes=config.max_payload_bytes)
     batcher = IngestBatcher(ingestor, sink, metrics, max_batch=config.max_batch, max_queued=config.max_queued)
     batcher.start()
     limit = config.max_payload_bytes + 64 * 1024

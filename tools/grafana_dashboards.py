@@ -3,7 +3,9 @@
 Run ``python tools/grafana_dashboards.py`` after changing a panel; a test checks that the
 committed JSON is what this script writes, and a real Prometheus runs every panel's query
 (tests/integration/test_prometheus_dashboards.py). Dashboards use a ``datasource``
-variable (any Prometheus that scrapes the collector and loads deploy/prometheus/rules.yml).
+variable (any Prometheus that scrapes the collector and loads deploy/prometheus/rules.yml);
+the Agents dashboard also needs the agents scraped as job ``gpuaudit-agent``
+(deploy/prometheus/prometheus.yml).
 """
 
 from __future__ import annotations
@@ -125,6 +127,7 @@ class _Board:
                     ("gpuaudit-tenants", "Tenant usage"),
                     ("gpuaudit-findings", "Findings"),
                     ("gpuaudit-trust", "Trust health"),
+                    ("gpuaudit-agents", "Agents"),
                 )
                 if u != self.uid
             ],
@@ -468,7 +471,224 @@ def trust() -> _Board:
     return b
 
 
-BOARDS = {"fleet.json": fleet, "tenants.json": tenants, "findings.json": findings, "trust.json": trust}
+AGENT_JOB = 'job="gpuaudit-agent"'
+
+
+def agents() -> _Board:
+    """The agents' own health, from their /metrics (agent/metrics.py), with the collector's
+    view of the same nodes where the agents export nothing (statement lag, dropped
+    statements). Agents are told apart by ``instance``; the example scrape configs in
+    deploy/prometheus set it to the node's name."""
+    b = _Board(
+        "gpuaudit-agents",
+        "gpuaudit / Agents",
+        "Are the node agents up, reading their GPUs, signing, and getting their statements acknowledged? "
+        "From each agent's own /metrics (Prometheus job gpuaudit-agent).",
+        [_var_query("instance", "Agent", "gpuaudit_agent_build_info")],
+    )
+    sel = '{instance=~"$instance"}'
+    # Read time per sample x samples per second: the share of the sampling loop spent reading
+    # the GPUs and attributing their processes. Near 1 the loop cannot keep sample_interval_s.
+    duty = (
+        f"sum by (instance, job) (gpuaudit_agent_source_scrape_duration_seconds{sel}) "
+        f"* on (instance, job) rate(gpuaudit_agent_samples_total{sel}[{RATE}])"
+    )
+    # Whole GPUs NVML could not read (lost, fallen off the bus), per sample.
+    gpus_unread = (
+        f'sum by (instance, job) (rate(gpuaudit_agent_readings_unavailable_total{{field="gpu",instance=~"$instance"}}'
+        f"[{RATE}])) / on (instance, job) rate(gpuaudit_agent_samples_total{sel}[{RATE}])"
+    )
+    b.panel(
+        "stat",
+        "Agents up",
+        [(f"count(up{{{AGENT_JOB}}} == 1) or vector(0)", "up")],
+        w=4,
+        h=4,
+        description="Agents Prometheus scraped at its last attempt (job gpuaudit-agent).",
+    )
+    b.panel(
+        "stat",
+        "Agents down",
+        [(f"count(up{{{AGENT_JOB}}} == 0) or vector(0)", "down")],
+        w=4,
+        h=4,
+        description="Agents Prometheus failed to scrape at its last attempt. GpuauditAgentDown after 10 minutes.",
+    )
+    b.panel(
+        "stat",
+        "Agents not signing (15 min)",
+        [("count(increase(gpuaudit_agent_statements_signed_total[15m]) == 0) or vector(0)", "not signing")],
+        w=4,
+        h=4,
+        description="Agents up but without a signed statement in 15 minutes (one is due every window_s).",
+    )
+    b.panel(
+        "stat",
+        "Streams stopped by a refusal",
+        [("count(sum by (instance, job) (gpuaudit_agent_rejects_total) > 0) or vector(0)", "stopped")],
+        w=4,
+        h=4,
+        description="Agents whose stream the collector stopped by refusing a statement; they sign on into "
+        "their spool until restarted.",
+    )
+    b.panel(
+        "stat",
+        "Statements waiting in spools",
+        [("sum(gpuaudit_agent_spool_statements) or vector(0)", "waiting")],
+        w=4,
+        h=4,
+        description="Signed statements of all agents not yet acknowledged by the collector.",
+    )
+    b.panel(
+        "stat",
+        "GPUs the agents cannot read",
+        [(f"sum({gpus_unread}) or vector(0)", "GPUs")],
+        w=4,
+        h=4,
+        decimals=1,
+        description='Whole GPUs NVML could not read (field="gpu"), per sample, summed over the agents.',
+    )
+    b.panel(
+        "timeseries",
+        "Statements signed and acknowledged (all agents)",
+        [
+            (f"sum(rate(gpuaudit_agent_statements_signed_total{sel}[{RATE}]))", "signed"),
+            (f"sum(rate(gpuaudit_agent_acks_total{sel}[{RATE}]))", "acknowledged"),
+            (f"sum(rate(gpuaudit_agent_duplicate_acks_total{sel}[{RATE}]))", "acknowledged as already stored"),
+        ],
+        unit="ops",
+        description="Acknowledged below signed for long: spools are filling. Duplicates follow a cut "
+        "(statements resent that the collector already had).",
+    )
+    b.panel(
+        "timeseries",
+        "Spool depth (top 10 agents)",
+        [(f"topk(10, gpuaudit_agent_spool_statements{sel})", "{{instance}}")],
+        description="Signed statements not yet acknowledged. Each is one window (window_s, 60 s by default): "
+        "depth x window_s is about the age of the oldest one. GpuauditAgentSpoolBacklog at 10 for 15 minutes.",
+    )
+    b.panel(
+        "timeseries",
+        "Spool size (top 10 agents)",
+        [(f"topk(10, gpuaudit_agent_spool_bytes{sel})", "{{instance}}")],
+        unit="bytes",
+        description="Bytes of the statements waiting; at spool_max_bytes (256 MiB by default) the agent drops "
+        "the newest unacknowledged ones and signs a record of it.",
+    )
+    b.panel(
+        "timeseries",
+        "Statement lag by node, collector's view (top 10)",
+        [("topk(10, gpuaudit:node_statement_lag_seconds)", "{{node}}")],
+        unit="s",
+        description="How long ago the node's latest statement the collector holds ended. Agents send in chain "
+        "order, so this is the age of the oldest statement still in the node's spool plus one window, or how "
+        "long the node has signed nothing.",
+    )
+    b.panel(
+        "timeseries",
+        "Stream reconnects (top 10 agents)",
+        [(f"topk(10, rate(gpuaudit_agent_stream_reconnects_total{sel}[{RATE}]))", "{{instance}}")],
+        unit="ops",
+        description="Stream failures retried (with backoff): network cuts, collector restarts, rate limits.",
+    )
+    b.panel(
+        "table",
+        "Statements refused by the collector (agents' view)",
+        [(f"sum by (instance, reason) (gpuaudit_agent_rejects_total{sel})", "{{instance}} {{reason}}")],
+        description="Since the agent's start. A refusal stops the agent's stream until it is restarted; the "
+        "collector's refusals by reason are on the Trust health dashboard.",
+    )
+    b.panel(
+        "timeseries",
+        "Sampling: share of the sample interval spent reading (top 10)",
+        [(f"topk(10, {duty})", "{{instance}}")],
+        unit="percentunit",
+        description="Seconds reading the GPUs and attributing their processes per sample, times samples per "
+        "second. Near 100% the loop overruns sample_interval_s and windows get fewer samples. "
+        "GpuauditAgentSamplingOverrun above 80% for 15 minutes.",
+    )
+    b.panel(
+        "timeseries",
+        "Source read duration (slowest agent, mean)",
+        [
+            (f"max by (source) (gpuaudit_agent_source_scrape_duration_seconds{sel})", "{{source}} slowest"),
+            (f"avg by (source) (gpuaudit_agent_source_scrape_duration_seconds{sel})", "{{source}} mean"),
+        ],
+        unit="s",
+        description="gpu: one NVML (or simulated) sample of every GPU; attribution: host /proc and the kubelet.",
+    )
+    b.panel(
+        "timeseries",
+        "Samples per second (slowest 10 agents)",
+        [(f"bottomk(10, rate(gpuaudit_agent_samples_total{sel}[{RATE}]))", "{{instance}}")],
+        unit="ops",
+        description="1 / sample_interval_s when healthy. Lower: reads take longer than the interval. Zero: "
+        "the sampling loop is stuck (a hung NVML call).",
+    )
+    b.panel(
+        "bargauge",
+        "Agent restarts (dashboard range, top 10)",
+        [(f"topk(10, resets(gpuaudit_agent_samples_total{sel}[$__range]))", "{{instance}}")],
+        description="Times the agent's sample counter started again from 0. GpuauditAgentRestarting at 3 in an hour.",
+    )
+    b.panel(
+        "timeseries",
+        "Readings unavailable, by field and reason",
+        [
+            (
+                f"sum by (field, reason) (rate(gpuaudit_agent_readings_unavailable_total{sel}[{RATE}]))",
+                "{{field}} {{reason}}",
+            )
+        ],
+        unit="ops",
+        description="Counted per GPU and sample. A field a GPU model does not support "
+        "(NVML_ERROR_NOT_SUPPORTED) is counted steadily on every node with that model; a new field or "
+        'reason, or field="gpu" (a whole GPU not read), is news.',
+    )
+    b.panel(
+        "table",
+        "Agents with GPUs they cannot read",
+        [(f"{gpus_unread} > 0", "{{instance}}")],
+        decimals=1,
+        description='GPUs NVML could not read at all (field="gpu"), per sample. Their use is recorded as '
+        "unavailable in the statements, never guessed. GpuauditAgentGpuUnreadable after 10 minutes.",
+    )
+    b.panel(
+        "bargauge",
+        "Statements dropped unsent by agents (dashboard range)",
+        [
+            (
+                "sum by (reason) (increase(gpuaudit_collector_statements_dropped_by_agents_total[$__range]))",
+                "{{reason}}",
+            )
+        ],
+        description="Counted by the collector from the agents' signed drop records: spool_size "
+        "(spool_max_bytes) or spool_age (spool_max_age_s). Those windows of GPU use are lost for good.",
+    )
+    b.panel(
+        "timeseries",
+        "GPU power, live (top 10 agents)",
+        [(f"topk(10, sum by (instance) (gpuaudit_agent_gpu_power_watts{sel}))", "{{instance}}")],
+        unit="watt",
+        description="The agents' latest samples, before windowing and signing (the Fleet dashboard shows the "
+        "signed windows).",
+    )
+    b.panel(
+        "table",
+        "Agent versions",
+        [("count by (version, python_version) (gpuaudit_agent_build_info)", "{{version}}")],
+        description="Upgrade the collector before the agents (docs/operator-guide.md, Upgrades).",
+    )
+    return b
+
+
+BOARDS = {
+    "fleet.json": fleet,
+    "tenants.json": tenants,
+    "findings.json": findings,
+    "trust.json": trust,
+    "agents.json": agents,
+}
 
 
 def render() -> dict[str, str]:

@@ -61,8 +61,51 @@ class ProcessSample:
     # MIG: the GPU instance the process runs in (None: not a MIG GPU, or not reported).
     gpu_instance_id: int | None = None
     # Why this process cannot be trusted to be who /proc says (e.g. "pid_not_in_host_proc",
-    # the HAMi-core #112 host/container PID mix-up); such a process is never attributed.
+    # the HAMi-core #112 host/container PID mix-up, or "kernel_thread": the PID is a kernel
+    # thread on the host); such a process is never attributed.
     suspect: str | None = None
+    # MIG: the compute instance inside ``gpu_instance_id`` (None: not a MIG GPU, or not reported).
+    compute_instance_id: int | None = None
+
+
+@dataclass(frozen=True)
+class MigInstanceSample:
+    """One MIG device (a compute instance inside a GPU instance) of a MIG-enabled GPU.
+
+    ``slices`` is the GPU instance's slice count (``gpuInstanceSliceCount``); compute
+    instances of one GPU instance share it. ``sm_active_pct`` and ``tensor_active_pct`` are
+    the GPU instance's GPM readings (Hopper and newer); NVML's utilisation rates are not
+    supported on MIG devices, so there is no ``util_pct``. ``pids`` are the host PIDs NVML
+    lists on this MIG device. A reading that could not be taken is None and named in
+    ``unavailable``.
+    """
+
+    gpu_instance_id: int
+    compute_instance_id: int | None
+    uuid: str | None
+    slices: int | None
+    mem_total_bytes: int | None
+    mem_used_bytes: int | None
+    sm_active_pct: float | None = None
+    tensor_active_pct: float | None = None
+    pids: tuple[int, ...] = ()
+    unavailable: dict[str, str] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class MigSample:
+    """The MIG layout and per-instance readings of a MIG-enabled GPU at one instant.
+
+    ``slices_total`` is the GPU's slice count (that of its largest GPU instance profile: 7 on
+    A100 and H100, 4 on A30), the denominator of each instance's share of the GPU. A GPU with
+    MIG on and no instance created has ``instances == ()``. Why the layout or
+    ``slices_total`` could not be read is in ``unavailable`` (``slices_total``,
+    ``instances``, ``instance[<k>]``).
+    """
+
+    slices_total: int | None
+    instances: tuple[MigInstanceSample, ...] = ()
+    unavailable: dict[str, str] = field(default_factory=dict)
 
 
 @dataclass(frozen=True)
@@ -87,6 +130,8 @@ class GpuSample:
     # Things that happened on this GPU, as (kind, detail): Xid errors, allocation mismatches.
     # ``detail`` must not change from sample to sample for the same cause (windows dedupe).
     events: tuple[tuple[str, str], ...] = ()
+    # MIG mode on: the instances and their readings (None: MIG off, or not a MIG-capable GPU).
+    mig: MigSample | None = None
 
 
 @dataclass(frozen=True)

@@ -2,10 +2,23 @@
 
 The kubelet serves ``PodResourcesLister`` on the unix socket
 ``/var/lib/kubelet/pod-resources/kubelet.sock`` (a parameter here). ``List`` gives every pod's
-containers with their allocated devices (for the NVIDIA device plugin: GPU UUIDs, MIG device
-UUIDs, ``<uuid>::<n>`` replicas under time-slicing, or GPU indices with
-``DEVICE_ID_STRATEGY=index``); ``GetAllocatableResources`` gives every device the kubelet may
-allocate.
+containers with their allocated devices; ``GetAllocatableResources`` gives every device the
+device plugins registered with the kubelet, allocated or not.
+
+The NVIDIA device plugin registers each device under its UUID as NVML reports it, with
+``<uuid>::<n>`` replicas under time-slicing or MPS sharing (``DEVICE_ID_STRATEGY=index``
+changes only what the container is told, not these ids; indices are still accepted here for
+other plugins). With MIG mode on, its MIG strategy decides what is handed out:
+
+- ``none``: the MIG-enabled GPU itself, ``nvidia.com/gpu``, its GPU UUID;
+- ``single``: each MIG device as ``nvidia.com/gpu``, its MIG UUID (``MIG-<uuid>``, or
+  ``MIG-GPU-<uuid>/<gi>/<ci>`` on drivers before R470);
+- ``mixed``: each MIG device as ``nvidia.com/mig-<profile>`` (``nvidia.com/mig-1g.10gb``,
+  ``nvidia.com/mig-3g.40gb``, ...), its MIG UUID; GPUs without MIG stay ``nvidia.com/gpu``.
+
+Both calls then list MIG UUIDs for MIG GPUs. Every resource under ``resource_prefix``
+(``nvidia.com/``: ``gpu``, ``gpu.shared``, ``mig-*``) is read; the reconciler
+(agent/reconcile.py) matches MIG UUIDs to the MIG devices NVML enumerates.
 
 The v1 API names pods by namespace and name, not UID, while cgroup paths carry the UID. The
 kubelet writes each pod's container logs under ``/var/log/pods/<namespace>_<name>_<uid>``
@@ -76,9 +89,11 @@ class PodResourcesClient:
 class PodResourcesResolver:
     """Pod UID -> (namespace, name) and GPU -> owners, refreshed at most every ``refresh_s``.
 
-    Implements :class:`agent.attribution.PodResolver`. ``allocation()`` maps each GPU id (UUID,
-    MIG UUID or index, as the device plugin reports it; replicas folded) to the containers it
-    is allocated to; ``allocatable()`` is the set of GPU ids the kubelet may allocate.
+    Implements :class:`agent.attribution.PodResolver`. ``allocation()`` maps each GPU id (GPU
+    UUID, MIG UUID or index, as the device plugin reports it; replicas folded) to the
+    containers it is allocated to; ``allocatable()`` is the set of GPU ids the kubelet may
+    allocate. Both cover every resource whose name starts with ``resource_prefix``, the MIG
+    resources ``nvidia.com/mig-<profile>`` included.
     """
 
     def __init__(

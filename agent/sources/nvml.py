@@ -19,8 +19,27 @@ NVLink bytes come from GPM. Processes are the compute list (v3), MPS clients, an
 accounting mode is on, processes that started and ended between two samples. A listed PID
 that the host's /proc does not have, or a process list and utilisation samples whose PIDs
 are from different PID namespaces (HAMi-core #112), is reported with a reason, never
-attributed to whoever owns that PID number on the host. Node-level blind spots
+attributed to whoever owns that PID number on the host; nor is a PID that the host's /proc
+shows as a kernel thread (``suspect="kernel_thread"``). Node-level blind spots
 (``accounting_mode``, ``gpm``) are in ``NodeSample.unavailable``.
+
+MIG: on a GPU with MIG mode on, the MIG devices (one per compute instance) are enumerated
+with ``nvmlDeviceGetMaxMigDeviceCount`` and ``nvmlDeviceGetMigDeviceHandleByIndex`` (an empty
+slot answers NVML_ERROR_NOT_FOUND), again every ``_MIG_RESCAN_EVERY`` samples and as soon as
+a MIG handle stops answering (instances are created and destroyed while the agent runs).
+Each instance gives its GPU and compute instance ids, MIG UUID, slice count
+(``nvmlDeviceGetAttributes``: ``gpuInstanceSliceCount``), memory and process list read on
+the MIG handle, so membership does not depend on the parent's aggregate list (which needs
+privileges); the GPU's slice count is that of its largest GPU instance profile. NVML's
+utilisation rates are not supported on MIG GPUs or MIG devices, so per-instance activity
+is GPM's, per GPU instance (``nvmlGpmMigSampleGet`` on the parent, Hopper and newer);
+elsewhere it is unavailable with the reason.
+
+NVLink without GPM (pre-Hopper, or GPM off): the cumulative NVLink data counters
+``NVML_FI_DEV_NVLINK_THROUGHPUT_DATA_TX``/``_RX`` (KiB, summed over all links: scope id
+UINT_MAX) are read with ``nvmlDeviceGetFieldValues`` and turned into bytes per second from
+the difference between two samples over NVML's own timestamps. A counter that goes back
+(driver reload, wrap) gives no rate for that sample (``counter_reset``), never a number.
 
 Units, as NVML gives them: power in milliwatts, energy in millijoules since the driver was
 loaded, memory in bytes, utilisation in percent. GPM bandwidths come in MiB/s and are
@@ -30,16 +49,27 @@ converted to bytes per second.
 from __future__ import annotations
 
 import contextlib
+import dataclasses
+import functools
 import logging
 import math
 import os
+import re
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
 from agent.sources import procfs
-from agent.sources.base import DeviceInfo, GpuSample, NodeSample, ProcessSample, SourceError
+from agent.sources.base import (
+    DeviceInfo,
+    GpuSample,
+    MigInstanceSample,
+    MigSample,
+    NodeSample,
+    ProcessSample,
+    SourceError,
+)
 from agent.sources.cc import CcEvidence
 from agent.sources.nodeio import NodeIo
 
@@ -85,6 +115,22 @@ _NO_INSTANCE = 0xFFFFFFFF  # gpuInstanceId / computeInstanceId when the GPU is n
 _SLOW_EVERY = 10
 _MAX_EVENTS_PER_SAMPLE = 64  # Xid events drained per GPU per sample (the rest wait for the next)
 _MAX_ACCOUNTING_SEEN = 8192  # PIDs remembered per GPU so accounting stats are asked once
+# MIG layouts change rarely (an administrator creates or destroys instances): re-enumerate
+# every this many samples, and at once when a MIG handle answers as if its instance were gone.
+_MIG_RESCAN_EVERY = 10
+_MIG_GONE = ("NVML_ERROR_NOT_FOUND", "NVML_ERROR_INVALID_ARGUMENT")
+# GPU instance profile ids (NVML_GPU_INSTANCE_PROFILE_7_SLICE, ..._1_SLICE_REV1, ...), not the
+# profile count or capability bits.
+_GI_PROFILE = re.compile(r"NVML_GPU_INSTANCE_PROFILE_[0-9]+_SLICE(_[A-Z0-9_]+)?")
+_MIG_API = ("nvmlDeviceGetMaxMigDeviceCount", "nvmlDeviceGetMigDeviceHandleByIndex", "nvmlDeviceGetGpuInstanceId")
+# GPM metrics read per GPU instance (nvmlGpmMigSampleGet): activity only.
+_MIG_GPM_METRICS: tuple[tuple[str, str, float], ...] = _GPM_METRICS[:2]
+# nvmlFieldValue_t.scopeId for the NVLink throughput counters: UINT_MAX sums all links (nvml.h).
+_ALL_LINKS = 0xFFFFFFFF
+_KIB = 1024
+# nvmlFieldValue_t.valueType -> the member of the value union that holds it (nvml.h
+# nvmlValueType_t); a throughput counter is an unsigned integer.
+_FIELD_VALUE_MEMBER = {1: "uiVal", 2: "ulVal", 3: "ullVal", 4: "sllVal", 5: "siVal", 6: "usVal"}
 
 
 class _AbsentError(Exception):
@@ -102,6 +148,74 @@ class _Gpm:
     buffers: tuple[Any, Any]
     prev: int = 0
     have_prev: bool = False
+
+
+@dataclass
+class _MigDevice:
+    """One MIG device as enumerated: its handle and what does not change while it exists."""
+
+    handle: Any
+    gi: int
+    ci: int | None
+    uuid: str | None
+    slices: int | None
+    reasons: dict[str, str]  # readings above that could not be taken
+
+    @property
+    def label(self) -> str:
+        return f"mig[{self.gi}.{'?' if self.ci is None else self.ci}]"
+
+
+@dataclass
+class _MigLayout:
+    """A GPU's MIG mode and instances, as of the last enumeration."""
+
+    enabled: bool
+    devices: list[_MigDevice]
+    slices_total: int | None
+    reasons: dict[str, str]  # why the layout or slices_total is incomplete
+    tick: int = 0
+
+
+@dataclass
+class _MigRead:
+    """What one sample read from a MIG GPU's instances, before the process list is final."""
+
+    slices_total: int | None
+    reasons: dict[str, str]
+    # (process struct, GPU instance id, compute instance id) from each MIG device's list
+    listed: list[tuple[Any, int | None, int | None]] = dataclasses.field(default_factory=list)
+    partial: bool = False  # some MIG device's process list could not be read
+    # (device, memory total, memory used, GPM values by field, reasons) per MIG device
+    instances: list[tuple[_MigDevice, int | None, int | None, dict[str, float], dict[str, str]]] = dataclasses.field(
+        default_factory=list
+    )
+
+    def sample(self, procs: tuple[ProcessSample, ...]) -> MigSample:
+        """The MigSample, each instance with the PIDs the final process list places in it."""
+        out = []
+        for d, total, used, values, reasons in self.instances:
+            pids = sorted(
+                p.pid
+                for p in procs
+                if p.gpu_instance_id == d.gi
+                and (p.compute_instance_id is None or d.ci is None or p.compute_instance_id == d.ci)
+            )
+            out.append(
+                MigInstanceSample(
+                    gpu_instance_id=d.gi,
+                    compute_instance_id=d.ci,
+                    uuid=d.uuid,
+                    slices=d.slices,
+                    mem_total_bytes=total,
+                    mem_used_bytes=used,
+                    sm_active_pct=values.get("sm_active_pct"),
+                    tensor_active_pct=values.get("tensor_active_pct"),
+                    pids=tuple(pids),
+                    unavailable=reasons,
+                )
+            )
+        return MigSample(slices_total=self.slices_total, instances=tuple(out), unavailable=dict(self.reasons))
 
 
 class NvmlSource:
@@ -178,6 +292,11 @@ class NvmlSource:
         self._slow: dict[int, tuple[int, dict[str, int], dict[str, str]]] = {}  # GPU -> (tick, values, reasons)
         self._acct_seen: dict[int, dict[int, None]] = {}  # GPU -> PIDs seen (insertion-ordered set)
         self._acct_off: dict[int, str] = {}  # GPU -> why accounting stats are not read
+        self._mig: dict[int, _MigLayout] = {}  # GPU -> MIG layout (enabled or not)
+        self._mig_stale: set[int] = set()  # GPUs whose MIG layout must be read again now
+        self._mig_gpm: dict[tuple[int, int], _Gpm] = {}  # (GPU, GPU instance id) -> GPM buffers
+        self._nvlink_prev: dict[tuple[int, str], tuple[int, float]] = {}  # (GPU, field) -> (KiB, s)
+        self._nvlink_off: dict[int, str] = {}  # GPU -> why its NVLink counters are not read
         for i, h in enumerate(self._handles):
             if h is None:
                 continue
@@ -383,7 +502,7 @@ class NvmlSource:
                 unavailable[f"gpu[{i}]"] = self._no_handle[i]
                 continue
             try:
-                gpus.append(self._sample_gpu(i, h))
+                gpus.append(self._sample_gpu(i, h, t))
             except _GpuLostError as lost:
                 unavailable[f"gpu[{i}]"] = str(lost)
                 self._note(i, "gpu", str(lost))
@@ -405,7 +524,7 @@ class NvmlSource:
                 out[key] = "; ".join(f"{r} on GPU {','.join(ids)}" for r, ids in sorted(by_reason.items()))
         return out
 
-    def _sample_gpu(self, i: int, h: Any) -> GpuSample:
+    def _sample_gpu(self, i: int, h: Any, t: float) -> GpuSample:
         un: dict[str, str] = {}
         util = self._call(i, "util_pct", un, "nvmlDeviceGetUtilizationRates", h)
         util_pct = self._not_na(i, "util_pct", un, util.gpu if util is not None else None, _NA_UINT)
@@ -415,8 +534,11 @@ class NvmlSource:
         power = self._not_na(i, "power_mw", un, power, _NA_UINT)
         energy = self._call(i, "energy_mj", un, "nvmlDeviceGetTotalEnergyConsumption", h)
         energy = self._not_na(i, "energy_mj", un, energy, _NA_ULONGLONG)
-        procs = self._processes(i, h, un)
+        mig = self._mig_read(i, h, un)
+        procs = self._processes(i, h, un, mig)
         gpm = self._gpm_metrics(i, h, un)
+        if i not in self._gpm:
+            gpm.update(self._nvlink_counters(i, h, un, t))
         health = self._health(i, h, un)
         events = self._xid_events(i, un)
         return GpuSample(
@@ -435,6 +557,7 @@ class NvmlSource:
             unavailable=un,
             health=health,
             events=events,
+            mig=mig.sample(procs) if mig is not None else None,
         )
 
     # -- health -------------------------------------------------------------------------
@@ -562,8 +685,11 @@ class NvmlSource:
             out.append(("xid", detail))
         return tuple(out)
 
-    def _list_processes(self, i: int, h: Any, un: dict[str, str]) -> list[Any] | None:
-        """NVML's compute processes on the GPU (newest API the driver has), or None."""
+    def _list_processes(
+        self, i: int, h: Any, un: dict[str, str], key: str = "procs", label: str | None = None
+    ) -> list[Any] | None:
+        """NVML's compute processes on ``h`` (newest API the driver has), or None with the
+        reason in ``un[key]`` (logged once as ``label``, default ``key``)."""
         nvml = self._nvml
         names: tuple[str, ...] = (
             (self._process_fn,)
@@ -586,24 +712,42 @@ class NvmlSource:
                 continue
             self._process_fn = name
             return list(procs)
-        self._mark(i, "procs", un, last_reason)
+        un[key] = last_reason
+        self._note(i, label or key, last_reason)
+        if label is not None and last_reason in _MIG_GONE:
+            self._mig_stale.add(i)
         return None
 
-    def _processes(self, i: int, h: Any, un: dict[str, str]) -> tuple[ProcessSample, ...]:
-        listed = self._list_processes(i, h, un) or []
+    def _processes(self, i: int, h: Any, un: dict[str, str], mig: _MigRead | None = None) -> tuple[ProcessSample, ...]:
+        """The GPU's processes. On a MIG GPU they come from each MIG device's own list, tagged
+        with its GPU and compute instance; the parent's aggregate list is read only when some
+        instance's list could not be, for the processes no instance list showed."""
+        listed: list[tuple[Any, int | None, int | None]]
+        if mig is None:
+            listed = [(p, None, None) for p in self._list_processes(i, h, un) or []]
+        else:
+            listed = list(mig.listed)
+            if mig.partial:
+                seen = {int(p.pid) for p, _, _ in listed}
+                listed += [(p, None, None) for p in self._list_processes(i, h, un) or [] if int(p.pid) not in seen]
         # One PID can appear more than once (MIG instances); sum its memory.
         mem_by_pid: dict[int, int | None] = {}
         via: dict[int, str] = {}
         instance: dict[int, int] = {}
+        compute_instance: dict[int, int] = {}
         mps = self._mps_processes(i, h, un)
-        for p, kind in [*((p, "compute") for p in listed), *((p, "mps") for p in mps)]:
+        entries = [*((p, gi, ci, "compute") for p, gi, ci in listed), *((p, None, None, "mps") for p in mps)]
+        for p, known_gi, known_ci, kind in entries:
             pid = int(p.pid)
             if kind == "mps" and via.get(pid) == "compute":
                 continue  # already counted from the compute list
             via.setdefault(pid, kind)
-            gi = getattr(p, "gpuInstanceId", _NO_INSTANCE)
+            gi = known_gi if known_gi is not None else getattr(p, "gpuInstanceId", _NO_INSTANCE)
             if gi is not None and int(gi) != _NO_INSTANCE:
                 instance.setdefault(pid, int(gi))
+            ci = known_ci if known_ci is not None else getattr(p, "computeInstanceId", _NO_INSTANCE)
+            if ci is not None and int(ci) != _NO_INSTANCE:
+                compute_instance.setdefault(pid, int(ci))
             used = p.usedGpuMemory
             if used is None or used == _NA_ULONGLONG:
                 self._mark(i, "procs.mem_bytes", un, "NVML_VALUE_NOT_AVAILABLE")
@@ -624,12 +768,26 @@ class NvmlSource:
             start: int | None = None
             suspect: str | None = None
             if self._proc_root is not None:
-                start = procfs.read_start_time_ticks(self._proc_root, pid)
-                if start is None:
+                stat = procfs.read_stat(self._proc_root, pid)
+                if stat is None:
                     # Exited between NVML's list and this read, or not a host PID (NVML gave a
                     # container-namespace PID, HAMi-core #112): never attribute it by number.
                     self._mark(i, "procs.start_time_ticks", un, "proc_unreadable")
                     suspect = "pid_not_in_host_proc"
+                elif stat.kernel_thread:
+                    # No GPU process is a kernel thread: the PID is from another namespace.
+                    start = stat.start_time_ticks
+                    suspect = "kernel_thread"
+                    if (i, "procs", "kernel_thread") not in self._logged:
+                        self._logged.add((i, "procs", "kernel_thread"))
+                        _logger.warning(
+                            "GPU %d: NVML lists PID %d, a kernel thread in the host's /proc: left unattributed "
+                            "(a PID from another PID namespace?)",
+                            i,
+                            pid,
+                        )
+                else:
+                    start = stat.start_time_ticks
             out.append(
                 ProcessSample(
                     pid=pid,
@@ -639,6 +797,7 @@ class NvmlSource:
                     via=via[pid],
                     gpu_instance_id=instance.get(pid),
                     suspect=suspect,
+                    compute_instance_id=compute_instance.get(pid),
                 )
             )
         out.extend(self._accounting_only(i, h, un, set(mem_by_pid)))
@@ -740,28 +899,51 @@ class NvmlSource:
         return None
 
     def _gpm_metrics(self, i: int, h: Any, un: dict[str, str]) -> dict[str, float]:
-        """GPM metrics between the previous and this sample, by GpuSample field name."""
-        fields = [f for _, f, _ in _GPM_METRICS]
+        """GPM metrics between the previous and this sample, by GpuSample field name.
+
+        Without GPM the NVLink fields are left to :meth:`_nvlink_counters`.
+        """
         state = self._gpm.get(i)
         if state is None:
-            for f in fields:
-                self._mark(i, f, un, self._gpm_reason.get(i, "gpm_not_supported"))
+            reason = self._gpm_reason.get(i, "gpm_not_supported")
+            for _, f, _ in _GPM_METRICS:
+                if not f.startswith("nvlink_"):
+                    self._mark(i, f, un, reason)
             return {}
+        return self._gpm_read(i, state, lambda buf: self._nvml.nvmlGpmSampleGet(h, buf), _GPM_METRICS, un, "")
+
+    def _gpm_read(
+        self,
+        i: int,
+        state: _Gpm,
+        take: Callable[[Any], Any],
+        metrics: tuple[tuple[str, str, float], ...],
+        un: dict[str, str],
+        label: str,
+    ) -> dict[str, float]:
+        """Take a GPM sample into ``state`` with ``take(buffer)`` and compute ``metrics``
+        between it and the previous one. A reading that fails is named in ``un`` (logged once
+        as ``label`` + field)."""
         nvml = self._nvml
+
+        def mark(f: str, reason: str) -> None:
+            un[f] = reason
+            self._note(i, label + f, reason)
+
         cur = 1 - state.prev
         try:
-            nvml.nvmlGpmSampleGet(h, state.buffers[cur])
+            take(state.buffers[cur])
             if not state.have_prev:
                 state.prev, state.have_prev = cur, True
-                for f in fields:
+                for _, f, _ in metrics:
                     un[f] = "first_sample"
                 return {}
             request = nvml.c_nvmlGpmMetricsGet_t()
             request.version = nvml.NVML_GPM_METRICS_GET_VERSION
-            request.numMetrics = len(_GPM_METRICS)
+            request.numMetrics = len(metrics)
             request.sample1 = state.buffers[state.prev]
             request.sample2 = state.buffers[cur]
-            for k, (metric, _, _) in enumerate(_GPM_METRICS):
+            for k, (metric, _, _) in enumerate(metrics):
                 request.metrics[k].metricId = getattr(nvml, metric)
             state.prev = cur
             nvml.nvmlGpmMetricsGet(request)
@@ -769,21 +951,297 @@ class NvmlSource:
             if self._is(e, "NVML_ERROR_GPU_IS_LOST"):
                 raise _GpuLostError(self._reason(e)) from e
             state.have_prev = False  # start over from a fresh pair of samples
-            for f in fields:
-                self._mark(i, f, un, self._reason(e))
+            for _, f, _ in metrics:
+                mark(f, self._reason(e))
             return {}
         out: dict[str, float] = {}
-        for k, (_, field, factor) in enumerate(_GPM_METRICS):
+        for k, (_, field, factor) in enumerate(metrics):
             m = request.metrics[k]
             ret = int(m.nvmlReturn)
             value = float(m.value)
             if ret != nvml.NVML_SUCCESS:
-                self._mark(i, field, un, self._error_names.get(ret, f"NVML_ERROR_{ret}"))
+                mark(field, self._error_names.get(ret, f"NVML_ERROR_{ret}"))
             elif not math.isfinite(value) or value < 0:
-                self._mark(i, field, un, "NVML_VALUE_NOT_AVAILABLE")
+                mark(field, "NVML_VALUE_NOT_AVAILABLE")
             else:
                 out[field] = value * factor
         return out
+
+    # -- NVLink counters without GPM --------------------------------------------------------
+
+    def _nvlink_counters(self, i: int, h: Any, un: dict[str, str], t: float) -> dict[str, float]:
+        """NVLink bytes per second from the cumulative KiB data counters (all links), for a
+        GPU without GPM: the counter's difference since the previous sample over the time
+        between NVML's timestamps of the two readings (the sample clock where NVML gives none).
+        """
+        nvml = self._nvml
+        fields = (
+            ("nvlink_tx_bytes_per_s", "NVML_FI_DEV_NVLINK_THROUGHPUT_DATA_TX"),
+            ("nvlink_rx_bytes_per_s", "NVML_FI_DEV_NVLINK_THROUGHPUT_DATA_RX"),
+        )
+        off = self._nvlink_off.get(i)
+        if off is None and not (hasattr(nvml, "nvmlDeviceGetFieldValues") and all(hasattr(nvml, c) for _, c in fields)):
+            # No way to read the counters: the reason GPM is missing stands for them too.
+            off = self._nvlink_off[i] = self._gpm_reason.get(i, "gpm_not_supported")
+        if off is not None:
+            for f, _ in fields:
+                self._mark(i, f, un, off)
+            return {}
+        try:
+            values = nvml.nvmlDeviceGetFieldValues(h, [(getattr(nvml, c), _ALL_LINKS) for _, c in fields])
+        except nvml.NVMLError as e:
+            if self._is(e, "NVML_ERROR_GPU_IS_LOST"):
+                raise _GpuLostError(self._reason(e)) from e
+            reason = self._reason(e)
+            if self._is(e, "NVML_ERROR_NOT_SUPPORTED"):
+                self._nvlink_off[i] = reason  # no NVLink on this GPU: not asked again
+            for f, _ in fields:
+                self._mark(i, f, un, reason)
+            return {}
+        out: dict[str, float] = {}
+        unsupported = 0
+        for (f, _), v in zip(fields, values, strict=True):
+            ret = int(v.nvmlReturn)
+            if ret != nvml.NVML_SUCCESS:
+                unsupported += ret == nvml.NVML_ERROR_NOT_SUPPORTED
+                self._mark(i, f, un, self._error_names.get(ret, f"NVML_ERROR_{ret}"))
+                continue
+            member = _FIELD_VALUE_MEMBER.get(int(v.valueType))
+            kib = int(getattr(v.value, member)) if member is not None else -1
+            if kib < 0:
+                self._mark(i, f, un, "unexpected_value_type" if member is None else "NVML_VALUE_NOT_AVAILABLE")
+                continue
+            at = int(v.timestamp) / 1e6 if int(v.timestamp) > 0 else t
+            prev = self._nvlink_prev.get((i, f))
+            self._nvlink_prev[(i, f)] = (kib, at)
+            if prev is None:
+                un[f] = "first_sample"
+            elif kib < prev[0]:
+                # Reset (driver reload) or wrap: the bytes moved since are unknown.
+                self._mark(i, f, un, "counter_reset")
+            elif at <= prev[1]:
+                self._mark(i, f, un, "no_interval")
+            else:
+                un.pop(f, None)
+                out[f] = (kib - prev[0]) * _KIB / (at - prev[1])
+        if unsupported == len(fields):
+            self._nvlink_off[i] = "NVML_ERROR_NOT_SUPPORTED"
+        return out
+
+    # -- MIG ------------------------------------------------------------------------------
+
+    def _mig_layout(self, i: int, h: Any, un: dict[str, str]) -> _MigLayout | None:
+        """GPU ``i``'s MIG layout, enumerated again when due; None when MIG is off."""
+        lay = self._mig.get(i)
+        if lay is None or i in self._mig_stale or lay.tick % _MIG_RESCAN_EVERY == 0:
+            tick = lay.tick if lay is not None else 0
+            lay = self._mig[i] = self._mig_scan(i, h, un, lay)
+            lay.tick = tick
+            self._mig_stale.discard(i)  # what the enumeration could not read waits for the next
+            self._mig_gpm_sync(i, lay)
+        elif "mode" in lay.reasons:
+            un["mig"] = lay.reasons["mode"]
+        lay.tick += 1
+        return lay if lay.enabled else None
+
+    def _mig_scan(self, i: int, h: Any, un: dict[str, str], old: _MigLayout | None) -> _MigLayout:
+        nvml = self._nvml
+        off = _MigLayout(enabled=False, devices=[], slices_total=None, reasons={})
+        if not hasattr(nvml, "nvmlDeviceGetMigMode"):
+            return off  # an nvidia-ml-py without MIG: identity.mig_mode says api_absent
+        try:
+            mode = nvml.nvmlDeviceGetMigMode(h)
+        except nvml.NVMLError as e:
+            if self._is(e, "NVML_ERROR_GPU_IS_LOST"):
+                raise _GpuLostError(self._reason(e)) from e
+            if self._is(e, "NVML_ERROR_NOT_SUPPORTED"):
+                return off  # not a MIG-capable GPU: nothing is missing
+            off.reasons["mode"] = un["mig"] = self._reason(e)
+            self._note(i, "mig", off.reasons["mode"])
+            return off
+        if int(mode[0]) != getattr(nvml, "NVML_DEVICE_MIG_ENABLE", 1):
+            return off
+        reasons: dict[str, str] = {}
+        if old is not None and old.enabled and old.slices_total is not None:
+            slices_total: int | None = old.slices_total
+        else:
+            slices_total = self._mig_slices_total(i, h, reasons)
+        devices: list[_MigDevice] = []
+        if not all(hasattr(nvml, n) for n in _MIG_API):
+            reasons["instances"] = "api_absent"
+            self._note(i, "mig.instances", "api_absent")
+            return _MigLayout(enabled=True, devices=devices, slices_total=slices_total, reasons=reasons)
+        count = self._mig_try(i, "mig", reasons, "instances", nvml.nvmlDeviceGetMaxMigDeviceCount, h)
+        for k in range(int(count or 0)):
+            try:
+                mh = nvml.nvmlDeviceGetMigDeviceHandleByIndex(h, k)
+            except nvml.NVMLError as e:
+                if self._is(e, "NVML_ERROR_NOT_FOUND"):
+                    continue  # an empty slot: no MIG device at this index
+                if self._is(e, "NVML_ERROR_GPU_IS_LOST"):
+                    raise _GpuLostError(self._reason(e)) from e
+                reasons[f"instance[{k}]"] = self._reason(e)
+                self._note(i, f"mig.instance[{k}]", reasons[f"instance[{k}]"])
+                continue
+            gi = self._mig_try(i, "mig", reasons, f"instance[{k}]", nvml.nvmlDeviceGetGpuInstanceId, mh)
+            if gi is None:
+                continue  # an instance that cannot be placed cannot be reported
+            dr: dict[str, str] = {}
+            label = f"mig[{int(gi)}]"
+            ci_fn = getattr(nvml, "nvmlDeviceGetComputeInstanceId", None)
+            ci = self._mig_try(i, label, dr, "compute_instance_id", ci_fn, mh)
+            uuid = self._mig_try(i, label, dr, "uuid", nvml.nvmlDeviceGetUUID, mh)
+            attrs = self._mig_try(i, label, dr, "slices", getattr(nvml, "nvmlDeviceGetAttributes", None), mh)
+            slices = int(attrs.gpuInstanceSliceCount) if attrs is not None else None
+            if slices is not None and slices <= 0:
+                slices, dr["slices"] = None, "NVML_VALUE_NOT_AVAILABLE"
+            devices.append(
+                _MigDevice(
+                    handle=mh,
+                    gi=int(gi),
+                    ci=int(ci) if ci is not None else None,
+                    uuid=_text(uuid) if uuid is not None else None,
+                    slices=slices,
+                    reasons=dr,
+                )
+            )
+        devices.sort(key=lambda d: (d.gi, -1 if d.ci is None else d.ci))
+        return _MigLayout(enabled=True, devices=devices, slices_total=slices_total, reasons=reasons)
+
+    def _mig_try(self, i: int, label: str, reasons: dict[str, str], key: str, fn: Any, *args: Any) -> Any | None:
+        """``fn(*args)``, or None with ``reasons[key]`` (``api_absent`` when ``fn`` is None)."""
+        nvml = self._nvml
+        if fn is None:
+            reasons[key] = "api_absent"
+            self._note(i, f"{label}.{key}", "api_absent")
+            return None
+        try:
+            return fn(*args)
+        except nvml.NVMLError as e:
+            if self._is(e, "NVML_ERROR_GPU_IS_LOST"):
+                raise _GpuLostError(self._reason(e)) from e
+            reasons[key] = self._reason(e)
+            self._note(i, f"{label}.{key}", reasons[key])
+            if reasons[key] in _MIG_GONE and label.startswith("mig["):
+                self._mig_stale.add(i)
+            return None
+
+    def _mig_slices_total(self, i: int, h: Any, reasons: dict[str, str]) -> int | None:
+        """The GPU's slice count: the largest ``sliceCount`` of the GPU instance profiles it
+        supports (its full-GPU profile). None with ``reasons["slices_total"]`` when unknown."""
+        nvml = self._nvml
+        fn = getattr(nvml, "nvmlDeviceGetGpuInstanceProfileInfo", None)
+        profiles = sorted({v for n in dir(nvml) if _GI_PROFILE.fullmatch(n) and isinstance(v := getattr(nvml, n), int)})
+        if fn is None or not profiles:
+            reasons["slices_total"] = "api_absent"
+            self._note(i, "mig.slices_total", "api_absent")
+            return None
+        best = 0
+        reason = "no_profile_supported"
+        version: tuple[int, ...] = ()  # pynvml's default: the v2 call (nvmlDeviceGetGpuInstanceProfileInfoV)
+        for profile in profiles:
+            try:
+                try:
+                    info = fn(h, profile, *version)
+                except nvml.NVMLError as e:
+                    if version or not self._is(e, "NVML_ERROR_FUNCTION_NOT_FOUND"):
+                        raise
+                    version = (1,)  # a driver older than the v2 call
+                    info = fn(h, profile, *version)
+            except nvml.NVMLError as e:
+                if self._is(e, "NVML_ERROR_GPU_IS_LOST"):
+                    raise _GpuLostError(self._reason(e)) from e
+                # NOT_SUPPORTED / INVALID_ARGUMENT: this GPU has no such profile, which is no error.
+                if not (self._is(e, "NVML_ERROR_NOT_SUPPORTED") or self._is(e, "NVML_ERROR_INVALID_ARGUMENT")):
+                    reason = self._reason(e)
+                continue
+            best = max(best, int(info.sliceCount))
+        if best <= 0:
+            reasons["slices_total"] = reason
+            self._note(i, "mig.slices_total", reason)
+            return None
+        return best
+
+    def _mig_gpm_sync(self, i: int, lay: _MigLayout) -> None:
+        """GPM buffers for each GPU instance of ``lay`` (Hopper+); free those of vanished ones."""
+        nvml = self._nvml
+        want = {d.gi for d in lay.devices} if lay.enabled and i in self._gpm else set()
+        if not hasattr(nvml, "nvmlGpmMigSampleGet"):
+            want = set()
+        for key in [k for k in self._mig_gpm if k[0] == i and k[1] not in want]:
+            for buf in self._mig_gpm.pop(key).buffers:
+                with contextlib.suppress(nvml.NVMLError):
+                    nvml.nvmlGpmSampleFree(buf)
+        for gi in sorted(want):
+            if (i, gi) in self._mig_gpm:
+                continue
+            buffers: list[Any] = []
+            try:
+                while len(buffers) < 2:
+                    buffers.append(nvml.nvmlGpmSampleAlloc())
+            except nvml.NVMLError as e:
+                for buf in buffers:
+                    with contextlib.suppress(nvml.NVMLError):
+                        nvml.nvmlGpmSampleFree(buf)
+                self._note(i, f"mig[{gi}].gpm", self._reason(e))
+                continue
+            self._mig_gpm[(i, gi)] = _Gpm(buffers=(buffers[0], buffers[1]))
+
+    def _mig_gpm_reason(self, i: int) -> str:
+        if i not in self._gpm:
+            return self._gpm_reason.get(i, "gpm_not_supported")
+        if not hasattr(self._nvml, "nvmlGpmMigSampleGet"):
+            return "gpm_api_absent"
+        return "gpm_buffers_unavailable"
+
+    def _mig_read(self, i: int, h: Any, un: dict[str, str]) -> _MigRead | None:
+        """Each MIG device's memory and processes, and each GPU instance's GPM activity."""
+        lay = self._mig_layout(i, h, un)
+        if lay is None:
+            return None
+        nvml = self._nvml
+        read = _MigRead(slices_total=lay.slices_total, reasons=dict(lay.reasons))
+        # An instance that could not be enumerated may still run processes: the parent's
+        # aggregate list is then read for them.
+        read.partial = any(k == "instances" or k.startswith("instance[") for k in lay.reasons)
+        gpm_by_gi: dict[int, tuple[dict[str, float], dict[str, str]]] = {}
+        for d in lay.devices:
+            iu = dict(d.reasons)
+            mem = self._mig_try(i, d.label, iu, "mem_used_bytes", nvml.nvmlDeviceGetMemoryInfo, d.handle)
+            total: int | None = None
+            used: int | None = None
+            if mem is None:
+                iu["mem_total_bytes"] = iu["mem_used_bytes"]
+            else:
+                total, used = int(mem.total), int(mem.used)
+                for key, v in (("mem_total_bytes", total), ("mem_used_bytes", used)):
+                    if v == _NA_ULONGLONG:
+                        iu[key] = "NVML_VALUE_NOT_AVAILABLE"
+                        self._note(i, f"{d.label}.{key}", iu[key])
+                total = None if "mem_total_bytes" in iu else total
+                used = None if "mem_used_bytes" in iu else used
+            procs = self._list_processes(i, d.handle, iu, "procs", f"{d.label}.procs")
+            if procs is None:
+                read.partial = True
+            else:
+                read.listed.extend((p, d.gi, d.ci) for p in procs)
+            if d.gi not in gpm_by_gi:
+                gu: dict[str, str] = {}
+                state = self._mig_gpm.get((i, d.gi))
+                if state is None:
+                    reason = self._mig_gpm_reason(i)
+                    for _, f, _ in _MIG_GPM_METRICS:
+                        gu[f] = reason
+                        self._note(i, f"mig[{d.gi}].{f}", reason)
+                    values: dict[str, float] = {}
+                else:
+                    take = functools.partial(nvml.nvmlGpmMigSampleGet, h, d.gi)
+                    values = self._gpm_read(i, state, take, _MIG_GPM_METRICS, gu, f"mig[{d.gi}].")
+                gpm_by_gi[d.gi] = (values, gu)
+            values, gu = gpm_by_gi[d.gi]
+            iu.update(gu)
+            read.instances.append((d, total, used, values, iu))
+        return read
 
     # -- confidential computing ---------------------------------------------------------
 
@@ -791,7 +1249,9 @@ class NvmlSource:
         """Each GPU's CC attestation report over ``nonce`` (32 bytes), or why there is none.
 
         nvmlSystemGetConfComputeState says whether CC is on; only then is
-        nvmlDeviceGetConfComputeGpuAttestationReport asked, per GPU. Never raises.
+        nvmlDeviceGetConfComputeGpuAttestationReport asked, per GPU, and for each GPU that
+        gave a report nvmlDeviceGetConfComputeGpuCertificate (its ``attestationCertChain``,
+        the chain whose leaf signed the report). Never raises.
         """
         nvml = self._nvml
         if not hasattr(nvml, "nvmlSystemGetConfComputeState"):
@@ -806,6 +1266,8 @@ class NvmlSource:
             return CcEvidence(reason="cc_mode_off")
         reports: dict[int, bytes] = {}
         unavailable: dict[int, str] = {}
+        chains: dict[int, bytes] = {}
+        chain_unavailable: dict[int, str] = {}
         for i, h in enumerate(self._handles):
             if h is None:
                 unavailable[i] = self._no_handle.get(i, "no_handle")
@@ -818,7 +1280,35 @@ class NvmlSource:
                 continue
             size = int(r.attestationReportSize)
             reports[i] = bytes(r.attestationReport[:size])
-        return CcEvidence(reports=reports, unavailable=unavailable, reason=None if reports else "no_gpu_attested")
+            chain = self._cc_cert_chain(i, h)
+            if isinstance(chain, bytes):
+                chains[i] = chain
+            else:
+                chain_unavailable[i] = chain
+        return CcEvidence(
+            reports=reports,
+            unavailable=unavailable,
+            reason=None if reports else "no_gpu_attested",
+            chains=chains,
+            chain_unavailable=chain_unavailable,
+        )
+
+    def _cc_cert_chain(self, i: int, h: Any) -> bytes | str:
+        """GPU ``i``'s attestation certificate chain as NVML gives it, or (a str) why there is none."""
+        nvml = self._nvml
+        if not hasattr(nvml, "nvmlDeviceGetConfComputeGpuCertificate"):
+            return "cc_cert_api_absent"
+        try:
+            c = nvml.nvmlDeviceGetConfComputeGpuCertificate(h)
+        except nvml.NVMLError as e:
+            reason = self._reason(e)
+        else:
+            size = int(c.attestationCertChainSize)
+            if 0 < size <= len(c.attestationCertChain):
+                return bytes(c.attestationCertChain[:size])
+            reason = f"cert_chain_size_{size}"
+        self._note(i, "cc_cert_chain", reason)
+        return reason
 
     # -- shutdown -----------------------------------------------------------------------
 
@@ -840,6 +1330,13 @@ class NvmlSource:
                 except self._nvml.NVMLError as e:
                     _logger.debug("GPU %d: nvmlGpmSampleFree failed: %s", i, self._reason(e))
         self._gpm.clear()
+        for (i, gi), state in self._mig_gpm.items():
+            for buf in state.buffers:
+                try:
+                    self._nvml.nvmlGpmSampleFree(buf)
+                except self._nvml.NVMLError as e:
+                    _logger.debug("GPU %d instance %d: nvmlGpmSampleFree failed: %s", i, gi, self._reason(e))
+        self._mig_gpm.clear()
         for i, event_set in self._xid_sets.items():
             try:
                 self._nvml.nvmlEventSetFree(event_set)

@@ -9,6 +9,10 @@ ordinary outcome: it returns ``None``, ``[]`` or ``{}`` and never raises. The sa
 a file the agent may not read (``environ`` of another user's process without
 CAP_SYS_PTRACE) and for contents that do not parse: the caller records "not known", it does
 not guess.
+
+:func:`read_stat` also gives the task's flags: a kernel thread (PF_KTHREAD) never runs GPU
+work, so a kernel thread's PID in NVML's process list is a PID from another namespace and
+is never attributed.
 """
 
 from __future__ import annotations
@@ -17,6 +21,7 @@ import logging
 import os
 from collections.abc import Iterable
 from pathlib import Path
+from typing import NamedTuple
 
 _logger = logging.getLogger(__name__)
 
@@ -27,9 +32,16 @@ DEFAULT_PROC_ROOT = "/proc"
 _MAX_SMALL_FILE_BYTES = 64 * 1024
 _MAX_ENVIRON_BYTES = 4 * 1024 * 1024
 
-# /proc/<pid>/stat: the fields after "(comm)" start at field 3 (state); starttime is field 22.
+# /proc/<pid>/stat: the fields after "(comm)" start at field 3 (state); flags is field 9,
+# starttime field 22 (proc(5)).
 _STAT_FIRST_FIELD_AFTER_COMM = 3
+_STAT_FLAGS_FIELD = 9
 _STAT_STARTTIME_FIELD = 22
+# PF_KTHREAD in include/linux/sched.h: the task is a kernel thread. No GPU process is one; a
+# kernel thread's PID in an NVML process list means the PID is from another namespace.
+PF_KTHREAD = 0x00200000
+_STARTTIME_AT = _STAT_STARTTIME_FIELD - _STAT_FIRST_FIELD_AFTER_COMM  # index after the split
+_FLAGS_AT = _STAT_FLAGS_FIELD - _STAT_FIRST_FIELD_AFTER_COMM
 
 
 def _pid_dir(proc_root: str | os.PathLike[str], pid: int) -> Path | None:
@@ -99,11 +111,23 @@ def read_uid(proc_root: str | os.PathLike[str], pid: int) -> int | None:
     return None
 
 
-def read_start_time_ticks(proc_root: str | os.PathLike[str], pid: int) -> int | None:
-    """The start time of ``pid`` in clock ticks since boot (field 22 of ``stat``), or None.
+class ProcStat(NamedTuple):
+    """What attribution needs from ``/proc/<pid>/stat``."""
 
-    Together with the PID this identifies a process across PID reuse. ``comm`` (field 2)
-    may contain spaces and parentheses, so the line is split at the *last* ``)``.
+    start_time_ticks: int  # field 22: start time in clock ticks since boot
+    flags: int  # field 9: the kernel's PF_* flags
+
+    @property
+    def kernel_thread(self) -> bool:
+        """Whether the task is a kernel thread (PF_KTHREAD): never a tenant's process."""
+        return bool(self.flags & PF_KTHREAD)
+
+
+def _stat_fields(proc_root: str | os.PathLike[str], pid: int) -> list[str] | None:
+    """The fields of ``stat`` after ``(comm)`` (field 3 first), or None.
+
+    ``comm`` (field 2) may contain spaces and parentheses, so the line is split at the
+    *last* ``)``.
     """
     d = _pid_dir(proc_root, pid)
     if d is None:
@@ -115,11 +139,30 @@ def read_start_time_ticks(proc_root: str | os.PathLike[str], pid: int) -> int | 
     close = text.rfind(")")
     if close < 0:
         return None
-    rest = text[close + 1 :].split()
-    i = _STAT_STARTTIME_FIELD - _STAT_FIRST_FIELD_AFTER_COMM
-    if len(rest) <= i or not rest[i].isdigit():
+    return text[close + 1 :].split()
+
+
+def read_start_time_ticks(proc_root: str | os.PathLike[str], pid: int) -> int | None:
+    """The start time of ``pid`` in clock ticks since boot (field 22 of ``stat``), or None.
+
+    Together with the PID this identifies a process across PID reuse.
+    """
+    rest = _stat_fields(proc_root, pid)
+    if rest is None or len(rest) <= _STARTTIME_AT or not rest[_STARTTIME_AT].isdigit():
         return None
-    return int(rest[i])
+    return int(rest[_STARTTIME_AT])
+
+
+def read_stat(proc_root: str | os.PathLike[str], pid: int) -> ProcStat | None:
+    """Start time and flags of ``pid`` from one read of ``stat``; None when the process is
+    gone or either field does not parse. Called for every GPU process every sample."""
+    rest = _stat_fields(proc_root, pid)
+    if rest is None or len(rest) <= _STARTTIME_AT:
+        return None
+    start, flags = rest[_STARTTIME_AT], rest[_FLAGS_AT]
+    if not (start.isdigit() and flags.isdigit()):
+        return None
+    return ProcStat(int(start), int(flags))
 
 
 def read_environ(proc_root: str | os.PathLike[str], pid: int, keys: Iterable[str]) -> dict[str, str]:

@@ -27,6 +27,16 @@ either way) one workload id across nodes, or ``size_alone_gpus`` strong GPUs, st
 it; where it was measured and did not fire, size alone raises nothing. Nothing keys on
 tenant or workload names: workload ids are used only as opaque identities.
 Everything a finding says was known at its ``detected_at``: there is no look-ahead.
+
+A restarted collector does not start blind: ``warm_start`` prepares the engine for a replay
+of the recent stored windows, at least ``history_span_ms`` of them (collector/warmup.py
+chooses them), given the findings already stored. A replayed run of a stored finding's group that was going
+on while that finding was last recorded continues it (same id, ``started_at`` and
+``detected_at``, its totals up to ``updated_at`` taken from it and not counted twice); until
+the replay has a full history span behind it, no new finding is raised, since synchrony and
+links computed from a partial history are not what the detector decided live. To keep every
+stored finding of a run still going within that span of the present, a finding is re-emitted
+at least once per history span even when nothing material changed.
 """
 
 from __future__ import annotations
@@ -158,6 +168,7 @@ class _Run:
     merged_from: list[str] = field(default_factory=list)
     finding: Finding | None = None
     emitted: Finding | None = None
+    counted_to_ms: int = 0  # warm start: windows ending by then are in a stored finding's totals
 
     def absorb(self, o: _Run) -> None:
         """Fold another run of the same (now linked) group into this one."""
@@ -185,6 +196,7 @@ class _Run:
         if o.sync_max is not None:
             self.sync_max = o.sync_max if self.sync_max is None else max(self.sync_max, o.sync_max)
         self.weak_counted_windows = max(self.weak_counted_windows, o.weak_counted_windows)
+        self.counted_to_ms = max(self.counted_to_ms, o.counted_to_ms)
         # The earliest finding survives (its id and detected_at); the other is superseded.
         mine, theirs = self.finding, o.finding
         if theirs is not None and (mine is None or theirs.detected_at_ms < mine.detected_at_ms):
@@ -194,6 +206,23 @@ class _Run:
         elif theirs is not None:
             self.merged_from.append(theirs.id)
         self.merged_from.extend(o.merged_from)
+
+
+def history_span_ms(config: DetectConfig, window_ms: int) -> int:
+    """How far back in event time the detector's decisions reach, for windows of ``window_ms``.
+
+    Synchrony pools ``sync_history_windows`` windows; a link needs ``link_history_windows`` of
+    series and then ``link_confirm_windows`` tests in a row; the nodes a window waits for are
+    those of the last ``active_node_windows``; a run is raised once it has held its size for
+    ``min_duration_s`` (from the start of its first window at size). A detector that has seen
+    this span of windows decides as one that has seen everything before it.
+    """
+    windows = max(
+        config.sync_history_windows,
+        config.link_history_windows + config.link_confirm_windows,
+        config.active_node_windows,
+    )
+    return max(windows * window_ms, config.min_duration_s * _MS + window_ms)
 
 
 @dataclass
@@ -288,6 +317,10 @@ class DetectorEngine:
     def __init__(self, config: DetectConfig, tenants: TenantDirectory) -> None:
         self.config = config
         self.tenants = tenants
+        self._reset()
+
+    def _reset(self) -> None:
+        config = self.config
         self.stats = EngineStats()
         self._open: dict[int, dict[str, UsageWindow]] = {}
         self._open_end: dict[int, int] = {}
@@ -312,6 +345,11 @@ class DetectorEngine:
         self._findings: dict[str, Finding] = {}
         self._opacity_cache: dict[tuple[str, int], Opacity] = {}
         self._warned_late = False
+        # Warm start (``warm_start``): stored findings a replayed run may continue, and the
+        # event time before which no new finding is raised (the history is still partial).
+        self._priors: dict[str, Finding] = {}
+        self._hold_new = False
+        self._hold_until_ms: int | None = None
 
     # ------------------------------------------------------------------ intake
 
@@ -362,6 +400,21 @@ class DetectorEngine:
         """Every finding raised so far, in its latest state, ordered by detection."""
         return sorted(self._findings.values(), key=lambda f: (f.detected_at_ms, f.id))
 
+    def warm_start(self, priors: Iterable[Finding], *, complete: bool) -> None:
+        """Start over, before a replay of stored windows (collector/warmup.py).
+
+        ``priors``: stored ``large_training`` findings whose runs may still be going (each with
+        ``updated_at_ms`` = the end of the last window it was recorded at). A replayed run of a
+        prior's group (the same tenants) that started between the prior's start and its last
+        window (within ``max_gap_windows``) continues the prior rather than raising a new finding;
+        so does a run of some of its tenants that would otherwise raise one (accounts not yet
+        re-linked). ``complete``: the replay starts at the beginning of the store's history;
+        otherwise no new finding is raised until the replay has covered ``history_span_ms``.
+        """
+        self._reset()
+        self._priors = {p.id: p for p in priors if p.kind == KIND_LARGE_TRAINING}
+        self._hold_new = not complete
+
     # ------------------------------------------------------------------ window closing
 
     def _drain(self, final: bool) -> list[Finding]:
@@ -389,6 +442,8 @@ class DetectorEngine:
     def _close(self, s: int, windows: dict[str, UsageWindow]) -> list[Finding]:
         self._last_closed_start = s
         self.stats.windows_closed += 1
+        if self._hold_new or self._priors:
+            self._warm_progress(s, max(w.end_ms for w in windows.values()))
         self._recent_nodes.append(frozenset(windows))
         self._expected = frozenset().union(*self._recent_nodes)
         self._pending_for = None
@@ -687,7 +742,10 @@ class DetectorEngine:
                 run = self._runs[key] = _Run(group=key, start_ms=s, last_hit_end_ms=end)
                 for m in members:
                     self._run_key_of[m] = key
-            self._account(run, gw, classes, gpus, len(node_set), window_s, corr, pairs, sampled, weak_counts)
+            if self._priors:
+                self._resume(run, members, gap_ms)
+            counted = end > run.counted_to_ms  # else already in the totals of the stored finding it continues
+            self._account(run, gw, classes, gpus, len(node_set), window_s, corr, pairs, sampled, weak_counts, counted)
             run.last_strong_gpus = gw.gpus[STRONG]
             run.last_shared_workload_gpus = gw.shared_workload_gpus(cfg.shared_workload_min_nodes)
             run.last_hit_end_ms = end
@@ -695,9 +753,10 @@ class DetectorEngine:
                 if run.large_start_ms is None or s - run.large_last_end_ms >= gap_ms:
                     run.large_start_ms = s
                     run.large_windows = 0
-                run.large_last_end_ms = end
-                run.large_windows += 1
-            f = self._evaluate(run, end)
+                run.large_last_end_ms = max(run.large_last_end_ms, end)
+                if counted:
+                    run.large_windows += 1
+            f = self._evaluate(run, end, gap_ms)
             if f is not None:
                 out.append(f)
         return out
@@ -714,25 +773,29 @@ class DetectorEngine:
         pairs: int,
         sampled: int,
         weak_counts: bool,
+        counted: bool = True,
     ) -> None:
-        run.windows += 1
-        run.gpu_s += gpus * window_s
+        """Add one window to ``run``; its totals only where ``counted`` (its state always)."""
         for t, share in gw.tenants.items():
-            run.tenants[t] = run.tenants.get(t, 0.0) + share * window_s
+            run.tenants[t] = run.tenants.get(t, 0.0) + (share * window_s if counted else 0.0)
         rate = 0.0
         rate_known = True
         for c in classes:
             for model, (g, active) in gw.models[c].items():
-                mu = run.models.get(model)
-                if mu is None:
-                    mu = run.models[model] = _ModelUse()
-                mu.gpu_s += g * window_s
-                mu.active_gpu_s += active * window_s
                 peak = flops.lookup(model)
                 if peak is None:
                     rate_known = False
                 else:
                     rate += peak.bf16_dense_flops * active
+                if not counted:
+                    continue
+                mu = run.models.get(model)
+                if mu is None:
+                    mu = run.models[model] = _ModelUse()
+                mu.gpu_s += g * window_s
+                mu.active_gpu_s += active * window_s
+            if not counted:
+                continue
             for name, sums, ws in (
                 ("util", gw.util_sum, gw.util_w),
                 ("power", gw.power_sum, gw.power_w),
@@ -742,14 +805,17 @@ class DetectorEngine:
                 acc = run.sums.setdefault(name, [0.0, 0.0])
                 acc[0] += sums[c] * window_s
                 acc[1] += ws[c] * window_s
+        if counted:
+            run.windows += 1
+            run.gpu_s += gpus * window_s
+            if weak_counts:
+                run.weak_counted_windows += 1
         run.last_rate_active_flops = rate if rate_known else None
         run.last_gpus = gpus
         run.last_nodes = nodes
         run.last_window_s = window_s
         run.peak_gpus = max(run.peak_gpus, gpus)
         run.peak_nodes = max(run.peak_nodes, nodes)
-        if weak_counts:
-            run.weak_counted_windows += 1
         if corr is not None:
             run.sync = corr
             run.sync_pairs = pairs
@@ -775,7 +841,7 @@ class DetectorEngine:
             self._opacity_cache[k] = o
         return o
 
-    def _evaluate(self, run: _Run, end_ms: int) -> Finding | None:
+    def _evaluate(self, run: _Run, end_ms: int, gap_ms: int) -> Finding | None:
         cfg = self.config
         if run.finding is None:
             if run.large_start_ms is None or run.large_last_end_ms != end_ms:
@@ -784,17 +850,145 @@ class DetectorEngine:
                 return None
             if not self._job_evidence(run):
                 return None
-            detected_at = end_ms
-        else:
-            detected_at = run.finding.detected_at_ms
+            prior = self._prior_for(run, gap_ms) if self._priors else None
+            if prior is not None:
+                self._seed(run, prior)  # some of a stored finding's accounts, not yet re-linked
+            elif self._holding(end_ms):
+                return None
+        detected_at = end_ms if run.finding is None else run.finding.detected_at_ms
         f = self._build(run, detected_at, end_ms)
         run.finding = f
         self._findings[f.id] = f
         prev = run.emitted
-        if prev is None or self._material(prev, f):
+        window_ms = int(run.last_window_s * _MS)
+        if (
+            prev is None
+            or self._material(prev, f)
+            or f.updated_at_ms - prev.updated_at_ms >= history_span_ms(cfg, window_ms)
+        ):
             run.emitted = f
             return f
         return None
+
+    # ------------------------------------------------------------------ warm start
+
+    def _warm_progress(self, s: int, end: int) -> None:
+        """After ``warm_start``: where the hold on new findings ends; drop priors no run can continue."""
+        span = history_span_ms(self.config, end - s)
+        if self._hold_new and self._hold_until_ms is None:
+            self._hold_until_ms = s + span
+        gap_ms = (self.config.max_gap_windows + 1) * (end - s)
+        for pid in [pid for pid, p in self._priors.items() if s > p.updated_at_ms + gap_ms + span]:
+            del self._priors[pid]
+
+    def _holding(self, end_ms: int) -> bool:
+        """No new finding yet: the replay after a warm start has less than a history span behind it."""
+        if not self._hold_new:
+            return False
+        if self._hold_until_ms is not None and end_ms >= self._hold_until_ms:
+            self._hold_new = False
+            return False
+        return True
+
+    @staticmethod
+    def _continues(p: Finding, run: _Run, gap_ms: int) -> bool:
+        """Did ``run`` start while ``p`` was being recorded (within the gap a run may have)?"""
+        return p.started_at_ms - gap_ms <= run.start_ms <= p.updated_at_ms + gap_ms
+
+    def _resume(self, run: _Run, members: list[str], gap_ms: int) -> None:
+        """A replayed run of a stored finding's group continues it; runs of some of its tenants
+        do not count again what its totals hold."""
+        tenants = set(members)
+        exact: Finding | None = None
+        for p in self._priors.values():
+            if tenants.isdisjoint(p.tenants) or not self._continues(p, run, gap_ms):
+                continue
+            run.counted_to_ms = max(run.counted_to_ms, p.updated_at_ms)
+            if set(p.tenants) == tenants and (exact is None or p.started_at_ms > exact.started_at_ms):
+                exact = p
+        if exact is not None and run.finding is None:
+            self._seed(run, exact)
+
+    def _prior_for(self, run: _Run, gap_ms: int) -> Finding | None:
+        """The stored finding sharing most tenants with ``run`` that ``run`` continues, if any."""
+        tenants = set(run.tenants)
+        best: tuple[int, int, str] | None = None
+        for p in self._priors.values():
+            shared = len(tenants.intersection(p.tenants))
+            if shared and self._continues(p, run, gap_ms):
+                rank = (shared, p.started_at_ms, p.id)
+                if best is None or rank > best:
+                    best = rank
+        return None if best is None else self._priors[best[2]]
+
+    def _seed(self, run: _Run, p: Finding) -> None:
+        """Make ``run`` the continuation of stored finding ``p``: its id, start and detection
+        time, and its totals up to ``p.updated_at_ms`` (windows the run does not count again).
+
+        The totals are read back from the finding's evidence (what ``_build`` wrote); shares
+        that the evidence gives only rounded (GPUs per model, each tenant's part) are
+        apportioned, so sums and means continue, not restart."""
+        del self._priors[p.id]
+        ev = p.evidence
+        sig = ev.get("signals", {})
+        gpu_s = float(ev.get("gpu_seconds", p.gpu_hours * _SECONDS_PER_HOUR))
+        run.start_ms = min(run.start_ms, p.started_at_ms)
+        run.finding_id = p.id
+        run.finding = run.emitted = p
+        self._findings[p.id] = p
+        run.counted_to_ms = max(run.counted_to_ms, p.updated_at_ms)
+        run.gpu_s += gpu_s
+        run.windows += int(ev.get("windows_counted", 0))
+        run.weak_counted_windows += int(ev.get("throttled_gpus_counted_windows", 0))
+        at_size = int(ev.get("windows_at_size", 0))
+        if at_size:
+            duration_s = sig.get("duration_at_size_s", {}).get("value")
+            large_start = p.started_at_ms if duration_s is None else p.updated_at_ms - int(duration_s * _MS)
+            run.large_start_ms = large_start if run.large_start_ms is None else min(run.large_start_ms, large_start)
+            run.large_last_end_ms = max(run.large_last_end_ms, p.updated_at_ms)
+            run.large_windows += at_size
+        run.peak_gpus = max(run.peak_gpus, float(p.gpus))
+        run.peak_nodes = max(run.peak_nodes, p.nodes)
+        for t in p.tenants:
+            run.tenants.setdefault(t, 0.0)
+        run.tenants[p.tenant] = run.tenants.get(p.tenant, 0.0) + gpu_s
+        sync_max = sig.get("synchrony_corr", {}).get("max")
+        if sync_max is not None:
+            run.sync_max = sync_max if run.sync_max is None else max(run.sync_max, sync_max)
+        run.merged_from.extend(ev.get("supersedes", ()))
+        # Per model: GPU-seconds by the model's share of the run's GPUs; activity-weighted
+        # GPU-seconds so that the FLOP estimate continues from the stored one.
+        shares = {str(m): float(n) for m, n in ev.get("gpu_models", {}).items()}
+        total = sum(shares.values())
+        if shares and total <= 0:
+            shares = dict.fromkeys(shares, 1.0)
+            total = float(len(shares))
+        known = 0.0
+        for m, n in shares.items():
+            peak = flops.lookup(m)
+            if peak is not None:
+                known += peak.bf16_dense_flops * gpu_s * n / total
+        estimate = ev.get("flop", {}).get("estimate")
+        if estimate and known > 0:
+            activity = float(estimate[0]) / self.config.mfu_low / known
+        else:
+            busy = sig.get("sm_active_mean", {}).get("value") or sig.get("util_mean", {}).get("value")
+            activity = 1.0 if busy is None else float(busy)
+        for m, n in shares.items():
+            mu = run.models.setdefault(m, _ModelUse())
+            mu.gpu_s += gpu_s * n / total
+            mu.active_gpu_s += gpu_s * n / total * activity
+        for name, key, scale in (
+            ("util", "util_mean", 1000.0),
+            ("power", "power_fraction_of_limit", 1.0),
+            ("sm", "sm_active_mean", 1000.0),
+            ("tensor", "tensor_active_mean", 1000.0),
+        ):
+            value = sig.get(key, {}).get("value")
+            if value is not None:
+                acc = run.sums.setdefault(name, [0.0, 0.0])
+                acc[0] += float(value) * scale * gpu_s
+                acc[1] += gpu_s
 
     def _job_evidence(self, run: _Run) -> bool:
         """Are the run's GPUs one job? Synchrony where measured; else one workload id or size."""

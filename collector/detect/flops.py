@@ -11,6 +11,7 @@ with the reason, never as zero and never guessed from another model.
 
 from __future__ import annotations
 
+import functools
 import logging
 import re
 from dataclasses import dataclass
@@ -106,6 +107,7 @@ def normalise(nvml_name: str) -> str:
     return s
 
 
+@functools.lru_cache(maxsize=256)
 def model_key(nvml_name: str) -> str | None:
     """The table key for an NVML device name, or None when the model is not in the table."""
     s = normalise(nvml_name)

@@ -39,6 +39,7 @@ from attestation.statement import UNATTRIBUTED
 from collector.config import CollectorConfig
 from collector.detect.config import DetectConfig
 from collector.detect.engine import DetectorEngine
+from collector.integrity import KINDS as INTEGRITY_KINDS
 from collector.metrics import CHAIN_BREAK_REASONS, REFUSAL_REASONS
 from collector.server import start_collector
 from collector.store.base import FindingRecord
@@ -193,6 +194,9 @@ def test_series_alerts_rely_on_exist_at_zero_before_any_statement(scraped: Scrap
     for sev in ("low", "medium", "high", "critical"):
         key = frozenset({("kind", "large_training"), ("severity", sev)})
         assert b[("gpuaudit_findings_raised_total", key)] == 0
+    for kind in INTEGRITY_KINDS:  # GpuauditIntegrityFinding takes increase() of these
+        key = frozenset({("kind", kind), ("severity", "high")})
+        assert b[("gpuaudit_findings_raised_total", key)] == 0, kind
     assert b[("gpuaudit_collector_nodes_known", frozenset())] == 0
 
 
@@ -257,15 +261,17 @@ def test_values_match_what_the_agents_signed(scraped: Scraped) -> None:
     # -- findings ------------------------------------------------------------------------
     # The tamper node's fork (two statements with seq 1) is also recorded, as an integrity
     # finding carrying both signed statements (collector/integrity.py); it is not a detector
-    # finding and has no tenant.
+    # finding and has no tenant, but it is counted in the findings series like one.
     assert [f.kind for f in scraped.findings if f.tenant == ""] == ["equivocation"]
     detected = [f for f in scraped.findings if f.tenant != ""]
     assert [f.tenant for f in detected] == [DEMO_OPAQUE_TENANT]
     sev = detected[0].severity
     assert v("gpuaudit_findings", kind="large_training", severity=sev) == 1
     assert v("gpuaudit_findings_raised_total", kind="large_training", severity=sev) == 1
+    assert v("gpuaudit_findings", kind="equivocation", severity="high") == 1
+    assert v("gpuaudit_findings_raised_total", kind="equivocation", severity="high") == 1
     open_total = sum(val for (n, _), val in m.items() if n == "gpuaudit_findings")
-    assert open_total == 1, "one finding recorded, counted once at its current severity"
+    assert open_total == 2, "two findings recorded, each counted once at its current severity"
 
 
 @pytest.mark.skipif(shutil.which("promtool") is None, reason="promtool absent (Debian package prometheus)")

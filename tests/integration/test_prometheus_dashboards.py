@@ -1,5 +1,10 @@
-"""A real Prometheus scrapes a real collector fed by simulated agents; every Grafana panel's
-query, every dashboard variable and every rule in deploy/ is run against it.
+"""A real Prometheus scrapes a real collector fed by simulated agents, and real agent
+processes (``gpuaudit-agent run`` with the simulated source); every Grafana panel's query,
+every dashboard variable and every rule in deploy/ is run against it.
+
+The agents are staged as an operator would meet them: one healthy, one whose key the
+collector revokes while it streams (a refused statement, a stopped stream, a growing
+spool), and one target where no agent answers (down).
 
 Needs the ``prometheus`` binary (Debian package ``prometheus``); skipped without it.
 """
@@ -9,9 +14,12 @@ from __future__ import annotations
 import asyncio
 import json
 import math
+import os
+import re
 import shutil
 import socket
 import subprocess
+import sys
 import time
 import urllib.parse
 import urllib.request
@@ -21,7 +29,9 @@ from typing import Any
 import pytest
 from fleet_feed import SHADOW_NODE, SITE_NODES, TAMPER_NODE, feed
 
-from agent.sim.scenarios import demo_tenants_toml
+from agent.sim.scenarios import demo_site, demo_tenants_toml
+from agent.trace import write_trace
+from attestation.keys import load_key_file
 from collector.config import CollectorConfig
 from collector.detect.config import DetectConfig
 from collector.detect.engine import DetectorEngine
@@ -35,7 +45,24 @@ RULES = ROOT / "deploy" / "prometheus" / "rules.yml"
 PROMETHEUS = shutil.which("prometheus") or "/usr/bin/prometheus"
 # What Grafana would put in place of its variables: a minute of rate window, an hour of
 # dashboard range, and "All" for every template variable.
-GRAFANA_VARS = {"$__rate_interval": "1m", "$__range": "1h", "$node": ".*", "$tenant": ".*", "$kind": ".*"}
+GRAFANA_VARS = {
+    "$__rate_interval": "1m",
+    "$__range": "1h",
+    "$node": ".*",
+    "$tenant": ".*",
+    "$kind": ".*",
+    "$instance": ".*",
+}
+AGENT_OK = "kl1-agent-ok"  # streams to the collector throughout
+AGENT_REFUSED = "kl1-agent-refused"  # its key is revoked while it streams
+AGENT_DEAD = "kl1-agent-dead"  # a scrape target where no agent answers
+# Panels allowed to be empty here, each with the reason: their series appear only on a
+# failure that a real agent with the simulated source cannot meet. Every other panel of
+# every dashboard must return data.
+EMPTY_ALLOWED = {
+    ("agents.json", "Agents with GPUs they cannot read"): 'field="gpu" is counted only by the NVML source, '
+    "when it cannot read a whole GPU; the simulated source reads every GPU of its trace",
+}
 
 pytestmark = pytest.mark.skipif(
     not Path(PROMETHEUS).exists(), reason="prometheus absent (Debian package prometheus; .ci/run installs it)"
@@ -93,9 +120,88 @@ def _finite(data: Any) -> bool:
     return False
 
 
+class _Agent:
+    """``gpuaudit-agent run`` in a process of its own, simulated source, /metrics on a free port."""
+
+    def __init__(self, tmp: Path, node: str, trace: Path, collector: str, token: str) -> None:
+        d = tmp / node
+        d.mkdir()
+        self.node = node
+        self.metrics_port = _free_port()
+        self.key = d / "agent.key"
+        self.log = d / "agent.log"
+        (d / "agent.toml").write_text(
+            "\n".join(
+                [
+                    f'node_id = "{node}"',
+                    f'collector = "{collector}"',
+                    f'key = "file:{self.key}"',
+                    f'spool = "{d / "spool.db"}"',
+                    'source = "sim"',
+                    f'sim_trace = "{trace}"',
+                    "window_s = 1",
+                    "bucket_s = 1",
+                    "sample_interval_s = 0.2",
+                    "insecure = true",
+                    f'metrics_listen = "127.0.0.1:{self.metrics_port}"',
+                ]
+            )
+        )
+        env = {k: v for k, v in os.environ.items() if not k.startswith("GPUAUDIT_")}
+        env["GPUAUDIT_JOIN_TOKEN"] = token
+        with self.log.open("w") as fh:
+            self.proc = subprocess.Popen(
+                [sys.executable, "-m", "agent.cli", "run", "--config", str(d / "agent.toml")],
+                cwd=ROOT,
+                env=env,
+                stdout=fh,
+                stderr=subprocess.STDOUT,
+            )
+
+    def alive(self) -> str:
+        """Empty while the agent runs; otherwise how it ended, with its log."""
+        code = self.proc.poll()
+        return "" if code is None else f"agent {self.node} exited with {code}:\n{self.log.read_text()}"
+
+    def stop(self) -> None:
+        if self.proc.poll() is None:
+            self.proc.terminate()  # SIGTERM: the agent signs its last window and stops
+            try:
+                self.proc.wait(timeout=20)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait(timeout=10)
+
+
+def _prometheus_yml(collector_port: int, agents: dict[str, int]) -> str:
+    # Job names as in deploy/prometheus/prometheus.yml; instance = the node, as its relabelling does.
+    lines = [
+        "global:\n  scrape_interval: 1s\n  evaluation_interval: 1s",
+        f"rule_files:\n  - {RULES}",
+        "scrape_configs:",
+        "  - job_name: gpuaudit-collector",
+        f"    static_configs:\n      - targets: ['127.0.0.1:{collector_port}']",
+        "  - job_name: gpuaudit-agent",
+        "    static_configs:",
+    ]
+    for node, port in agents.items():
+        lines.append(f"      - {{targets: ['127.0.0.1:{port}'], labels: {{instance: {node}}}}}")
+    return "\n".join(lines) + "\n"
+
+
 def test_dashboards_and_rules_against_a_real_prometheus(tmp_path: Path) -> None:
     panels = _panels()
-    assert len(panels) >= 40, "four dashboards: fleet, tenant usage, findings, trust health"
+    boards = {b for b, _, _ in panels}
+    assert boards == {"fleet.json", "tenants.json", "findings.json", "trust.json", "agents.json"}, boards
+    assert len(panels) >= 60, "five dashboards: fleet, tenant usage, findings, trust health, agents"
+    titles = {(b, t) for b, t, _ in panels}
+    assert set(EMPTY_ALLOWED) <= titles, (
+        f"EMPTY_ALLOWED names panels that no longer exist: {set(EMPTY_ALLOWED) - titles}"
+    )
+    trace = tmp_path / "agent-trace.jsonl"
+    write_trace(
+        trace, demo_site(seed=5, hours=0.2, sample_interval_s=10, training_nodes=1, inference_nodes=0, slurm_nodes=0)
+    )
     db = tmp_path / "collector.db"
     store = SqliteStore(db)
     cfg = CollectorConfig(listen="127.0.0.1:0", metrics_listen="127.0.0.1:0", insecure=True, db=db)
@@ -108,13 +214,16 @@ def test_dashboards_and_rules_against_a_real_prometheus(tmp_path: Path) -> None:
             cfg, store, DetectorEngine(DetectConfig(), TenantDirectory.from_toml(demo_tenants_toml()))
         )
         proc = None
+        now_ms = time.time_ns() // 1_000_000
+        agents = [
+            _Agent(tmp_path, node, trace, f"127.0.0.1:{running.port}", store.create_token(600, now_ms))
+            for node in (AGENT_OK, AGENT_REFUSED)
+        ]
+        ok, refused = agents
         try:
-            (tmp_path / "prometheus.yml").write_text(
-                "global:\n  scrape_interval: 1s\n  evaluation_interval: 1s\n"
-                f"rule_files:\n  - {RULES}\n"
-                "scrape_configs:\n  - job_name: gpuaudit-collector\n    static_configs:\n"
-                f"      - targets: ['127.0.0.1:{running.metrics_port}']\n"
-            )
+            targets = {a.node: a.metrics_port for a in agents} | {AGENT_DEAD: _free_port()}
+            assert running.metrics_port is not None, "the collector serves no /metrics"
+            (tmp_path / "prometheus.yml").write_text(_prometheus_yml(running.metrics_port, targets))
             with log.open("w") as fh:
                 proc = subprocess.Popen(
                     [
@@ -130,46 +239,84 @@ def test_dashboards_and_rules_against_a_real_prometheus(tmp_path: Path) -> None:
             deadline = time.monotonic() + 30
             while True:
                 assert proc.poll() is None, "prometheus exited:\n" + log.read_text()
+                for a in agents:
+                    assert not a.alive(), a.alive()
                 try:
-                    if _query(base, 'up{job="gpuaudit-collector"} == 1')["result"]:
+                    if (
+                        _query(base, 'up{job="gpuaudit-collector"} == 1')["result"]
+                        and len(_query(base, 'up{job="gpuaudit-agent"} == 1')["result"]) == len(agents)
+                        and _query(base, f'gpuaudit_agent_acks_total{{instance="{refused.node}"}} > 0')["result"]
+                    ):
                         break
                 except OSError:
                     pass
-                assert time.monotonic() < deadline, "prometheus did not scrape the collector:\n" + log.read_text()
+                assert time.monotonic() < deadline, (
+                    "prometheus did not scrape the collector and both agents, or the agents did not stream:\n"
+                    + log.read_text()
+                    + "".join(a.log.read_text() for a in agents)
+                )
                 await asyncio.sleep(0.3)
+            # The collector revokes the streaming agent's key: its next statement is refused.
+            revoked = await asyncio.to_thread(
+                store.revoke_key, load_key_file(refused.key).key_id, time.time_ns() // 1_000_000
+            )
+            assert revoked
             # Feed while Prometheus scrapes, so rates and histograms see the statements arrive.
             now_ms = time.time_ns() // 1_000_000
             tokens = [store.create_token(600, now_ms) for _ in range(SITE_NODES + 2)]
             fed = await feed(f"127.0.0.1:{running.port}", tokens)
             assert fed.stats.rejected == []
+            deadline = time.monotonic() + 20
+            while not _query(base, f'gpuaudit_agent_rejects_total{{instance="{refused.node}"}}')["result"]:
+                assert time.monotonic() < deadline, (
+                    "the revoked agent's refusal never showed:\n" + refused.log.read_text()
+                )
+                await asyncio.sleep(0.5)
             await asyncio.sleep(4)  # a few more scrapes and rule evaluations
+            for a in agents:  # a refused statement stops the stream, not the agent
+                assert not a.alive(), a.alive()
 
             def check() -> None:
                 empty = []
                 for board, title, expr in panels:
                     data = _query(base, _substitute(expr))
-                    if not data["result"] or not _finite(data):
+                    if (not data["result"] or not _finite(data)) and (board, title) not in EMPTY_ALLOWED:
                         empty.append(f"{board} / {title}: {expr} -> {data['result']}")
-                assert not empty, "panels without data from a fed collector:\n" + "\n".join(empty)
+                assert not empty, "panels without data from a fed collector and live agents:\n" + "\n".join(empty)
                 for board, q in _variables():
                     metric, label = q[len("label_values(") : -1].split(", ")
                     assert _query(base, f"count by ({label}) ({metric})")["result"], (board, q)
                 groups = _get(f"{base}/api/v1/rules")["data"]["groups"]
                 rules = [r for g in groups for r in g["rules"]]
-                assert len(rules) >= 9, rules
+                in_file = re.findall(r"^\s+- (?:alert|record): ", RULES.read_text(), re.MULTILINE)
+                assert len(rules) == len(in_file), f"Prometheus loaded {len(rules)} rules, rules.yml has {len(in_file)}"
                 bad = [(r["name"], r.get("lastError")) for r in rules if r["health"] != "ok"]
                 assert not bad, f"rules failing in a real Prometheus: {bad}"
                 alerts = {
-                    (a["labels"]["alertname"], a["labels"].get("node", ""), a["state"])
+                    (
+                        a["labels"]["alertname"],
+                        a["labels"].get("node") or a["labels"].get("instance", ""),
+                        a["state"],
+                    )
                     for a in _get(f"{base}/api/v1/alerts")["data"]["alerts"]
                 }
                 # The tamper node's gap, wrong prev and equivocation; the replayed site's windows
                 # are months old by the wall clock, so every node is (pending) dark.
                 assert ("GpuauditChainBroken", TAMPER_NODE, "firing") in alerts, alerts
                 assert ("GpuauditNodeDark", SHADOW_NODE, "pending") in alerts, alerts
+                # The agents: a refusal fires at once; a target down is pending for 10 minutes;
+                # the healthy agent raises nothing.
+                assert ("GpuauditAgentStatementRefused", refused.node, "firing") in alerts, alerts
+                assert ("GpuauditAgentDown", AGENT_DEAD, "pending") in alerts, alerts
+                assert not [a for a in alerts if a[1] == ok.node], alerts
+                # A refusal stops the stream: the refused agent signs on into its spool.
+                depth = _query(base, f'gpuaudit_agent_spool_statements{{instance="{refused.node}"}}')["result"]
+                assert depth and float(depth[0]["value"][1]) >= 2, depth
 
             await asyncio.to_thread(check)
         finally:
+            # Off the event loop: the collector serving the agents' last statements runs on it.
+            await asyncio.gather(*(asyncio.to_thread(a.stop) for a in agents))
             if proc is not None:
                 proc.terminate()
                 try:
@@ -179,6 +326,6 @@ def test_dashboards_and_rules_against_a_real_prometheus(tmp_path: Path) -> None:
             await running.stop(0.5)
 
     try:
-        asyncio.run(asyncio.wait_for(scenario(), timeout=90))
+        asyncio.run(asyncio.wait_for(scenario(), timeout=150))
     finally:
         store.close()

@@ -19,24 +19,44 @@ from attestation.cc import CC_EVENT, check_cc_report, parse_cc_detail
 from attestation.keys import Ed25519Signer
 from attestation.statement import Chain, GpuWindow, UsageWindow, parse_statement
 
+# A genuine GPU attestation certificate chain (NVIDIA's nvtrust sample, leaf first, PEM).
+CERT_CHAIN = (Path(__file__).resolve().parents[2] / "fixtures" / "cc" / "nvtrust_hopper_chain.pem").read_bytes()
+
 
 class CcFakeNvml(FakeNvml):
     """A fake NVML whose GPUs answer nvmlDeviceGetConfComputeGpuAttestationReport the way
-    NVML does: the report (here: a stand-in SPDM request with the nonce, then a body)."""
+    NVML does: the report (here: the 37-byte SPDM GET_MEASUREMENTS request with the nonce,
+    then a stand-in body), and nvmlDeviceGetConfComputeGpuCertificate with the chain."""
 
-    def __init__(self, *args: Any, report_errors: dict[int, int] | None = None, **kw: Any) -> None:
+    def __init__(
+        self,
+        *args: Any,
+        report_errors: dict[int, int] | None = None,
+        cert_errors: dict[int, int] | None = None,
+        **kw: Any,
+    ) -> None:
         super().__init__(*args, **kw)
         self.report_errors = report_errors or {}
+        self.cert_errors = cert_errors or {}
 
     def nvmlDeviceGetConfComputeGpuAttestationReport(self, handle: Any, nonce: bytes) -> Any:  # noqa: N802
         self.calls.append(("nvmlDeviceGetConfComputeGpuAttestationReport", handle.index))
         if handle.index in self.report_errors:
             raise pynvml.NVMLError(self.report_errors[handle.index])
         r = pynvml.c_nvmlConfComputeGpuAttestationReport_t()
-        body = b"\x11\xe0" + bytes(nonce) + b"measurements-of-gpu-%d" % handle.index
+        body = b"\x11\xe0\x01\xff" + bytes(nonce) + b"\x00" + b"measurements-of-gpu-%d" % handle.index
         ctypes.memmove(r.attestationReport, body, len(body))
         r.attestationReportSize = len(body)
         return r
+
+    def nvmlDeviceGetConfComputeGpuCertificate(self, handle: Any) -> Any:  # noqa: N802
+        self.calls.append(("nvmlDeviceGetConfComputeGpuCertificate", handle.index))
+        if handle.index in self.cert_errors:
+            raise pynvml.NVMLError(self.cert_errors[handle.index])
+        c = pynvml.c_nvmlConfComputeGpuCertificate_t()
+        ctypes.memmove(c.attestationCertChain, CERT_CHAIN, len(CERT_CHAIN))
+        c.attestationCertChainSize = len(CERT_CHAIN)
+        return c
 
 
 NONCE = bytes(range(32))
@@ -66,6 +86,25 @@ def test_cc_mode_on_reports_per_gpu_and_names_the_one_that_failed() -> None:
     ev = _source(fake, gpm=False).cc_attestation(NONCE)
     assert set(ev.reports) == {0} and NONCE in ev.reports[0], ev
     assert ev.unavailable == {1: "NVML_ERROR_INSUFFICIENT_RESOURCES"}
+    assert ev.chains == {0: CERT_CHAIN}, "the chain of the GPU that attested, exactly as NVML gave it"
+    assert ("nvmlDeviceGetConfComputeGpuCertificate", 1) not in fake.calls
+
+
+def test_a_chain_nvml_cannot_give_is_named_and_the_report_kept() -> None:
+    fake = CcFakeNvml([_h100(0), _h100(1)], cert_errors={1: pynvml.NVML_ERROR_NOT_SUPPORTED})
+    fake.cc_feature = pynvml.NVML_CC_SYSTEM_FEATURE_ENABLED
+    ev = _source(fake, gpm=False).cc_attestation(NONCE)
+    assert set(ev.reports) == {0, 1}
+    assert ev.chains == {0: CERT_CHAIN}
+    assert ev.chain_unavailable == {1: "NVML_ERROR_NOT_SUPPORTED"}
+
+
+def test_an_old_pynvml_without_the_certificate_call() -> None:
+    fake = CcFakeNvml([_h100(0)], without=("nvmlDeviceGetConfComputeGpuCertificate",))
+    fake.cc_feature = pynvml.NVML_CC_SYSTEM_FEATURE_ENABLED
+    ev = _source(fake, gpm=False).cc_attestation(NONCE)
+    assert set(ev.reports) == {0} and ev.chains == {}
+    assert ev.chain_unavailable == {0: "cc_cert_api_absent"}
 
 
 def _window(i: int) -> UsageWindow:
@@ -92,6 +131,7 @@ def test_the_signer_binds_reports_to_the_chain_head_and_explains_the_rest(tmp_pa
         report = parse_cc_detail(event.detail)
         problem = check_cc_report(report, s.chain.key_id, s.chain.seq, s.chain.prev)
         assert problem is None, f"seq {s.chain.seq}: {problem}"
+        assert report.cert_chain == CERT_CHAIN
     assert stmts[1].unavailable["cc_attestation"] == "see_seq_0", stmts[1].unavailable
     assert "cc_attestation" not in stmts[0].unavailable
 

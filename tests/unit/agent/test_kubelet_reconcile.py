@@ -3,6 +3,7 @@ reconciliation of allocation with observed GPU use, and the agent's blind spots.
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import shutil
 import tempfile
@@ -152,6 +153,8 @@ def test_kubelet_error_is_recorded(kubelet: tuple[FakeKubelet, Path], tmp_path: 
         (GPU0, GPU0),
         (f"{GPU0}::3", GPU0),
         ("MIG-1f2e3d4c-0000-5000-8000-000000000000", "MIG-1f2e3d4c-0000-5000-8000-000000000000"),
+        ("MIG-1f2e3d4c-0000-5000-8000-000000000000::2", "MIG-1f2e3d4c-0000-5000-8000-000000000000"),
+        (f"MIG-{GPU0}/1/0", f"MIG-{GPU0}/1/0"),  # the MIG UUID format of drivers before R470
         ("0", "0"),
     ],
 )
@@ -348,3 +351,47 @@ def test_statement_carries_blind_spots_events_identity_and_health(
     assert back.gpus[0].health == gw.health and back.gpus[0].identity == gw.identity
     assert back.gpus[0].mem_reserved_bytes == gw.mem_reserved_bytes and back.gpus[0].events == gw.events
     resolver.close()
+
+
+# ---------------------------------------------------------------------------
+# The live agent's wiring (agent/node.py): one kubelet client for attribution and checks
+
+
+def test_live_agent_attribution_uses_the_kubelet_for_pod_namespaces(
+    kubelet: tuple[FakeKubelet, Path], tmp_path: Path
+) -> None:
+    from agent.config import AgentConfig
+    from agent.node import make_attributor, make_pod_resolver, make_reconciler
+
+    fake, sock = kubelet
+    fake.allocate("team-a", "trainer-0", "main", GPU0)
+    logs = _pod_logs(tmp_path / "pods", f"team-a_trainer-0_{POD}")
+    cfg = AgentConfig(
+        node_id="n1",
+        source="nvml",
+        proc_root=PROC,
+        kubelet_socket=sock,
+        pod_logs_root=logs,
+        tenant_rules=TenantRules(namespaces={"team-a": "t-17"}),
+    )
+    pods = make_pod_resolver(cfg)
+    assert pods is not None
+    a = make_attributor(cfg, pods).resolve(4242, T, 123456)
+    # Without the kubelet the namespace is unknown and the namespace rule cannot apply.
+    assert (a.tenant, a.workload) == ("t-17", "team-a/trainer-0"), a
+    unresolved = make_attributor(cfg, None).resolve(4242, T, 123456)
+    assert unresolved.tenant != "t-17"
+    devices = (DeviceInfo(0, GPU0, "1650123456700", "NVIDIA H100 80GB HBM3", 80 * 2**30, 700_000),)
+    rec = make_reconciler(cfg, devices, pods)
+    g = GpuSample(0, 90.0, 2**30, 600_000, 1000, procs=(ProcessSample(4242, 2**30, start_time_ticks=123456),))
+    sample = attribute(NodeSample(t=T, gpus=(g,)), make_attributor(cfg, pods), cfg.tenant_rules)
+    assert rec.apply(sample).gpus[0].events == (), "the pod's own allocation matches its process"
+    # The same process seen on a GPU allocated to another pod is flagged.
+    fake.pods.clear()
+    fake.allocate("team-b", "other-0", "main", GPU0)
+    later = PodResourcesResolver(sock, logs, refresh_s=0.0)
+    flagged = make_reconciler(cfg, devices, later).apply(sample).gpus[0].events
+    assert [kind for kind, _ in flagged] == [FOREIGN_POD_USE], flagged
+    later.close()
+    pods.close()
+    assert make_pod_resolver(dataclasses.replace(cfg, source="sim")) is None

@@ -50,6 +50,34 @@ class FakeAccounted:
 
 
 @dataclass
+class FakeMig:
+    """One MIG device: compute instance ``ci`` of GPU instance ``gi``, at handle index ``slot``."""
+
+    slot: int
+    gi: int
+    ci: int
+    slices: int
+    uuid: str = ""
+    mem_total: int = 10 * GIB
+    mem_used: int = 0
+    procs: list[FakeProcessInfo] = field(default_factory=list)  # as the MIG handle lists them
+    gpm_values: dict[int, float] = field(default_factory=dict)  # per GPU instance (nvmlGpmMigSampleGet)
+    errors: dict[str, int] = field(default_factory=dict)  # NVML function -> error on this MIG handle
+
+
+# What nvmlDeviceGetGpuInstanceProfileInfo answers on an H100 80GB (profile -> sliceCount);
+# every other profile is NVML_ERROR_NOT_SUPPORTED (nvidia-smi mig -lgip).
+H100_GI_PROFILES = {
+    pynvml.NVML_GPU_INSTANCE_PROFILE_1_SLICE: 1,
+    pynvml.NVML_GPU_INSTANCE_PROFILE_1_SLICE_REV1: 1,
+    pynvml.NVML_GPU_INSTANCE_PROFILE_2_SLICE: 2,
+    pynvml.NVML_GPU_INSTANCE_PROFILE_3_SLICE: 3,
+    pynvml.NVML_GPU_INSTANCE_PROFILE_4_SLICE: 4,
+    pynvml.NVML_GPU_INSTANCE_PROFILE_7_SLICE: 7,
+}
+
+
+@dataclass
 class FakeGpu:
     name: str = "NVIDIA H100 80GB HBM3"
     uuid: str = "GPU-00000000-0000-0000-0000-000000000000"
@@ -94,11 +122,30 @@ class FakeGpu:
     # The GPU falls off the bus after this many utilisation reads (None: never).
     lost_after_reads: int | None = None
     reads: int = 0
+    # MIG: the MIG devices (with mig_mode enabled), the slots a handle may be asked for, and
+    # the GPU instance profiles the GPU supports.
+    migs: list[FakeMig] = field(default_factory=list)
+    max_mig_devices: int = 7
+    gi_profiles: dict[int, int] = field(default_factory=lambda: dict(H100_GI_PROFILES))
+    gi_profiles_v2_missing: bool = False
+    # NVLink throughput counters (nvmlDeviceGetFieldValues): field id -> KiB since the driver
+    # loaded, and NVML's timestamp of the reading in us. None: the GPU has no NVLink (each
+    # field answers NVML_ERROR_NOT_SUPPORTED).
+    nvlink_kib: dict[int, int] | None = None
+    nvlink_ts_us: int = 1_700_000_000_000_000
 
 
 @dataclass(frozen=True)
 class FakeHandle:
     index: int
+
+
+@dataclass(frozen=True)
+class FakeMigHandle:
+    """A MIG device handle: the parent GPU's index and the MIG device's slot."""
+
+    index: int
+    slot: int
 
 
 class FakeNvml:
@@ -122,7 +169,7 @@ class FakeNvml:
         self.shutdowns = 0
         self.gpm_allocated = 0
         self.gpm_freed = 0
-        self._gpm_last: FakeGpu | None = None
+        self._gpm_last: FakeGpu | FakeMig | None = None
         self._without = set(without)  # functions an older pynvml does not have
 
     def __getattribute__(self, name: str) -> Any:
@@ -131,6 +178,23 @@ class FakeNvml:
         return object.__getattribute__(self, name)
 
     # helpers
+    def _mig(self, fn: str, handle: FakeMigHandle) -> FakeMig:
+        """The MIG device behind ``handle``; NVML_ERROR_INVALID_ARGUMENT once it is destroyed."""
+        self.calls.append((fn, (handle.index, handle.slot)))
+        gpu = self.gpus[handle.index]
+        if gpu.lost_after_reads is not None and gpu.reads > gpu.lost_after_reads:
+            raise pynvml.NVMLError(pynvml.NVML_ERROR_GPU_IS_LOST)
+        found = [m for m in gpu.migs if m.slot == handle.slot]
+        if not found:
+            raise pynvml.NVMLError(pynvml.NVML_ERROR_INVALID_ARGUMENT)
+        if fn in found[0].errors:
+            raise pynvml.NVMLError(found[0].errors[fn])
+        return found[0]
+
+    @staticmethod
+    def _mig_on(gpu: FakeGpu) -> bool:
+        return gpu.mig_mode[0] == pynvml.NVML_DEVICE_MIG_ENABLE
+
     def _gpu(self, fn: str, handle: FakeHandle, *, counts_as_read: bool = False) -> FakeGpu:
         self.calls.append((fn, handle.index))
         gpu = self.gpus[handle.index]
@@ -160,7 +224,9 @@ class FakeNvml:
         return FakeHandle(index)
 
     # identity
-    def nvmlDeviceGetUUID(self, h: FakeHandle) -> str:  # noqa: N802
+    def nvmlDeviceGetUUID(self, h: FakeHandle | FakeMigHandle) -> str:  # noqa: N802
+        if isinstance(h, FakeMigHandle):
+            return self._mig("nvmlDeviceGetUUID", h).uuid
         return self._gpu("nvmlDeviceGetUUID", h).uuid
 
     def nvmlDeviceGetSerial(self, h: FakeHandle) -> str:  # noqa: N802
@@ -169,7 +235,10 @@ class FakeNvml:
     def nvmlDeviceGetName(self, h: FakeHandle) -> str:  # noqa: N802
         return self._gpu("nvmlDeviceGetName", h).name
 
-    def nvmlDeviceGetMemoryInfo(self, h: FakeHandle, version: int | None = None) -> Any:  # noqa: N802
+    def nvmlDeviceGetMemoryInfo(self, h: FakeHandle | FakeMigHandle, version: int | None = None) -> Any:  # noqa: N802
+        if isinstance(h, FakeMigHandle):
+            m = self._mig("nvmlDeviceGetMemoryInfo", h)
+            return pynvml.c_nvmlMemory_t(total=m.mem_total, free=m.mem_total - m.mem_used, used=m.mem_used)
         g = self._gpu("nvmlDeviceGetMemoryInfo", h)
         if version:
             assert version == pynvml.nvmlMemory_v2, "the v2 call needs the struct version"
@@ -195,6 +264,75 @@ class FakeNvml:
 
     def nvmlDeviceGetMigMode(self, h: FakeHandle) -> list[int]:  # noqa: N802
         return list(self._gpu("nvmlDeviceGetMigMode", h).mig_mode)
+
+    # MIG
+    def nvmlDeviceGetMaxMigDeviceCount(self, h: FakeHandle) -> int:  # noqa: N802
+        g = self._gpu("nvmlDeviceGetMaxMigDeviceCount", h)
+        return g.max_mig_devices if self._mig_on(g) else 0  # "zero if MIG is not supported or enabled"
+
+    def nvmlDeviceGetMigDeviceHandleByIndex(self, h: FakeHandle, index: int) -> FakeMigHandle:  # noqa: N802
+        g = self._gpu("nvmlDeviceGetMigDeviceHandleByIndex", h)
+        if not self._mig_on(g) or index >= g.max_mig_devices:
+            raise pynvml.NVMLError(pynvml.NVML_ERROR_INVALID_ARGUMENT)
+        if not any(m.slot == index for m in g.migs):
+            raise pynvml.NVMLError(pynvml.NVML_ERROR_NOT_FOUND)  # an empty slot
+        return FakeMigHandle(h.index, index)
+
+    def nvmlDeviceGetGpuInstanceId(self, h: FakeMigHandle) -> int:  # noqa: N802
+        return self._mig("nvmlDeviceGetGpuInstanceId", h).gi
+
+    def nvmlDeviceGetComputeInstanceId(self, h: FakeMigHandle) -> int:  # noqa: N802
+        return self._mig("nvmlDeviceGetComputeInstanceId", h).ci
+
+    def nvmlDeviceGetAttributes(self, h: FakeHandle | FakeMigHandle) -> Any:  # noqa: N802
+        if not isinstance(h, FakeMigHandle):  # "This API currently only supports MIG device handles."
+            self._gpu("nvmlDeviceGetAttributes", h)
+            raise pynvml.NVMLError(pynvml.NVML_ERROR_NOT_SUPPORTED)
+        m = self._mig("nvmlDeviceGetAttributes", h)
+        return pynvml.c_nvmlDeviceAttributes(
+            multiprocessorCount=16 * m.slices,
+            gpuInstanceSliceCount=m.slices,
+            computeInstanceSliceCount=m.slices,
+            memorySizeMB=m.mem_total // MIB,
+        )
+
+    def nvmlDeviceGetGpuInstanceProfileInfo(self, h: FakeHandle, profile: int, version: int = 2) -> Any:  # noqa: N802
+        g = self._gpu("nvmlDeviceGetGpuInstanceProfileInfo", h)
+        self.calls.append(("profile_info_version", version))
+        if version == 2 and g.gi_profiles_v2_missing:  # a driver without nvmlDeviceGetGpuInstanceProfileInfoV
+            raise pynvml.NVMLError(pynvml.NVML_ERROR_FUNCTION_NOT_FOUND)
+        if profile not in g.gi_profiles:
+            raise pynvml.NVMLError(pynvml.NVML_ERROR_NOT_SUPPORTED)
+        info = pynvml.c_nvmlGpuInstanceProfileInfo_v2_t()
+        info.id = profile
+        info.sliceCount = g.gi_profiles[profile]
+        return info
+
+    def nvmlGpmMigSampleGet(self, h: FakeHandle, gpu_instance_id: int, sample: Any) -> Any:  # noqa: N802
+        g = self._gpu("nvmlGpmMigSampleGet", h)
+        found = [m for m in g.migs if m.gi == gpu_instance_id]
+        if not found:
+            raise pynvml.NVMLError(pynvml.NVML_ERROR_INVALID_ARGUMENT)
+        self._gpm_last = found[0]
+        return sample
+
+    # NVLink counters
+    def nvmlDeviceGetFieldValues(self, h: FakeHandle, field_ids: list[Any]) -> Any:  # noqa: N802
+        g = self._gpu("nvmlDeviceGetFieldValues", h)
+        values = (pynvml.c_nvmlFieldValue_t * len(field_ids))()
+        for k, spec in enumerate(field_ids):
+            fid, scope = spec if isinstance(spec, tuple) else (spec, 0)
+            v = values[k]
+            v.fieldId, v.scopeId = fid, scope
+            self.calls.append(("field", (fid, scope)))
+            if g.nvlink_kib is None or fid not in g.nvlink_kib:
+                v.nvmlReturn = pynvml.NVML_ERROR_NOT_SUPPORTED
+                continue
+            v.nvmlReturn = pynvml.NVML_SUCCESS
+            v.valueType = pynvml.NVML_VALUE_TYPE_UNSIGNED_LONG_LONG
+            v.value.ullVal = g.nvlink_kib[fid]
+            v.timestamp = g.nvlink_ts_us
+        return values
 
     def _system(self, fn: str) -> None:
         self.calls.append((fn, None))
@@ -305,6 +443,8 @@ class FakeNvml:
     # telemetry
     def nvmlDeviceGetUtilizationRates(self, h: FakeHandle) -> Any:  # noqa: N802
         g = self._gpu("nvmlDeviceGetUtilizationRates", h, counts_as_read=True)
+        if self._mig_on(g):  # "On MIG-enabled GPUs, querying device utilization rates is not currently supported."
+            raise pynvml.NVMLError(pynvml.NVML_ERROR_NOT_SUPPORTED)
         return pynvml.c_nvmlUtilization_t(gpu=g.util_gpu, memory=30)
 
     def nvmlDeviceGetPowerUsage(self, h: FakeHandle) -> int:  # noqa: N802
@@ -313,8 +453,15 @@ class FakeNvml:
     def nvmlDeviceGetTotalEnergyConsumption(self, h: FakeHandle) -> int:  # noqa: N802
         return self._gpu("nvmlDeviceGetTotalEnergyConsumption", h).energy_mj
 
-    def nvmlDeviceGetComputeRunningProcesses_v3(self, h: FakeHandle) -> list[FakeProcessInfo]:  # noqa: N802
-        return list(self._gpu("nvmlDeviceGetComputeRunningProcesses_v3", h).procs)
+    def nvmlDeviceGetComputeRunningProcesses_v3(self, h: FakeHandle | FakeMigHandle) -> list[FakeProcessInfo]:  # noqa: N802
+        if isinstance(h, FakeMigHandle):
+            m = self._mig("nvmlDeviceGetComputeRunningProcesses_v3", h)
+            return [FakeProcessInfo(p.pid, p.usedGpuMemory, m.gi, m.ci) for p in m.procs]
+        g = self._gpu("nvmlDeviceGetComputeRunningProcesses_v3", h)
+        if self._mig_on(g) and not g.procs:
+            # In MIG mode the parent handle gives the aggregate of every instance (to root).
+            return [FakeProcessInfo(p.pid, p.usedGpuMemory, m.gi, m.ci) for m in g.migs for p in m.procs]
+        return list(g.procs)
 
     def nvmlDeviceGetComputeRunningProcesses_v2(self, h: FakeHandle) -> list[FakeProcessInfo]:  # noqa: N802
         return list(self._gpu("nvmlDeviceGetComputeRunningProcesses_v2", h).procs)
@@ -536,8 +683,11 @@ def test_energy_not_supported_is_unavailable_and_logged_once(caplog: pytest.LogC
     assert g.energy_mj is None, "an unsupported counter must be None, never 0"
     assert g.unavailable["energy_mj"] == "NVML_ERROR_NOT_SUPPORTED"
     assert g.power_mw == 612_345, "other fields are still read"
-    for f in ("sm_active_pct", "tensor_active_pct", "nvlink_tx_bytes_per_s", "pcie_rx_bytes_per_s"):
+    for f in ("sm_active_pct", "tensor_active_pct", "pcie_rx_bytes_per_s"):
         assert g.unavailable[f] == "gpm_not_supported", f"{f}: a Pascal GPU has no GPM"
+    assert g.unavailable["nvlink_tx_bytes_per_s"] == "NVML_ERROR_NOT_SUPPORTED", (
+        "without GPM the NVLink counters are asked for; a PCIe P100 has none"
+    )
     energy_logs = [r for r in caplog.records if "energy_mj" in r.getMessage()]
     assert len(energy_logs) == 1, f"a recurring failure must be logged once, got {len(energy_logs)} in 5 samples"
     assert src.devices()[0].model == "Tesla P100-PCIE-16GB"

@@ -8,6 +8,7 @@ import dataclasses
 import json
 from typing import Any
 
+from cc_factory import Pki
 from test_verify_tamper import ORIGIN, Node, Site
 
 from attestation.cc import CC_EVENT, CcReport, cc_nonce
@@ -85,23 +86,24 @@ def test_checkpoints_of_another_log_are_not_held_against_this_one() -> None:
     assert report.ok, _failures(report)
 
 
-def _with_cc(node: Node, nonce: bytes) -> Any:
+def _with_cc(node: Node, nonce: bytes, pki: Pki) -> Any:
     w = node.window()
-    report = b"SPDM-REQ" + nonce + b"signed-measurements"
-    g0 = dataclasses.replace(w.gpus[0], events=(Event(CC_EVENT, CcReport(nonce, report).detail()),))
+    cc = CcReport(nonce, pki.report(nonce), pki.chain_pem())  # signed SPDM report, test PKI
+    g0 = dataclasses.replace(w.gpus[0], events=(Event(CC_EVENT, cc.detail()),))
     return (g0, *w.gpus[1:])
 
 
 def test_a_cc_report_bound_to_the_chain_verifies_and_a_moved_one_fails() -> None:
     site = Site()
+    pki = Pki()
     a = site.enroll(Node("a"))
     site.send(a, 1)
     good = cc_nonce(a.key_id, a.seq, a.prev)
-    site.send(a, 1, gpus=_with_cc(a, good))
-    report = _verify(site.bundle())
+    site.send(a, 1, gpus=_with_cc(a, good, pki))
+    report = verify_bundle(json.dumps(site.bundle()).encode(), cc_root=pki.root)
     assert report.ok, _failures(report)
     stale = cc_nonce(a.key_id, a.seq - 1, None)  # a report made for an earlier chain position
-    site.send(a, 1, gpus=_with_cc(a, stale))
-    report = _verify(site.bundle())
+    site.send(a, 1, gpus=_with_cc(a, stale, pki))
+    report = verify_bundle(json.dumps(site.bundle()).encode(), cc_root=pki.root)
     assert report.reasons() == {"cc_report_unbound"}, _failures(report)
     assert report.failures[0].seq == 2

@@ -102,7 +102,11 @@ def test_agent_daemonset_sees_the_host_and_its_gpus() -> None:
     assert c["securityContext"].get("privileged") is False
     mounts = {m["mountPath"]: m for m in c["volumeMounts"]}
     host = {v["name"]: v["hostPath"]["path"] for v in pod["volumes"] if "hostPath" in v}
-    for path, target in (("/host/proc", "/proc"), ("/var/lib/kubelet/pod-resources", "/var/lib/kubelet/pod-resources")):
+    for path, target in (
+        ("/host/proc", "/proc"),
+        ("/var/lib/kubelet/pod-resources", "/var/lib/kubelet/pod-resources"),
+        ("/var/log/pods", "/var/log/pods"),  # pod UID -> namespace/name (pod_logs_root)
+    ):
         m = mounts[path]
         assert m.get("readOnly") is True, f"{path} must be mounted read-only"
         assert host[m["name"]] == target
@@ -117,12 +121,19 @@ def test_agent_configmap_loads_and_points_at_the_mounts(tmp_path: Path) -> None:
     cfg = load_agent_config(tmp_path / "agent.toml", {"GPUAUDIT_NODE_ID": "gpu-node-1"})
     assert cfg.node_id == "gpu-node-1"
     assert cfg.proc_root == Path("/host/proc") and cfg.sys_root == Path("/host/sys")
+    assert cfg.pod_logs_root == Path("/var/log/pods"), "the DaemonSet mounts the kubelet's pod logs there"
     svc = _one("Service", "gpuaudit-collector")
     grpc_port = next(p["port"] for p in svc["spec"]["ports"] if p["name"] == "grpc")
     assert cfg.collector == f"gpuaudit-collector.gpuaudit.svc:{grpc_port}"
     c = _pod(_one("DaemonSet", "gpuaudit-agent"))["containers"][0]
     mounts = [m["mountPath"] for m in c["volumeMounts"]]
     assert str(cfg.spool.parent) in mounts and str(cfg.join_token_file.parent) in mounts  # type: ignore[union-attr]
+    # Prometheus finds the agent's /metrics by the container port named "metrics"
+    # (deploy/prometheus/prometheus-kubernetes.yml) or by the pod's prometheus.io annotations.
+    ports = {p["name"]: p["containerPort"] for p in c.get("ports", [])}
+    assert cfg.metrics_listen == f"0.0.0.0:{ports['metrics']}", "the agent must serve /metrics on the pod's port"
+    annotations = _one("DaemonSet", "gpuaudit-agent")["spec"]["template"]["metadata"]["annotations"]
+    assert annotations["prometheus.io/port"] == str(ports["metrics"])
 
 
 def test_collector_statefulset_service_and_storage(tmp_path: Path) -> None:
@@ -163,7 +174,9 @@ def test_network_policies_select_real_pods() -> None:
         assert any(sel.items() <= labels.items() for labels in pod_labels), p["metadata"]["name"]
         assert set(p["spec"]["policyTypes"]) == {"Ingress", "Egress"}, "default-deny both ways, then allow"
     agent = _one("NetworkPolicy", "gpuaudit-agent")
-    assert agent["spec"]["ingress"] == [], "nothing connects to the agent"
+    (scrape,) = agent["spec"]["ingress"]  # nothing else connects to the agent
+    assert scrape["ports"] == [{"port": 9479, "protocol": "TCP"}], "only the agent's /metrics"
+    assert scrape["from"] == [{"namespaceSelector": {"matchLabels": {"kubernetes.io/metadata.name": "monitoring"}}}]
     assert _one("NetworkPolicy", "gpuaudit-collector")["spec"]["egress"] == [], "the collector calls nobody"
 
 

@@ -1,6 +1,7 @@
 """deploy/prometheus and deploy/grafana: rules pass their promtool unit tests, the tests can
-fail, dashboards are what tools/grafana_dashboards.py writes, and every series they name
-is one the collector exports (tests/fixtures/metrics/collector_series.txt)."""
+fail, dashboards are what tools/grafana_dashboards.py writes, every series they name is one
+the collector or the agent exports (tests/fixtures/metrics/*_series.txt), and the example
+scrape configs give the jobs the names the rules and dashboards look for."""
 
 from __future__ import annotations
 
@@ -10,6 +11,7 @@ import shutil
 import subprocess
 import sys
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -17,6 +19,9 @@ ROOT = Path(__file__).resolve().parents[3]
 PROM = ROOT / "deploy" / "prometheus"
 GRAFANA = ROOT / "deploy" / "grafana"
 SERIES = ROOT / "tests" / "fixtures" / "metrics" / "collector_series.txt"
+AGENT_SERIES = ROOT / "tests" / "fixtures" / "metrics" / "agent_series.txt"
+GUIDE = ROOT / "docs" / "operator-guide.md"
+SCRAPE_EXAMPLES = (PROM / "prometheus.yml", PROM / "prometheus-kubernetes.yml")
 needs_promtool = pytest.mark.skipif(
     shutil.which("promtool") is None, reason="promtool absent (Debian package prometheus; .ci/run installs it)"
 )
@@ -48,6 +53,26 @@ def test_rules_are_valid_and_pass_their_unit_tests() -> None:
             "rate(gpuaudit_unattributed_gpu_seconds_total[30m])) >= 3",
         ),
         ("unless gpuaudit_collector_chain_breaks_total offset 15m", "unless gpuaudit_collector_chain_breaks_total"),
+        ('kind=~"equivocation|rollback|unexplained_reboot|energy_reset"', 'kind=~"rollback|energy_reset"'),
+        # The agents' alerts: a blip shorter than for: must not fire ...
+        ('up{job="gpuaudit-agent"} == 0\n        for: 10m', 'up{job="gpuaudit-agent"} == 0\n        for: 2m'),
+        ("statements_signed_total[15m]) == 0\n        for: 10m", "statements_signed_total[15m]) == 0"),
+        ("> 0.8\n        for: 15m", "> 0.8\n        for: 5m"),
+        ("gpuaudit_agent_spool_statements >= 10", "gpuaudit_agent_spool_statements >= 100"),
+        # ... nor a backlog per node while the collector itself is down ...
+        ('\n            unless on () (up{job="gpuaudit-collector"} == 0)', ""),
+        # ... nor an unsupported field, one or two restarts; and the first refusal is seen
+        # although its series is born at 1 (which increase() cannot see).
+        (
+            '(rate(gpuaudit_agent_readings_unavailable_total{field="gpu"}[5m]))',
+            "(rate(gpuaudit_agent_readings_unavailable_total[5m]))",
+        ),
+        ("resets(gpuaudit_agent_samples_total[1h]) >= 3", "resets(gpuaudit_agent_samples_total[1h]) >= 1"),
+        (
+            "sum by (instance, job, reason) (gpuaudit_agent_rejects_total) > 0",
+            "sum by (instance, job, reason) (increase(gpuaudit_agent_rejects_total[15m])) > 0",
+        ),
+        ("dropped_by_agents_total[1h])) > 0", "dropped_by_agents_total[5m])) > 0"),
     ],
 )
 def test_rule_tests_catch_a_broken_rule(tmp_path: Path, old: str, new: str) -> None:
@@ -61,7 +86,7 @@ def test_rule_tests_catch_a_broken_rule(tmp_path: Path, old: str, new: str) -> N
 
 def _exported() -> set[str]:
     names = set()
-    for line in SERIES.read_text().splitlines():
+    for line in [*SERIES.read_text().splitlines(), *AGENT_SERIES.read_text().splitlines()]:
         name, kind, _ = line.split(" ")
         if kind == "counter":
             names.add(name + "_total")
@@ -82,7 +107,7 @@ def test_rules_and_dashboards_name_only_exported_series() -> None:
     exported = _exported()
     for path in [PROM / "rules.yml", *sorted(GRAFANA.glob("*.json"))]:
         unknown = _named(path.read_text()) - exported
-        assert not unknown, f"{path.name} queries series the collector does not export: {sorted(unknown)}"
+        assert not unknown, f"{path.name} queries series neither the collector nor the agent exports: {sorted(unknown)}"
 
 
 def test_dashboards_are_generated_and_well_formed() -> None:
@@ -104,4 +129,87 @@ def test_dashboards_are_generated_and_well_formed() -> None:
             g = p["gridPos"]
             assert g["x"] + g["w"] <= 24, (name, p["title"])
     titles = {json.loads(t)["title"] for t in rendered.values()}
-    assert titles == {"gpuaudit / Fleet", "gpuaudit / Tenant usage", "gpuaudit / Findings", "gpuaudit / Trust health"}
+    assert titles == {
+        "gpuaudit / Fleet",
+        "gpuaudit / Tenant usage",
+        "gpuaudit / Findings",
+        "gpuaudit / Trust health",
+        "gpuaudit / Agents",
+    }
+
+
+def _yaml(text: str) -> Any:
+    yaml = pytest.importorskip("yaml", reason="PyYAML absent: pip install -e '.[dev]'")
+    return yaml.safe_load(text)
+
+
+def _rules() -> list[dict[str, Any]]:
+    doc = _yaml((PROM / "rules.yml").read_text())
+    return [dict(r, group=g["name"]) for g in doc["groups"] for r in g["rules"]]
+
+
+def test_every_alert_says_what_and_the_agent_alerts_have_a_runbook() -> None:
+    guide = GUIDE.read_text()
+    runbook = guide[guide.index("### Agent alerts") :]
+    for r in _rules():
+        if "alert" not in r:
+            continue
+        a = r["annotations"]
+        assert a.get("summary") and a.get("description"), f"{r['alert']} needs a summary and a description"
+        if r["group"] == "gpuaudit.agents":
+            assert r["labels"]["severity"] in ("warning", "critical"), r["alert"]
+            assert '"Agent alerts"' in a["description"], f"{r['alert']}: point the description at the runbook"
+            assert f"#### `{r['alert']}`" in runbook, f"{r['alert']} has no runbook in {GUIDE.name}, Agent alerts"
+
+
+def test_example_scrape_configs_name_the_jobs_the_rules_and_dashboards_use() -> None:
+    used = set()
+    for path in [PROM / "rules.yml", *sorted(GRAFANA.glob("*.json"))]:
+        used |= set(re.findall(r'job=\\?"(gpuaudit-[a-z-]+)\\?"', path.read_text()))
+    assert used == {"gpuaudit-collector", "gpuaudit-agent"}, used
+    for path in SCRAPE_EXAMPLES:
+        doc = _yaml(path.read_text())
+        jobs = {c["job_name"] for c in doc["scrape_configs"]}
+        assert jobs == used, f"{path.name} scrapes {sorted(jobs)}; the rules and dashboards query {sorted(used)}"
+        assert doc["rule_files"] == ["rules.yml"], path.name
+
+
+@needs_promtool
+@pytest.mark.parametrize("path", SCRAPE_EXAMPLES, ids=lambda p: p.name)
+def test_example_scrape_configs_are_valid(path: Path, tmp_path: Path) -> None:
+    p = _promtool("check", "config", path.name, cwd=PROM)
+    if p.returncode != 0 and "field kubernetes_sd_configs not found" in p.stdout + p.stderr:
+        # Debian's promtool is built without Kubernetes service discovery. Check everything
+        # else (relabelling, rule files, job settings) with the discovery block swapped for a
+        # static target, and the discovery block itself here.
+        doc = _yaml(path.read_text())
+        for job in doc["scrape_configs"]:
+            sd = job.pop("kubernetes_sd_configs")
+            assert [c["role"] for c in sd] == ["pod"], f"{job['job_name']}: discovers pods"
+            assert all(c["namespaces"]["names"] == ["gpuaudit"] for c in sd), job["job_name"]
+            job["static_configs"] = [{"targets": ["127.0.0.1:9479"]}]
+        (tmp_path / path.name).write_text(json.dumps(doc))  # JSON is YAML
+        shutil.copy(PROM / "rules.yml", tmp_path / "rules.yml")
+        p = _promtool("check", "config", path.name, cwd=tmp_path)
+    assert p.returncode == 0, f"promtool check config {path.name}:\n" + p.stdout + p.stderr
+
+
+def test_kubernetes_example_keeps_pods_that_exist() -> None:
+    """Each job of prometheus-kubernetes.yml keeps pods by app label and container port name:
+    both must be in deploy/kubernetes, or the job finds no target."""
+    pods = set()
+    for path in sorted((ROOT / "deploy" / "kubernetes").glob("*.yaml")):
+        for doc in [_yaml(t) for t in path.read_text().split("\n---\n")]:
+            if doc and doc.get("kind") in ("DaemonSet", "StatefulSet"):
+                tpl = doc["spec"]["template"]
+                for c in tpl["spec"]["containers"]:
+                    for port in c.get("ports", []):
+                        pods.add(f"{tpl['metadata']['labels']['app.kubernetes.io/name']};{port['name']}")
+    doc = _yaml((PROM / "prometheus-kubernetes.yml").read_text())
+    for job in doc["scrape_configs"]:
+        (keep,) = [r for r in job["relabel_configs"] if r.get("action") == "keep"]
+        assert keep["source_labels"] == [
+            "__meta_kubernetes_pod_label_app_kubernetes_io_name",
+            "__meta_kubernetes_pod_container_port_name",
+        ], job["job_name"]
+        assert keep["regex"] in pods, f"{job['job_name']} keeps {keep['regex']}; the manifests have {sorted(pods)}"
