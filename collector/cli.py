@@ -147,6 +147,7 @@ def _open_store(cfg: Any, *, create: bool = False) -> Any:
 
 def _cmd_serve(ns: argparse.Namespace) -> int:
     from collector.detect.engine import DetectorEngine
+    from collector.log import LogIdentityError
     from collector.server import InsecureRefusedError, start_collector
 
     cfg, dcfg = _load(ns)
@@ -154,7 +155,7 @@ def _cmd_serve(ns: argparse.Namespace) -> int:
     engine = DetectorEngine(dcfg, _site_tenants(cfg))
 
     async def main() -> None:
-        running = await start_collector(cfg, store, engine)
+        running = await start_collector(cfg, store, engine, accept_log_key_change=ns.accept_log_key_change)
         if ns.ready_file:
             Path(ns.ready_file).write_text(json.dumps({"port": running.port, "metrics_port": running.metrics_port}))
         print(
@@ -173,7 +174,7 @@ def _cmd_serve(ns: argparse.Namespace) -> int:
 
     try:
         asyncio.run(main())
-    except InsecureRefusedError as exc:
+    except (InsecureRefusedError, LogIdentityError) as exc:
         print(f"error: {exc.diagnostics()}", file=sys.stderr)
         return 2
     finally:
@@ -521,6 +522,12 @@ def build_parser() -> argparse.ArgumentParser:
         "--insecure", action="store_true", help="plaintext gRPC without TLS settings (development on loopback only)"
     )
     sv.add_argument("--ready-file", help="write {port, metrics_port} as JSON here once serving")
+    sv.add_argument(
+        "--accept-log-key-change",
+        action="store_true",
+        help="sign the store's log with this log key although earlier checkpoints were signed by another "
+        "(only after losing the old key; vendors pinning it must be given the new one)",
+    )
     sv.set_defaults(func=_cmd_serve)
 
     tk = sub.add_parser("token", help="join tokens for enrolling nodes")

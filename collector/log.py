@@ -44,6 +44,23 @@ class LogError(CollectorError):
     reason = "log"
 
 
+class LogIdentityError(LogError):
+    """This collector would sign the store's log under another origin or key than before."""
+
+    reason = "log_identity"
+
+    def diagnostics(self) -> str:
+        return (
+            f"{self.reason}: {self}\n"
+            "A transparency log has one origin and one signing key: vendors pin them, and every "
+            "collector that shares a store signs checkpoints of the same log. Give this collector "
+            "the same collector_id and the same log_key file as the others. If the log key was "
+            "lost, start one collector once with --accept-log-key-change: vendors who pinned the "
+            "old key will see log_key_mismatch until they are given the new one "
+            "(gpuaudit-collector log public-key)."
+        )
+
+
 class InconsistentLogError(LogError):
     """The stored leaves contradict a checkpoint the log signed before: nothing was signed."""
 
@@ -126,6 +143,37 @@ class Log:
     def consistency_proof(self, old_size: int, size: int) -> list[bytes]:
         with self._lock:
             return self._tree.consistency_proof(old_size, size)
+
+    def check_identity(self, *, accept_key_change: bool = False) -> None:
+        """Refuse to sign under another origin or key than the store's latest checkpoint.
+
+        Several collectors may share one store (PostgreSQL); they must then share the log's
+        origin (``collector_id``) and signing key, or the log they sign would carry
+        checkpoints that no single pinned key verifies. Raises LogIdentityError. A new key
+        for the same origin is accepted only with ``accept_key_change`` (a lost key)."""
+        previous = self._store.latest_checkpoint()
+        if previous is None:
+            return
+        try:
+            body = parse_checkpoint_body(parse_note(previous.note)[0])
+        except CheckpointError as exc:
+            raise LogIdentityError(f"the store's latest checkpoint cannot be read: {exc}") from exc
+        if body.origin != self._origin:
+            raise LogIdentityError(
+                f"the store's log has origin {body.origin!r}; this collector would sign as {self._origin!r}"
+            )
+        try:
+            self.verify_own(previous.note)
+        except CheckpointError as exc:
+            if not accept_key_change:
+                raise LogIdentityError(
+                    f"the store's latest checkpoint is not signed by this collector's log key "
+                    f"{self.public_key().key_id}: {exc}"
+                ) from exc
+            _logger.warning(
+                "the log key changed to %s (accepted by the operator); vendors pinning the old one need the new one",
+                self.public_key().key_id,
+            )
 
     def verify_own(self, note: str) -> Checkpoint:
         """Verify a checkpoint this log signed (e.g. one a vendor kept). Raises CheckpointError."""

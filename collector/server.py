@@ -179,7 +179,9 @@ class RunningCollector:
             self._http.shutdown()
 
 
-async def start_collector(config: CollectorConfig, store: Store, engine: DetectorEngine) -> RunningCollector:
+async def start_collector(
+    config: CollectorConfig, store: Store, engine: DetectorEngine, *, accept_log_key_change: bool = False
+) -> RunningCollector:
     tls = config.tls_cert is not None
     if not tls and not config.insecure:
         raise InsecureRefusedError("refusing to serve plaintext gRPC without insecure = true")
@@ -227,6 +229,7 @@ async def start_collector(config: CollectorConfig, store: Store, engine: Detecto
     # The transparency log: a checkpoint signed every checkpoint_period_s, handed to agents
     # in Resume/Ack and served with proofs by the Log service.
     log = await asyncio.to_thread(Log.open, config, store)
+    await asyncio.to_thread(log.check_identity, accept_key_change=accept_log_key_change)
     checkpointer = Checkpointer(log, float(config.checkpoint_period_s or 60))
     await asyncio.to_thread(checkpointer.sign_now)
     if config.checkpoint_period_s > 0:

@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import json
+import os
 import stat
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -104,3 +106,30 @@ def test_reading_commands_do_not_create_a_store(tmp_path: Path, cmd: list[str]) 
     assert p.returncode == 2, (p.returncode, p.stderr)
     assert "no store at" in p.stderr
     assert not db.exists(), "a reading command created a database"
+
+
+def test_serve_refuses_to_sign_the_stores_log_with_another_key(tmp_path: Path) -> None:
+    db = tmp_path / "c.db"
+    base = [sys.executable, "-m", "collector.cli", "-q", "serve", "--db", str(db), "--listen", "127.0.0.1:0"]
+    base += ["--metrics-listen", "", "--insecure", "--ready-file", str(tmp_path / "ready")]
+
+    def serve(*extra: str, key: str) -> subprocess.Popen[str]:
+        env = {**os.environ, "GPUAUDIT_LOG_KEY": str(tmp_path / key)}
+        return subprocess.Popen([*base, *extra], env=env, stderr=subprocess.PIPE, text=True)
+
+    def until_ready(p: subprocess.Popen[str]) -> None:
+        deadline = time.monotonic() + 60
+        while not (tmp_path / "ready").exists():
+            assert p.poll() is None and time.monotonic() < deadline, p.stderr.read() if p.stderr else ""
+            time.sleep(0.05)
+        p.terminate()
+        assert p.wait(timeout=30) == 0
+        (tmp_path / "ready").unlink()
+
+    until_ready(serve(key="a.pem"))  # signs the first checkpoint with key a
+    refused = serve(key="b.pem")
+    _, err = refused.communicate(timeout=60)
+    assert refused.returncode == 2, err
+    assert "log_identity" in err and "--accept-log-key-change" in err
+    until_ready(serve("--accept-log-key-change", key="b.pem"))
+    until_ready(serve(key="b.pem"))  # from now on b is the log's key

@@ -64,11 +64,18 @@ def pg_url() -> Iterator[str]:
 def _start(url: str, workdir: Path, tenants: Path, name: str) -> tuple[subprocess.Popen[bytes], int, Path]:
     workdir.mkdir()
     ready, log = workdir / "ready", workdir / "stderr.log"
-    env = {**os.environ, "GPUAUDIT_COLLECTOR_ID": name, "PYTHONPATH": str(REPO)}
+    # Collectors sharing a store sign one log: the same origin (collector_id) and log key
+    # (docs/operator-guide.md, db_url); collector/log.py Log.check_identity refuses otherwise.
+    env = {
+        **os.environ,
+        "GPUAUDIT_COLLECTOR_ID": "site-1",
+        "GPUAUDIT_LOG_KEY": str(workdir.parent / "log-key.pem"),
+        "PYTHONPATH": str(REPO),
+    }
     proc = subprocess.Popen(
         [sys.executable, "-m", "collector.cli", "serve", "--db", url, "--listen", "127.0.0.1:0"]
         + ["--metrics-listen", "", "--insecure", "--tenants", str(tenants), "--ready-file", str(ready)],
-        cwd=workdir,  # the log key file is created here
+        cwd=workdir,
         env=env,
         stdout=subprocess.DEVNULL,
         stderr=log.open("wb"),

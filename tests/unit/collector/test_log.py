@@ -16,7 +16,7 @@ from attestation.keys import Ed25519Signer
 from attestation.merkle import leaf_hash, verify_consistency, verify_inclusion
 from collector.config import CollectorConfig
 from collector.ingest import Ingestor
-from collector.log import InconsistentLogError, Log
+from collector.log import InconsistentLogError, Log, LogIdentityError
 from collector.store.sqlite import MIGRATIONS, SqliteStore, migrate
 
 # conftest.py's NodeChain, reached through fixtures (conftest modules are not imported).
@@ -156,3 +156,33 @@ def test_open_creates_the_log_key_0600_next_to_the_db(tmp_path: Path) -> None:
         assert log.origin == "gpuaudit/site-7"
         again = Log.open(cfg, store)
         assert again.public_key() == log.public_key(), "the key is created once, then loaded"
+
+
+def test_collectors_sharing_a_store_must_sign_as_one_log(
+    store: SqliteStore, ingestor: Ingestor, enroll: Callable[..., NodeChain]
+) -> None:
+    a = enroll(gpus=1)
+    ingestor.ingest_batch([(a.key_id, e) for e in a.take(3)])
+    key = Ed25519Signer.generate()
+    first = Log(store, key, ORIGIN)
+    first.check_identity()  # an empty checkpoint history: anything goes
+    first.checkpoint(NOW_MS)
+
+    Log(store, key, ORIGIN).check_identity()  # the same origin and key: a restart, or a peer
+    with pytest.raises(LogIdentityError, match="origin 'gpuaudit/test'; this collector would sign as 'gpuaudit/other'"):
+        Log(store, key, "gpuaudit/other").check_identity()
+    other_key = Ed25519Signer.generate()
+    with pytest.raises(LogIdentityError, match=f"not signed by this collector's log key {other_key.key_id}") as exc:
+        Log(store, other_key, ORIGIN).check_identity()
+    assert "--accept-log-key-change" in exc.value.diagnostics()
+
+    # A lost key, replaced on purpose: accepted once, and the log goes on under the new key.
+    replaced = Log(store, other_key, ORIGIN)
+    replaced.check_identity(accept_key_change=True)
+    ingestor.ingest_batch([(a.key_id, a.next())])
+    cp = replaced.checkpoint(NOW_MS + 1)
+    verify_checkpoint(cp.note, ORIGIN, other_key.public_key(), origin=ORIGIN)
+    assert cp.checkpoint.size == 4
+    Log(store, other_key, ORIGIN).check_identity()
+    with pytest.raises(LogIdentityError):
+        Log(store, key, ORIGIN).check_identity()
