@@ -21,7 +21,7 @@ from agent.metrics import AgentMetrics
 from agent.reconcile import Reconciler
 from agent.rotation import RotationSchedule, finish_rotation, resume_rotation, start_streams, switch_stream
 from agent.signing import ChainSigner, SpoolFullError, WindowOverlapError
-from agent.sources.base import Attribution, DeviceInfo, GpuSource, NodeSample, ProcessSample
+from agent.sources.base import Attribution, DeviceInfo, GpuSample, GpuSource, NodeSample, ProcessSample
 from agent.spool import Spool
 from agent.stream import RejectedError, enroll, insecure_channel, tls_channel
 from agent.window import WindowAggregator
@@ -57,15 +57,31 @@ def attribute(sample: NodeSample, attributor: Attributor, rules: TenantRules) ->
             else dataclasses.replace(p, attribution=attributor.resolve(p.pid, sample.t, p.start_time_ticks))
             for p in g.procs
         )
-        if not procs and lease is not None and g.util_pct:
-            # Bare-metal lease: the tenant's processes may be invisible to the agent (pid 0 = none seen).
-            procs = (
-                ProcessSample(
-                    pid=0, mem_bytes=None, attribution=Attribution(lease.tenant, "lease", f"lease:{lease.tenant}")
-                ),
-            )
+        if lease is not None:
+            procs += _lease_claims(g, procs, Attribution(lease.tenant, "lease", f"lease:{lease.tenant}"))
         gpus.append(dataclasses.replace(g, procs=procs))
     return dataclasses.replace(sample, gpus=tuple(gpus))
+
+
+def _lease_claims(g: GpuSample, procs: tuple[ProcessSample, ...], claim: Attribution) -> tuple[ProcessSample, ...]:
+    """Under a bare-metal lease the tenant's processes may be invisible to the agent (another
+    PID namespace, a VM): busy GPU time with no visible process is the lessee's (pid 0 = none
+    seen). A whole GPU is busy when its utilisation is above zero. NVML has no utilisation
+    for MIG devices, so a MIG instance is busy when its GPM SM activity is above zero; where
+    GPM cannot be read (before Hopper) an instance's use is not known and nothing is claimed."""
+    if g.mig is None:
+        return () if procs or not g.util_pct else (ProcessSample(pid=0, mem_bytes=None, attribution=claim),)
+    return tuple(
+        ProcessSample(
+            pid=0,
+            mem_bytes=None,
+            attribution=claim,
+            gpu_instance_id=i.gpu_instance_id,
+            compute_instance_id=i.compute_instance_id,
+        )
+        for i in g.mig.instances
+        if not i.pids and i.sm_active_pct
+    )
 
 
 def make_source(cfg: AgentConfig) -> GpuSource:
@@ -196,6 +212,7 @@ async def run_agent(
         stream, streamer = start_streams(channel, node_id, signer.key_id, spool)
         metrics.attach(spool, signer.key_id, stream.stats)
         rotation = RotationSchedule(cfg.key, cfg.key_rotation_days)
+        metrics.watch(chain, clock, rotation.period_s)
         next_t = time.monotonic()
         while not stop.is_set():
             sample = await asyncio.to_thread(metrics.sample, source)
