@@ -36,7 +36,14 @@ class ClockWatch:
         self._last: tuple[float, float] | None = None  # (sample t, monotonic) of the latest sample seen
         self._high_t: float | None = None  # latest sample time used
         self._back: tuple[float, float, int] | None = None  # (jump s, monotonic at the jump, samples skipped)
-        self.jumps = 0
+        # Steps seen by this process, by direction (agent/metrics.py exports them); a backward
+        # step counts once, however many samples it keeps from being used.
+        self.jumps_back = 0
+        self.jumps_forward = 0
+
+    @property
+    def jumps(self) -> int:
+        return self.jumps_back + self.jumps_forward
 
     def admit(self, t: float, floor_ms: int | None) -> tuple[bool, Event | None]:
         """Whether the sample taken at wall time ``t`` may be used (``floor_ms``: end of the
@@ -46,7 +53,7 @@ class ClockWatch:
         if self._last is not None:
             jump = (t - self._last[0]) - (mono - self._last[1])
             if jump > self.tolerance_s:
-                self.jumps += 1
+                self.jumps_forward += 1
                 _logger.warning("the wall clock jumped forward by %.1f s; the skipped time has no windows", jump)
                 event = Event(
                     CLOCK_JUMP_EVENT,
@@ -54,7 +61,7 @@ class ClockWatch:
                     "no time passed in the windows it skipped",
                 )
             elif jump < -self.tolerance_s and self._back is None:
-                self.jumps += 1
+                self.jumps_back += 1
                 _logger.warning(
                     "the wall clock went back by %.1f s; samples are not used until it passes %s",
                     -jump,
@@ -67,7 +74,7 @@ class ClockWatch:
             if self._back is None and self._high_t is not None and t <= self._high_t:
                 # Behind a sample already used in this run: the clock went back, however
                 # slowly the loop ran meanwhile (a step within the tolerance is still one).
-                self.jumps += 1
+                self.jumps_back += 1
                 self._back = (self._high_t - t, mono, 0)
             if self._back is not None:
                 jump_s, since, skipped = self._back

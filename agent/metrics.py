@@ -7,10 +7,12 @@ business (its metrics come from signed statements); the agent exports only the G
 readings, as dcgm-exporter does.
 
 Conventions as the collector's (collector/metrics.py): base units in names, ``_total`` on
-counters, bounded labels only: ``source`` (a fixed set), ``gpu`` (this node's GPU UUIDs),
-``field`` and ``reason`` (NVML field names and error names; at most
-``max_unavailable_series`` pairs, the rest counted under ``"_other"``), ``reason`` of
-rejects (the collector's refusal reasons). Never a PID, a workload or a sequence number.
+counters, ``_timestamp_seconds`` on times, bounded labels only: ``source`` (a fixed set),
+``gpu`` (this node's GPU UUIDs), ``field`` and ``reason`` (NVML field names and error names;
+at most ``max_unavailable_series`` pairs, the rest counted under ``"_other"``), ``reason`` of
+rejects (the collector's refusal reasons) and of drops (``spool_size``, ``spool_age``),
+``direction`` of clock jumps (``back``, ``forward``). Never a PID, a workload, a key id or a
+sequence number.
 
 Series, all prefixed ``gpuaudit_agent_``:
 
@@ -22,6 +24,8 @@ samples_total                                      counter  node samples taken
 statements_signed_total                            counter  windows signed into the spool
 spool_statements                                   gauge    signed, not yet acknowledged
 spool_bytes                                        gauge    their size
+spool_oldest_window_end_timestamp_seconds          gauge    end of the oldest of them (absent: none)
+statements_dropped_total{reason}                   counter  dropped unsent at a spool bound
 acks_total                                         counter  statements the collector acknowledged
 duplicate_acks_total                               counter  acknowledged as already stored
 rejects_total{reason}                              counter  statements the collector refused
@@ -29,7 +33,16 @@ stream_reconnects_total                            counter  stream failures retr
 readings_unavailable_total{field,reason}           counter  readings not taken, per GPU and sample
 gpu_utilization_ratio{gpu}                         gauge    latest sample (absent when unavailable)
 gpu_power_watts{gpu}                               gauge    latest sample (absent when unavailable)
+clock_jumps_total{direction}                       counter  wall-clock steps seen (agent/clock.py)
+key_epoch                                          gauge    the signing key's epoch (+1 per rotation)
+key_first_window_timestamp_seconds                 gauge    start of its first signed window
+key_rotation_period_seconds                        gauge    key_rotation_days (absent: no schedule)
 =================================================  =======  ==================================
+
+The spool's gauges and the key's describe the current signing key's chain (after a
+rotation, the previous key's last statements are not counted). The drop and clock-jump
+counters are present at 0 from the agent's start, every reason and direction, so that
+``increase()`` sees the first; a gauge with nothing to say is absent.
 
 ``source`` is ``gpu`` (NVML, or the simulated source) and ``attribution`` (host /proc,
 the kubelet): node_exporter's ``node_scrape_collector_success`` for the agent's inputs.
@@ -50,6 +63,8 @@ from prometheus_client import CollectorRegistry, Counter, Gauge, Info, start_htt
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 
+from agent.spool import DROP_REASONS, Backlog
+
 if TYPE_CHECKING:
     from agent.sources.base import DeviceInfo, GpuSource, NodeSample
 
@@ -62,9 +77,7 @@ _REASON_OK = re.compile(r"^[A-Za-z0-9_.:-]{1,64}$")
 
 
 class _SpoolView(Protocol):
-    def count(self, key_id: str | None = None) -> int: ...
-
-    def size_bytes(self, key_id: str) -> int: ...
+    def backlog(self, key_id: str) -> Backlog: ...
 
 
 class _StatsView(Protocol):
@@ -73,29 +86,97 @@ class _StatsView(Protocol):
     reconnects: int
 
 
+class _ChainView(Protocol):
+    """agent/signing.py ChainSigner, as the metrics read it."""
+
+    epoch: int
+    key_since_ms: int | None
+    dropped: dict[str, int]
+
+
+class _ClockView(Protocol):
+    """agent/clock.py ClockWatch, as the metrics read it."""
+
+    jumps_back: int
+    jumps_forward: int
+
+
 class _Live(Collector):
-    """What is read at scrape time: the spool's depth and the stream's counters."""
+    """What is read at scrape time: the spool, the stream's counters, the chain's key, the clock."""
 
     def __init__(self) -> None:
         self.spool: _SpoolView | None = None
         self.key_id = ""
         self.stats: _StatsView | None = None
+        self.chain: _ChainView | None = None
+        self.clock: _ClockView | None = None
+        self.rotation_period_s: float | None = None
 
     def collect(self) -> Iterator[Metric]:
         if self.spool is not None:
             try:
-                count, size = self.spool.count(self.key_id), self.spool.size_bytes(self.key_id)
+                backlog = self.spool.backlog(self.key_id)
             except Exception as exc:  # a closed or broken spool: say nothing rather than a wrong 0
                 _logger.debug("spool not readable for metrics: %s", exc)
             else:
                 yield GaugeMetricFamily(
                     "gpuaudit_agent_spool_statements",
                     "Signed statements in the spool, not yet acknowledged by the collector.",
-                    value=count,
+                    value=backlog.statements,
                 )
                 yield GaugeMetricFamily(
-                    "gpuaudit_agent_spool_bytes", "Size of the envelopes waiting in the spool.", value=size
+                    "gpuaudit_agent_spool_bytes",
+                    "Size of the envelopes waiting in the spool.",
+                    value=backlog.size_bytes,
                 )
+                if backlog.oldest_end_ms is not None:  # an empty spool has no oldest statement
+                    yield GaugeMetricFamily(
+                        "gpuaudit_agent_spool_oldest_window_end_timestamp_seconds",
+                        "End of the window of the oldest statement in the spool (signed, not yet acknowledged); "
+                        "absent while the spool is empty.",
+                        value=backlog.oldest_end_ms / 1000,
+                    )
+        chain = self.chain
+        dropped = CounterMetricFamily(
+            "gpuaudit_agent_statements_dropped",
+            "Signed statements dropped unsent because the spool reached a bound (spool_size: spool_max_bytes, "
+            "spool_age: spool_max_age_s); the next statement records the drop, signed.",
+            labels=["reason"],
+        )
+        counts = dict(chain.dropped) if chain is not None else {}
+        for reason in sorted({*DROP_REASONS, *counts}):
+            dropped.add_metric([reason], counts.get(reason, 0))
+        yield dropped
+        if chain is not None:
+            yield GaugeMetricFamily(
+                "gpuaudit_agent_key_epoch",
+                "Epoch of the current signing key: 0 for the key enrolled with a join token, +1 per rotation.",
+                value=chain.epoch,
+            )
+            since_ms = chain.key_since_ms
+            if since_ms is not None:  # a key that has signed nothing yet (just rotated to) has no age
+                yield GaugeMetricFamily(
+                    "gpuaudit_agent_key_first_window_timestamp_seconds",
+                    "Start of the first window the current signing key signed; key_rotation_days counts from it.",
+                    value=since_ms / 1000,
+                )
+        if self.rotation_period_s is not None:
+            yield GaugeMetricFamily(
+                "gpuaudit_agent_key_rotation_period_seconds",
+                "Signing keys are rotated after signing for this long (key_rotation_days); absent when keys "
+                "rotate only on request.",
+                value=self.rotation_period_s,
+            )
+        clock = self.clock
+        jumps = CounterMetricFamily(
+            "gpuaudit_agent_clock_jumps",
+            "Steps of the node's wall clock against the monotonic clock, by direction; each is explained "
+            "by a clock_jump event in the next statement signed.",
+            labels=["direction"],
+        )
+        jumps.add_metric(["back"], clock.jumps_back if clock else 0)
+        jumps.add_metric(["forward"], clock.jumps_forward if clock else 0)
+        yield jumps
         s = self.stats
         yield CounterMetricFamily(
             "gpuaudit_agent_acks", "Statements the collector acknowledged (stored).", value=s.acked if s else 0
@@ -195,6 +276,11 @@ class AgentMetrics:
     def attach(self, spool: _SpoolView, key_id: str, stats: _StatsView) -> None:
         """Report this spool's depth for ``key_id`` and this stream's counters at scrape time."""
         self._live.spool, self._live.key_id, self._live.stats = spool, key_id, stats
+
+    def watch(self, chain: _ChainView, clock: _ClockView, rotation_period_s: float | None) -> None:
+        """Report the signing key (epoch, first window), spool drops and clock jumps at scrape
+        time; ``rotation_period_s``: the key rotation schedule's period, None when there is none."""
+        self._live.chain, self._live.clock, self._live.rotation_period_s = chain, clock, rotation_period_s
 
     def detach_spool(self) -> None:
         self._live.spool = None

@@ -156,6 +156,14 @@ class RotationSchedule:
         self._warned = False
         self._reported: set[str] = set()
 
+    @property
+    def period_s(self) -> float | None:
+        """The period in seconds when keys rotate on this schedule (``key_rotation_days`` > 0
+        and a ``file:`` key); None when they do not (agent/metrics.py exports it)."""
+        if not self.period_ms or next_key_path(self.uri) is None:
+            return None
+        return self.period_ms / 1000
+
     def check(self, chain: ChainSigner, now_ms: int) -> None:
         """Before each window: ask for the next key when due, and hand over to a requested one."""
         self.tick(chain, now_ms)

@@ -8,7 +8,7 @@ import sqlite3
 from collections.abc import Callable
 
 from agent.sources.cc import CcEvidence
-from agent.spool import DropPlan, Spool, is_disk_full
+from agent.spool import DROP_REASONS, DropPlan, Spool, is_disk_full
 from attestation import dsse
 from attestation.cc import CC_CHAIN_UNAVAILABLE_FIELD, CC_EVENT, CC_UNAVAILABLE_FIELD, CcReport, cc_nonce
 from attestation.chain import AGENT_START_EVENT
@@ -68,6 +68,8 @@ class ChainSigner:
         self._spool_max_age_ms = spool_max_age_s * 1000
         self._notes: list[Event] = []
         self._unrecorded: tuple[int, int, int, str] | None = None  # (windows, first start, last end, error)
+        # Statements this process dropped unsent by a spool bound, by reason (agent/metrics.py).
+        self.dropped: dict[str, int] = dict.fromkeys(DROP_REASONS, 0)
         state = spool.chain_state(signer.key_id)
         self.next_seq = state.next_seq
         self.last_digest = state.last_digest
@@ -136,7 +138,7 @@ class ChainSigner:
         digest = env.digest()
         meta = self._durable_with(w, digest, new)
         try:
-            self.spool.append(self.signer.key_id, seq, digest, envelope_to_bytes(env), w.end_ms, drop, meta)
+            n_dropped = self.spool.append(self.signer.key_id, seq, digest, envelope_to_bytes(env), w.end_ms, drop, meta)
         except sqlite3.OperationalError as exc:
             if not is_disk_full(exc):
                 raise
@@ -146,6 +148,7 @@ class ChainSigner:
             self._unrecorded = (n + 1, first, w.end_ms, str(exc))
             raise SpoolFullError(f"window {w.start_ms}..{w.end_ms} not recorded: spool {exc}") from exc
         if drop is not None:
+            self.dropped[drop.reason] = self.dropped.get(drop.reason, 0) + n_dropped
             _logger.warning(
                 "spool bound reached (%s): dropped %d unacknowledged statement(s) seq %d..%d; "
                 "statement %d records it, signed",

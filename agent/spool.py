@@ -68,6 +68,10 @@ class ChainState:
     last_end_ms: int | None
 
 
+# Why statements are dropped unsent (``DropPlan.reason``): ``spool_max_bytes``, ``spool_max_age_s``.
+DROP_REASONS = ("spool_size", "spool_age")
+
+
 @dataclass(frozen=True)
 class DropPlan:
     """Unacknowledged statements to drop (``from_seq``..``to_seq``) before the next is spooled."""
@@ -79,6 +83,16 @@ class DropPlan:
     @property
     def count(self) -> int:
         return self.to_seq - self.from_seq + 1
+
+
+@dataclass(frozen=True)
+class Backlog:
+    """Unacknowledged statements of one key: how many, their envelopes' bytes, and the window
+    end of the oldest (None when there is none, or when it cannot be read: no made-up time)."""
+
+    statements: int
+    size_bytes: int
+    oldest_end_ms: int | None
 
 
 def is_disk_full(exc: BaseException) -> bool:
@@ -113,11 +127,14 @@ class Spool:
         end_ms: int,
         drop: DropPlan | None = None,
         meta: Mapping[str, str] | None = None,
-    ) -> None:
+    ) -> int:
         """Store a signed envelope and advance the chain in one transaction; ``drop``: the
         statements its ``dropped`` record announces are deleted in the same transaction;
         ``meta``: entries that must be durable exactly when the envelope is (a key rotation's
-        hand-over, agent/signing.py)."""
+        hand-over, agent/signing.py). Returns how many statements ``drop`` deleted (those of
+        its range still in the spool: a range that takes in an earlier record's is not
+        counted twice)."""
+        dropped = 0
         with self._lock:
             self._db.execute("BEGIN IMMEDIATE")
             try:
@@ -128,10 +145,10 @@ class Spool:
                         (name, value),
                     )
                 if drop is not None:
-                    self._db.execute(
+                    dropped = self._db.execute(
                         "DELETE FROM spool WHERE key_id = ? AND seq BETWEEN ? AND ?",
                         (key_id, drop.from_seq, drop.to_seq),
-                    )
+                    ).rowcount
                     self._db.execute(
                         "INSERT INTO meta (name, value) VALUES (?, ?) "
                         "ON CONFLICT(name) DO UPDATE SET value = excluded.value",
@@ -152,6 +169,7 @@ class Spool:
                 if self._db.in_transaction:  # SQLITE_FULL has already rolled it back
                     self._db.execute("ROLLBACK")
                 raise
+        return dropped
 
     def plan_drop(
         self, key_id: str, next_seq: int, incoming_bytes: int, max_bytes: int, max_age_ms: int, now_ms: int
@@ -198,6 +216,19 @@ class Spool:
                 "SELECT COALESCE(SUM(LENGTH(envelope)), 0) FROM spool WHERE key_id = ?", (key_id,)
             ).fetchone()
         return int(row[0])
+
+    def backlog(self, key_id: str) -> Backlog:
+        """What waits for the collector's acknowledgement under ``key_id``, read at one moment
+        (agent/metrics.py): an ack between two reads cannot leave a count without an oldest."""
+        with self._lock:
+            count, size = self._db.execute(
+                "SELECT COUNT(*), COALESCE(SUM(LENGTH(envelope)), 0) FROM spool WHERE key_id = ?", (key_id,)
+            ).fetchone()
+            row = self._db.execute(
+                "SELECT envelope FROM spool WHERE key_id = ? ORDER BY seq LIMIT 1", (key_id,)
+            ).fetchone()
+        oldest = None if row is None else _window_end_ms(bytes(row[0]))
+        return Backlog(int(count), int(size), oldest)
 
     def pending(self, key_id: str, from_seq: int = 0, limit: int = 1000) -> list[tuple[int, bytes]]:
         """Unacknowledged envelopes with seq >= from_seq, oldest first."""
@@ -270,11 +301,28 @@ class Spool:
             self._db.close()
 
 
-def _end_ms(envelope: bytes) -> int:
-    """The window end of a spooled statement (the agent's own bytes; 0 if unreadable)."""
+_UNREADABLE = (Error, ValueError, KeyError, TypeError)
+
+
+def _read_end_ms(envelope: bytes) -> int:
+    """The window end of a spooled statement (the agent's own bytes); raises ``_UNREADABLE``."""
+    doc = json.loads(envelope_from_bytes(envelope).payload)
+    return int(doc["predicate"]["window"]["end_ms"])
+
+
+def _window_end_ms(envelope: bytes) -> int | None:
+    """The window end of a spooled statement; None if unreadable."""
     try:
-        doc = json.loads(envelope_from_bytes(envelope).payload)
-        return int(doc["predicate"]["window"]["end_ms"])
-    except (Error, ValueError, KeyError, TypeError) as exc:
+        return _read_end_ms(envelope)
+    except _UNREADABLE as exc:
+        _logger.debug("a spooled statement has no readable window end: %s", exc)
+        return None
+
+
+def _end_ms(envelope: bytes) -> int:
+    """The window end of a spooled statement for the age bound (0 if unreadable: treated as old)."""
+    try:
+        return _read_end_ms(envelope)
+    except _UNREADABLE as exc:
         _logger.warning("a spooled statement has no readable window end (%s); treating it as old", exc)
         return 0

@@ -71,6 +71,7 @@ class _Board:
         description: str = "",
         instant: bool = False,
         decimals: int | None = None,
+        no_value: str | None = None,
     ) -> None:
         if self._x + w > 24:
             self._x = 0
@@ -79,6 +80,8 @@ class _Board:
         defaults: dict[str, Any] = {"unit": unit}
         if decimals is not None:
             defaults["decimals"] = decimals
+        if no_value is not None:  # what an empty result means, said in words rather than as a 0
+            defaults["noValue"] = no_value
         p: dict[str, Any] = {
             "id": len(self.panels) + 1,
             "type": kind,
@@ -475,10 +478,10 @@ AGENT_JOB = 'job="gpuaudit-agent"'
 
 
 def agents() -> _Board:
-    """The agents' own health, from their /metrics (agent/metrics.py), with the collector's
-    view of the same nodes where the agents export nothing (statement lag, dropped
-    statements). Agents are told apart by ``instance``; the example scrape configs in
-    deploy/prometheus set it to the node's name."""
+    """The agents' own health, from their /metrics (agent/metrics.py), beside the collector's
+    view of the same nodes (statement lag, dropped statements), which also covers agents that
+    Prometheus cannot scrape. Agents are told apart by ``instance``; the example scrape
+    configs in deploy/prometheus set it to the node's name."""
     b = _Board(
         "gpuaudit-agents",
         "gpuaudit / Agents",
@@ -493,6 +496,9 @@ def agents() -> _Board:
         f"sum by (instance, job) (gpuaudit_agent_source_scrape_duration_seconds{sel}) "
         f"* on (instance, job) rate(gpuaudit_agent_samples_total{sel}[{RATE}])"
     )
+    # How long ago the oldest statement in each spool ended (absent while a spool is empty).
+    waiting = f"time() - gpuaudit_agent_spool_oldest_window_end_timestamp_seconds{sel}"
+    key_age = f"time() - gpuaudit_agent_key_first_window_timestamp_seconds{sel}"
     # Whole GPUs NVML could not read (lost, fallen off the bus), per sample.
     gpus_unread = (
         f'sum by (instance, job) (rate(gpuaudit_agent_readings_unavailable_total{{field="gpu",instance=~"$instance"}}'
@@ -549,6 +555,72 @@ def agents() -> _Board:
         description='Whole GPUs NVML could not read (field="gpu"), per sample, summed over the agents.',
     )
     b.panel(
+        "stat",
+        "Oldest statement waiting",
+        [(f"max({waiting})", "oldest")],
+        unit="s",
+        w=4,
+        h=4,
+        no_value="none waiting",
+        description="How long ago the oldest statement still in any agent's spool (signed, not acknowledged) "
+        "ended. GpuauditAgentSpoolBacklog over 10 minutes for 15 minutes.",
+    )
+    b.panel(
+        "stat",
+        "Statements dropped by agents (dashboard range)",
+        [(f"sum(increase(gpuaudit_agent_statements_dropped_total{sel}[$__range]))", "dropped")],
+        w=4,
+        h=4,
+        decimals=0,
+        description="Signed statements the agents dropped unsent at a spool bound, as the agents count them "
+        "(the collector counts them only once the signed record of the drop reaches it).",
+    )
+    b.panel(
+        "stat",
+        "Wall-clock jumps (dashboard range)",
+        [(f"sum(increase(gpuaudit_agent_clock_jumps_total{sel}[$__range]))", "jumps")],
+        w=4,
+        h=4,
+        decimals=0,
+        description="Steps of the nodes' wall clocks the agents saw, back or forward by more than the agent's "
+        "tolerance (2 s, or twice sample_interval_s). GpuauditAgentClockJump on any.",
+    )
+    b.panel(
+        "stat",
+        "Signing key rotations (dashboard range)",
+        [(f"sum(changes(gpuaudit_agent_key_epoch{sel}[$__range]))", "rotations")],
+        w=4,
+        h=4,
+        decimals=0,
+        description="Hand-overs to a new signing key (the key's epoch goes up by one each), scheduled by "
+        "key_rotation_days or asked for with gpuaudit-agent rotate-key.",
+    )
+    b.panel(
+        "stat",
+        "Oldest signing key",
+        [(f"max({key_age})", "age")],
+        unit="s",
+        w=4,
+        h=4,
+        description="How long the longest-serving current signing key has signed (from its first window). "
+        "Compare with key_rotation_days.",
+    )
+    b.panel(
+        "stat",
+        "Keys overdue for rotation",
+        [
+            (
+                f"count(({key_age}) > on (instance, job) (gpuaudit_agent_key_rotation_period_seconds + 3600)) "
+                "or vector(0)",
+                "overdue",
+            )
+        ],
+        w=4,
+        h=4,
+        description="Agents whose key has signed for over its rotation period plus an hour: the scheduled "
+        "rotation failed. GpuauditAgentKeyNotRotated after 15 minutes more.",
+    )
+    b.panel(
         "timeseries",
         "Statements signed and acknowledged (all agents)",
         [
@@ -564,8 +636,8 @@ def agents() -> _Board:
         "timeseries",
         "Spool depth (top 10 agents)",
         [(f"topk(10, gpuaudit_agent_spool_statements{sel})", "{{instance}}")],
-        description="Signed statements not yet acknowledged. Each is one window (window_s, 60 s by default): "
-        "depth x window_s is about the age of the oldest one. GpuauditAgentSpoolBacklog at 10 for 15 minutes.",
+        description="Signed statements not yet acknowledged, one per window (window_s, 60 s by default). "
+        "How long they have waited is on the next panels.",
     )
     b.panel(
         "timeseries",
@@ -577,12 +649,22 @@ def agents() -> _Board:
     )
     b.panel(
         "timeseries",
+        "Oldest statement waiting, agents' view (top 10)",
+        [(f"topk(10, {waiting})", "{{instance}}")],
+        unit="s",
+        description="How long ago the oldest statement in the agent's spool (signed, not acknowledged) ended; "
+        "no line while the spool is empty, as a healthy agent's is within milliseconds of each window. "
+        "GpuauditAgentSpoolBacklog over 10 minutes for 15 minutes; spool_max_age_s (a week by default) drops "
+        "them all.",
+    )
+    b.panel(
+        "timeseries",
         "Statement lag by node, collector's view (top 10)",
         [("topk(10, gpuaudit:node_statement_lag_seconds)", "{{node}}")],
         unit="s",
         description="How long ago the node's latest statement the collector holds ended. Agents send in chain "
         "order, so this is the age of the oldest statement still in the node's spool plus one window, or how "
-        "long the node has signed nothing.",
+        "long the node has signed nothing. Covers nodes whose agent Prometheus cannot scrape.",
     )
     b.panel(
         "timeseries",
@@ -654,16 +736,76 @@ def agents() -> _Board:
         "unavailable in the statements, never guessed. GpuauditAgentGpuUnreadable after 10 minutes.",
     )
     b.panel(
+        "table",
+        "Agents that dropped statements unsent (dashboard range)",
+        [
+            (
+                f"sum by (instance, reason) (increase(gpuaudit_agent_statements_dropped_total{sel}[$__range])) > 0",
+                "{{instance}} {{reason}}",
+            )
+        ],
+        decimals=0,
+        description="Counted by each agent as it drops: spool_size (spool_max_bytes) or spool_age "
+        "(spool_max_age_s). GpuauditAgentSpoolBoundReached.",
+    )
+    b.panel(
         "bargauge",
-        "Statements dropped unsent by agents (dashboard range)",
+        "Statements dropped unsent by agents, collector's count (dashboard range)",
         [
             (
                 "sum by (reason) (increase(gpuaudit_collector_statements_dropped_by_agents_total[$__range]))",
                 "{{reason}}",
             )
         ],
-        description="Counted by the collector from the agents' signed drop records: spool_size "
-        "(spool_max_bytes) or spool_age (spool_max_age_s). Those windows of GPU use are lost for good.",
+        description="Counted by the collector from the agents' signed drop records, when they arrive: "
+        "spool_size (spool_max_bytes) or spool_age (spool_max_age_s). Those windows of GPU use are lost for good.",
+    )
+    b.panel(
+        "table",
+        "Agents whose wall clock jumped (dashboard range)",
+        [
+            (
+                f"sum by (instance, direction) (increase(gpuaudit_agent_clock_jumps_total{sel}[$__range])) > 0",
+                "{{instance}} {{direction}}",
+            )
+        ],
+        decimals=0,
+        description="Back: samples were not used until the clock passed the last one used (real time lost). "
+        "Forward: the windows skipped were never lived through. Each step is explained in the next signed "
+        "statement (a clock_jump event). GpuauditAgentClockJump.",
+    )
+    b.panel(
+        "timeseries",
+        "Signing key age (top 10 agents)",
+        [
+            (f"topk(10, {key_age})", "{{instance}}"),
+            (f"max(gpuaudit_agent_key_rotation_period_seconds{sel})", "rotation period"),
+        ],
+        unit="s",
+        description="How long each agent's current key has signed, counted from its first window; it falls "
+        "back to 0 at each rotation (key_rotation_days, 90 by default). No rotation period line: keys "
+        "rotate only on request.",
+    )
+    b.panel(
+        "table",
+        "Next scheduled key rotation by agent",
+        [
+            (
+                f"sort(gpuaudit_agent_key_first_window_timestamp_seconds{sel} "
+                "+ on (instance, job) gpuaudit_agent_key_rotation_period_seconds - time())",
+                "{{instance}}",
+            )
+        ],
+        unit="s",
+        description="Time until each agent's key has signed for key_rotation_days; it hands over at the next "
+        "window then. Below zero: overdue. Agents without a schedule are not listed.",
+    )
+    b.panel(
+        "table",
+        "Signing key epoch by agent",
+        [(f"sort_desc(gpuaudit_agent_key_epoch{sel})", "{{instance}}")],
+        decimals=0,
+        description="0 for the key enrolled with a join token, one more for each rotation since.",
     )
     b.panel(
         "timeseries",

@@ -11,6 +11,7 @@ import asyncio
 import dataclasses
 import shutil
 import subprocess
+import time
 import urllib.request
 from collections.abc import Callable
 from pathlib import Path
@@ -30,9 +31,12 @@ from agent.trace import write_trace
 from attestation.keys import load_key_file
 
 GOLDEN = Path(__file__).resolve().parents[1] / "fixtures" / "metrics" / "agent_series.txt"
-ALLOWED_LABELS = {"source", "gpu", "field", "reason"}
+ALLOWED_LABELS = {"source", "gpu", "field", "reason", "direction"}
 INFO_LABELS = {"version", "python_version"}
 SIGNED = "gpuaudit_agent_statements_signed_total"
+# Present exactly while the spool holds a statement: acknowledgements come within
+# milliseconds, so a scrape may find the spool empty.
+OLDEST = "gpuaudit_agent_spool_oldest_window_end_timestamp_seconds"
 
 
 def _scrape(port: int) -> str:
@@ -87,6 +91,7 @@ def scraped(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
             (token,) = h.tokens(1)
             cfg = dataclasses.replace(load_agent_config(cfg_file, {"GPUAUDIT_JOIN_TOKEN": token}), collector=h.address)
             metrics = AgentMetrics(__version__)
+            started_s = time.time()
             stop = asyncio.Event()
             task = asyncio.create_task(run_agent(cfg, stop=stop, metrics=metrics))
             for _ in range(100):  # until the agent has signed and been acknowledged
@@ -95,10 +100,18 @@ def scraped(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
                     break
             await asyncio.sleep(1.0)
             assert metrics.port is not None, "the agent did not serve /metrics"
+            before_s = time.time()
             text = await asyncio.to_thread(_scrape, metrics.port)
+            after_s = time.time()
             stop.set()
             await asyncio.wait_for(task, timeout=20)
-            return {"text": text, "stored": h.store.statement_count(), "key": load_key_file(tmp / "agent.key")}
+            return {
+                "text": text,
+                "stored": h.store.statement_count(),
+                "key": load_key_file(tmp / "agent.key"),
+                "started_s": started_s,
+                "scraped_s": (before_s, after_s),
+            }
 
     out: dict[str, Any] = asyncio.run(asyncio.wait_for(scenario(), timeout=60))
     spool = Spool(tmp / "spool.db")
@@ -118,6 +131,8 @@ def test_promtool_check_metrics_is_clean(scraped: dict[str, Any]) -> None:
 def test_series_match_the_golden_list(scraped: dict[str, Any]) -> None:
     got = _series_list(scraped["text"])
     want = GOLDEN.read_text().splitlines()
+    if _value(scraped["text"], "gpuaudit_agent_spool_statements") == 0:  # nothing waits: no oldest
+        want = [line for line in want if not line.startswith(OLDEST + " ")]
     missing, extra = sorted(set(want) - set(got)), sorted(set(got) - set(want))
     assert not missing and not extra, (
         f"the agent's series changed: missing {missing}, new {extra}. A new series needs a line in "
@@ -153,6 +168,23 @@ def test_values_say_what_the_agent_did(scraped: dict[str, Any]) -> None:
     size = _value(text, "gpuaudit_agent_spool_bytes")
     assert size is not None and (size > 0) == (depth > 0)
     assert _value(text, "gpuaudit_agent_stream_reconnects_total") == 0
+    oldest = _value(text, OLDEST)
+    assert (oldest is not None) == (depth > 0), (
+        f"the oldest statement's end must be present iff the spool holds one: {oldest}, {depth}"
+    )
+    before_s, after_s = scraped["scraped_s"]
+    if oldest is not None:
+        assert scraped["started_s"] <= oldest <= after_s + 1, (scraped["started_s"], oldest, after_s)
+    # Nothing dropped, no clock step, the enrolled key (epoch 0) with the default rotation
+    # schedule (key_rotation_days = 90), its first window after the agent started.
+    for reason in ("spool_size", "spool_age"):
+        assert _value(text, "gpuaudit_agent_statements_dropped_total", reason=reason) == 0, reason
+    for direction in ("back", "forward"):
+        assert _value(text, "gpuaudit_agent_clock_jumps_total", direction=direction) == 0, direction
+    assert _value(text, "gpuaudit_agent_key_epoch") == 0
+    assert _value(text, "gpuaudit_agent_key_rotation_period_seconds") == 90 * 86400
+    first = _value(text, "gpuaudit_agent_key_first_window_timestamp_seconds")
+    assert first is not None and scraped["started_s"] - 1 <= first <= before_s, (scraped["started_s"], first)
     utils = [
         float(s.value)
         for fam in text_string_to_metric_families(text)

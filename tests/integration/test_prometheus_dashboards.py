@@ -3,8 +3,9 @@ processes (``gpuaudit-agent run`` with the simulated source); every Grafana pane
 every dashboard variable and every rule in deploy/ is run against it.
 
 The agents are staged as an operator would meet them: one healthy, one whose key the
-collector revokes while it streams (a refused statement, a stopped stream, a growing
-spool), and one target where no agent answers (down).
+collector revokes while it streams (a refused statement, a stopped stream, a spool that
+fills up to a small ``spool_max_bytes`` and then drops statements), and one target where no
+agent answers (down).
 
 Needs the ``prometheus`` binary (Debian package ``prometheus``); skipped without it.
 """
@@ -62,7 +63,12 @@ AGENT_DEAD = "kl1-agent-dead"  # a scrape target where no agent answers
 EMPTY_ALLOWED = {
     ("agents.json", "Agents with GPUs they cannot read"): 'field="gpu" is counted only by the NVML source, '
     "when it cannot read a whole GPU; the simulated source reads every GPU of its trace",
+    ("agents.json", "Agents whose wall clock jumped (dashboard range)"): "a jump needs the machine's wall "
+    "clock stepped, which the test must not do to the host it runs on (tests/unit/agent cover the counting)",
 }
+# The refused agent's spool bound: about four of its statements (8 GPUs, 1 s windows: about
+# 9 kB each), so that once its stream stops it reaches the bound within seconds and drops.
+REFUSED_SPOOL_MAX_BYTES = 40_000
 
 pytestmark = pytest.mark.skipif(
     not Path(PROMETHEUS).exists(), reason="prometheus absent (Debian package prometheus; .ci/run installs it)"
@@ -123,7 +129,9 @@ def _finite(data: Any) -> bool:
 class _Agent:
     """``gpuaudit-agent run`` in a process of its own, simulated source, /metrics on a free port."""
 
-    def __init__(self, tmp: Path, node: str, trace: Path, collector: str, token: str) -> None:
+    def __init__(
+        self, tmp: Path, node: str, trace: Path, collector: str, token: str, extra: tuple[str, ...] = ()
+    ) -> None:
         d = tmp / node
         d.mkdir()
         self.node = node
@@ -144,6 +152,7 @@ class _Agent:
                     "sample_interval_s = 0.2",
                     "insecure = true",
                     f'metrics_listen = "127.0.0.1:{self.metrics_port}"',
+                    *extra,
                 ]
             )
         )
@@ -216,8 +225,11 @@ def test_dashboards_and_rules_against_a_real_prometheus(tmp_path: Path) -> None:
         proc = None
         now_ms = time.time_ns() // 1_000_000
         agents = [
-            _Agent(tmp_path, node, trace, f"127.0.0.1:{running.port}", store.create_token(600, now_ms))
-            for node in (AGENT_OK, AGENT_REFUSED)
+            _Agent(tmp_path, node, trace, f"127.0.0.1:{running.port}", store.create_token(600, now_ms), extra)
+            for node, extra in (
+                (AGENT_OK, ()),
+                (AGENT_REFUSED, (f"spool_max_bytes = {REFUSED_SPOOL_MAX_BYTES}",)),
+            )
         ]
         ok, refused = agents
         try:
@@ -272,6 +284,14 @@ def test_dashboards_and_rules_against_a_real_prometheus(tmp_path: Path) -> None:
                     "the revoked agent's refusal never showed:\n" + refused.log.read_text()
                 )
                 await asyncio.sleep(0.5)
+            # Its stream stopped, the refused agent signs on into its spool until the bound drops some.
+            dropped = f'gpuaudit_agent_statements_dropped_total{{instance="{refused.node}",reason="spool_size"}} > 0'
+            deadline = time.monotonic() + 30
+            while not _query(base, dropped)["result"]:
+                assert time.monotonic() < deadline, (
+                    "the refused agent never dropped a statement at its spool bound:\n" + refused.log.read_text()
+                )
+                await asyncio.sleep(0.5)
             await asyncio.sleep(4)  # a few more scrapes and rule evaluations
             for a in agents:  # a refused statement stops the stream, not the agent
                 assert not a.alive(), a.alive()
@@ -307,11 +327,29 @@ def test_dashboards_and_rules_against_a_real_prometheus(tmp_path: Path) -> None:
                 # The agents: a refusal fires at once; a target down is pending for 10 minutes;
                 # the healthy agent raises nothing.
                 assert ("GpuauditAgentStatementRefused", refused.node, "firing") in alerts, alerts
+                assert ("GpuauditAgentSpoolBoundReached", refused.node, "firing") in alerts, alerts
                 assert ("GpuauditAgentDown", AGENT_DEAD, "pending") in alerts, alerts
                 assert not [a for a in alerts if a[1] == ok.node], alerts
                 # A refusal stops the stream: the refused agent signs on into its spool.
                 depth = _query(base, f'gpuaudit_agent_spool_statements{{instance="{refused.node}"}}')["result"]
                 assert depth and float(depth[0]["value"][1]) >= 2, depth
+                # ... up to its bound, keeping the oldest (the refused one, from before the drops
+                # waited for above): the oldest statement waiting is seconds old.
+                waited = _query(
+                    base,
+                    f'time() - gpuaudit_agent_spool_oldest_window_end_timestamp_seconds{{instance="{refused.node}"}}',
+                )["result"]
+                assert waited and float(waited[0]["value"][1]) >= 3, waited
+                # The healthy agent: its enrolled key, first used after it started, rotated on the
+                # default schedule; no drop, no clock step.
+                for expr, want in (
+                    (f'gpuaudit_agent_key_epoch{{instance="{ok.node}"}}', 0),
+                    (f'gpuaudit_agent_key_rotation_period_seconds{{instance="{ok.node}"}}', 90 * 86400),
+                    (f'sum(gpuaudit_agent_statements_dropped_total{{instance="{ok.node}"}})', 0),
+                    (f'sum(gpuaudit_agent_clock_jumps_total{{instance="{ok.node}"}})', 0),
+                ):
+                    got = _query(base, expr)["result"]
+                    assert got and float(got[0]["value"][1]) == want, (expr, got)
 
             await asyncio.to_thread(check)
         finally:

@@ -58,7 +58,19 @@ def test_rules_are_valid_and_pass_their_unit_tests() -> None:
         ('up{job="gpuaudit-agent"} == 0\n        for: 10m', 'up{job="gpuaudit-agent"} == 0\n        for: 2m'),
         ("statements_signed_total[15m]) == 0\n        for: 10m", "statements_signed_total[15m]) == 0"),
         ("> 0.8\n        for: 15m", "> 0.8\n        for: 5m"),
-        ("gpuaudit_agent_spool_statements >= 10", "gpuaudit_agent_spool_statements >= 100"),
+        (
+            "gpuaudit_agent_spool_oldest_window_end_timestamp_seconds > 600",
+            "gpuaudit_agent_spool_oldest_window_end_timestamp_seconds > 6000",
+        ),
+        (
+            '(up{job="gpuaudit-collector"} == 0)\n        for: 15m',
+            '(up{job="gpuaudit-collector"} == 0)\n        for: 5m',
+        ),
+        # ... nor a key restarted with a shorter period, which hands over at its first window,
+        # nor one rotated on time; and a key that was not rotated is seen within hours ...
+        ("key_rotation_period_seconds + 3600\n        for: 15m", "key_rotation_period_seconds + 3600"),
+        ("key_rotation_period_seconds + 3600", "key_rotation_period_seconds"),
+        ("key_rotation_period_seconds + 3600", "key_rotation_period_seconds + 86400"),
         # ... nor a backlog per node while the collector itself is down ...
         ('\n            unless on () (up{job="gpuaudit-collector"} == 0)', ""),
         # ... nor an unsupported field, one or two restarts; and the first refusal is seen
@@ -73,6 +85,22 @@ def test_rules_are_valid_and_pass_their_unit_tests() -> None:
             "sum by (instance, job, reason) (increase(gpuaudit_agent_rejects_total[15m])) > 0",
         ),
         ("dropped_by_agents_total[1h])) > 0", "dropped_by_agents_total[5m])) > 0"),
+        # A clock step and a spool drop are seen for an hour, by direction and by reason, and an
+        # agent restart (counters back to 0) is neither.
+        ("increase(gpuaudit_agent_clock_jumps_total[1h]) > 0", "increase(gpuaudit_agent_clock_jumps_total[5m]) > 0"),
+        ("increase(gpuaudit_agent_clock_jumps_total[1h]) > 0", "changes(gpuaudit_agent_clock_jumps_total[1h]) > 0"),
+        (
+            "increase(gpuaudit_agent_clock_jumps_total[1h]) > 0",
+            "sum by (instance, job) (increase(gpuaudit_agent_clock_jumps_total[1h])) > 0",
+        ),
+        (
+            "increase(gpuaudit_agent_statements_dropped_total[1h]) > 0",
+            "increase(gpuaudit_agent_statements_dropped_total[5m]) > 0",
+        ),
+        (
+            "increase(gpuaudit_agent_statements_dropped_total[1h]) > 0",
+            "changes(gpuaudit_agent_statements_dropped_total[1h]) > 0",
+        ),
     ],
 )
 def test_rule_tests_catch_a_broken_rule(tmp_path: Path, old: str, new: str) -> None:
