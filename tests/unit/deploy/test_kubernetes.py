@@ -148,6 +148,12 @@ def test_collector_statefulset_service_and_storage(tmp_path: Path) -> None:
     for p in svc["spec"]["ports"]:
         assert p["targetPort"] in container_ports, p
     assert pod["securityContext"]["runAsNonRoot"] is True
+    # The detector's warm-up runs before the collector listens (minutes on a large site): a
+    # startup probe must hold the liveness probe off longer than the liveness probe would wait.
+    start, live = c["startupProbe"], c["livenessProbe"]
+    assert start["grpc"]["port"] == container_ports["grpc"]
+    assert start["periodSeconds"] * start["failureThreshold"] >= 600
+    assert start["periodSeconds"] * start["failureThreshold"] > live["periodSeconds"] * live["failureThreshold"]
     (claim,) = sts["spec"]["volumeClaimTemplates"]
     data_mount = next(m for m in c["volumeMounts"] if m["name"] == claim["metadata"]["name"])
     files = {}
