@@ -570,10 +570,8 @@ def _ints(d: dict[str, Any], spec: tuple[tuple[str, bool, bool], ...], path: str
     return out
 
 
-_PERMILLE = frozenset(n for spec in (_GPU_INTS, _WORKLOAD_INTS) for n, _, _ in spec if n.endswith("_permille")) | {
-    "sm_active_mean_permille",
-    "tensor_active_mean_permille",
-}
+# Integer fields bounded by 1000 (their names end in _permille; MIG instances use the same names).
+_PERMILLE = frozenset(n for spec in (_GPU_INTS, _WORKLOAD_INTS) for n, _, _ in spec if n.endswith("_permille"))
 
 
 def _int_field(d: dict[str, Any], name: str, nullable: bool, optional: bool, v: Any, path: str) -> int | None:

@@ -43,7 +43,7 @@ from attestation.errors import ChainError, KeyFileError, SchemaError, Verificati
 from attestation.keys import PublicKey, key_id_of
 from attestation.statement import UsageWindow, parse_statement
 from collector.errors import StoreConflictError, StoreError
-from collector.integrity import IntegrityFinding
+from collector.integrity import SEVERITY, IntegrityFinding
 from collector.store.base import ConflictRecord, KeyRecord, RefusalRecord, StatementRecord, Store
 
 _logger = logging.getLogger(__name__)
@@ -123,8 +123,11 @@ class Ingestor:
         max_payload_bytes: int = DEFAULT_MAX_PAYLOAD_BYTES,
         max_signatures: int = DEFAULT_MAX_SIGNATURES,
         clock_ms: Callable[[], int] = _wall_clock_ms,
+        on_finding: Callable[[IntegrityFinding], None] | None = None,
     ) -> None:
         self._store = store
+        # Called with each integrity finding once the store has recorded it (metrics).
+        self._on_finding = on_finding
         self._max_payload_bytes = max_payload_bytes
         self._max_signatures = max_signatures
         self._clock_ms = clock_ms
@@ -270,9 +273,15 @@ class Ingestor:
                 "integrity finding %s: %s of node %s, key %s: %s", f.id, f.kind, f.node_id, f.key_id, f.message
             )
             try:
-                self._store.save_finding(f.id, f.kind, "", "high", f.started_ms, f.detected_ms, f.json_text())
+                self._store.save_finding(f.id, f.kind, "", SEVERITY, f.started_ms, f.detected_ms, f.json_text())
             except Exception:
                 _logger.exception("could not store integrity finding %s", f.id)
+                continue
+            if self._on_finding is not None:
+                try:
+                    self._on_finding(f)
+                except Exception:
+                    _logger.exception("integrity finding %s is stored; reporting it failed", f.id)
 
     def _rotation_problem(self, v: _Verified) -> str | None:
         """Why the chain start ``v`` does not continue its node's previous key, or None."""

@@ -52,7 +52,7 @@ findings{kind,severity}                                        gauge    recorded
 ``kind`` of the findings series: the detector's ``large_training`` and the integrity
 findings ingest raises (``equivocation``, ``rollback``, ``unexplained_reboot``,
 ``energy_reset``; collector/integrity.py, always severity ``high``), counted as the store
-records them (``tap_integrity_findings``).
+records them (``Ingestor(on_finding=CollectorMetrics.observe_integrity_finding)``).
 """
 
 from __future__ import annotations
@@ -78,6 +78,7 @@ from collector.detect.findings import KIND_LARGE_TRAINING, SEVERITIES
 from collector.ingest import Accepted, IngestResult
 from collector.integrity import KINDS as INTEGRITY_KINDS
 from collector.integrity import SEVERITY as INTEGRITY_SEVERITY
+from collector.integrity import IntegrityFinding
 
 if TYPE_CHECKING:
     from collector.store.base import Store
@@ -419,18 +420,14 @@ class CollectorMetrics:
                     self._integrity_seen.add(f.finding_id)
         return known
 
-    def tap_integrity_findings(self, store: Store) -> Store:
-        """``store`` as ingest should see it: the integrity findings ingest saves are also
-        counted here (once per finding id, after the store recorded them)."""
-        return _IntegrityFindingsTap(store, self)
-
-    def observe_integrity_finding(self, finding_id: str, kind: str, severity: str) -> None:
-        """An integrity finding was recorded; a finding recorded again (a resent statement) counts once."""
+    def observe_integrity_finding(self, f: IntegrityFinding) -> None:
+        """Ingest recorded integrity finding ``f`` (``Ingestor(on_finding=...)``); a finding
+        recorded again (a resent statement) counts once."""
         with self._lock:
-            if finding_id in self._integrity_seen:
+            if f.id in self._integrity_seen:
                 return
-            self._integrity_seen.add(finding_id)
-        self.observe_finding(kind, None, severity)
+            self._integrity_seen.add(f.id)
+        self.observe_finding(f.kind, None, INTEGRITY_SEVERITY)
 
     def _node_seen(self, node: str) -> None:
         if node not in self._nodes.known:
@@ -562,35 +559,6 @@ class CollectorMetrics:
         self.findings_open.labels(kind, severity).inc()
         if before is None or _rank(severity) > _rank(before):
             self.findings_raised.labels(kind, severity).inc()
-
-
-class _IntegrityFindingsTap:
-    """A store that tells the metrics about each integrity finding it records. Every other
-    attribute is the store's own (looked up once, then held: no cost on ingest's path)."""
-
-    def __init__(self, store: Store, metrics: CollectorMetrics) -> None:
-        self._store = store
-        self._metrics = metrics
-
-    def __getattr__(self, name: str) -> Any:
-        value = getattr(self._store, name)
-        if callable(value):
-            setattr(self, name, value)
-        return value
-
-    def save_finding(
-        self,
-        finding_id: str,
-        kind: str,
-        tenant: str,
-        severity: str,
-        started_ms: int,
-        detected_ms: int,
-        json_text: str,
-    ) -> None:
-        self._store.save_finding(finding_id, kind, tenant, severity, started_ms, detected_ms, json_text)
-        if kind in INTEGRITY_KINDS:
-            self._metrics.observe_integrity_finding(finding_id, kind, severity)
 
 
 def _rank(severity: str) -> int:

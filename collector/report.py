@@ -36,6 +36,7 @@ from pathlib import Path
 from typing import Any, Protocol
 
 from collector.detect import flops
+from collector.detect.findings import parse_rfc3339_ms
 from collector.errors import CollectorError
 from collector.store.base import FindingRecord, StatementRecord
 
@@ -163,7 +164,7 @@ def _parse_rfc3339_ms(text: Any) -> int | None:
     if not isinstance(text, str):
         return None
     try:
-        return int(dt.datetime.fromisoformat(text.replace("Z", "+00:00")).timestamp() * _MS)
+        return parse_rfc3339_ms(text)
     except ValueError:
         return None
 

@@ -205,7 +205,7 @@ async def start_collector(
         # The detector does not start blind: the stored look-back first, then what arrives.
         await asyncio.to_thread(warm_up, store, sink, engine.config)
     # Integrity findings (collector/integrity.py) ingest records also reach the findings metrics.
-    ingestor = Ingestor(metrics.tap_integrity_findings(store), max_payload_bytes=config.max_payload_bytes)
+    ingestor = Ingestor(store, max_payload_bytes=config.max_payload_bytes, on_finding=metrics.observe_integrity_finding)
     batcher = IngestBatcher(ingestor, sink, metrics, max_batch=config.max_batch, max_queued=config.max_queued)
     batcher.start()
     limit = config.max_payload_bytes + 64 * 1024

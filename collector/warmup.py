@@ -23,7 +23,6 @@ aged into aggregates (collector/retention.py) are skipped: they are older than a
 
 from __future__ import annotations
 
-import datetime as dt
 import json
 import logging
 import time
@@ -35,7 +34,7 @@ from attestation.errors import SchemaError
 from attestation.statement import UsageWindow, parse_statement
 from collector.detect.config import DetectConfig
 from collector.detect.engine import history_span_ms
-from collector.detect.findings import KIND_LARGE_TRAINING, Finding, rfc3339_ms
+from collector.detect.findings import KIND_LARGE_TRAINING, Finding, parse_rfc3339_ms, rfc3339_ms
 from collector.detect.opacity import Opacity
 from collector.store.base import FindingRecord, Store
 
@@ -129,11 +128,6 @@ def plan(store: Store, config: DetectConfig) -> WarmupPlan:
     return WarmupPlan(start, size, since, window_ms, complete)
 
 
-def _rfc3339_ms(text: str) -> int:
-    t = dt.datetime.fromisoformat(text.replace("Z", "+00:00"))
-    return int(t.timestamp()) * _MS + t.microsecond // 1000
-
-
 def stored_finding(rec: FindingRecord) -> Finding | None:
     """A stored ``large_training`` finding as the detector wrote it (None for other kinds, or
     one that cannot be read back). ``updated_at_ms`` is the end of the last window it holds."""
@@ -153,7 +147,7 @@ def stored_finding(rec: FindingRecord) -> Finding | None:
             severity=rec.severity,
             started_at_ms=rec.started_ms,
             detected_at_ms=rec.detected_ms,
-            updated_at_ms=_rfc3339_ms(last) if last else rec.detected_ms,
+            updated_at_ms=parse_rfc3339_ms(last) if last else rec.detected_ms,
             gpus=int(doc["gpus"]),
             nodes=int(doc["nodes"]),
             gpu_hours=float(doc["gpu_hours"]),

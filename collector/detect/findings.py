@@ -29,6 +29,12 @@ def rfc3339_ms(ms: int) -> str:
     return t.strftime("%Y-%m-%dT%H:%M:%SZ")
 
 
+def parse_rfc3339_ms(text: str) -> int:
+    """The inverse of ``rfc3339_ms``: ms since the epoch, exact (no float rounding). Raises ValueError."""
+    t = dt.datetime.fromisoformat(text.replace("Z", "+00:00"))
+    return int(t.timestamp()) * 1000 + t.microsecond // 1000
+
+
 def finding_id(kind: str, tenants: Iterable[str], started_at_ms: int) -> str:
     """Stable id: the same run (tenants, start) gets the same id on every replay."""
     key = f"{kind}|{'+'.join(sorted(tenants))}|{started_at_ms}"

@@ -52,7 +52,7 @@ def test_every_integrity_kind_exists_at_zero() -> None:
 def test_an_equivocation_is_counted_once_and_survives_a_restart(store: Any, enroll: Enroll) -> None:
     m = CollectorMetrics("test")
     m.load_store(store)
-    ingestor = Ingestor(m.tap_integrity_findings(store), clock_ms=lambda: NOW_MS)
+    ingestor = Ingestor(store, clock_ms=lambda: NOW_MS, on_finding=m.observe_integrity_finding)
     node = enroll("n1", gpus=1)
     envs = node.take(3)
     assert all(isinstance(r, Accepted) for r in ingestor.ingest_batch([(node.key_id, e) for e in envs]))
@@ -69,7 +69,7 @@ def test_an_equivocation_is_counted_once_and_survives_a_restart(store: Any, enro
     restarted = CollectorMetrics("test")
     restarted.load_store(store)
     assert value(restarted, "gpuaudit_findings", kind="equivocation", severity="high") == 1
-    again = Ingestor(restarted.tap_integrity_findings(store), clock_ms=lambda: NOW_MS)
+    again = Ingestor(store, clock_ms=lambda: NOW_MS, on_finding=restarted.observe_integrity_finding)
     again.ingest_batch([(node.key_id, forged)])
     assert value(restarted, "gpuaudit_findings", kind="equivocation", severity="high") == 1, (
         "a finding loaded from the store at start must not count again when it is recorded again"
@@ -78,7 +78,7 @@ def test_an_equivocation_is_counted_once_and_survives_a_restart(store: Any, enro
 
 def test_rollback_reboot_and_energy_reset_are_counted_by_kind(store: Any, enroll: Enroll) -> None:
     m = CollectorMetrics("test")
-    ingestor = Ingestor(m.tap_integrity_findings(store), clock_ms=lambda: NOW_MS)
+    ingestor = Ingestor(store, clock_ms=lambda: NOW_MS, on_finding=m.observe_integrity_finding)
     # rollback: a reused seq for a window after the chain head
     a = enroll("n-a", gpus=1)
     envs = a.take(3)
@@ -105,14 +105,3 @@ def test_rollback_reboot_and_energy_reset_are_counted_by_kind(store: Any, enroll
         "energy_reset": (1, 1),
     }, got
     assert {f.kind for f in store.findings()} == {"rollback", "unexplained_reboot", "energy_reset"}
-
-
-def test_the_tap_is_the_store_for_everything_else(store: Any) -> None:
-    m = CollectorMetrics("test")
-    tapped = m.tap_integrity_findings(store)
-    assert tapped.statement_count() == store.statement_count() == 0
-    tapped.save_finding("f-1", "large_training", "t-1", "high", NOW_MS, NOW_MS, "{}")
-    assert [f.finding_id for f in store.findings()] == ["f-1"]
-    assert value(m, "gpuaudit_findings", kind="large_training", severity="high") == 0, (
-        "detector findings are counted by the finding sink, not by the tap"
-    )
