@@ -35,6 +35,8 @@ import json
 from dataclasses import MISSING, dataclass, field, fields
 from typing import Any, TypeVar
 
+import orjson
+
 from attestation.errors import SchemaError
 
 STATEMENT_TYPE = "https://in-toto.io/Statement/v1"
@@ -730,11 +732,36 @@ def _parse_gpu(o: _Obj) -> GpuWindow:
 
 
 def parse_statement(payload: bytes) -> UsageWindow:
-    """Parse verified payload bytes into a ``UsageWindow``. Raises SchemaError with a path."""
+    """Parse verified payload bytes into a ``UsageWindow``. Raises SchemaError with a path.
+
+    The reference reading of the bytes is the standard library's ``json``; what it decodes
+    and this schema accepts is a statement, nothing else. Decoding is the costliest step of
+    ingest after the signature check, so the bytes are first decoded with ``orjson`` (about
+    3x faster). Its acceptance set is a subset of ``json``'s (it refuses NaN, lone
+    surrogates, a byte-order mark, UTF-16), and where both decode, the values agree except
+    that integers beyond 64 bits come back as floats, which no integer field of this schema
+    accepts. So any failure of the fast path, decoding or schema, is settled by the
+    reference path: a statement parses to the same ``UsageWindow`` or fails with the same
+    error either way, for the collector and for an offline verifier alike
+    (tests/unit/attestation/test_statement_decode.py)."""
     try:
-        doc = json.loads(payload)
+        doc = orjson.loads(payload)
+    except orjson.JSONDecodeError:
+        return _parse_doc(_reference_decode(payload))
+    try:
+        return _parse_doc(doc)
+    except Exception:
+        return _parse_doc(_reference_decode(payload))
+
+
+def _reference_decode(payload: bytes) -> Any:
+    try:
+        return json.loads(payload)
     except (UnicodeDecodeError, json.JSONDecodeError, RecursionError) as exc:
         raise SchemaError(f"payload is not JSON: {exc}") from exc
+
+
+def _parse_doc(doc: Any) -> UsageWindow:
     st = _Obj(doc, "$")
     if st.str_("_type") != STATEMENT_TYPE:
         raise SchemaError(f"$._type: expected {STATEMENT_TYPE!r}")
