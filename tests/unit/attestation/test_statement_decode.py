@@ -1,20 +1,26 @@
-"""``parse_statement`` decodes with orjson first and settles every failure with the standard
-library's ``json``, the reference reading. These tests hold the two paths to one answer:
-for any payload, the same ``UsageWindow`` or the same error as the reference alone."""
+"""``parse_statement`` first asks the fast recogniser (attestation/statement_fast.py, msgspec)
+and leaves everything it cannot vouch for to the reference parser (the standard library's
+``json`` and ``statement._parse_doc``). These tests hold the two paths to one answer: for
+any payload, the same ``UsageWindow`` or the same error as the reference alone, and the
+fast path really taken for the statements agents sign."""
 
 from __future__ import annotations
 
+import copy
+import dataclasses
 import json
 from typing import Any
 
 import hypothesis.strategies as hs
 import pytest
 from hypothesis import HealthCheck, given, settings
-from test_statement import G0, W0, _doc, _set, full_window
+from test_statement import G0, W0, _doc, _set, bare_window, full_gpu, full_window, minimal_gpu
+from test_statement_mig import mig_window
 
 from attestation import statement as st
+from attestation import statement_fast
 from attestation.errors import SchemaError
-from attestation.statement import parse_statement, statement_bytes
+from attestation.statement import Dropped, LogCheckpointRef, Rotation, parse_statement, statement_bytes
 
 
 def _reference(payload: bytes) -> st.UsageWindow:
@@ -45,7 +51,8 @@ def _with(path: str, raw_value: str) -> bytes:
     return json.dumps(doc).replace(f'"{marker}"', raw_value).encode()
 
 
-# Inputs on which orjson and json disagree, in known fields, unknown fields and whole payloads.
+# Inputs the standard library reads differently from msgspec (or from other fast decoders), in
+# known fields, unknown fields and whole payloads.
 DIVERGENT = [
     # integers beyond 64 bits: json gives an int, orjson a float
     (f"{G0}.energy_end_mj", "123456789012345678901234567890", "ok"),
@@ -100,14 +107,59 @@ def test_whole_payloads_the_decoders_read_differently(payload: bytes) -> None:
     _same(payload)
 
 
-def test_a_valid_statement_takes_the_fast_path(monkeypatch: pytest.MonkeyPatch) -> None:
-    """Without this the fallback could hide a fast path that never succeeds."""
+def _signed_shapes() -> list[st.UsageWindow]:
+    """Windows as agents sign them: every optional field, nulls with reasons, MIG, a
+    rotation hand-over, a dropped record, a log checkpoint, identity and health."""
+    rotated = dataclasses.replace(
+        full_window(),
+        rotation=Rotation(new_key_id="sha256:" + "1" * 64, new_key_spki=b"\x30\x2a" + bytes(42)),
+    )
+    dropped = dataclasses.replace(
+        full_window(),
+        dropped=Dropped(from_seq=3, to_seq=6, count=4, reason="spool_size", last_digest=full_window().chain.prev or ""),
+    )
+    extras = dataclasses.replace(
+        full_window(),
+        log_checkpoint=LogCheckpointRef(origin="collector.example/log", size=12, root_sha256="ab" * 32),
+        key_assurance="tpm",
+        gpus=(
+            dataclasses.replace(
+                full_gpu(0),
+                identity={"pci_bus_id": "00000000:18:00.0", "vbios_version": "96.00.74.00.01"},
+                health={"xid_last": 79, "retired_pages_sbe": 0},
+                mem_reserved_bytes=512 * 1024**2,
+                sharing="time_slice",
+            ),
+            minimal_gpu(1),
+        ),
+    )
+    return [full_window(), full_window(seq=0), bare_window(), mig_window(), rotated, dropped, extras]
+
+
+@pytest.mark.parametrize(
+    "window", _signed_shapes(), ids=["full", "seq-0", "bare", "mig", "rotation", "dropped", "extras"]
+)
+def test_signed_statements_parse_as_the_reference_does(window: st.UsageWindow) -> None:
+    kind, parsed = _same(statement_bytes(window))
+    assert kind == "ok" and parsed == window
+
+
+@pytest.mark.parametrize("window", [full_window(), full_window(seq=0), bare_window()], ids=["full", "seq-0", "bare"])
+def test_common_statements_take_the_fast_path(window: st.UsageWindow, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Without this the reference path could hide a fast path that never succeeds."""
+    assert statement_fast.recognise(statement_bytes(window)) == window
 
     def no_reference(payload: bytes) -> Any:
-        raise AssertionError("the reference decoder was used for a valid statement")
+        raise AssertionError("the reference parser was used for a common valid statement")
 
     monkeypatch.setattr(st, "_reference_decode", no_reference)
-    assert parse_statement(statement_bytes(full_window())) == full_window()
+    assert parse_statement(statement_bytes(window)) == window
+
+
+def test_unusual_statements_are_left_to_the_reference() -> None:
+    """MIG layouts, rotations and dropped records are rare: the fast path does not handle them."""
+    for window in _signed_shapes()[3:6]:
+        assert statement_fast.recognise(statement_bytes(window)) is None
 
 
 # Any JSON value, including those only the standard library writes (NaN, big integers).
@@ -120,26 +172,108 @@ _json_values = hs.recursive(
     lambda inner: hs.lists(inner, max_size=3) | hs.dictionaries(hs.text(max_size=5), inner, max_size=3),
     max_leaves=8,
 )
-_PATHS = [
-    f"{G0}.energy_end_mj",
-    f"{G0}.util_mean_permille",
-    f"{G0}.serial",
-    f"{G0}.unavailable",
-    f"{G0}.health",
-    f"{G0}.series.util_permille",
-    f"{G0}.workloads",
-    f"{W0}.share_permille",
-    f"{W0}.tenant",
-    "predicate.window.end_ms",
-    "predicate.chain.prev",
-    "predicate.node_io",
-    "predicate.unavailable",
-    "predicate.future",
-    "subject",
-]
+
+
+def _paths(v: Any, path: tuple[Any, ...] = ()) -> list[tuple[Any, ...]]:
+    """Every path (keys and list indices) in a decoded statement, objects and items included."""
+    out = [path] if path else []
+    items = v.items() if isinstance(v, dict) else enumerate(v) if isinstance(v, list) else ()
+    for k, child in items:
+        out += _paths(child, (*path, k))
+    return out
+
+
+def _get(doc: Any, path: tuple[Any, ...]) -> Any:
+    for k in path:
+        doc = doc[k]
+    return doc
+
+
+_DOC = _doc()
+_EXTRAS = json.loads(statement_bytes(_signed_shapes()[-1]))
+# Every field of a full statement, and a new field inside each of its objects.
+_PATHS = sorted(
+    {*_paths(_DOC), *((*p, "future") for p in _paths(_DOC) if isinstance(_get(_DOC, p), dict)), ("future",)},
+    key=repr,
+)
+# The optional extras (identity, health, log checkpoint, ...) not in the full statement.
+_EXTRA_PATHS = sorted(set(_paths(_EXTRAS)) - set(_PATHS), key=repr)
+
+
+def _mutated(doc: dict[str, Any], path: tuple[Any, ...], raw: str | None) -> bytes:
+    """``doc`` with the JSON text ``raw`` at ``path``, or without that field (None)."""
+    doc = copy.deepcopy(doc)
+    obj = _get(doc, path[:-1])
+    if raw is None:
+        if isinstance(obj, list):
+            del obj[path[-1]]
+        else:
+            obj.pop(path[-1], None)
+        return json.dumps(doc).encode()
+    obj[path[-1]] = "__MARK__"
+    return json.dumps(doc).replace('"__MARK__"', raw).encode()
+
+
+@settings(max_examples=600, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(path=hs.sampled_from(_PATHS), value=_json_values, delete=hs.booleans())
+def test_any_value_anywhere_parses_as_the_reference_does(path: tuple[Any, ...], value: Any, delete: bool) -> None:
+    _same(_mutated(_DOC, path, None if delete else json.dumps(value)))
 
 
 @settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow])
-@given(path=hs.sampled_from(_PATHS), value=_json_values)
-def test_any_value_anywhere_parses_as_the_reference_does(path: str, value: Any) -> None:
-    _same(_with(path, json.dumps(value)))
+@given(path=hs.sampled_from(_EXTRA_PATHS), value=_json_values, delete=hs.booleans())
+def test_any_value_in_the_optional_extras_parses_as_the_reference_does(
+    path: tuple[Any, ...], value: Any, delete: bool
+) -> None:
+    _same(_mutated(_EXTRAS, path, None if delete else json.dumps(value)))
+
+
+@pytest.mark.parametrize("path", _PATHS + _EXTRA_PATHS, ids=[".".join(map(str, p)) for p in _PATHS + _EXTRA_PATHS])
+def test_each_field_null_or_absent_parses_as_the_reference_does(path: tuple[Any, ...]) -> None:
+    doc = _DOC if path in _PATHS else _EXTRAS
+    for raw in ("null", None, "-1", "1001", "1.0", "true", '"x"', "[]", "{}"):
+        _same(_mutated(doc, path, raw))
+
+
+# The rules across fields, which the fast path checks after decoding.
+_CROSS_FIELD = [
+    (("predicate", "chain", "prev"), '"' + "g" * 64 + '"'),
+    (("predicate", "chain", "prev"), '"' + "A" * 64 + '"'),
+    (("predicate", "chain", "prev"), '"' + "a" * 63 + '"'),
+    (("predicate", "chain", "seq"), "0"),
+    (("predicate", "chain", "prev_key_id"), '"sha256:' + "1" * 64 + '"'),
+    (("predicate", "chain", "prev_key_digest"), '"' + "1" * 64 + '"'),
+    (("predicate", "window", "end_ms"), "1700000040000"),
+    (("predicate", "window", "end_ms"), "1700000039999"),
+    (("predicate", "gpus", 0, "split_method"), '""'),
+    (("predicate", "gpus", 0, "split_method"), '"by_magic"'),
+    (("predicate", "gpus", 0, "split_method"), '"mig_slices"'),
+    (("predicate", "gpus", 0, "sharing"), '"mps"'),
+    (("predicate", "gpus", 0, "sharing"), '"shared"'),
+    (("predicate", "gpus", 0, "workloads", 0, "kind"), '"vm"'),
+    (("predicate", "gpus", 1, "unavailable"), '{"power_mean_mw": "x"}'),
+    (("predicate", "gpus", 1, "unavailable"), "{}"),
+    (("predicate", "gpus", 0, "serial"), "null"),
+    (("predicate", "log_checkpoint"), '{"origin": "o", "size": 1, "root_sha256": "' + "AB" * 32 + '"}'),
+    (("predicate", "log_checkpoint"), '{"origin": "o", "size": 1, "root_sha256": "' + "ab" * 32 + '"}'),
+    (("subject",), "[]"),
+    (("_type",), '"https://in-toto.io/Statement/v0.1"'),
+    (("predicateType",), '"https://gpuaudit.dev/usage-window/v2"'),
+]
+
+
+@pytest.mark.parametrize(
+    ("path", "raw"), _CROSS_FIELD, ids=[f"{'.'.join(map(str, p))}={r[:10]}" for p, r in _CROSS_FIELD]
+)
+def test_rules_across_fields_parse_as_the_reference_does(path: tuple[Any, ...], raw: str) -> None:
+    _same(_mutated(_DOC, path, raw))
+
+
+def test_a_chain_started_by_rotation_parses_as_the_reference_does() -> None:
+    doc = copy.deepcopy(_DOC)
+    doc["predicate"]["chain"].update(seq=0, prev=None, epoch=1, prev_key_id="sha256:" + "1" * 64)
+    for digest in ("1" * 64, None):
+        doc["predicate"]["chain"]["prev_key_digest"] = digest
+        _same(json.dumps(doc).encode())
+    doc["predicate"]["chain"]["epoch"] = 0
+    _same(json.dumps(doc).encode())
