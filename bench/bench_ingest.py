@@ -27,6 +27,7 @@ import argparse
 import asyncio
 import json
 import os
+import signal
 import subprocess
 import sys
 import tempfile
@@ -135,11 +136,11 @@ def main(argv: list[str] | None = None) -> int:
         floor = floor_per_statement_s(sample_payload, sample_pae)
 
         ready = Path(d) / "ready"
+        gc_out = Path(d) / "gc.json"
         proc = subprocess.Popen(
             [
                 sys.executable,
-                "-m",
-                "collector.cli",
+                str(Path(__file__).with_name("collector_gc_watch.py")),
                 "-q",
                 "serve",
                 "--db",
@@ -153,7 +154,19 @@ def main(argv: list[str] | None = None) -> int:
                 str(ready),
             ],
             stdout=subprocess.DEVNULL,
+            env={**os.environ, "GPUAUDIT_BENCH_GC_OUT": str(gc_out)},
         )
+
+        def gc_totals() -> dict[str, Any]:
+            """The collector's garbage-collection totals so far (collector_gc_watch.py)."""
+            before = gc_out.stat().st_mtime_ns if gc_out.exists() else 0
+            proc.send_signal(signal.SIGUSR1)
+            for _ in range(200):
+                if gc_out.exists() and gc_out.stat().st_mtime_ns != before:
+                    break
+                time.sleep(0.01)
+            return json.loads(gc_out.read_text())  # type: ignore[no-any-return]
+
         try:
             while not ready.exists():
                 if proc.poll() is not None:
@@ -163,6 +176,7 @@ def main(argv: list[str] | None = None) -> int:
             collector = psutil.Process(proc.pid)
 
             backlog: list[int] = []
+            gc_stats: dict[str, Any] = {}
             offered = [0]
 
             async def offer(streams: list[NodeStream], t0: float) -> None:
@@ -193,6 +207,7 @@ def main(argv: list[str] | None = None) -> int:
                     for node, token in zip(per_node, tokens, strict=True):
                         await enroll(ch, node, signers[node], token)
                     streams = [NodeStream(ch, node, signers[node].key_id, spool, max_in_flight=64) for node in per_node]
+                    g0 = gc_totals()
                     c0 = collector.cpu_times()
                     t0 = time.perf_counter()
                     if ns.rate:
@@ -207,6 +222,9 @@ def main(argv: list[str] | None = None) -> int:
                         await asyncio.gather(*(s.run() for s in streams))
                     wall = time.perf_counter() - t0
                     c1 = collector.cpu_times()
+                    g1 = gc_totals()
+                    gc_stats["cpu_s"] = g1["gc_cpu_s"] - g0["gc_cpu_s"]
+                    gc_stats["collections"] = [b - a for a, b in zip(g0["collections"], g1["collections"], strict=True)]
                     acked = sum(s.stats.acked for s in streams)
                 return wall, (c1.user + c1.system) - (c0.user + c0.system), acked
 
@@ -241,6 +259,9 @@ def main(argv: list[str] | None = None) -> int:
         "floor_us_per_statement": {k: round(v * 1e6, 1) for k, v in floor.items()},
         "ceiling_ratio_verify_decode_digest": round(floor["verify"] / sum(floor.values()), 3),
         "collector_cpu_us_per_statement": round(cpu / max(acked, 1) * 1e6),
+        # Of which the cyclic garbage collector (bench/collector_gc_watch.py), and its runs per generation.
+        "collector_gc_us_per_statement": round(gc_stats["cpu_s"] / max(acked, 1) * 1e6, 1),
+        "collector_gc_collections": gc_stats["collections"],
         "ingest_per_wall_s": round(acked / wall),
         "needed_per_s_12500_nodes_60s_windows": round(12500 / 60),
         "needed_per_s_12500_nodes_10s_windows": round(12500 / 10),
