@@ -54,17 +54,17 @@ def _with(path: str, raw_value: str) -> bytes:
 # Inputs the standard library reads differently from msgspec (or from other fast decoders), in
 # known fields, unknown fields and whole payloads.
 DIVERGENT = [
-    # integers beyond 64 bits: json gives an int, orjson a float
+    # integers beyond 64 bits: json gives an int, some fast decoders a float or an error
     (f"{G0}.energy_end_mj", "123456789012345678901234567890", "ok"),
     (f"{G0}.index", "-123456789012345678901234567890", "schema"),
     (f"{G0}.future_counter", "123456789012345678901234567890", "ok"),
     (f"{W0}.share_permille", "99999999999999999999999", "schema"),
-    # NaN and infinities: json reads them, orjson refuses
+    # NaN and infinities: json reads them, msgspec refuses them
     (f"{G0}.future_metric", "NaN", "ok"),
     (f"{G0}.power_mean_mw", "NaN", "schema"),
     (f"{G0}.future_metric", "1e400", "ok"),
     (f"{G0}.future_metric", "-Infinity", "ok"),
-    # lone surrogates: json reads them, orjson refuses
+    # lone surrogates: json reads them, msgspec refuses them
     ("predicate.node.boot_id", '"\\ud800"', "ok"),
     (f"{G0}.model", '"\\udfff\\ud800"', "ok"),
     (f"{G0}.future_label", '"\\ud800"', "ok"),
