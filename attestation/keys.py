@@ -10,6 +10,7 @@ A key is named by its key id: ``sha256:`` + hex SHA-256 of its DER SubjectPublic
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import os
 import stat
@@ -21,6 +22,7 @@ from urllib.parse import urlparse
 from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec, ed25519
+from cryptography.hazmat.primitives.asymmetric.types import PublicKeyTypes
 
 from attestation.errors import KeyFileError, VerificationError
 
@@ -60,7 +62,7 @@ class PublicKey:
 
     @property
     def key_id(self) -> str:
-        return key_id_of(self.spki_der)
+        return _key_id(self.spki_der)
 
     @classmethod
     def from_spki(cls, spki_der: bytes) -> PublicKey:
@@ -75,7 +77,7 @@ class PublicKey:
         raise KeyFileError(f"unsupported public key type {type(key).__name__}; use Ed25519 or ECDSA P-256")
 
     def verify(self, signature: bytes, message: bytes) -> None:
-        key = serialization.load_der_public_key(self.spki_der)
+        key = _loaded(self.spki_der)
         try:
             if isinstance(key, ed25519.Ed25519PublicKey):
                 key.verify(signature, message)
@@ -85,6 +87,19 @@ class PublicKey:
                 raise VerificationError(f"unsupported key type {type(key).__name__}")
         except InvalidSignature as exc:
             raise VerificationError(f"signature does not verify with key {self.key_id}") from exc
+
+
+# A collector verifies every node's statements with the same few thousand keys: their parsed
+# form and id are kept (immutable values; bounded so that a flood of one-off keys cannot grow
+# memory).
+@functools.lru_cache(maxsize=16384)
+def _loaded(spki_der: bytes) -> PublicKeyTypes:
+    return serialization.load_der_public_key(spki_der)
+
+
+@functools.lru_cache(maxsize=16384)
+def _key_id(spki_der: bytes) -> str:
+    return key_id_of(spki_der)
 
 
 class Ed25519Signer:

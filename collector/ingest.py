@@ -144,9 +144,11 @@ class Ingestor:
         refusals: list[RefusalRecord] = []
         verified: list[_Verified] = []
         keys: dict[str, tuple[KeyRecord, PublicKey] | None] = {}
+        # Step 1's lookups, all keys of the batch in one store call (None: ask per key).
+        records = self._lookup_keys(items)
 
         def refuse(index: int, key_id: str, key: KeyRecord | None, seq: int | None, reason: str, msg: str) -> None:
-            key_id = _clean(key_id)
+            key_id = _clean(str(key_id))
             msg = _clean(msg)
             results[index] = Refused(seq=seq, reason=reason, message=msg, key_id=key_id)
             refusals.append(
@@ -163,7 +165,7 @@ class Ingestor:
         # Steps 1-4 need no chain state and run outside the lock.
         for index, (key_id, envelope) in enumerate(items):
             try:
-                outcome = self._verify(index, key_id, envelope, keys)
+                outcome = self._verify(index, key_id, envelope, keys, records)
             except StoreError:
                 raise
             except Exception as exc:  # a bug must not turn one bad envelope into a failed batch
@@ -206,17 +208,41 @@ class Ingestor:
             out.append(r)
         return out
 
+    def _lookup_keys(self, items: Sequence[tuple[str, Envelope]]) -> dict[str, KeyRecord] | None:
+        """The enrolled keys among the batch's key ids, in one store call; None when that call
+        fails other than with StoreError (an id the store cannot take, e.g. not valid
+        UTF-8): ``_verify`` then looks each key up alone, so only the envelopes of that id
+        are refused, as before."""
+        key_ids = list(dict.fromkeys(key_id for key_id, _ in items if isinstance(key_id, str)))
+        if not key_ids:
+            return {}
+        try:
+            return self._store.keys_by_id(key_ids)
+        except StoreError:
+            raise
+        except Exception as exc:
+            _logger.debug("batched key lookup failed (%r); looking the keys up one by one", exc)
+            return None
+
     def _verify(
         self,
         index: int,
         key_id: str,
         envelope: Envelope,
         keys: dict[str, tuple[KeyRecord, PublicKey] | None],
+        records: dict[str, KeyRecord] | None = None,
     ) -> _Verified | tuple[int | None, str, str]:
-        """Steps 1-4. Returns the verified statement or (seq, reason, message)."""
+        """Steps 1-4. Returns the verified statement or (seq, reason, message).
+
+        ``records``: the batch's enrolled keys from ``Store.keys_by_id`` (None: ask the store)."""
         # 1.
         if key_id not in keys:
-            record = self._store.key(key_id) if isinstance(key_id, str) else None
+            if not isinstance(key_id, str):
+                record = None
+            elif records is not None:
+                record = records.get(key_id)
+            else:
+                record = self._store.key(key_id)
             keys[key_id] = None if record is None else (record, PublicKey(record.algorithm, record.spki_der))
         known = keys[key_id]
         if known is None:
@@ -348,6 +374,8 @@ class Ingestor:
         batch_envelopes: dict[tuple[str, int], Envelope] = {}
         if findings is None:
             findings = []
+        # The heads as the store has them now (re-read on each attempt), one store call.
+        stored_heads = self._store.heads(list(dict.fromkeys(v.key.key_id for v in verified))) if verified else {}
 
         def finding(v: _Verified, kind: str, earlier_seq: int, message: str) -> None:
             earlier = self._stored_envelope(v.key.key_id, earlier_seq, batch_envelopes)
@@ -386,7 +414,7 @@ class Ingestor:
             key_id = v.key.key_id
             seq = v.window.chain.seq
             if key_id not in heads:
-                heads[key_id] = self._store.head(key_id)
+                heads[key_id] = stored_heads.get(key_id)
             head = heads[key_id]
             expected = 0 if head is None else head.seq + 1
             # 5.

@@ -211,8 +211,31 @@ class Store(Protocol):
 
     def keys(self) -> list[KeyRecord]: ...
 
+    def keys_by_id(self, key_ids: Sequence[str]) -> dict[str, KeyRecord]:
+        """``key`` for many ids at once: {key id: its record} for the ids that are enrolled
+        (revoked keys included, with their ``revoked_ms``); unknown ids are absent, repeated
+        ids are looked up once. Backends answer it in one query (or a few, for long lists);
+        this default, for a store that subclasses ``Store``, asks ``key`` once per id."""
+        out: dict[str, KeyRecord] = {}
+        for key_id in dict.fromkeys(key_ids):
+            record = self.key(key_id)
+            if record is not None:
+                out[key_id] = record
+        return out
+
     # -- chains and statements -------------------------------------------
     def head(self, key_id: str) -> ChainHead | None: ...
+
+    def heads(self, key_ids: Sequence[str]) -> dict[str, ChainHead]:
+        """``head`` for many ids at once: {key id: its chain head} for the ids that have one;
+        ids without a stored statement (or unknown) are absent. Backends answer it in one
+        query (or a few, for long lists); this default asks ``head`` once per id."""
+        out: dict[str, ChainHead] = {}
+        for key_id in dict.fromkeys(key_ids):
+            head = self.head(key_id)
+            if head is not None:
+                out[key_id] = head
+        return out
 
     def next_seq(self, key_id: str) -> int:
         """The seq the key's next statement must carry (0 before its first)."""

@@ -478,6 +478,18 @@ class PostgresStore:
         rows = self._query(f"SELECT {self._KEY_COLUMNS} FROM node_keys ORDER BY node_id, enrolled_ms, key_id")
         return [_key(row) for row in rows]
 
+    def keys_by_id(self, key_ids: Sequence[str]) -> dict[str, KeyRecord]:
+        out: dict[str, KeyRecord] = {}
+        for wanted in _lookup_chunks(key_ids):
+            rows = self._query(
+                f"SELECT {self._KEY_COLUMNS} FROM node_keys WHERE key_id = ANY(%s::text[])", (list(wanted),)
+            )
+            for row in rows:
+                record = _key(row)
+                for key_id in wanted[str(row[0])]:
+                    out[key_id] = record
+        return out
+
     # ------------------------------------------------------------------
     # chains and statements
 
@@ -485,17 +497,20 @@ class PostgresStore:
         rows = self._query(
             "SELECT seq, digest, end_ms, boot_id, energy_end_mj FROM chain_heads WHERE key_id = %s", (_text(key_id),)
         )
-        if not rows:
-            return None
-        seq, digest, end_ms, boot_id, energy = rows[0]
-        return ChainHead(
-            key_id=key_id,
-            seq=int(seq),
-            digest=str(digest),
-            end_ms=int(end_ms),
-            boot_id=str(boot_id),
-            energy_end_mj={str(k): int(v) for k, v in json.loads(str(energy)).items()},
-        )
+        return _head(key_id, rows[0]) if rows else None
+
+    def heads(self, key_ids: Sequence[str]) -> dict[str, ChainHead]:
+        out: dict[str, ChainHead] = {}
+        for wanted in _lookup_chunks(key_ids):
+            rows = self._query(
+                "SELECT key_id, seq, digest, end_ms, boot_id, energy_end_mj FROM chain_heads "
+                "WHERE key_id = ANY(%s::text[])",
+                (list(wanted),),
+            )
+            for row in rows:
+                for key_id in wanted[str(row[0])]:
+                    out[key_id] = _head(key_id, row[1:])
+        return out
 
     def next_seq(self, key_id: str) -> int:
         rows = self._query("SELECT seq FROM chain_heads WHERE key_id = %s", (_text(key_id),))
@@ -852,6 +867,36 @@ def _leaf_hash(s: StatementRecord) -> bytes:
 def _key(row: Any) -> KeyRecord:
     key_id, node_id, algorithm, spki, assurance, enrolled_ms, revoked_ms = row
     return KeyRecord(key_id, node_id, algorithm, bytes(spki), assurance, enrolled_ms, revoked_ms)
+
+
+def _head(key_id: str, row: Sequence[Any]) -> ChainHead:
+    """A chain head from (seq, digest, end_ms, boot_id, energy_end_mj)."""
+    seq, digest, end_ms, boot_id, energy = row
+    return ChainHead(
+        key_id=key_id,
+        seq=int(seq),
+        digest=str(digest),
+        end_ms=int(end_ms),
+        boot_id=str(boot_id),
+        energy_end_mj={str(k): int(v) for k, v in json.loads(str(energy)).items()},
+    )
+
+
+# Ids per query of the batched lookups (one array parameter; bounded to keep queries small).
+_LOOKUP_CHUNK = 500
+
+
+def _lookup_chunks(key_ids: Sequence[str]) -> list[dict[str, list[str]]]:
+    """The distinct ``key_ids`` in groups of at most ``_LOOKUP_CHUNK`` stored forms, each
+    group {stored form (``_text``): the ids asked for that map to it}. Ids with NUL or lone
+    surrogates are escaped as ``key`` does, so every id gets the answer ``key`` gives it."""
+    groups: list[dict[str, list[str]]] = []
+    for key_id in dict.fromkeys(key_ids):
+        text = _text(key_id)
+        if not groups or (text not in groups[-1] and len(groups[-1]) >= _LOOKUP_CHUNK):
+            groups.append({})
+        groups[-1].setdefault(text, []).append(key_id)
+    return groups
 
 
 def _statement(row: Any) -> StatementRecord:

@@ -474,6 +474,16 @@ class SqliteStore:
         rows = self._query(f"SELECT {self._KEY_COLUMNS} FROM node_keys ORDER BY node_id, enrolled_ms")
         return [KeyRecord(*row) for row in rows]
 
+    def keys_by_id(self, key_ids: Sequence[str]) -> dict[str, KeyRecord]:
+        out: dict[str, KeyRecord] = {}
+        for chunk in _chunks(key_ids):
+            rows = self._query(
+                f"SELECT {self._KEY_COLUMNS} FROM node_keys WHERE key_id IN ({', '.join('?' * len(chunk))})", chunk
+            )
+            for row in rows:
+                out[row[0]] = KeyRecord(*row)
+        return out
+
     # ------------------------------------------------------------------
     # chains and statements
 
@@ -481,17 +491,19 @@ class SqliteStore:
         rows = self._query(
             "SELECT seq, digest, end_ms, boot_id, energy_end_mj FROM chain_heads WHERE key_id = ?", (key_id,)
         )
-        if not rows:
-            return None
-        seq, digest, end_ms, boot_id, energy = rows[0]
-        return ChainHead(
-            key_id=key_id,
-            seq=int(seq),
-            digest=str(digest),
-            end_ms=int(end_ms),
-            boot_id=str(boot_id),
-            energy_end_mj={str(k): int(v) for k, v in json.loads(str(energy)).items()},
-        )
+        return _head(key_id, rows[0]) if rows else None
+
+    def heads(self, key_ids: Sequence[str]) -> dict[str, ChainHead]:
+        out: dict[str, ChainHead] = {}
+        for chunk in _chunks(key_ids):
+            rows = self._query(
+                "SELECT key_id, seq, digest, end_ms, boot_id, energy_end_mj FROM chain_heads "
+                f"WHERE key_id IN ({', '.join('?' * len(chunk))})",
+                chunk,
+            )
+            for row in rows:
+                out[row[0]] = _head(row[0], row[1:])
+        return out
 
     def next_seq(self, key_id: str) -> int:
         rows = self._query("SELECT seq FROM chain_heads WHERE key_id = ?", (key_id,))
@@ -862,3 +874,26 @@ def _utf8(text: str) -> bool:
     except UnicodeEncodeError:
         return False
     return True
+
+
+# Ids per query of the batched lookups: below SQLite's bound on host parameters (999 before 3.32).
+_LOOKUP_CHUNK = 500
+
+
+def _chunks(key_ids: Sequence[str]) -> list[list[str]]:
+    """The distinct ``key_ids``, in order, in lists of at most ``_LOOKUP_CHUNK``."""
+    distinct = list(dict.fromkeys(key_ids))
+    return [distinct[i : i + _LOOKUP_CHUNK] for i in range(0, len(distinct), _LOOKUP_CHUNK)]
+
+
+def _head(key_id: str, row: Sequence[Any]) -> ChainHead:
+    """A chain head from (seq, digest, end_ms, boot_id, energy_end_mj)."""
+    seq, digest, end_ms, boot_id, energy = row
+    return ChainHead(
+        key_id=key_id,
+        seq=int(seq),
+        digest=str(digest),
+        end_ms=int(end_ms),
+        boot_id=str(boot_id),
+        energy_end_mj={str(k): int(v) for k, v in json.loads(str(energy)).items()},
+    )
