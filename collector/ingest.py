@@ -99,6 +99,17 @@ class _Verified:
     digest: str
 
 
+@dataclass(frozen=True)
+class VerifiedBatch:
+    """A batch after steps 1-4 (``Ingestor.verify_batch``), for ``Ingestor.commit_batch``."""
+
+    size: int
+    now_ms: int
+    results: list[IngestResult | None]  # the refusals of steps 1-4; None where verified
+    refusals: list[RefusalRecord]
+    verified: list[_Verified]
+
+
 def _wall_clock_ms() -> int:
     return time.time_ns() // 1_000_000
 
@@ -139,6 +150,12 @@ class Ingestor:
         Returns after the accepted statements are durably stored. Raises StoreError only
         when the store fails, in which case nothing of the batch may be acknowledged.
         """
+        return self.commit_batch(self.verify_batch(items))
+
+    def verify_batch(self, items: Sequence[tuple[str, Envelope]]) -> VerifiedBatch:
+        """Steps 1-4 of ``ingest_batch``: no chain state, so batches may be verified while an
+        earlier one commits (collector.service.IngestBatcher). Raises StoreError only when the
+        store fails."""
         now_ms = self._clock_ms()
         results: list[IngestResult | None] = [None] * len(items)
         refusals: list[RefusalRecord] = []
@@ -177,9 +194,16 @@ class Ingestor:
             else:
                 key = keys.get(key_id)
                 refuse(index, key_id, key[0] if key else None, outcome[0], outcome[1], outcome[2])
+        return VerifiedBatch(len(items), now_ms, results, refusals, verified)
 
+    def commit_batch(self, batch: VerifiedBatch) -> list[IngestResult]:
+        """Steps 5-7 of ``ingest_batch`` for a verified batch; batches must be committed in the
+        order their envelopes arrived. Returns after the accepted statements are durably
+        stored; raises StoreError when the store fails (nothing of the batch may be acked)."""
+        now_ms, results, refusals = batch.now_ms, list(batch.results), list(batch.refusals)
         # Steps 5-7 under the lock, so that two streams of one key cannot both extend it.
         with self._chain_lock:
+            verified = self._still_enrolled(batch.verified, results, refusals, now_ms)
             for attempt in range(_CONFLICT_RETRIES + 1):
                 findings: list[IntegrityFinding] = []
                 chain_results, statements, heads, conflicts, chain_refusals = self._chain(verified, now_ms, findings)
@@ -198,7 +222,7 @@ class Ingestor:
         if refusals or chain_refusals:
             _logger.debug(
                 "batch of %d: %d refused (%s)",
-                len(items),
+                batch.size,
                 len(refusals) + len(chain_refusals),
                 ", ".join(sorted({r.reason for r in [*refusals, *chain_refusals]})),
             )
@@ -206,6 +230,34 @@ class Ingestor:
         for r in results:
             assert r is not None
             out.append(r)
+        return out
+
+    def _still_enrolled(
+        self,
+        verified: Sequence[_Verified],
+        results: list[IngestResult | None],
+        refusals: list[RefusalRecord],
+        now_ms: int,
+    ) -> list[_Verified]:
+        """Step 1 again, at commit: a key revoked since its batch was verified (by a rotation
+        the batch before committed, or by an operator) no longer extends its chain."""
+        if not verified:
+            return []
+        current = self._store.keys_by_id(list(dict.fromkeys(v.key.key_id for v in verified)))
+        out = []
+        for v in verified:
+            record = current.get(v.key.key_id)
+            if record is not None and record.revoked_ms is None:
+                out.append(v)
+                continue
+            seq = v.window.chain.seq
+            msg = _clean(f"key {v.key.key_id} of node {v.key.node_id!r} was revoked while the statement was checked")
+            results[v.index] = Refused(seq=seq, reason="revoked_key", message=msg, key_id=v.key.key_id)
+            refusals.append(
+                RefusalRecord(
+                    at_ms=now_ms, reason="revoked_key", message=msg, node_id=v.key.node_id, key_id=v.key.key_id, seq=seq
+                )
+            )
         return out
 
     def _lookup_keys(self, items: Sequence[tuple[str, Envelope]]) -> dict[str, KeyRecord] | None:

@@ -1,8 +1,9 @@
 """The collector's gRPC service: a thin dispatcher over ingest, detection and the store.
 
 Streams hand envelopes to one ``IngestBatcher``, which verifies and stores them in batches
-(one transaction for many streams' envelopes), then runs the ``after_commit`` hook
-(metrics, detector) and only then lets each stream send its Ack.
+(one transaction for many streams' envelopes; a batch is verified while the one before it
+commits), then runs the ``after_commit`` hook (metrics, detector) and only then lets each
+stream send its Ack.
 """
 
 from __future__ import annotations
@@ -21,7 +22,7 @@ from attestation.errors import Error
 from attestation.v1 import collector_pb2 as pb
 from attestation.v1 import collector_pb2_grpc as pb_grpc
 from attestation.wire import envelope_from_proto
-from collector.ingest import Ingestor, IngestResult, Refused
+from collector.ingest import Ingestor, IngestResult, Refused, VerifiedBatch
 from collector.limits import Limits, TokenBucket
 from collector.metrics import CollectorMetrics
 from collector.store.base import Store
@@ -86,26 +87,51 @@ class IngestBatcher:
         return fut
 
     async def _run(self) -> None:
-        while True:
-            items = [await self._queue.get()]
-            while len(items) < self._max_batch and not self._queue.empty():
-                items.append(self._queue.get_nowait())
-            t0 = time.perf_counter()
-            try:
-                results = await asyncio.to_thread(self._work, items)
-            except Exception as exc:  # a store failure: nothing of the batch is acked
-                _logger.error("storing a batch of %d statements failed: %s", len(items), exc)
-                for it in items:
-                    if not it.future.done():
-                        it.future.set_exception(exc)
-                continue
-            self._metrics.observe_batch(time.perf_counter() - t0, len(items))
-            for it, res in zip(items, results, strict=True):
-                if not it.future.done():
-                    it.future.set_result(res)
+        """Two stages: a batch is verified (signatures, schema: steps 1-4 of collector.ingest)
+        while the batch before it commits (chain, store, metrics, detector), each in a worker
+        thread. The signature check and the store's I/O release the GIL, so the two overlap
+        on a second core. Batches commit one at a time, in arrival order."""
+        committing: asyncio.Task[None] | None = None
+        try:
+            while True:
+                items = [await self._queue.get()]
+                while len(items) < self._max_batch and not self._queue.empty():
+                    items.append(self._queue.get_nowait())
+                t0 = time.perf_counter()
+                try:
+                    verified = await asyncio.to_thread(
+                        self._ingestor.verify_batch, [(it.key_id, it.envelope) for it in items]
+                    )
+                except Exception as exc:  # a store failure looking keys up: nothing of the batch is acked
+                    self._fail(items, exc)
+                    continue
+                if committing is not None:
+                    await committing
+                committing = asyncio.create_task(self._commit(items, verified, t0))
+        finally:
+            if committing is not None and not committing.done():
+                committing.cancel()
 
-    def _work(self, items: list[_Item]) -> list[IngestResult]:
-        results = self._ingestor.ingest_batch([(it.key_id, it.envelope) for it in items])
+    async def _commit(self, items: list[_Item], verified: VerifiedBatch, t0: float) -> None:
+        try:
+            results = await asyncio.to_thread(self._work, items, verified)
+        except Exception as exc:  # a store failure: nothing of the batch is acked
+            self._fail(items, exc)
+            return
+        self._metrics.observe_batch(time.perf_counter() - t0, len(items))
+        for it, res in zip(items, results, strict=True):
+            if not it.future.done():
+                it.future.set_result(res)
+
+    @staticmethod
+    def _fail(items: list[_Item], exc: Exception) -> None:
+        _logger.error("storing a batch of %d statements failed: %s", len(items), exc)
+        for it in items:
+            if not it.future.done():
+                it.future.set_exception(exc)
+
+    def _work(self, items: list[_Item], verified: VerifiedBatch) -> list[IngestResult]:
+        results = self._ingestor.commit_batch(verified)
         self._metrics.observe_results(results, [it.node_id for it in items])
         try:
             self._after_commit(results)

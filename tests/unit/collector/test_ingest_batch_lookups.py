@@ -236,9 +236,10 @@ def test_a_batch_from_n_nodes_makes_a_constant_number_of_lookups(
         counting.calls.clear()
         results = _accepted(ingestor.ingest_batch(_batch(chains)))
         assert [r.seq for r in results] == [round_] * nodes
-        assert counting.calls == {"keys_by_id": 1, "heads": 1}, counting.calls
+        # keys: at verification and again at commit (a key revoked in between is refused)
+        assert counting.calls == {"keys_by_id": 2, "heads": 1}, counting.calls
         if isinstance(store, sqlite.SqliteStore):
-            assert _lookups(_sql_trace) == 2, _sql_trace
+            assert _lookups(_sql_trace) == 3, _sql_trace
     assert store.statement_count() == 3 * nodes
 
 
@@ -267,7 +268,7 @@ def test_duplicates_and_refusals_keep_their_lookups_batched(store: Any, enroll: 
         ("revoked_key", revoked.key_id),
         ("unknown_key", stranger),
     ]
-    assert counting.calls == {"keys_by_id": 1, "heads": 1, "statement_digest": 4}, counting.calls
+    assert counting.calls == {"keys_by_id": 2, "heads": 1, "statement_digest": 4}, counting.calls
 
 
 def test_a_key_revoked_between_batches_is_refused_in_the_next(store: Any, enroll: Enroll) -> None:
@@ -349,5 +350,19 @@ def test_a_retry_after_a_conflict_reads_the_heads_again(store: Any, enroll: Enro
     results = _accepted(ingestor.ingest_batch(batch))
     # The second attempt saw the rival's heads: the statements are duplicates, stored once.
     assert [(r.seq, r.duplicate) for r in results] == [(0, True)] * 3
-    assert racing.calls["heads"] == 2 and racing.calls["keys_by_id"] == 1 and "head" not in racing.calls
+    assert racing.calls["heads"] == 2 and racing.calls["keys_by_id"] == 2 and "head" not in racing.calls
     assert store.statement_count() == 3
+
+
+def test_a_key_revoked_between_verification_and_commit_is_refused(store: Any, enroll: Enroll) -> None:
+    """The collector verifies a batch while the one before it commits; a rotation committed
+    meanwhile revokes the old key, and the verified batch must not extend that key's chain."""
+    a, b = enroll("node-a", gpus=1, buckets=4), enroll("node-b", gpus=1, buckets=4)
+    ingestor = Ingestor(store, clock_ms=lambda: NOW_MS)
+    verified = ingestor.verify_batch([(a.key_id, a.next()), (b.key_id, b.next())])
+    assert len(verified.verified) == 2
+    store.revoke_key(a.key_id, NOW_MS)
+    results = ingestor.commit_batch(verified)
+    assert isinstance(results[0], Refused) and results[0].reason == "revoked_key" and results[0].seq == 0
+    assert isinstance(results[1], Accepted) and results[1].seq == 0
+    assert store.head(a.key_id) is None and store.statement_count() == 1
