@@ -97,11 +97,17 @@ class FindingSink:
 
     def __call__(self, results: Sequence[IngestResult]) -> None:
         with self._lock:
+            # Per accepted statement (1,250 a second): the bound methods are looked up once
+            # per batch, and save() is called only when the detector returned findings.
+            observe_window = self._metrics.observe_window
+            detect = self._engine.observe if self.detect_inline else None
             for res in results:
                 if isinstance(res, Accepted) and not res.duplicate:
-                    self._metrics.observe_window(res.window)
-                    if self.detect_inline:
-                        self.save(self._engine.observe(res.window))
+                    observe_window(res.window)
+                    if detect is not None:
+                        found = detect(res.window)
+                        if found:
+                            self.save(found)
 
     # False when several collectors share the store: collector.follow feeds observe_window.
     detect_inline = True

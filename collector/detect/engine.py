@@ -74,48 +74,72 @@ class _ModelUse:
     active_gpu_s: float = 0.0
 
 
+@dataclass(slots=True)
+class _ClassUse:
+    """What one group's GPUs of one class (STRONG or WEAK) did in one window.
+
+    Every GPU counts by its workload's share; ``*_sum`` is a signal x share summed over the
+    GPUs that report the signal and ``*_w`` those GPUs' shares. Plain float attributes (with
+    slots) rather than per-class lists: ``_aggregate`` updates them for every workload on
+    every GPU of the site, and ``use.util_sum += x`` is cheaper than ``gw.util_sum[cls] += x``.
+    """
+
+    gpus: float = 0.0
+    nodes: dict[str, float] = field(default_factory=dict)  # node -> GPUs
+    models: dict[str, list[float]] = field(default_factory=dict)  # model -> [GPUs, activity-weighted GPUs]
+    util_sum: float = 0.0
+    util_w: float = 0.0
+    power_sum: float = 0.0
+    power_w: float = 0.0
+    sm_sum: float = 0.0
+    sm_w: float = 0.0
+    tensor_sum: float = 0.0
+    tensor_w: float = 0.0
+
+    def merge(self, o: _ClassUse) -> None:
+        self.gpus += o.gpus
+        for n, v in o.nodes.items():
+            self.nodes[n] = self.nodes.get(n, 0.0) + v
+        for m, (g, a) in o.models.items():
+            cur = self.models.get(m)
+            if cur is None:
+                self.models[m] = [g, a]
+            else:
+                cur[0] += g
+                cur[1] += a
+        self.util_sum += o.util_sum
+        self.util_w += o.util_w
+        self.power_sum += o.power_sum
+        self.power_w += o.power_w
+        self.sm_sum += o.sm_sum
+        self.sm_w += o.sm_w
+        self.tensor_sum += o.tensor_sum
+        self.tensor_w += o.tensor_w
+
+
+def _class_uses() -> tuple[_ClassUse, _ClassUse, _ClassUse]:
+    return _ClassUse(), _ClassUse(), _ClassUse()
+
+
 @dataclass
 class _GroupWindow:
     """What one group of tenants did in one window, split by GPU class."""
 
-    gpus: list[float] = field(default_factory=lambda: [0.0, 0.0, 0.0])  # by class
-    nodes: list[dict[str, float]] = field(default_factory=lambda: [{}, {}, {}])  # class -> node -> gpus
+    # Indexed by class (signals.NOT_TRAINING, WEAK, STRONG); NOT_TRAINING's stays empty.
+    by_class: tuple[_ClassUse, _ClassUse, _ClassUse] = field(default_factory=_class_uses)
     by_node: dict[str, list[GpuWindow]] = field(default_factory=dict)  # candidate GPUs per node
     tenants: dict[str, float] = field(default_factory=dict)
-    # class -> model -> [gpus, activity-weighted gpus]
-    models: list[dict[str, list[float]]] = field(default_factory=lambda: [{}, {}, {}])
-    util_sum: list[float] = field(default_factory=lambda: [0.0, 0.0, 0.0])
-    util_w: list[float] = field(default_factory=lambda: [0.0, 0.0, 0.0])
-    power_sum: list[float] = field(default_factory=lambda: [0.0, 0.0, 0.0])
-    power_w: list[float] = field(default_factory=lambda: [0.0, 0.0, 0.0])
-    sm_sum: list[float] = field(default_factory=lambda: [0.0, 0.0, 0.0])
-    sm_w: list[float] = field(default_factory=lambda: [0.0, 0.0, 0.0])
-    tensor_sum: list[float] = field(default_factory=lambda: [0.0, 0.0, 0.0])
-    tensor_w: list[float] = field(default_factory=lambda: [0.0, 0.0, 0.0])
     # workload id (opaque) -> node -> strong GPUs: one job spanning nodes is job evidence
     workload_nodes: dict[str, dict[str, float]] = field(default_factory=dict)
 
+    def candidate_gpus(self) -> float:
+        """Training-shaped GPUs, strong and weak."""
+        return self.by_class[STRONG].gpus + self.by_class[WEAK].gpus
+
     def merge(self, o: _GroupWindow) -> None:
         """Add another tenant's window (a group is the sum of its members)."""
-        for c in range(3):
-            self.gpus[c] += o.gpus[c]
-            for n, v in o.nodes[c].items():
-                self.nodes[c][n] = self.nodes[c].get(n, 0.0) + v
-            for m, (g, a) in o.models[c].items():
-                cur = self.models[c].get(m)
-                if cur is None:
-                    self.models[c][m] = [g, a]
-                else:
-                    cur[0] += g
-                    cur[1] += a
-            self.util_sum[c] += o.util_sum[c]
-            self.util_w[c] += o.util_w[c]
-            self.power_sum[c] += o.power_sum[c]
-            self.power_w[c] += o.power_w[c]
-            self.sm_sum[c] += o.sm_sum[c]
-            self.sm_w[c] += o.sm_w[c]
-            self.tensor_sum[c] += o.tensor_sum[c]
-            self.tensor_w[c] += o.tensor_w[c]
+        for mine_c, theirs_c in zip(self.by_class, o.by_class, strict=True):
+            mine_c.merge(theirs_c)
         for n, gl in o.by_node.items():
             mine = self.by_node.get(n)
             if mine is None:
@@ -457,14 +481,18 @@ class DetectorEngine:
     # ------------------------------------------------------------------ per window
 
     def _aggregate(self, windows: list[UsageWindow]) -> dict[str, _GroupWindow]:
+        # The detector's per-GPU work: every GPU of the site, every window. Attributes read
+        # more than once are read into locals; the sums are added to in the same order as
+        # ever (GPU by GPU, workload by workload), so they are the same floats to the bit.
         cfg = self.config
         groups: dict[str, _GroupWindow] = {}
         gpus_seen = 0
         for w in windows:
             node = w.node_id
+            gpus_seen += len(w.gpus)
             for g in w.gpus:
-                gpus_seen += 1
-                if not g.workloads:
+                workloads = g.workloads
+                if not workloads:
                     continue
                 cls = classify(g, cfg)
                 if not cls:
@@ -475,18 +503,21 @@ class DetectorEngine:
                 sm = g.sm_active_mean_permille
                 tc = g.tensor_active_mean_permille
                 activity = sm / 1000 if sm is not None else (u / 1000 if u is not None else 1.0)
-                for wl in g.workloads:
+                model = g.model
+                for wl in workloads:
                     share = wl.share_permille / 1000
                     if share <= 0:
                         continue
-                    key = wl.tenant
-                    gw = groups.get(key)
+                    tenant = wl.tenant
+                    gw = groups.get(tenant)
                     if gw is None:
-                        gw = groups[key] = _GroupWindow()
-                    gw.gpus[cls] += share
-                    nodes = gw.nodes[cls]
+                        gw = groups[tenant] = _GroupWindow()
+                    use = gw.by_class[cls]
+                    use.gpus += share
+                    nodes = use.nodes
                     nodes[node] = nodes.get(node, 0.0) + share
-                    gw.tenants[wl.tenant] = gw.tenants.get(wl.tenant, 0.0) + share
+                    tenants = gw.tenants
+                    tenants[tenant] = tenants.get(tenant, 0.0) + share
                     if cls == STRONG:
                         wn = gw.workload_nodes.get(wl.workload)
                         if wn is None:
@@ -498,24 +529,24 @@ class DetectorEngine:
                         gw.by_node[node] = [g]
                     elif lst[-1] is not g:
                         lst.append(g)
-                    m = gw.models[cls].get(g.model)
+                    m = use.models.get(model)
                     if m is None:
-                        gw.models[cls][g.model] = [share, share * activity]
+                        use.models[model] = [share, share * activity]
                     else:
                         m[0] += share
                         m[1] += share * activity
                     if u is not None:
-                        gw.util_sum[cls] += u * share
-                        gw.util_w[cls] += share
+                        use.util_sum += u * share
+                        use.util_w += share
                     if pf is not None:
-                        gw.power_sum[cls] += pf * share
-                        gw.power_w[cls] += share
+                        use.power_sum += pf * share
+                        use.power_w += share
                     if sm is not None:
-                        gw.sm_sum[cls] += sm * share
-                        gw.sm_w[cls] += share
+                        use.sm_sum += sm * share
+                        use.sm_w += share
                     if tc is not None:
-                        gw.tensor_sum[cls] += tc * share
-                        gw.tensor_w[cls] += share
+                        use.tensor_sum += tc * share
+                        use.tensor_w += share
         self.stats.gpus_processed += gpus_seen
         return groups
 
@@ -524,7 +555,7 @@ class DetectorEngine:
         cfg = self.config
         oldest = self._recent_starts[0]
         # Every tenant big enough for a sync test, and the largest few hundred for link tests.
-        sizes = {t: gw.gpus[STRONG] + gw.gpus[WEAK] for t, gw in tws.items()}
+        sizes = {t: gw.candidate_gpus() for t, gw in tws.items()}
         small = sorted(
             (t for t, g in sizes.items() if cfg.link_min_gpus <= g < cfg.sync_min_gpus), key=lambda t: (-sizes[t], t)
         )
@@ -577,9 +608,9 @@ class DetectorEngine:
     def _link(self, s: int, tws: dict[str, _GroupWindow]) -> None:
         """Test which tenants move as one job this window; confirm links that keep testing so."""
         cfg = self.config
-        cands = [t for t, gw in tws.items() if gw.gpus[STRONG] + gw.gpus[WEAK] >= cfg.link_min_gpus]
+        cands = [t for t, gw in tws.items() if gw.candidate_gpus() >= cfg.link_min_gpus]
         cands = [t for t in cands if s in self._tseries.get(t, {})]
-        cands.sort(key=lambda t: (-(tws[t].gpus[STRONG] + tws[t].gpus[WEAK]), t))
+        cands.sort(key=lambda t: (-tws[t].candidate_gpus(), t))
         cands = cands[: max(0, cfg.link_max_tenants)]
         together: set[tuple[str, str]] = set()
         if len(cands) >= 2:
@@ -662,7 +693,7 @@ class DetectorEngine:
     def _sync(self, s: int, members: list[str], gw: _GroupWindow | None) -> tuple[float | None, int, int]:
         """Synchrony of a group's nodes over recent windows: (correlation, pairs, nodes sampled)."""
         cfg = self.config
-        if gw is None or gw.gpus[STRONG] + gw.gpus[WEAK] < cfg.sync_min_gpus or len(gw.by_node) < 2:
+        if gw is None or gw.candidate_gpus() < cfg.sync_min_gpus or len(gw.by_node) < 2:
             return None, 0, 0
         now: set[str] = set()
         for m in members:
@@ -725,12 +756,13 @@ class DetectorEngine:
                 continue
             # Throttled GPUs count when the group is in sync and is itself mostly throttled; beside
             # a strong training majority, weak GPUs are other work (inference on the same nodes).
-            weak_counts = corr is not None and corr >= cfg.weak_sync_corr and gw.gpus[WEAK] >= gw.gpus[STRONG]
+            strong, weak = gw.by_class[STRONG], gw.by_class[WEAK]
+            weak_counts = corr is not None and corr >= cfg.weak_sync_corr and weak.gpus >= strong.gpus
             classes = (STRONG, WEAK) if weak_counts else (STRONG,)
-            gpus = sum(gw.gpus[c] for c in classes)
-            node_set: set[str] = set(gw.nodes[STRONG])
+            gpus = sum(gw.by_class[c].gpus for c in classes)
+            node_set: set[str] = set(strong.nodes)
             if weak_counts:
-                node_set.update(gw.nodes[WEAK])
+                node_set.update(weak.nodes)
             if gpus < cfg.run_floor_gpus:
                 if run is not None and s - run.last_hit_end_ms >= gap_ms:
                     self._end_run(key)
@@ -746,7 +778,7 @@ class DetectorEngine:
                 self._resume(run, members, gap_ms)
             counted = end > run.counted_to_ms  # else already in the totals of the stored finding it continues
             self._account(run, gw, classes, gpus, len(node_set), window_s, corr, pairs, sampled, weak_counts, counted)
-            run.last_strong_gpus = gw.gpus[STRONG]
+            run.last_strong_gpus = strong.gpus
             run.last_shared_workload_gpus = gw.shared_workload_gpus(cfg.shared_workload_min_nodes)
             run.last_hit_end_ms = end
             if gpus >= cfg.min_gpus:
@@ -781,7 +813,8 @@ class DetectorEngine:
         rate = 0.0
         rate_known = True
         for c in classes:
-            for model, (g, active) in gw.models[c].items():
+            use = gw.by_class[c]
+            for model, (g, active) in use.models.items():
                 peak = flops.lookup(model)
                 if peak is None:
                     rate_known = False
@@ -796,15 +829,15 @@ class DetectorEngine:
                 mu.active_gpu_s += active * window_s
             if not counted:
                 continue
-            for name, sums, ws in (
-                ("util", gw.util_sum, gw.util_w),
-                ("power", gw.power_sum, gw.power_w),
-                ("sm", gw.sm_sum, gw.sm_w),
-                ("tensor", gw.tensor_sum, gw.tensor_w),
+            for name, total, weight in (
+                ("util", use.util_sum, use.util_w),
+                ("power", use.power_sum, use.power_w),
+                ("sm", use.sm_sum, use.sm_w),
+                ("tensor", use.tensor_sum, use.tensor_w),
             ):
                 acc = run.sums.setdefault(name, [0.0, 0.0])
-                acc[0] += sums[c] * window_s
-                acc[1] += ws[c] * window_s
+                acc[0] += total * window_s
+                acc[1] += weight * window_s
         if counted:
             run.windows += 1
             run.gpu_s += gpus * window_s

@@ -117,7 +117,10 @@ def model_key(nvml_name: str) -> str | None:
     return None
 
 
+@functools.lru_cache(maxsize=256)
 def lookup(nvml_name: str) -> GpuPeak | None:
-    """Peak dense throughput for an NVML name ("NVIDIA H100 80GB HBM3"), None if unknown."""
+    """Peak dense throughput for an NVML name ("NVIDIA H100 80GB HBM3"), None if unknown.
+
+    Cached (the peaks are immutable): metrics and the detector look it up per GPU and model."""
     key = model_key(nvml_name)
     return None if key is None else PEAKS[key]
