@@ -22,9 +22,9 @@ def run(*args: str) -> subprocess.CompletedProcess[str]:
 
 
 def test_demo_scenario_through_the_offline_detector(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
-    """The demo's site, one hour: the opaque tenant's 2,400-GPU run is found, nobody else is."""
+    """The demo's site, 36 minutes: the opaque tenant's 2,400-GPU run is found, nobody else is."""
     trace = tmp_path / "site.jsonl.gz"
-    write_trace(trace, demo_site(seed=11, hours=1.0, sample_interval_s=20))
+    write_trace(trace, demo_site(seed=11, hours=0.6, sample_interval_s=20))
     tenants = tmp_path / "tenants.toml"
     tenants.write_text(demo_tenants_toml())
     rc = collector_cli.main(["detect", "--trace", str(trace), "--tenants", str(tenants), "--json"])

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import concurrent.futures as cf
-import os
 from pathlib import Path
 from typing import Any
 
@@ -108,10 +107,10 @@ def test_quick_evaluation_meets_the_goals() -> None:
     from collector.evaluate.run import plan, run_site, score
 
     p = plan(True)
-    # As `make eval` runs it: sites in worker processes, longest first (about half the wall
-    # time of running them one after another on two cores).
+    # Each site in its own worker process: three sites share two cores better than two
+    # workers taking them in turn (124 s instead of about 166 s here).
     order = sorted(p.sites, key=lambda x: -x[2])
-    with cf.ProcessPoolExecutor(max_workers=max(1, min(os.cpu_count() or 1, 4))) as pool:
+    with cf.ProcessPoolExecutor(max_workers=len(order)) as pool:
         results = list(pool.map(run_site, *zip(*[(str(DATA), k, s, h, p, None) for k, s, h in order], strict=True)))
     results.sort(key=lambda r: r["site"])
     s = score(results)["all"]
