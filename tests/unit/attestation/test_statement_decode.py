@@ -64,6 +64,8 @@ DIVERGENT = [
     (f"{G0}.power_mean_mw", "NaN", "schema"),
     (f"{G0}.future_metric", "1e400", "ok"),
     (f"{G0}.future_metric", "-Infinity", "ok"),
+    # an exponent beyond any double: json reads inf, msgspec refuses
+    (f"{G0}.future_metric", "1e999999", "ok"),
     # lone surrogates: json reads them, msgspec refuses them
     ("predicate.node.boot_id", '"\\ud800"', "ok"),
     (f"{G0}.model", '"\\udfff\\ud800"', "ok"),
@@ -74,6 +76,22 @@ DIVERGENT = [
 @pytest.mark.parametrize(("path", "raw", "outcome"), DIVERGENT, ids=[f"{p}={r[:12]}" for p, r, _ in DIVERGENT])
 def test_inputs_the_decoders_read_differently_parse_as_the_reference_does(path: str, raw: str, outcome: str) -> None:
     assert _same(_with(path, raw))[0] == outcome
+
+
+@pytest.mark.parametrize(
+    ("raw", "outcome"),
+    [
+        (b"\xed\xa0\x80", "ok"),  # a surrogate encoded in UTF-8: json decodes bytes with surrogatepass
+        (b"\xc0\xaf", "schema"),  # an overlong encoding: both refuse
+        (b"\x01", "schema"),  # a raw control character in a string: both refuse
+        (b"\x7f", "ok"),  # DEL is not a control character for JSON
+    ],
+    ids=["encoded-surrogate", "overlong", "control", "del"],
+)
+def test_raw_bytes_in_a_string_read_as_the_reference_reads_them(raw: bytes, outcome: str) -> None:
+    payload = statement_bytes(full_window()).replace(b'"kl1-n0001"', b'"kl1-' + raw + b'"', 1)
+    assert payload != statement_bytes(full_window())
+    assert _same(payload)[0] == outcome
 
 
 def test_a_64_bit_integer_beyond_the_signed_range_reads_the_same() -> None:
