@@ -13,6 +13,7 @@ measured capacity.
 
     python bench/bench_ingest.py [--nodes N] [--windows W] [--store postgresql://...]
     python bench/bench_ingest.py --rate 208 --duration 60     # sustained: statements/s offered
+    python bench/bench_ingest.py --rate 1250 --collectors 2 --store postgresql://...   # scaled out
 
 Sustained mode offers statements at a fixed rate (12,500 nodes x 8 GPUs = 100,000 GPUs make
 208/s with 60 s windows and 1,250/s with 10 s windows), spread round-robin over --nodes
@@ -27,6 +28,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import json
 import os
 import signal
@@ -87,6 +89,60 @@ def floor_per_statement_s(payload: bytes, pae: bytes, n: int = 2000) -> dict[str
     decode = per(lambda: msgspec.json.decode(payload))  # the fastest JSON decoder at hand
     digests = per(lambda: (hashlib.sha256(pae).digest(), hashlib.sha256(b"\x00" + pae).digest()))
     return {"verify": verify, "json_decode": decode, "digests": digests}
+
+
+class _Collector:
+    """One collector process under test (bench/collector_gc_watch.py runs collector.cli)."""
+
+    def __init__(self, workdir: Path, index: int, db: str) -> None:
+        self._ready = workdir / f"ready-{index}"
+        self._gc_out = workdir / f"gc-{index}.json"
+        self.proc = subprocess.Popen(
+            [
+                sys.executable,
+                str(Path(__file__).with_name("collector_gc_watch.py")),
+                "-q",
+                "serve",
+                "--db",
+                db,
+                "--listen",
+                "127.0.0.1:0",
+                "--metrics-listen",
+                "",
+                "--insecure",
+                "--ready-file",
+                str(self._ready),
+            ],
+            stdout=subprocess.DEVNULL,
+            env={**os.environ, "GPUAUDIT_BENCH_GC_OUT": str(self._gc_out)},
+        )
+        self.port = 0
+
+    def wait_ready(self) -> None:
+        while not self._ready.exists():
+            if self.proc.poll() is not None:
+                raise SystemExit("collector did not start")
+            time.sleep(0.05)
+        self.port = json.loads(self._ready.read_text())["port"]
+        self._ps = psutil.Process(self.proc.pid)
+
+    def cpu_s(self) -> float:
+        t = self._ps.cpu_times()
+        return float(t.user + t.system)
+
+    def gc_totals(self) -> dict[str, Any]:
+        """The collector's garbage-collection totals so far (collector_gc_watch.py)."""
+        before = self._gc_out.stat().st_mtime_ns if self._gc_out.exists() else 0
+        self.proc.send_signal(signal.SIGUSR1)
+        for _ in range(200):
+            if self._gc_out.exists() and self._gc_out.stat().st_mtime_ns != before:
+                break
+            time.sleep(0.01)
+        return json.loads(self._gc_out.read_text())  # type: ignore[no-any-return]
+
+    def stop(self) -> None:
+        self.proc.terminate()
+        self.proc.wait(timeout=30)
 
 
 class LeanStream:
@@ -199,7 +255,15 @@ def main(argv: list[str] | None = None) -> int:
     )
     ap.add_argument("--rate", type=float, help="sustained mode: statements offered per second")
     ap.add_argument("--duration", type=float, default=60.0, help="sustained mode: seconds (default 60)")
+    ap.add_argument(
+        "--collectors",
+        type=int,
+        default=1,
+        help="collector processes sharing the store (PostgreSQL only); nodes are spread over them",
+    )
     ns = ap.parse_args(argv)
+    if ns.collectors > 1 and not ns.store:
+        ap.error("--collectors > 1 needs a shared --store postgresql://...")
     if ns.rate:
         ns.windows = max(ns.windows, int(ns.rate * ns.duration / ns.nodes) + 2)
 
@@ -208,7 +272,7 @@ def main(argv: list[str] | None = None) -> int:
         seed=2, hours=hours, sample_interval_s=20, training_nodes=ns.nodes, inference_nodes=0, slurm_nodes=0
     )
     lines = [json.dumps({"format": "gpuaudit-trace", "version": 1})] + [json.dumps(r) for r in records]
-    per_node: dict[str, list] = {}
+    per_node: dict[str, list[Any]] = {}
     for w in windows_from_records(parse_lines(lines)):
         per_node.setdefault(w.node_id, []).append(w)
 
@@ -242,45 +306,10 @@ def main(argv: list[str] | None = None) -> int:
         )
         floor["grpc_read_and_ack"] = grpc_floor_per_statement_s([sample_request.SerializeToString()] * 3000)
 
-        ready = Path(d) / "ready"
-        gc_out = Path(d) / "gc.json"
-        proc = subprocess.Popen(
-            [
-                sys.executable,
-                str(Path(__file__).with_name("collector_gc_watch.py")),
-                "-q",
-                "serve",
-                "--db",
-                ns.store or str(db),
-                "--listen",
-                "127.0.0.1:0",
-                "--metrics-listen",
-                "",
-                "--insecure",
-                "--ready-file",
-                str(ready),
-            ],
-            stdout=subprocess.DEVNULL,
-            env={**os.environ, "GPUAUDIT_BENCH_GC_OUT": str(gc_out)},
-        )
-
-        def gc_totals() -> dict[str, Any]:
-            """The collector's garbage-collection totals so far (collector_gc_watch.py)."""
-            before = gc_out.stat().st_mtime_ns if gc_out.exists() else 0
-            proc.send_signal(signal.SIGUSR1)
-            for _ in range(200):
-                if gc_out.exists() and gc_out.stat().st_mtime_ns != before:
-                    break
-                time.sleep(0.01)
-            return json.loads(gc_out.read_text())  # type: ignore[no-any-return]
-
+        collectors = [_Collector(Path(d), i, ns.store or str(db)) for i in range(ns.collectors)]
         try:
-            while not ready.exists():
-                if proc.poll() is not None:
-                    raise SystemExit("collector did not start")
-                time.sleep(0.05)
-            port = json.loads(ready.read_text())["port"]
-            collector = psutil.Process(proc.pid)
+            for c in collectors:
+                c.wait_ready()
 
             backlog: list[int] = []
             gc_stats: dict[str, Any] = {}
@@ -305,16 +334,26 @@ def main(argv: list[str] | None = None) -> int:
                     x.close()
 
             async def stream_all() -> tuple[float, float, int]:
-                async with grpc.aio.insecure_channel(f"127.0.0.1:{port}") as ch:
+                async with contextlib.AsyncExitStack() as stack:
+                    channels = [
+                        await stack.enter_async_context(grpc.aio.insecure_channel(f"127.0.0.1:{c.port}"))
+                        for c in collectors
+                    ]
+                    # Node i speaks to collector i mod N (they share the store).
+                    chan = {node: channels[i % len(channels)] for i, node in enumerate(per_node)}
                     for node, token in zip(per_node, tokens, strict=True):
-                        await enroll(ch, node, signers[node], token)
-                    streams = [NodeStream(ch, node, signers[node].key_id, spool, max_in_flight=64) for node in per_node]
+                        await enroll(chan[node], node, signers[node], token)
+                    streams = [
+                        NodeStream(chan[node], node, signers[node].key_id, spool, max_in_flight=64) for node in per_node
+                    ]
                     lean = [
-                        LeanStream(ch, node, signers[node].key_id, staging.pending(signers[node].key_id, 0, 10**6))
+                        LeanStream(
+                            chan[node], node, signers[node].key_id, staging.pending(signers[node].key_id, 0, 10**6)
+                        )
                         for node in per_node
                     ]
-                    g0 = gc_totals()
-                    c0 = collector.cpu_times()
+                    g0 = [c.gc_totals() for c in collectors]
+                    c0 = sum(c.cpu_s() for c in collectors)
                     own0 = psutil.Process().cpu_times()
                     t0 = time.perf_counter()
                     if ns.rate:
@@ -328,18 +367,21 @@ def main(argv: list[str] | None = None) -> int:
                         await asyncio.gather(*(s.run() for s in streams))
                         acked = sum(x.stats.acked for x in streams)
                     wall = time.perf_counter() - t0
-                    c1 = collector.cpu_times()
+                    c1 = sum(c.cpu_s() for c in collectors)
                     own1 = psutil.Process().cpu_times()
                     client_cpu[0] = (own1.user + own1.system) - (own0.user + own0.system)
-                    g1 = gc_totals()
-                    gc_stats["cpu_s"] = g1["gc_cpu_s"] - g0["gc_cpu_s"]
-                    gc_stats["collections"] = [b - a for a, b in zip(g0["collections"], g1["collections"], strict=True)]
-                return wall, (c1.user + c1.system) - (c0.user + c0.system), acked
+                    g1 = [c.gc_totals() for c in collectors]
+                    gc_stats["cpu_s"] = sum(b["gc_cpu_s"] - a["gc_cpu_s"] for a, b in zip(g0, g1, strict=True))
+                    gc_stats["collections"] = [
+                        sum(b["collections"][g] - a["collections"][g] for a, b in zip(g0, g1, strict=True))
+                        for g in range(3)
+                    ]
+                return wall, c1 - c0, acked
 
             wall, cpu, acked = asyncio.run(stream_all())
         finally:
-            proc.terminate()
-            proc.wait(timeout=30)
+            for c in collectors:
+                c.stop()
         db_bytes = sum(p.stat().st_size for p in Path(d).glob("collector.db*"))
         if ns.store:
             import psycopg
@@ -355,6 +397,7 @@ def main(argv: list[str] | None = None) -> int:
     result = {
         "machine": f"{os.cpu_count()} cores",
         "store": "postgresql" if ns.store else "sqlite",
+        "collectors": ns.collectors,
         "statements": acked,
         "nodes": len(per_node),
         "statement_bytes_signed_payload": len(sample_pae),

@@ -11,7 +11,11 @@ import subprocess
 import sys
 from pathlib import Path
 
+import test_postgres_collectors
+
 ROOT = Path(__file__).resolve().parents[2]
+# A fresh schema on the test PostgreSQL server (skips where none is reachable).
+pg_url = test_postgres_collectors.pg_url
 
 
 def run(script: str, *args: str) -> str:
@@ -37,3 +41,14 @@ def test_ingest_bench_stores_everything_it_sends() -> None:
 def test_detector_bench_runs() -> None:
     out = run("bench_detector.py", "--nodes", "200", "--windows", "1")
     assert "ms per window" in out, out
+
+
+def test_ingest_bench_spreads_a_sustained_rate_over_two_collectors_on_postgres(pg_url: str) -> None:
+    out = json.loads(
+        run(
+            "bench_ingest.py", "--nodes", "4", "--rate", "20", "--duration", "3", "--collectors", "2", "--store", pg_url
+        )
+    )
+    assert out["collectors"] == 2 and out["store"] == "postgresql"
+    assert out["statements"] == out["offered"] > 0, out
+    assert out["collector_cpu_us_per_statement"] > 0 and out["client_cpu_share_of_a_core"] >= 0
