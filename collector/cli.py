@@ -154,7 +154,7 @@ def _tune_gc() -> None:
     holds (modules, gRPC, the detector's state). Freezing what exists after start-up takes
     those objects out of every later collection, and a higher threshold runs young
     collections about 15 times less often. Measured with bench/bench_ingest.py: time in the
-    collector's GC went from about 117 to 34 us per statement (docs/benchmarks.md)."""
+    collector's GC went from about 100 to 31 us per statement (docs/benchmarks.md)."""
     gc.freeze()
     gc.set_threshold(10_000, 20, 20)
 
