@@ -26,7 +26,7 @@ collector_chain_breaks_total{node,reason}                      counter  seq_gap,
 collector_statements_stored                                    gauge    in the store
 collector_enrollments_total                                    counter
 collector_enrollments_refused_total{reason}                    counter
-collector_ingest_batch_duration_seconds                        histo    verify+store+commit
+collector_ingest_batch_duration_seconds                        histo    verify until stored
 collector_ingest_batch_statements                              histo    envelopes per batch
 collector_nodes_reporting                                      gauge    accepted in horizon
 collector_nodes_known                                          gauge    ever accepted
@@ -329,7 +329,8 @@ class CollectorMetrics:
         self.enrolled = Counter("gpuaudit_collector_enrollments", "Node keys enrolled.", registry=r)
         self.batch_seconds = Histogram(
             "gpuaudit_collector_ingest_batch_duration_seconds",
-            "Time to verify, chain-check and durably store one batch of statements.",
+            "Time from the start of a batch's verification until it is durably stored (a batch verified "
+            "while the one before it commits waits for that commit).",
             buckets=BATCH_SECONDS_BUCKETS,
             registry=r,
         )
