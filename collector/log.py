@@ -1,10 +1,14 @@
 """The collector's transparency log: an RFC 9162 tree over every accepted statement.
 
 The store appends one leaf per accepted statement in the transaction that stores it
-(``Store.save_batch``); this module reads those leaf hashes, keeps the tree's complete
-subtrees in memory (``attestation.merkle.MerkleTree``: 64 bytes per leaf, O(log^2 n) per
-proof), serves roots and proofs, and signs checkpoints (c2sp.org/tlog-checkpoint) with
-the log's Ed25519 key.
+(``Store.save_batch``); this module reads those leaf hashes, serves roots and proofs, and
+signs checkpoints (c2sp.org/tlog-checkpoint) with the log's Ed25519 key.
+
+Memory stays small however long the log grows: the tree in memory is an
+``attestation.merkle.TiledMerkleTree`` (64 bytes per 1,024 leaves; a proof reads at most
+two tiles of leaf hashes back from the store and checks them against the tile roots it
+computed when it first read them), leaves are synced page by page, and a statement's leaf
+index is looked up in the store (``Store.leaf_index``), not kept in a dict.
 
 The log never signs a checkpoint inconsistent with the previous one
 (c2sp.org/tlog-checkpoint, "Signatures"): before signing, the previous checkpoint's size
@@ -18,6 +22,8 @@ from __future__ import annotations
 
 import logging
 import threading
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 from attestation.checkpoint import (
@@ -30,12 +36,14 @@ from attestation.checkpoint import (
 )
 from attestation.errors import CheckpointError, ProofError
 from attestation.keys import PublicKey, Signer, create_key_file, load_key_file
-from attestation.merkle import MerkleTree, verify_consistency
+from attestation.merkle import TiledMerkleTree, TileMismatchError, verify_consistency
 from collector.config import CollectorConfig
 from collector.errors import CollectorError
 from collector.store.base import CheckpointRecord, Store
 
 _logger = logging.getLogger(__name__)
+
+_SYNC_PAGE = 10_000  # leaves read per query when syncing
 
 
 class LogError(CollectorError):
@@ -76,15 +84,23 @@ class InconsistentLogError(LogError):
         )
 
 
+@contextmanager
+def _tiles_checked() -> Iterator[None]:
+    """A tile whose leaves changed in the store since they were synced is an inconsistent log."""
+    try:
+        yield
+    except TileMismatchError as exc:
+        raise InconsistentLogError(f"the store's log leaves changed after they were read: {exc}") from exc
+
+
 class Log:
     """Roots, proofs and signed checkpoints over the store's log leaves. Thread-safe."""
 
-    def __init__(self, store: Store, signer: Signer, origin: str) -> None:
+    def __init__(self, store: Store, signer: Signer, origin: str, *, tile_height: int = 10) -> None:
         self._store = store
         self._signer = signer
         self._origin = origin
-        self._tree = MerkleTree()
-        self._index: dict[tuple[str, int], int] = {}
+        self._tree = TiledMerkleTree(self._read_leaves, tile_height=tile_height)
         self._lock = threading.RLock()
 
     @classmethod
@@ -112,14 +128,24 @@ class Log:
         return self._signer
 
     def sync(self) -> int:
-        """Read the leaves appended since the last call; return the tree size."""
+        """Read the leaves appended since the last call, a page at a time; return the tree size."""
         with self._lock:
-            for leaf in self._store.log_leaves(self._tree.size):
-                if leaf.index != self._tree.size:
-                    raise LogError(f"log leaf {leaf.index} follows leaf {self._tree.size - 1}: leaves are missing")
-                self._tree.append(leaf.leaf_hash)
-                self._index[(leaf.key_id, leaf.seq)] = leaf.index
-            return self._tree.size
+            while True:
+                start = self._tree.size
+                page = self._store.log_leaves(start, start + _SYNC_PAGE)
+                for leaf in page:
+                    if leaf.index != self._tree.size:
+                        raise LogError(f"log leaf {leaf.index} follows leaf {self._tree.size - 1}: leaves are missing")
+                    self._tree.append(leaf.leaf_hash)
+                if len(page) < _SYNC_PAGE:
+                    return self._tree.size
+
+    def _read_leaves(self, start: int, end: int) -> list[bytes]:
+        """The leaf hashes of one tile, read back for a proof (TiledMerkleTree checks them)."""
+        leaves = self._store.log_leaves(start, end)
+        if [leaf.index for leaf in leaves] != list(range(start, start + len(leaves))):
+            raise LogError(f"log leaves {start}..{end - 1} read back with gaps")
+        return [leaf.leaf_hash for leaf in leaves]
 
     @property
     def size(self) -> int:
@@ -127,21 +153,23 @@ class Log:
 
     def leaf_index(self, key_id: str, seq: int) -> int | None:
         """The leaf index of statement (key_id, seq), None if it is not (yet) in the synced log."""
-        return self._index.get((key_id, seq))
+        index = self._store.leaf_index(key_id, seq)
+        return index if index is not None and index < self._tree.size else None
 
     def leaf_hash(self, index: int) -> bytes:
-        return self._tree.leaf(index)
+        with self._lock, _tiles_checked():
+            return self._tree.leaf(index)
 
     def root(self, size: int | None = None) -> bytes:
-        with self._lock:
+        with self._lock, _tiles_checked():
             return self._tree.root(size)
 
     def inclusion_proof(self, index: int, size: int) -> list[bytes]:
-        with self._lock:
+        with self._lock, _tiles_checked():
             return self._tree.inclusion_proof(index, size)
 
     def consistency_proof(self, old_size: int, size: int) -> list[bytes]:
-        with self._lock:
+        with self._lock, _tiles_checked():
             return self._tree.consistency_proof(old_size, size)
 
     def check_identity(self, *, accept_key_change: bool = False) -> None:
@@ -190,7 +218,7 @@ class Log:
         4. if nothing was appended and the previous note is ours, return it unchanged;
         5. sign the new checkpoint and store it.
         """
-        with self._lock:
+        with self._lock, _tiles_checked():
             # 1.
             size = self.sync()
             root = self._tree.root()

@@ -20,6 +20,7 @@ import grpc
 from attestation.checkpoint import SignedCheckpoint
 from attestation.v1 import collector_pb2 as pb
 from attestation.v1 import collector_pb2_grpc as pb_grpc
+from collector.errors import StoreError
 from collector.log import Log, LogError
 
 _logger = logging.getLogger(__name__)
@@ -37,9 +38,15 @@ def checkpoint_proto(signed: SignedCheckpoint) -> pb.LogCheckpoint:
 class Checkpointer:
     """Signs a checkpoint every ``period_s`` and keeps the latest. Thread-safe reads."""
 
-    def __init__(self, log: Log, period_s: float, clock_ms: Callable[[], int] = _now_ms) -> None:
+    def __init__(
+        self, log: Log, period_s: float, clock_ms: Callable[[], int] = _now_ms, *, sync_s: float = 1.0
+    ) -> None:
         self.log = log
         self.period_s = period_s
+        # Between checkpoints the tree follows the store every sync_s: reading a whole
+        # period's leaves at once would hold the interpreter long enough to stall ingest
+        # (a minute at 1,250 statements/s is 75,000 leaves).
+        self.sync_s = sync_s
         self._clock_ms = clock_ms
         self._latest: SignedCheckpoint | None = None
         self._latest_pb: pb.LogCheckpoint | None = None
@@ -59,7 +66,7 @@ class Checkpointer:
         """Sign (or re-use, when nothing was appended) a checkpoint; None if the log refused."""
         try:
             signed = self.log.checkpoint(self._clock_ms())
-        except LogError as exc:
+        except (LogError, StoreError) as exc:  # the checkpointer keeps running: the next period retries
             if self._failed_reason != str(exc):  # a recurring failure is logged once
                 _logger.error("not signing a checkpoint: %s", exc.diagnostics())
                 self._failed_reason = str(exc)
@@ -82,10 +89,23 @@ class Checkpointer:
                 pass
             self._task = None
 
+    def sync(self) -> None:
+        """Read the leaves committed since the last sync; a failure is logged, and the next
+        checkpoint reports it again (or signs nothing)."""
+        try:
+            self.log.sync()
+        except (LogError, StoreError) as exc:
+            _logger.warning("transparency log: cannot read new leaves: %s", exc)
+
     async def _run(self) -> None:
+        loop = asyncio.get_running_loop()
         while True:
             await asyncio.to_thread(self.sign_now)
-            await asyncio.sleep(self.period_s)
+            due = loop.time() + self.period_s
+            while (left := due - loop.time()) > 0:
+                await asyncio.sleep(min(self.sync_s, left))
+                if self.sync_s < left:
+                    await asyncio.to_thread(self.sync)
 
 
 class LogService(pb_grpc.LogServicer):

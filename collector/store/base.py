@@ -278,6 +278,10 @@ class Store(Protocol):
         """Leaves with ``start <= index < end`` (default: to the end), in index order."""
         ...
 
+    def leaf_index(self, key_id: str, seq: int) -> int | None:
+        """The log leaf index of statement (key_id, seq); None if it was never stored."""
+        ...
+
     def save_checkpoint(self, record: CheckpointRecord) -> None:
         """Store a signed checkpoint (append-only)."""
         ...

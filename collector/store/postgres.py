@@ -694,6 +694,10 @@ class PostgresStore:
         rows = self._query(sql + " ORDER BY l.leaf_index", params)
         return [(int(r[0]), _statement(r[1:])) for r in rows]
 
+    def leaf_index(self, key_id: str, seq: int) -> int | None:
+        rows = self._query("SELECT leaf_index FROM log_leaves WHERE key_id = %s AND seq = %s", (key_id, seq))
+        return int(rows[0][0]) if rows else None
+
     def save_checkpoint(self, record: CheckpointRecord) -> None:
         with self._tx() as conn:
             conn.execute(

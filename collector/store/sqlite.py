@@ -662,6 +662,10 @@ class SqliteStore:
         rows = self._query(sql + " ORDER BY leaf_index", params)
         return [LogLeafRecord(int(i), str(k), int(q), bytes(h)) for i, k, q, h in rows]
 
+    def leaf_index(self, key_id: str, seq: int) -> int | None:
+        rows = self._query("SELECT leaf_index FROM log_leaves WHERE key_id = ? AND seq = ?", (key_id, seq))
+        return int(rows[0][0]) if rows else None
+
     def save_checkpoint(self, record: CheckpointRecord) -> None:
         with self._tx() as conn:
             conn.execute(

@@ -14,6 +14,8 @@ from attestation.errors import ProofError
 from attestation.merkle import (
     EMPTY_ROOT,
     MerkleTree,
+    TiledMerkleTree,
+    TileMismatchError,
     leaf_hash,
     node_hash,
     root_from_inclusion_proof,
@@ -251,3 +253,106 @@ def test_a_large_tree_is_cheap() -> None:
     for m in (0, 1, 12_345, 44_999):
         verify_inclusion(tree.leaf(m), m, 45_000, tree.inclusion_proof(m), tree.root())
     verify_consistency(30_000, 45_000, tree.consistency_proof(30_000), tree.root(30_000), tree.root())
+
+
+# -- the tiled tree: the same answers in O(n / tile) memory --------------------------
+
+
+class _LeafStore:
+    """Leaf hashes as a store keeps them, with a count of the tiles read back."""
+
+    def __init__(self, leaves: list[bytes]) -> None:
+        self.leaves = list(leaves)
+        self.reads: list[tuple[int, int]] = []
+
+    def read(self, start: int, end: int) -> list[bytes]:
+        self.reads.append((start, end))
+        return self.leaves[start:end]
+
+
+def _tiled(leaves: list[bytes], height: int, cache_tiles: int = 8) -> tuple[TiledMerkleTree, _LeafStore]:
+    source = _LeafStore(leaves)
+    tree = TiledMerkleTree(source.read, tile_height=height, cache_tiles=cache_tiles)
+    for leaf in leaves:
+        tree.append(leaf)
+    return tree, source
+
+
+@pytest.mark.parametrize("height", [1, 2, 3])
+def test_tiled_tree_gives_every_proof_up_to_size_40_that_the_full_tree_gives(height: int) -> None:
+    leaves = _leaves(40)
+    full = MerkleTree()
+    # cache_tiles=1: almost every tile below the tail is read back from the source.
+    tiled = TiledMerkleTree(_LeafStore(leaves).read, tile_height=height, cache_tiles=1)
+    for n in range(1, 41):
+        full.append(leaves[n - 1])
+        assert tiled.append(leaves[n - 1]) == n - 1
+        assert tiled.size == n
+        assert tiled.root() == full.root(), f"root of size {n}"
+        for m in range(n):
+            assert tiled.inclusion_proof(m, n) == full.inclusion_proof(m, n), f"inclusion {m} in {n}"
+            assert tiled.leaf(m) == leaves[m]
+        for m in range(0, n + 1):
+            assert tiled.consistency_proof(m, n) == full.consistency_proof(m, n), f"consistency {m} -> {n}"
+            assert tiled.root(m) == full.root(m)
+
+
+@settings(max_examples=200, deadline=None)
+@given(_two_sizes(), st.integers(min_value=1, max_value=6), st.integers(min_value=1, max_value=3))
+def test_tiled_tree_property(sizes: tuple[int, int], height: int, cache_tiles: int) -> None:
+    m, n = sizes
+    tiled, _ = _tiled(_LEAVES[:n], height, cache_tiles)
+    assert tiled.root() == _TREE.root(n)
+    assert tiled.consistency_proof(m, n) == _TREE.consistency_proof(m, n)
+    assert tiled.inclusion_proof(m - 1, n) == _TREE.inclusion_proof(m - 1, n)
+    assert tiled.root(m) == _TREE.root(m)
+
+
+def test_tiled_tree_keeps_64_bytes_per_tile_and_reads_at_most_two_tiles_per_proof() -> None:
+    n = 10_000
+    leaves = _leaves(n)
+    tiled, source = _tiled(leaves, height=6, cache_tiles=1)
+    tiles = n >> 6
+    # Tile roots, plus the subtrees above them (fewer than one more per tile).
+    assert 32 * tiles <= tiled.memory_bytes() < 64 * tiles
+    assert source.reads == [], "appending never reads leaves back"
+    full = MerkleTree(leaves)
+    for index in (0, 63, 64, 5_000, 9_983, 9_984, 9_999):
+        source.reads.clear()
+        assert tiled.inclusion_proof(index, n) == full.inclusion_proof(index, n)
+        assert len(source.reads) <= 1
+        assert all(end - start == 64 for start, end in source.reads), "whole tiles are read"
+    for old in (1, 64, 777, 9_000):
+        source.reads.clear()
+        assert tiled.consistency_proof(old, n) == full.consistency_proof(old, n)
+        assert len(source.reads) <= 2
+
+
+def test_a_tile_changed_after_it_was_appended_is_refused_not_proven() -> None:
+    leaves = _leaves(20)
+    tiled, source = _tiled(leaves, height=2, cache_tiles=1)
+    tiled.inclusion_proof(13, 20)  # tile 3 (leaves 12..15) is now the cached one
+    source.leaves[5] = leaf_hash(b"forged")  # tile 1, behind the tree's back
+    with pytest.raises(TileMismatchError, match="leaves 4..7 no longer hash"):
+        tiled.inclusion_proof(5, 20)
+    with pytest.raises(TileMismatchError):
+        tiled.consistency_proof(6, 20)
+    source.leaves[5] = leaves[5]
+    assert tiled.inclusion_proof(5, 20) == MerkleTree(leaves).inclusion_proof(5, 20)
+    del source.leaves[9:]  # a tile read back short
+    with pytest.raises(TileMismatchError, match="1 leaf hashes read back, expected 4"):
+        tiled.leaf(8)
+
+
+def test_tiled_tree_checks_what_it_is_given() -> None:
+    tiled, _ = _tiled(_leaves(5), height=2)
+    with pytest.raises(ValueError):
+        tiled.append(b"short")
+    assert tiled.size == 5, "a refused leaf is not counted"
+    with pytest.raises(IndexError):
+        tiled.leaf(5)
+    with pytest.raises(ValueError):
+        tiled.root(6)
+    with pytest.raises(ValueError):
+        TiledMerkleTree(_LeafStore([]).read, tile_height=0)
+    assert TiledMerkleTree(_LeafStore([]).read).root() == EMPTY_ROOT

@@ -13,7 +13,7 @@ import pytest
 
 from attestation.checkpoint import verify_checkpoint
 from attestation.keys import Ed25519Signer
-from attestation.merkle import leaf_hash, verify_consistency, verify_inclusion
+from attestation.merkle import MerkleTree, leaf_hash, verify_consistency, verify_inclusion
 from collector.config import CollectorConfig
 from collector.ingest import Ingestor
 from collector.log import InconsistentLogError, Log, LogIdentityError
@@ -186,3 +186,104 @@ def test_collectors_sharing_a_store_must_sign_as_one_log(
     Log(store, other_key, ORIGIN).check_identity()
     with pytest.raises(LogIdentityError):
         Log(store, key, ORIGIN).check_identity()
+
+
+def test_proofs_reach_into_tiles_read_back_from_the_store(
+    store: SqliteStore, ingestor: Ingestor, enroll: Callable[..., NodeChain], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Tiles of 4 leaves and sync pages of 3: what the tree keeps in memory is a tile root per
+    4 leaves, and every proof below a tile root is computed from leaves read back."""
+    import collector.log as log_module
+
+    monkeypatch.setattr(log_module, "_SYNC_PAGE", 3)
+    a, b = enroll("node-a", gpus=1), enroll("node-b", gpus=1)
+    for _ in range(5):
+        ingestor.ingest_batch([(a.key_id, a.next()), (b.key_id, b.next()), (a.key_id, a.next())])
+    log = Log(store, Ed25519Signer.generate(), ORIGIN, tile_height=2)
+    first = log.checkpoint(NOW_MS)
+    assert first.checkpoint.size == 15
+    ingestor.ingest_batch([(b.key_id, e) for e in b.take(6)])
+    second = log.checkpoint(NOW_MS + 1)
+    assert second.checkpoint.size == 21
+    assert log._tree.memory_bytes() < 32 * 21, "tile roots only, not every leaf"
+    leaves = store.log_leaves()
+    assert log.root() == MerkleTree([lf.leaf_hash for lf in leaves]).root()
+    for lf in leaves:
+        assert log.leaf_index(lf.key_id, lf.seq) == lf.index
+        assert log.leaf_hash(lf.index) == lf.leaf_hash
+        verify_inclusion(lf.leaf_hash, lf.index, 21, log.inclusion_proof(lf.index, 21), second.checkpoint.root)
+        if lf.index < 15:
+            verify_inclusion(lf.leaf_hash, lf.index, 15, log.inclusion_proof(lf.index, 15), first.checkpoint.root)
+    for old in range(1, 21):
+        verify_consistency(old, 21, log.consistency_proof(old, 21), log.root(old), second.checkpoint.root)
+    assert log.leaf_index(b.key_id, 99) is None, "never stored"
+    ingestor.ingest_batch([(b.key_id, b.next())])
+    assert log.leaf_index(b.key_id, 11) is None, "stored, but not yet in the synced log"
+    log.sync()
+    assert log.leaf_index(b.key_id, 11) == 21
+
+
+def test_a_leaf_changed_after_it_was_synced_gets_no_proof(
+    store: SqliteStore, ingestor: Ingestor, enroll: Callable[..., NodeChain]
+) -> None:
+    a = enroll(gpus=1)
+    ingestor.ingest_batch([(a.key_id, e) for e in a.take(12)])
+    signer = Ed25519Signer.generate()
+    log = Log(store, signer, ORIGIN, tile_height=2)
+    signed = log.checkpoint(NOW_MS)
+    _edit_behind_the_collectors_back(
+        store, "UPDATE log_leaves SET leaf_hash = ? WHERE leaf_index = 5", (leaf_hash(b"forged"),)
+    )
+    log._tree._cache.clear()  # as in a long-running collector, whose few cached tiles are newer ones
+    with pytest.raises(InconsistentLogError, match="leaves 4..7 no longer hash"):
+        log.inclusion_proof(5, 12)
+    with pytest.raises(InconsistentLogError):
+        log.consistency_proof(6, 12)
+    # A proof that needs only the changed tile's root (kept in memory) is still the signed tree's.
+    leaf1 = store.log_leaves(1, 2)[0].leaf_hash
+    verify_inclusion(leaf1, 1, 12, log.inclusion_proof(1, 12), signed.checkpoint.root)
+    # A restarted log reads the edited leaf and refuses to sign (test_a_rewritten_log_is_never_signed).
+    ingestor.ingest_batch([(a.key_id, a.next())])
+    with pytest.raises(InconsistentLogError, match="root signed before"):
+        Log(store, signer, ORIGIN, tile_height=2).checkpoint(NOW_MS + 1)
+
+
+def test_between_checkpoints_the_log_follows_the_store_a_little_at_a_time(
+    store: SqliteStore, ingestor: Ingestor, enroll: Callable[..., NodeChain], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The checkpointer syncs every sync_s, so the leaves of a whole period are never read in
+    one go; a store error while syncing is logged and the checkpointer keeps going."""
+    import asyncio
+
+    from collector.errors import StoreError
+    from collector.logservice import Checkpointer
+
+    a = enroll(gpus=1)
+    log = _log(store)
+    checkpointer = Checkpointer(log, period_s=3600, clock_ms=lambda: NOW_MS, sync_s=0.02)
+    real_sync = log.sync
+    failures = [1]
+
+    def flaky_sync() -> int:
+        if failures[0]:
+            failures[0] -= 1
+            raise StoreError("database is restarting")
+        return real_sync()
+
+    async def run() -> None:
+        checkpointer.start()
+        for i in range(3):
+            await asyncio.to_thread(ingestor.ingest_batch, [(a.key_id, e) for e in a.take(2)])
+            for _ in range(200):
+                if log.size == 2 * (i + 1):
+                    break
+                await asyncio.sleep(0.01)
+            assert log.size == 2 * (i + 1)
+            if i == 0:
+                monkeypatch.setattr(log, "sync", flaky_sync)
+        await checkpointer.stop()
+
+    asyncio.run(run())
+    assert failures == [0], "the failing sync was tried"
+    latest = store.latest_checkpoint()
+    assert latest is not None and latest.tree_size == 0, "one checkpoint, signed at start; the rest were syncs"
