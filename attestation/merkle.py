@@ -212,6 +212,29 @@ class TiledMerkleTree(MerkleTree):
             self._tail = MerkleTree()
         return index
 
+    @property
+    def complete_tiles(self) -> int:
+        return self._size >> self._height
+
+    def tile_root(self, tile: int) -> bytes:
+        """The root of complete tile ``tile`` (leaves ``tile * 2**h .. (tile + 1) * 2**h - 1``)."""
+        if not 0 <= tile < self.complete_tiles:
+            raise IndexError(f"tile {tile} is not complete in a tree of size {self._size}")
+        return self._upper_hash(0, tile)
+
+    def append_tiles(self, roots: Iterable[bytes]) -> None:
+        """Append whole tiles by their roots alone (kept from an earlier run), at a tile boundary.
+
+        Their leaves are read back only when a proof needs them, and checked then against
+        these roots."""
+        if self._tail.size:
+            raise ValueError("whole tiles can only follow a complete tile")
+        for root in roots:
+            if len(root) != HASH_SIZE:
+                raise ValueError(f"a tile root has {HASH_SIZE} bytes, got {len(root)}")
+            self._push(root, self._size >> self._height)
+            self._size += self._tile
+
     def _push(self, tile_root: bytes, tile: int) -> None:
         self._upper[0] += tile_root
         level, i = 0, tile

@@ -341,8 +341,9 @@ def _cmd_log_public_key(ns: argparse.Namespace) -> int:
 
 
 def _cmd_log(ns: argparse.Namespace) -> int:
-    """``log checkpoint|inclusion|consistency``: read the store's log directly (JSON out)."""
+    """``log checkpoint|inclusion|consistency|audit``: read the store's log directly (JSON out)."""
     import base64
+    import dataclasses
     import time
 
     from collector.log import Log
@@ -354,6 +355,10 @@ def _cmd_log(ns: argparse.Namespace) -> int:
     store = _open_store(cfg)
     try:
         log = Log.open(cfg, store)
+        if ns.log_cmd == "audit":
+            audit = log.audit()
+            print(json.dumps({**dataclasses.asdict(audit), "ok": audit.ok}, indent=2))
+            return 0 if audit.ok else 1
         log.sync()
         latest = store.latest_checkpoint()
         if ns.log_cmd == "checkpoint":
@@ -613,6 +618,13 @@ def build_parser() -> argparse.ArgumentParser:
     lk.add_argument("--from", dest="from_size", type=int, required=True, help="the earlier tree size")
     lk.add_argument("--to", dest="to_size", type=int, help="the later tree size (default: latest signed)")
     lk.set_defaults(func=_cmd_log)
+    la = lgsub.add_parser(
+        "audit",
+        help="recompute the log from its leaves: stored tile roots and the latest checkpoint "
+        "(JSON; exit 1 if either does not match)",
+    )
+    common(la)
+    la.set_defaults(func=_cmd_log)
 
     tn = sub.add_parser("tenant", help="tenant pseudonyms: derive them for agent configs, reveal one (audited)")
     tnsub = tn.add_subparsers(dest="tenant_cmd", required=True)

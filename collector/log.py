@@ -24,6 +24,7 @@ import logging
 import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
+from dataclasses import dataclass
 from pathlib import Path
 
 from attestation.checkpoint import (
@@ -93,6 +94,23 @@ def _tiles_checked() -> Iterator[None]:
         raise InconsistentLogError(f"the store's log leaves changed after they were read: {exc}") from exc
 
 
+@dataclass(frozen=True)
+class LogAudit:
+    """What ``Log.audit`` found: every stored tile root and the latest checkpoint's root
+    recomputed from the leaves."""
+
+    leaves: int
+    tiles_checked: int
+    tiles_missing: int  # complete tiles with no stored root yet (no collector has synced them)
+    bad_tiles: tuple[int, ...]  # stored roots that their leaves do not hash to
+    checkpoint_size: int | None  # None: no checkpoint signed yet
+    checkpoint_ok: bool | None
+
+    @property
+    def ok(self) -> bool:
+        return not self.bad_tiles and self.checkpoint_ok is not False
+
+
 class Log:
     """Roots, proofs and signed checkpoints over the store's log leaves. Thread-safe."""
 
@@ -101,6 +119,7 @@ class Log:
         self._signer = signer
         self._origin = origin
         self._tree = TiledMerkleTree(self._read_leaves, tile_height=tile_height)
+        self._tiles_stored = 0  # tiles whose roots are known to be in the store
         self._lock = threading.RLock()
 
     @classmethod
@@ -128,17 +147,87 @@ class Log:
         return self._signer
 
     def sync(self) -> int:
-        """Read the leaves appended since the last call, a page at a time; return the tree size."""
+        """Read what was appended since the last call; return the tree size.
+
+        Whole tiles whose roots are stored (``log_tiles``) are taken by their roots, so a
+        restart reads one row per 1,024 leaves; the leaves after them are read a page at a
+        time, and the roots of the tiles they complete are stored for the next restart.
+        A stored root that does not match its leaves is found when a proof reads the tile
+        back, and before signing by the consistency check against the previous checkpoint.
+        """
         with self._lock:
+            tree, height = self._tree, self._tree.tile_height
+            if tree.size % (1 << height) == 0:
+                complete = self._store.log_size() >> height
+                while tree.complete_tiles < complete:
+                    roots = self._store.log_tile_roots(
+                        height, tree.complete_tiles, min(complete, tree.complete_tiles + _SYNC_PAGE)
+                    )
+                    if not roots:
+                        break
+                    tree.append_tiles(roots)
+                self._tiles_stored = max(self._tiles_stored, tree.complete_tiles)
             while True:
-                start = self._tree.size
+                start = tree.size
                 page = self._store.log_leaves(start, start + _SYNC_PAGE)
                 for leaf in page:
-                    if leaf.index != self._tree.size:
-                        raise LogError(f"log leaf {leaf.index} follows leaf {self._tree.size - 1}: leaves are missing")
-                    self._tree.append(leaf.leaf_hash)
+                    if leaf.index != tree.size:
+                        raise LogError(f"log leaf {leaf.index} follows leaf {tree.size - 1}: leaves are missing")
+                    tree.append(leaf.leaf_hash)
                 if len(page) < _SYNC_PAGE:
-                    return self._tree.size
+                    break
+            if self._tiles_stored < tree.complete_tiles:
+                first = self._tiles_stored
+                self._store.save_log_tile_roots(
+                    height, first, [tree.tile_root(t) for t in range(first, tree.complete_tiles)]
+                )
+                self._tiles_stored = tree.complete_tiles
+            return tree.size
+
+    def audit(self) -> LogAudit:
+        """Recompute the log from its leaves alone, a page at a time (O(n) reads, O(n / tile)
+        memory): every stored tile root must be what its leaves hash to, and the latest
+        checkpoint's root what its first ``size`` leaves hash to. ``sync`` trusts stored tile
+        roots (a proof reading a tile back checks it); this is the full check, for operators
+        to run from time to time (``gpuaudit-collector log audit``)."""
+        height = self._tree.tile_height
+        fresh = TiledMerkleTree(self._read_leaves, tile_height=height)
+        latest = self._store.latest_checkpoint()
+        cp_size = cp_root = None
+        if latest is not None:
+            try:
+                body = parse_checkpoint_body(parse_note(latest.note)[0])
+            except CheckpointError as exc:
+                raise InconsistentLogError(f"the stored latest checkpoint cannot be read: {exc}") from exc
+            cp_size, cp_root = body.size, body.root
+        cp_ok: bool | None = True if cp_size == 0 and cp_root == fresh.root() else None
+        checked = missing = 0
+        bad: list[int] = []
+        while True:
+            page = self._store.log_leaves(fresh.size, fresh.size + _SYNC_PAGE)
+            for leaf in page:
+                if leaf.index != fresh.size:
+                    raise LogError(f"log leaf {leaf.index} follows leaf {fresh.size - 1}: leaves are missing")
+                fresh.append(leaf.leaf_hash)
+                if fresh.size == cp_size:
+                    cp_ok = fresh.root() == cp_root
+            tile, end = checked + missing + len(bad), fresh.complete_tiles
+            while tile < end:
+                stored = self._store.log_tile_roots(height, tile, end)
+                for root in stored:
+                    if root == fresh.tile_root(tile):
+                        checked += 1
+                    else:
+                        bad.append(tile)
+                    tile += 1
+                if tile < end:  # the next one is not stored
+                    missing += 1
+                    tile += 1
+            if len(page) < _SYNC_PAGE:
+                break
+        if cp_size is not None and cp_ok is None:
+            cp_ok = False  # signed at a size beyond the leaves there are
+        return LogAudit(fresh.size, checked, missing, tuple(bad), cp_size, cp_ok)
 
     def _read_leaves(self, start: int, end: int) -> list[bytes]:
         """The leaf hashes of one tile, read back for a proof (TiledMerkleTree checks them)."""

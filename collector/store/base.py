@@ -282,6 +282,15 @@ class Store(Protocol):
         """The log leaf index of statement (key_id, seq); None if it was never stored."""
         ...
 
+    def log_tile_roots(self, height: int, start: int, end: int) -> list[bytes]:
+        """Stored roots of log tiles ``start <= tile < end`` of ``2**height`` leaves, in order,
+        up to the first one missing."""
+        ...
+
+    def save_log_tile_roots(self, height: int, start: int, roots: Sequence[bytes]) -> None:
+        """Store the roots of tiles ``start, start + 1, ...``; tiles already stored are kept."""
+        ...
+
     def save_checkpoint(self, record: CheckpointRecord) -> None:
         """Store a signed checkpoint (append-only)."""
         ...

@@ -212,6 +212,15 @@ MIGRATIONS: tuple[str, ...] = (
         reason      TEXT NOT NULL
     );
     """,
+    # 5: roots of complete tiles of log leaves (sqlite 5).
+    """
+    CREATE TABLE log_tiles (
+        height      BIGINT NOT NULL,            -- log2 of the leaves per tile
+        tile        BIGINT NOT NULL,            -- leaves tile * 2**height .. (tile + 1) * 2**height - 1
+        root        BYTEA NOT NULL,              -- RFC 9162 hash of the tile's subtree
+        PRIMARY KEY (height, tile)
+    );
+    """,
 )
 
 _CREATE_MIGRATIONS_TABLE = (
@@ -697,6 +706,27 @@ class PostgresStore:
     def leaf_index(self, key_id: str, seq: int) -> int | None:
         rows = self._query("SELECT leaf_index FROM log_leaves WHERE key_id = %s AND seq = %s", (key_id, seq))
         return int(rows[0][0]) if rows else None
+
+    def log_tile_roots(self, height: int, start: int, end: int) -> list[bytes]:
+        rows = self._query(
+            "SELECT tile, root FROM log_tiles WHERE height = %s AND tile >= %s AND tile < %s ORDER BY tile",
+            (height, start, end),
+        )
+        roots: list[bytes] = []
+        for tile, root in rows:
+            if int(tile) != start + len(roots):
+                break  # a gap: the tiles after it are read from their leaves
+            roots.append(bytes(root))
+        return roots
+
+    def save_log_tile_roots(self, height: int, start: int, roots: Sequence[bytes]) -> None:
+        if not roots:
+            return
+        with self._tx() as conn:
+            conn.cursor().executemany(
+                "INSERT INTO log_tiles (height, tile, root) VALUES (%s, %s, %s) ON CONFLICT DO NOTHING",
+                [(height, start + i, root) for i, root in enumerate(roots)],
+            )
 
     def save_checkpoint(self, record: CheckpointRecord) -> None:
         with self._tx() as conn:

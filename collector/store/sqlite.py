@@ -198,6 +198,16 @@ MIGRATIONS: tuple[str, ...] = (
         reason      TEXT NOT NULL
     ) STRICT;
     """,
+    # 5: the roots of complete tiles of log leaves (collector/log.py), so that a restarted
+    # collector rebuilds its tree from one row per 1,024 leaves instead of reading every leaf.
+    """
+    CREATE TABLE log_tiles (
+        height      INTEGER NOT NULL,            -- log2 of the leaves per tile
+        tile        INTEGER NOT NULL,            -- leaves tile * 2**height .. (tile + 1) * 2**height - 1
+        root        BLOB NOT NULL,               -- RFC 9162 hash of the tile's subtree
+        PRIMARY KEY (height, tile)
+    ) STRICT;
+    """,
 )
 
 _CREATE_MIGRATIONS_TABLE = (
@@ -665,6 +675,27 @@ class SqliteStore:
     def leaf_index(self, key_id: str, seq: int) -> int | None:
         rows = self._query("SELECT leaf_index FROM log_leaves WHERE key_id = ? AND seq = ?", (key_id, seq))
         return int(rows[0][0]) if rows else None
+
+    def log_tile_roots(self, height: int, start: int, end: int) -> list[bytes]:
+        rows = self._query(
+            "SELECT tile, root FROM log_tiles WHERE height = ? AND tile >= ? AND tile < ? ORDER BY tile",
+            (height, start, end),
+        )
+        roots: list[bytes] = []
+        for tile, root in rows:
+            if int(tile) != start + len(roots):
+                break  # a gap: the tiles after it are read from their leaves
+            roots.append(bytes(root))
+        return roots
+
+    def save_log_tile_roots(self, height: int, start: int, roots: Sequence[bytes]) -> None:
+        if not roots:
+            return
+        with self._tx() as conn:
+            conn.executemany(
+                "INSERT INTO log_tiles (height, tile, root) VALUES (?, ?, ?) ON CONFLICT DO NOTHING",
+                [(height, start + i, root) for i, root in enumerate(roots)],
+            )
 
     def save_checkpoint(self, record: CheckpointRecord) -> None:
         with self._tx() as conn:

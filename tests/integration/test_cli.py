@@ -98,7 +98,9 @@ def test_agent_run_without_a_gpu_driver_says_so(tmp_path: Path) -> None:
     assert "nvidia-smi" in p.stderr or "NVIDIA driver" in p.stderr, p.stderr
 
 
-@pytest.mark.parametrize("cmd", [["findings"], ["export", "--all", "--out", "x.json"], ["log", "checkpoint"]])
+@pytest.mark.parametrize(
+    "cmd", [["findings"], ["export", "--all", "--out", "x.json"], ["log", "checkpoint"], ["log", "audit"]]
+)
 def test_reading_commands_do_not_create_a_store(tmp_path: Path, cmd: list[str]) -> None:
     """A mistyped --db must be an error, not a fresh empty database that hides the real one."""
     db = tmp_path / "typo.db"
@@ -106,6 +108,31 @@ def test_reading_commands_do_not_create_a_store(tmp_path: Path, cmd: list[str]) 
     assert p.returncode == 2, (p.returncode, p.stderr)
     assert "no store at" in p.stderr
     assert not db.exists(), "a reading command created a database"
+
+
+def test_log_audit_exits_1_when_the_signed_root_is_not_what_the_leaves_hash_to(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from attestation.checkpoint import Checkpoint, sign_checkpoint
+    from attestation.keys import Ed25519Signer
+    from collector.store.base import CheckpointRecord
+    from collector.store.sqlite import SqliteStore
+
+    db = tmp_path / "c.db"
+    SqliteStore(db).close()
+    assert collector_cli.main(["-q", "log", "checkpoint", "--sign", "--db", str(db)]) == 0
+    capsys.readouterr()
+    assert collector_cli.main(["-q", "log", "audit", "--db", str(db)]) == 0
+    report = json.loads(capsys.readouterr().out)
+    assert (report["leaves"], report["checkpoint_size"], report["checkpoint_ok"], report["ok"]) == (0, 0, True, True)
+    # A checkpoint row claiming leaves the store does not hold.
+    origin = "gpuaudit/forged"
+    note = sign_checkpoint(Checkpoint(origin, 5, b"\x07" * 32), origin, Ed25519Signer.generate()).note
+    with SqliteStore(db) as store:
+        store.save_checkpoint(CheckpointRecord(5, b"\x07" * 32, 0, note))
+    assert collector_cli.main(["-q", "log", "audit", "--db", str(db)]) == 1
+    report = json.loads(capsys.readouterr().out)
+    assert (report["checkpoint_size"], report["checkpoint_ok"], report["ok"]) == (5, False, False)
 
 
 def test_serve_refuses_to_sign_the_stores_log_with_another_key(tmp_path: Path) -> None:

@@ -356,3 +356,23 @@ def test_tiled_tree_checks_what_it_is_given() -> None:
     with pytest.raises(ValueError):
         TiledMerkleTree(_LeafStore([]).read, tile_height=0)
     assert TiledMerkleTree(_LeafStore([]).read).root() == EMPTY_ROOT
+
+
+def test_whole_tiles_appended_by_their_roots_give_the_same_tree() -> None:
+    leaves = _leaves(23)
+    built, _ = _tiled(leaves, height=2)
+    source = _LeafStore(leaves)
+    restored = TiledMerkleTree(source.read, tile_height=2, cache_tiles=1)
+    restored.append_tiles(built.tile_root(t) for t in range(4))
+    assert (restored.size, source.reads) == (16, []), "nothing read to append tiles"
+    for leaf in leaves[16:]:
+        restored.append(leaf)
+    full = MerkleTree(leaves)
+    assert restored.root() == full.root()
+    for m in range(23):
+        assert restored.inclusion_proof(m, 23) == full.inclusion_proof(m, 23)
+        assert restored.consistency_proof(m, 23) == full.consistency_proof(m, 23)
+    with pytest.raises(ValueError, match="only follow a complete tile"):
+        restored.append_tiles([built.tile_root(0)])
+    with pytest.raises(IndexError):
+        restored.tile_root(5)

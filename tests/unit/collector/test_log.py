@@ -16,7 +16,7 @@ from attestation.keys import Ed25519Signer
 from attestation.merkle import MerkleTree, leaf_hash, verify_consistency, verify_inclusion
 from collector.config import CollectorConfig
 from collector.ingest import Ingestor
-from collector.log import InconsistentLogError, Log, LogIdentityError
+from collector.log import InconsistentLogError, Log, LogAudit, LogIdentityError
 from collector.store.sqlite import MIGRATIONS, SqliteStore, migrate
 
 # conftest.py's NodeChain, reached through fixtures (conftest modules are not imported).
@@ -223,7 +223,7 @@ def test_proofs_reach_into_tiles_read_back_from_the_store(
     assert log.leaf_index(b.key_id, 11) == 21
 
 
-def test_a_leaf_changed_after_it_was_synced_gets_no_proof(
+def test_a_leaf_changed_after_it_was_synced_gets_no_proof_and_fails_the_audit(
     store: SqliteStore, ingestor: Ingestor, enroll: Callable[..., NodeChain]
 ) -> None:
     a = enroll(gpus=1)
@@ -231,6 +231,7 @@ def test_a_leaf_changed_after_it_was_synced_gets_no_proof(
     signer = Ed25519Signer.generate()
     log = Log(store, signer, ORIGIN, tile_height=2)
     signed = log.checkpoint(NOW_MS)
+    assert log.audit() == LogAudit(12, 3, 0, (), 12, True)
     _edit_behind_the_collectors_back(
         store, "UPDATE log_leaves SET leaf_hash = ? WHERE leaf_index = 5", (leaf_hash(b"forged"),)
     )
@@ -242,10 +243,51 @@ def test_a_leaf_changed_after_it_was_synced_gets_no_proof(
     # A proof that needs only the changed tile's root (kept in memory) is still the signed tree's.
     leaf1 = store.log_leaves(1, 2)[0].leaf_hash
     verify_inclusion(leaf1, 1, 12, log.inclusion_proof(1, 12), signed.checkpoint.root)
-    # A restarted log reads the edited leaf and refuses to sign (test_a_rewritten_log_is_never_signed).
-    ingestor.ingest_batch([(a.key_id, a.next())])
+    # A restarted log takes tile 1 by its stored root, so the edit is not read at start; the
+    # audit recomputes everything from the leaves and finds it.
+    audit = Log(store, signer, ORIGIN, tile_height=2).audit()
+    assert audit == LogAudit(12, 2, 0, (1,), 12, False) and not audit.ok
+
+
+def test_a_restart_takes_whole_tiles_by_their_stored_roots(
+    store: SqliteStore, ingestor: Ingestor, enroll: Callable[..., NodeChain], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    a = enroll(gpus=1)
+    ingestor.ingest_batch([(a.key_id, e) for e in a.take(10)])
+    signer = Ed25519Signer.generate()
+    first = Log(store, signer, ORIGIN, tile_height=2)
+    first.checkpoint(NOW_MS)
+    assert store.log_tile_roots(2, 0, 100) == [first._tree.tile_root(t) for t in range(2)]
+    ingestor.ingest_batch([(a.key_id, e) for e in a.take(5)])
+
+    read: list[tuple[int, int | None]] = []
+    real = store.log_leaves
+
+    def counting(start: int = 0, end: int | None = None) -> Any:
+        read.append((start, end))
+        return real(start, end)
+
+    monkeypatch.setattr(store, "log_leaves", counting)
+    restarted = Log(store, signer, ORIGIN, tile_height=2)
+    cp = restarted.checkpoint(NOW_MS + 1)
+    assert cp.checkpoint.size == 15
+    assert read and read[0][0] == 8, "leaves 0..7 were not read: their two tiles' roots were"
+    assert cp.checkpoint.root == MerkleTree([lf.leaf_hash for lf in real()]).root()
+    assert store.log_tile_roots(2, 0, 100) == [restarted._tree.tile_root(t) for t in range(3)]
+    # A stored tile root edited: the restarted tree no longer leads to the signed root.
+    _edit_behind_the_collectors_back(
+        store, "UPDATE log_tiles SET root = ? WHERE height = 2 AND tile = 0", (leaf_hash(b"forged"),)
+    )
     with pytest.raises(InconsistentLogError, match="root signed before"):
-        Log(store, signer, ORIGIN, tile_height=2).checkpoint(NOW_MS + 1)
+        Log(store, signer, ORIGIN, tile_height=2).checkpoint(NOW_MS + 2)
+    audit = Log(store, signer, ORIGIN, tile_height=2).audit()
+    assert (audit.bad_tiles, audit.checkpoint_ok, audit.ok) == ((0,), True, False)
+    # A missing tile root is counted, and the next sync stores it again.
+    _edit_behind_the_collectors_back(store, "DELETE FROM log_tiles WHERE height = 2 AND tile = 1")
+    assert Log(store, signer, ORIGIN, tile_height=2).audit().tiles_missing == 1
+    Log(store, signer, ORIGIN, tile_height=2).sync()
+    audit = Log(store, signer, ORIGIN, tile_height=2).audit()
+    assert (audit.tiles_missing, audit.tiles_checked, audit.bad_tiles) == (0, 2, (0,))
 
 
 def test_between_checkpoints_the_log_follows_the_store_a_little_at_a_time(
@@ -272,6 +314,8 @@ def test_between_checkpoints_the_log_follows_the_store_a_little_at_a_time(
 
     async def run() -> None:
         checkpointer.start()
+        while checkpointer.latest() is None:  # the first checkpoint is signed at start
+            await asyncio.sleep(0.01)
         for i in range(3):
             await asyncio.to_thread(ingestor.ingest_batch, [(a.key_id, e) for e in a.take(2)])
             for _ in range(200):
