@@ -39,6 +39,7 @@ bench: $(STAMP)
 	$(BIN)/python bench/bench_agent.py
 	$(BIN)/python bench/bench_ingest.py
 	$(BIN)/python bench/bench_detector.py
+	$(BIN)/python bench/bench_log.py
 
 eval: $(STAMP)
 	$(BIN)/python -m collector.evaluate --quick

@@ -43,6 +43,13 @@ def test_detector_bench_runs() -> None:
     assert "ms per window" in out, out
 
 
+def test_log_bench_reports_memory_sync_and_proofs() -> None:
+    out = json.loads(run("bench_log.py", "--leaves", "5000", "--proofs", "5", "--compare-leaves", "2000"))
+    assert out["leaves"] == 5000 and out["tile_leaves"] == 1024
+    assert out["tree_bytes_per_leaf_growing_part"] > 0 and out["untiled_bytes_per_leaf"] > 0
+    assert out["inclusion_proof_ms"] > 0 and out["restart_sync_cpu_s"] >= 0
+
+
 def test_ingest_bench_spreads_a_sustained_rate_over_two_collectors_on_postgres(pg_url: str) -> None:
     out = json.loads(
         run(
