@@ -130,6 +130,9 @@ class _Collector:
         t = self._ps.cpu_times()
         return float(t.user + t.system)
 
+    def rss(self) -> int:
+        return int(self._ps.memory_info().rss)
+
     def gc_totals(self) -> dict[str, Any]:
         """The collector's garbage-collection totals so far (collector_gc_watch.py)."""
         before = self._gc_out.stat().st_mtime_ns if self._gc_out.exists() else 0
@@ -314,6 +317,8 @@ def main(argv: list[str] | None = None) -> int:
             backlog: list[int] = []
             gc_stats: dict[str, Any] = {}
             client_cpu = [0.0]
+            rss = [0, 0]
+            rss_every_10s: list[float] = []
             offered = [0]
 
             async def offer(streams: list[LeanStream], t0: float) -> None:
@@ -328,6 +333,8 @@ def main(argv: list[str] | None = None) -> int:
                         i += 1
                     if time.perf_counter() >= next_sample:
                         backlog.append(offered[0] - sum(x.acked for x in streams))
+                        if len(backlog) % 10 == 0:
+                            rss_every_10s.append(round(sum(c.rss() for c in collectors) / 2**20, 1))
                         next_sample += 1.0
                     await asyncio.sleep(0.01)
                 for x in streams:
@@ -353,6 +360,7 @@ def main(argv: list[str] | None = None) -> int:
                         for node in per_node
                     ]
                     g0 = [c.gc_totals() for c in collectors]
+                    rss[0] = sum(c.rss() for c in collectors)
                     c0 = sum(c.cpu_s() for c in collectors)
                     own0 = psutil.Process().cpu_times()
                     t0 = time.perf_counter()
@@ -368,6 +376,7 @@ def main(argv: list[str] | None = None) -> int:
                         acked = sum(x.stats.acked for x in streams)
                     wall = time.perf_counter() - t0
                     c1 = sum(c.cpu_s() for c in collectors)
+                    rss[1] = sum(c.rss() for c in collectors)
                     own1 = psutil.Process().cpu_times()
                     client_cpu[0] = (own1.user + own1.system) - (own0.user + own0.system)
                     g1 = [c.gc_totals() for c in collectors]
@@ -418,6 +427,9 @@ def main(argv: list[str] | None = None) -> int:
         "collector_gc_us_per_statement": round(gc_stats["cpu_s"] / max(acked, 1) * 1e6, 1),
         "collector_gc_collections": gc_stats["collections"],
         "ingest_per_wall_s": round(acked / wall),
+        # Resident memory of the collector process(es) before and after the streams: what
+        # grows with the statements taken (caches that fill once grow too in a short run).
+        "collector_rss_mb_before_after": [round(rss[0] / 2**20, 1), round(rss[1] / 2**20, 1)],
         # The load generator's own share of a core (it runs on the same machine).
         "client_cpu_share_of_a_core": round(client_cpu[0] / wall, 2),
         "needed_per_s_12500_nodes_60s_windows": round(12500 / 60),
@@ -435,6 +447,7 @@ def main(argv: list[str] | None = None) -> int:
                 "offered": offered[0],
                 "backlog_per_s": backlog,
                 "backlog_growth_per_s_second_half": round(growth, 1),
+                "collector_rss_mb_every_10s": rss_every_10s,
                 "keeps_up": growth <= 0.05 * ns.rate and (not backlog or backlog[-1] <= 2 * ns.rate),
             }
         )
