@@ -14,6 +14,7 @@ import logging
 import threading
 import time
 from collections.abc import Callable
+from typing import TypeVar
 
 import grpc
 
@@ -21,9 +22,11 @@ from attestation.checkpoint import SignedCheckpoint
 from attestation.v1 import collector_pb2 as pb
 from attestation.v1 import collector_pb2_grpc as pb_grpc
 from collector.errors import StoreError
-from collector.log import Log, LogError
+from collector.log import InconsistentLogError, Log, LogError
 
 _logger = logging.getLogger(__name__)
+
+T = TypeVar("T")
 
 
 def _now_ms() -> int:
@@ -121,6 +124,19 @@ class LogService(pb_grpc.LogServicer):
         assert latest is not None
         return latest.checkpoint.size
 
+    @staticmethod
+    async def _call(context: grpc.aio.ServicerContext, fn: Callable[..., T], *args: object) -> T:
+        """Run a log read off the event loop (it may query the store and read a tile back);
+        a log that no longer matches what it signed is DATA_LOSS, a store failure UNAVAILABLE."""
+        try:
+            return await asyncio.to_thread(fn, *args)
+        except InconsistentLogError as exc:
+            _logger.error("log service: %s", exc)
+            await context.abort(grpc.StatusCode.DATA_LOSS, f"{exc.reason}: {exc}")
+        except (LogError, StoreError) as exc:
+            await context.abort(grpc.StatusCode.UNAVAILABLE, f"the log cannot be read: {exc}")
+        raise AssertionError("unreachable: abort() raises")  # pragma: no cover
+
     async def _size(self, requested: int, context: grpc.aio.ServicerContext) -> int:
         signed = await self._signed_size(context)
         if requested == 0:
@@ -147,7 +163,7 @@ class LogService(pb_grpc.LogServicer):
         log = self._cp.log
         if request.HasField("statement"):
             ref = request.statement
-            found = log.leaf_index(ref.key_id, int(ref.seq))
+            found = await self._call(context, log.leaf_index, ref.key_id, int(ref.seq))
             if found is None:
                 await context.abort(grpc.StatusCode.NOT_FOUND, f"statement {ref.key_id}/{ref.seq} is not in the log")
             assert found is not None
@@ -158,8 +174,9 @@ class LogService(pb_grpc.LogServicer):
             await context.abort(grpc.StatusCode.INVALID_ARGUMENT, "give leaf_index or statement")
         if index >= size:
             await context.abort(grpc.StatusCode.OUT_OF_RANGE, f"leaf {index} is not in the tree of size {size}")
-        hashes = await asyncio.to_thread(log.inclusion_proof, index, size)
-        return pb.InclusionProof(leaf_index=index, tree_size=size, leaf_hash=log.leaf_hash(index), hashes=hashes)
+        hashes = await self._call(context, log.inclusion_proof, index, size)
+        leaf = await self._call(context, log.leaf_hash, index)
+        return pb.InclusionProof(leaf_index=index, tree_size=size, leaf_hash=leaf, hashes=hashes)
 
     async def GetConsistencyProof(  # noqa: N802 - gRPC method name
         self, request: pb.GetConsistencyProofRequest, context: grpc.aio.ServicerContext
@@ -168,5 +185,5 @@ class LogService(pb_grpc.LogServicer):
         from_size = int(request.from_size)
         if from_size > to_size:
             await context.abort(grpc.StatusCode.OUT_OF_RANGE, f"from_size {from_size} exceeds to_size {to_size}")
-        hashes = await asyncio.to_thread(self._cp.log.consistency_proof, from_size, to_size)
+        hashes = await self._call(context, self._cp.log.consistency_proof, from_size, to_size)
         return pb.ConsistencyProof(from_size=from_size, to_size=to_size, hashes=hashes)

@@ -331,3 +331,44 @@ def test_between_checkpoints_the_log_follows_the_store_a_little_at_a_time(
     assert failures == [0], "the failing sync was tried"
     latest = store.latest_checkpoint()
     assert latest is not None and latest.tree_size == 0, "one checkpoint, signed at start; the rest were syncs"
+
+
+def test_the_log_service_answers_data_loss_for_a_tile_that_changed(
+    store: SqliteStore, ingestor: Ingestor, enroll: Callable[..., NodeChain]
+) -> None:
+    import asyncio
+
+    import grpc
+
+    from attestation.v1 import collector_pb2 as pb
+    from collector.logservice import Checkpointer, LogService
+
+    class AbortedError(Exception):
+        pass
+
+    class Context:
+        code: grpc.StatusCode | None = None
+        details = ""
+
+        async def abort(self, code: grpc.StatusCode, details: str) -> None:
+            self.code, self.details = code, details
+            raise AbortedError
+
+    a = enroll(gpus=1)
+    ingestor.ingest_batch([(a.key_id, e) for e in a.take(12)])
+    log = Log(store, Ed25519Signer.generate(), ORIGIN, tile_height=2)
+    checkpointer = Checkpointer(log, period_s=0)
+    assert checkpointer.sign_now() is not None
+    service = LogService(checkpointer)
+    request = pb.GetInclusionProofRequest(statement=pb.StatementRef(key_id=a.key_id, seq=5))
+    answer = asyncio.run(service.GetInclusionProof(request, Context()))
+    assert (answer.leaf_index, answer.tree_size, len(answer.hashes)) == (5, 12, 4)
+
+    _edit_behind_the_collectors_back(
+        store, "UPDATE log_leaves SET leaf_hash = ? WHERE leaf_index = 5", (leaf_hash(b"forged"),)
+    )
+    log._tree._cache.clear()
+    context = Context()
+    with pytest.raises(AbortedError):
+        asyncio.run(service.GetInclusionProof(request, context))
+    assert context.code == grpc.StatusCode.DATA_LOSS and "inconsistent_log" in context.details
