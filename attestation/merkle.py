@@ -268,7 +268,10 @@ class TiledMerkleTree(MerkleTree):
         hashes = self._read(start, start + self._tile)
         if len(hashes) != self._tile:
             raise TileMismatchError(f"tile {tile}: {len(hashes)} leaf hashes read back, expected {self._tile}")
-        tree = MerkleTree(hashes)
+        try:
+            tree = MerkleTree(hashes)
+        except ValueError as exc:
+            raise TileMismatchError(f"tile {tile}: {exc}") from exc
         if tree._hash(0, self._tile) != self._upper_hash(0, tile):
             raise TileMismatchError(
                 f"the leaves {start}..{start + self._tile - 1} no longer hash to the tile root computed when "

@@ -165,7 +165,10 @@ class Log:
                     )
                     if not roots:
                         break
-                    tree.append_tiles(roots)
+                    try:
+                        tree.append_tiles(roots)
+                    except ValueError as exc:
+                        raise InconsistentLogError(f"a stored log tile root is malformed: {exc}") from exc
                 self._tiles_stored = max(self._tiles_stored, tree.complete_tiles)
             while True:
                 start = tree.size
@@ -173,7 +176,10 @@ class Log:
                 for leaf in page:
                     if leaf.index != tree.size:
                         raise LogError(f"log leaf {leaf.index} follows leaf {tree.size - 1}: leaves are missing")
-                    tree.append(leaf.leaf_hash)
+                    try:
+                        tree.append(leaf.leaf_hash)
+                    except ValueError as exc:
+                        raise InconsistentLogError(f"log leaf {leaf.index} is malformed: {exc}") from exc
                 if len(page) < _SYNC_PAGE:
                     break
             if self._tiles_stored < tree.complete_tiles:
@@ -208,7 +214,10 @@ class Log:
             for leaf in page:
                 if leaf.index != fresh.size:
                     raise LogError(f"log leaf {leaf.index} follows leaf {fresh.size - 1}: leaves are missing")
-                fresh.append(leaf.leaf_hash)
+                try:
+                    fresh.append(leaf.leaf_hash)
+                except ValueError as exc:
+                    raise InconsistentLogError(f"log leaf {leaf.index} is malformed: {exc}") from exc
                 if fresh.size == cp_size:
                     cp_ok = fresh.root() == cp_root
             tile, end = checked + missing + len(bad), fresh.complete_tiles

@@ -372,3 +372,23 @@ def test_the_log_service_answers_data_loss_for_a_tile_that_changed(
     with pytest.raises(AbortedError):
         asyncio.run(service.GetInclusionProof(request, context))
     assert context.code == grpc.StatusCode.DATA_LOSS and "inconsistent_log" in context.details
+
+
+def test_malformed_stored_hashes_are_an_inconsistent_log_not_a_crash(
+    store: SqliteStore, ingestor: Ingestor, enroll: Callable[..., NodeChain]
+) -> None:
+    a = enroll(gpus=1)
+    ingestor.ingest_batch([(a.key_id, e) for e in a.take(9)])
+    signer = Ed25519Signer.generate()
+    log = Log(store, signer, ORIGIN, tile_height=2)
+    log.checkpoint(NOW_MS)
+    _edit_behind_the_collectors_back(store, "UPDATE log_tiles SET root = ? WHERE height = 2 AND tile = 1", (b"short",))
+    with pytest.raises(InconsistentLogError, match="stored log tile root is malformed"):
+        Log(store, signer, ORIGIN, tile_height=2).sync()
+    _edit_behind_the_collectors_back(store, "UPDATE log_leaves SET leaf_hash = ? WHERE leaf_index = 8", (b"short",))
+    with pytest.raises(InconsistentLogError, match="log leaf 8 is malformed"):
+        Log(store, signer, ORIGIN, tile_height=2).audit()
+    _edit_behind_the_collectors_back(store, "UPDATE log_leaves SET leaf_hash = ? WHERE leaf_index = 2", (b"short",))
+    log._tree._cache.clear()
+    with pytest.raises(InconsistentLogError, match="tile 0"):
+        log.inclusion_proof(2, 9)
