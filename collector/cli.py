@@ -169,6 +169,12 @@ def _cmd_serve(ns: argparse.Namespace) -> int:
     engine = DetectorEngine(dcfg, _site_tenants(cfg))
 
     async def main() -> None:
+        # Handlers first: a SIGTERM that arrives as soon as the ready file exists (or during
+        # start-up) stops the collector gracefully instead of killing it.
+        loop = asyncio.get_running_loop()
+        stop = asyncio.Event()
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            loop.add_signal_handler(sig, stop.set)
         running = await start_collector(cfg, store, engine, accept_log_key_change=ns.accept_log_key_change)
         _tune_gc()
         if ns.ready_file:
@@ -178,10 +184,6 @@ def _cmd_serve(ns: argparse.Namespace) -> int:
             + (f", metrics on http://127.0.0.1:{running.metrics_port}/metrics" if running.metrics_port else ""),
             flush=True,
         )
-        loop = asyncio.get_running_loop()
-        stop = asyncio.Event()
-        for sig in (signal.SIGINT, signal.SIGTERM):
-            loop.add_signal_handler(sig, stop.set)
         waiter = asyncio.create_task(stop.wait())
         term = asyncio.create_task(running.server.wait_for_termination())
         await asyncio.wait({waiter, term}, return_when=asyncio.FIRST_COMPLETED)
