@@ -26,7 +26,7 @@ import base64
 import json
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
-from typing import Protocol
+from typing import Any, Protocol
 
 from attestation.chain import ChainHead
 from attestation.dsse import Envelope, Signature
@@ -43,6 +43,7 @@ __all__ = [
     "Store",
     "TokenRecord",
     "UsageAggregate",
+    "contiguous_tile_roots",
     "signatures_from_json",
     "signatures_to_json",
 ]
@@ -175,6 +176,16 @@ class UsageAggregate:
     window_ms: int
     energy_mj: int
     util_permille_ms: int
+
+
+def contiguous_tile_roots(rows: Sequence[Sequence[Any]], start: int) -> list[bytes]:
+    """``log_tile_roots`` from (tile, root) rows in tile order: the roots up to the first gap."""
+    roots: list[bytes] = []
+    for tile, root in rows:
+        if tile != start + len(roots):
+            break  # a gap: the tiles after it are read from their leaves
+        roots.append(bytes(root))
+    return roots
 
 
 def signatures_to_json(signatures: Sequence[Signature]) -> str:

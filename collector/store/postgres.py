@@ -67,6 +67,7 @@ from collector.store.base import (
     StatementRecord,
     TokenRecord,
     UsageAggregate,
+    contiguous_tile_roots,
     signatures_from_json,
     signatures_to_json,
 )
@@ -712,12 +713,7 @@ class PostgresStore:
             "SELECT tile, root FROM log_tiles WHERE height = %s AND tile >= %s AND tile < %s ORDER BY tile",
             (height, start, end),
         )
-        roots: list[bytes] = []
-        for tile, root in rows:
-            if int(tile) != start + len(roots):
-                break  # a gap: the tiles after it are read from their leaves
-            roots.append(bytes(root))
-        return roots
+        return contiguous_tile_roots(rows, start)
 
     def save_log_tile_roots(self, height: int, start: int, roots: Sequence[bytes]) -> None:
         if not roots:
