@@ -114,16 +114,19 @@ class LogAudit:
 class Log:
     """Roots, proofs and signed checkpoints over the store's log leaves. Thread-safe."""
 
-    def __init__(self, store: Store, signer: Signer, origin: str, *, tile_height: int = 10) -> None:
+    def __init__(
+        self, store: Store, signer: Signer, origin: str, *, tile_height: int = 10, cache_tiles: int = 8
+    ) -> None:
+        """``cache_tiles``: tiles read back kept for the next proofs (about 150 KB each)."""
         self._store = store
         self._signer = signer
         self._origin = origin
-        self._tree = TiledMerkleTree(self._read_leaves, tile_height=tile_height)
+        self._tree = TiledMerkleTree(self._read_leaves, tile_height=tile_height, cache_tiles=cache_tiles)
         self._tiles_stored = 0  # tiles whose roots are known to be in the store
         self._lock = threading.RLock()
 
     @classmethod
-    def open(cls, cfg: CollectorConfig, store: Store) -> Log:
+    def open(cls, cfg: CollectorConfig, store: Store, *, cache_tiles: int = 8) -> Log:
         """The log of ``cfg``'s collector; its key file is created (0600) on first use."""
         path: Path = cfg.log_key_path()
         if path.exists():
@@ -131,7 +134,7 @@ class Log:
         else:
             signer = create_key_file(path)
             _logger.info("created the log signing key %s (%s)", path, signer.key_id)
-        return cls(store, signer, cfg.log_origin)
+        return cls(store, signer, cfg.log_origin, cache_tiles=cache_tiles)
 
     @property
     def origin(self) -> str:
