@@ -15,7 +15,11 @@ the log reads only ``log_leaves``), then measures on one core:
   (key, seq) -> index dict of the same leaves, which is what the log held before;
 - proofs: inclusion proofs for random leaves (each reads its tile back from the store and
   checks it) and consistency proofs from random older sizes, milliseconds each;
-- leaf_index: one indexed store lookup.
+- leaf_index: one indexed store lookup;
+- an export's inclusion proofs: every statement of ``--export-keys`` keys, taken in (key,
+  seq) order, as a bundle lists them (each proof reads its tile back: a key's statements
+  lie one per window among every other node's), and as ``collector.export`` takes them,
+  in leaf order through a temporary file (each tile read once).
 
     .venv/bin/python bench/bench_log.py [--leaves 1000000] [--proofs 200]
 """
@@ -33,12 +37,14 @@ import sys
 import tempfile
 import time
 import tracemalloc
+from array import array
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from attestation.keys import Ed25519Signer  # noqa: E402
 from attestation.merkle import MerkleTree, verify_consistency, verify_inclusion  # noqa: E402
+from collector.export import _Proofs  # noqa: E402
 from collector.log import Log  # noqa: E402
 from collector.store.sqlite import SqliteStore  # noqa: E402
 
@@ -92,6 +98,7 @@ def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--leaves", type=int, default=1_000_000)
     ap.add_argument("--proofs", type=int, default=200)
+    ap.add_argument("--export-keys", type=int, default=50, help="keys whose statements the export measure proves")
     ap.add_argument("--compare-leaves", type=int, default=200_000, help="leaves of the untiled comparison")
     ns = ap.parse_args()
     rng = random.Random(7)
@@ -146,6 +153,22 @@ def main() -> int:
                 i = rng.randrange(size)
                 assert log.leaf_index(keys[i % NODES], i // NODES) == i
 
+            # An export of every statement of the first --export-keys keys, in (key, seq) order.
+            wanted = [i for k in range(min(ns.export_keys, NODES)) for i in range(k, size, NODES)]
+            cold = Log(store, log.signer, "gpuaudit/bench")
+            cold.sync()
+            t0 = time.process_time()
+            by_key = [cold.inclusion_proof(i, size) for i in wanted]
+            export_key_order_s = time.process_time() - t0
+            cold = Log(store, log.signer, "gpuaudit/bench")
+            cold.sync()
+            t0 = time.process_time()
+            proofs = _Proofs(cold, size, array("q", wanted), Path(tmp))
+            by_leaf = [proofs.get(i) for i in wanted]
+            proofs.close()
+            export_leaf_order_s = time.process_time() - t0
+            assert by_leaf == by_key
+            del by_key, by_leaf
             inclusion_ms = ms_each(inclusion, ns.proofs)
             consistency_ms = ms_each(consistency, ns.proofs)
             lookup_ms = ms_each(lookup, ns.proofs)
@@ -173,6 +196,9 @@ def main() -> int:
         "inclusion_proof_ms": round(inclusion_ms, 2),
         "consistency_proof_ms": round(consistency_ms, 2),
         "leaf_index_lookup_ms": round(lookup_ms, 3),
+        "export_proofs": len(wanted),
+        "export_proofs_key_order_cpu_s": round(export_key_order_s, 2),
+        "export_proofs_leaf_order_cpu_s": round(export_leaf_order_s, 2),
         "store_bytes": db_bytes,
     }
     print(json.dumps(out, indent=2))

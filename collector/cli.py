@@ -293,9 +293,6 @@ def _rfc3339_ms(text: str) -> int:
     return int(t.timestamp() * 1000)
 
 
-EXPORT_CACHE_TILES = 512
-
-
 def _cmd_export(ns: argparse.Namespace) -> int:
     import time
 
@@ -308,12 +305,10 @@ def _cmd_export(ns: argparse.Namespace) -> int:
     store = _open_store(cfg)
     try:
         # Streamed to the file (collector/export.py): memory stays bounded whatever the selection.
-        # Entries go key by key, so consecutive inclusion proofs fall in different tiles of the
-        # log: a larger tile cache (~150 KB a tile, ~77 MB at most) saves reading them back.
         summary = export_bundle(
             ns.out,
             store,
-            Log.open(cfg, store, cache_tiles=EXPORT_CACHE_TILES),
+            Log.open(cfg, store),
             sel,
             time.time_ns() // 1_000_000,
             previous,

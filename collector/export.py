@@ -12,10 +12,15 @@ every statement of an involved key between its first and last selected statement
 included, whether or not it names the serial or tenant, so that a verifier sees an
 unbroken chain.
 
-Memory: ``export_bundle`` streams the bundle to its file. It reads the store twice, a page
-of statements at a time: once to find each involved key's seq range, and once to write
-the envelopes with their inclusion proofs. Only the log's tree (``collector.log``) and one
-page are in memory, whatever the selection. ``build_bundle`` returns the same bundle as a
+Memory: ``export_bundle`` streams the bundle to its file, reading the store a page of
+statements at a time: once to find each involved key's seq range, once to find the leaf
+index of every entry, and once to write the envelopes with their inclusion proofs. The
+proofs are computed in between, in leaf order, into a temporary file beside the bundle:
+entries go key by key, and a key's statements are spread over the whole log (one per
+window among every other node's), so proofs computed in entry order would read a tile of
+leaves back from the store for nearly every entry; in leaf order each tile is read once.
+In memory are the log's tree (``collector.log``), one page, and 8 bytes per entry for
+the leaf indexes, whatever the selection. ``build_bundle`` returns the same bundle as a
 document, for tests and small selections.
 """
 
@@ -26,13 +31,16 @@ import io
 import json
 import logging
 import os
+import tempfile
+from array import array
+from bisect import bisect_left
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, TextIO
 
 from attestation.errors import CheckpointError, ProofError, SchemaError
-from attestation.merkle import verify_consistency
+from attestation.merkle import HASH_SIZE, verify_consistency
 from attestation.statement import parse_statement
 from collector.errors import CollectorError
 from collector.log import Log
@@ -149,6 +157,58 @@ def _selected(store: Store, sel: Selection, ranges: dict[str, _KeyRange]) -> Ite
             )
 
 
+class _Proofs:
+    """The inclusion proofs of a bundle's entries at tree size ``size``, computed in leaf
+    order into a temporary file in ``workdir`` (None: the system's) and read back by leaf
+    index while the entries are written in (key, seq) order.
+
+    Each proof needs the leaf hashes of its leaf's tile (``collector.log``), read back from
+    the store; in leaf order the log's small tile cache serves every proof after a tile's
+    first. In memory: 16 bytes per distinct leaf index."""
+
+    def __init__(self, log: Log, size: int, indexes: array[int], workdir: Path | None) -> None:
+        self._indexes = array("q", sorted(set(indexes)))
+        self._offsets = array("q")
+        try:
+            self._file = tempfile.TemporaryFile(dir=workdir, prefix=".gpuaudit-proofs-")
+        except OSError as exc:
+            raise ExportError(f"cannot create a temporary file for the inclusion proofs: {exc}") from exc
+        at = 0
+        try:
+            for index in self._indexes:
+                blob = b"".join(log.inclusion_proof(index, size))
+                self._file.write(blob)
+                self._offsets.append(at)
+                at += len(blob)
+            self._offsets.append(at)
+            self._file.flush()
+        except OSError as exc:  # e.g. a full disk
+            self._file.close()
+            raise ExportError(f"cannot write the inclusion proofs to a temporary file: {exc}") from exc
+
+    def get(self, index: int) -> list[bytes] | None:
+        """The proof of leaf ``index``; None if it was not among the indexes given."""
+        i = bisect_left(self._indexes, index)
+        if i == len(self._indexes) or self._indexes[i] != index:
+            return None
+        start, end = self._offsets[i], self._offsets[i + 1]
+        self._file.seek(start)
+        blob = self._file.read(end - start)
+        if len(blob) != end - start:
+            raise ExportError(f"the temporary file of inclusion proofs was cut short at leaf {index}")
+        return [blob[j : j + HASH_SIZE] for j in range(0, len(blob), HASH_SIZE)]
+
+    def close(self) -> None:
+        self._file.close()
+
+
+def _leaf_index(log: Log, rec: StatementRecord, size: int) -> int:
+    index = log.leaf_index(rec.key_id, rec.seq)
+    if index is None or index >= size:
+        raise ExportError(f"statement {rec.key_id}/{rec.seq} is not in the log")
+    return index
+
+
 def _node_json(k: KeyRecord) -> dict[str, Any]:
     return {
         "node_id": k.node_id,
@@ -200,9 +260,12 @@ def write_bundle_to(
     now_ms: int,
     previous_checkpoint: str | None = None,
     tenants: TenantDirectory | None = None,
+    *,
+    workdir: Path | None = None,
 ) -> ExportSummary:
     """Write the bundle for ``sel`` to ``out`` as JSON, one entry at a time: memory holds a
     page of statements, never the bundle. Signs (and stores) a checkpoint of the whole log.
+    The inclusion proofs wait in a temporary file in ``workdir`` (None: the system's).
 
     The text is exactly ``json.dumps(doc, separators=(",", ":"))`` of the bundle document
     (docs/formats.md, "Vendor bundle v1"), its sections in this order: media_type,
@@ -213,9 +276,11 @@ def write_bundle_to(
     1. select the statements (see the module docstring): pass 1 keeps only each key's seq range;
     2. sign a checkpoint covering all of them (``Log.checkpoint``);
     3. with a previous checkpoint (which must verify with this log's key), prove consistency;
-    4. write the header and enrollment records, then pass 2: each envelope with its
+    4. pass 2: the leaf index of every entry; their inclusion proofs, in leaf order
+       (``_Proofs``);
+    5. write the header and enrollment records, then pass 3: each envelope with its
        inclusion proof, as it is read;
-    5. consistency proofs from every log checkpoint the nodes signed into these statements,
+    6. consistency proofs from every log checkpoint the nodes signed into these statements,
        and the KYC summaries of the tenant pseudonyms they name, signed by the log key.
     """
     if not (sel.all or sel.serials or sel.tenant):
@@ -249,6 +314,10 @@ def write_bundle_to(
             raise ExportError(f"this log is not consistent with the previous checkpoint: {exc}") from exc
         consistency = {"from_size": prev.size, "proof": [_b64(h) for h in proof]}
     # 4.
+    indexes = array("q", (_leaf_index(log, rec, size) for rec in _selected(store, sel, ranges)))
+    proofs = _Proofs(log, size, indexes, workdir)
+    del indexes
+    # 5.
     public = log.public_key()
     head = {
         "origin": log.origin,
@@ -262,19 +331,23 @@ def write_bundle_to(
     seen_sizes: set[tuple[int, str]] = set()
     pseudonyms: set[str] = set()
     entries = 0
-    for rec in _selected(store, sel, ranges):
-        index = log.leaf_index(rec.key_id, rec.seq)
-        if index is None or index >= size:
-            raise ExportError(f"statement {rec.key_id}/{rec.seq} is not in the log")
-        entry = {
-            "leaf_index": index,
-            "inclusion_proof": [_b64(h) for h in log.inclusion_proof(index, size)],
-            "envelope": rec.envelope().to_json(),
-        }
-        out.write(("," if entries else "") + _json(entry))
-        entries += 1
-        _scan(rec, log.origin, size, seen_sizes, pseudonyms)
-    # 5.
+    try:
+        for rec in _selected(store, sel, ranges):
+            index = _leaf_index(log, rec, size)
+            path = proofs.get(index)
+            if path is None:
+                raise ExportError(f"statement {rec.key_id}/{rec.seq} appeared during the export; export again")
+            entry = {
+                "leaf_index": index,
+                "inclusion_proof": [_b64(h) for h in path],
+                "envelope": rec.envelope().to_json(),
+            }
+            out.write(("," if entries else "") + _json(entry))
+            entries += 1
+            _scan(rec, log.origin, size, seen_sizes, pseudonyms)
+    finally:
+        proofs.close()
+    # 6.
     seen = [
         {"size": s, "root_sha256": root, "proof": [_b64(h) for h in log.consistency_proof(s, size)]}
         for s, root in sorted(seen_sizes)
@@ -300,7 +373,7 @@ def export_bundle(
     tmp = path.with_name(path.name + ".tmp")
     try:
         with open(tmp, "w", encoding="utf-8") as fh:
-            summary = write_bundle_to(fh, store, log, sel, now_ms, previous_checkpoint, tenants)
+            summary = write_bundle_to(fh, store, log, sel, now_ms, previous_checkpoint, tenants, workdir=path.parent)
             fh.write("\n")
             fh.flush()
             os.fsync(fh.fileno())

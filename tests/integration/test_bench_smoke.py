@@ -48,6 +48,7 @@ def test_log_bench_reports_memory_sync_and_proofs() -> None:
     assert out["leaves"] == 5000 and out["tile_leaves"] == 1024
     assert out["tree_bytes_per_leaf_growing_part"] > 0 and out["untiled_bytes_per_leaf"] > 0
     assert out["inclusion_proof_ms"] > 0 and out["restart_sync_cpu_s"] >= 0
+    assert out["export_proofs"] == 50  # 50 keys' statements (5,000 leaves of 12,500 keys: one each)
 
 
 def test_ingest_bench_spreads_a_sustained_rate_over_two_collectors_on_postgres(pg_url: str) -> None:

@@ -213,3 +213,71 @@ def test_peak_memory_does_not_grow_with_the_envelopes_exported(tmp_path: Path, m
         f"{large_peak / 1e6:.1f} MB for {large_size / 1e6:.1f} MB: memory grows with the export"
     )
     assert large_peak < large_size / 4, f"peak {large_peak / 1e6:.1f} MB for a {large_size / 1e6:.1f} MB bundle"
+
+
+def test_inclusion_proofs_read_each_tile_of_the_log_once(tmp_path: Path) -> None:
+    """Entries go key by key, but a key's statements lie one per window among every other
+    node's, all over the log: proofs taken in entry order would read a tile of leaves back
+    for nearly every entry. Taken in leaf order, each tile is read once."""
+    store = SqliteStore(tmp_path / "c.db", now_ms=NOW_MS)
+    signer = _signer(100)
+    nodes = [_enroll(store, Node(f"node-{i}", _signer(i + 1), gpus=1)) for i in range(6)]
+    for _ in range(20):  # one statement per node per window, interleaved as they arrive
+        for node in nodes:
+            _send(store, node, 1)
+    log = Log(store, signer, ORIGIN, tile_height=2)  # 4 leaves a tile: 30 tiles, a cache of 8
+    log.sync()
+    tiles_read: list[int] = []
+    read = store.log_leaves
+
+    def counting(start: int = 0, end: int | None = None) -> list[object]:
+        if end is not None and end - start == 4:  # a tile read back (a sync reads pages of 10,000)
+            assert start % 4 == 0
+            tiles_read.append(start >> 2)
+        return read(start, end)  # type: ignore[return-value]
+
+    store.log_leaves = counting  # type: ignore[method-assign]
+    out = tmp_path / "bundle.json"
+    summary = export_bundle(out, store, log, Selection(all=True), NOW_MS)
+    assert summary.entries == 120
+    assert len(tiles_read) == len(set(tiles_read)) <= 30, f"tiles read more than once: {sorted(tiles_read)}"
+    doc = json.loads(out.read_bytes())
+    order = [(e["envelope"]["signatures"][0]["keyid"], e["leaf_index"]) for e in doc["entries"]]
+    assert order == sorted(order), "entries stay in (key, seq) order"
+    report = verify_bundle(out.read_bytes())
+    assert report.ok, [str(f) for f in report.failures]
+    store.close()
+
+
+def test_a_full_disk_for_the_proofs_is_a_clear_error(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    import errno
+    import tempfile
+
+    import collector.export
+
+    store = SqliteStore(":memory:", now_ms=NOW_MS)
+    log, _ = small_site(store)
+
+    class FullDisk:
+        def __init__(self) -> None:
+            self.closed = False
+
+        def write(self, data: bytes) -> int:
+            raise OSError(errno.ENOSPC, "No space left on device")
+
+        def close(self) -> None:
+            self.closed = True
+
+    made: list[FullDisk] = []
+
+    def temporary_file(**_: object) -> FullDisk:
+        made.append(FullDisk())
+        return made[-1]
+
+    monkeypatch.setattr(collector.export.tempfile, "TemporaryFile", temporary_file)
+    with pytest.raises(ExportError, match="inclusion proofs.*No space left"):
+        export_bundle(tmp_path / "bundle.json", store, log, Selection(all=True), NOW_MS)
+    assert made and made[0].closed
+    assert list(tmp_path.iterdir()) == [], "a failed export must leave neither the bundle nor a temporary file"
+    monkeypatch.setattr(collector.export.tempfile, "TemporaryFile", tempfile.TemporaryFile)
+    store.close()
