@@ -2,10 +2,11 @@
 
 from __future__ import annotations
 
-import dataclasses
 import logging
 import sqlite3
 from collections.abc import Callable
+
+from msgspec.structs import replace
 
 from agent.sources.cc import CcEvidence
 from agent.spool import DROP_REASONS, DropPlan, Spool, is_disk_full
@@ -116,7 +117,7 @@ class ChainSigner:
             prev_key_id=link[0] if link else None,
             prev_key_digest=link[1] if link else None,
         )
-        w = dataclasses.replace(
+        w = replace(
             window,
             chain=chain,
             log_checkpoint=self.log_checkpoint,
@@ -124,16 +125,16 @@ class ChainSigner:
         )
         new = self._rotate_to
         if new is not None:
-            w = dataclasses.replace(w, rotation=Rotation(new.key_id, new.public_key().spki_der, new.assurance))
+            w = replace(w, rotation=Rotation(new.key_id, new.public_key().spki_der, new.assurance))
         if not self._started:
-            w = dataclasses.replace(w, events=(*w.events, Event(self.START_EVENT, f"boot_id {w.boot_id}")))
+            w = replace(w, events=(*w.events, Event(self.START_EVENT, f"boot_id {w.boot_id}")))
         cc_last_seq = self._cc_last_seq
         w = self._bind_cc(w, chain)
-        w = dataclasses.replace(w, events=(*w.events, *self._explanations()))
+        w = replace(w, events=(*w.events, *self._explanations()))
         drop = self._plan_drop(w, seq)
         if drop is not None:
             record = Dropped(drop.from_seq, drop.to_seq, drop.count, drop.reason, self.last_digest or "")
-            w = dataclasses.replace(w, dropped=record)
+            w = replace(w, dropped=record)
         env = dsse.sign(statement_bytes(w), self.signer)
         digest = env.digest()
         meta = self._durable_with(w, digest, new)
@@ -230,10 +231,10 @@ class ChainSigner:
     def _bind_cc(self, w: UsageWindow, chain: Chain) -> UsageWindow:
         """Attach CC attestation reports over the chain-derived nonce, or say why there are none."""
         if self._cc is None:
-            return dataclasses.replace(w, unavailable={**w.unavailable, CC_UNAVAILABLE_FIELD: "no_cc_source"})
+            return replace(w, unavailable={**w.unavailable, CC_UNAVAILABLE_FIELD: "no_cc_source"})
         if self._cc_last_seq is not None and chain.seq - self._cc_last_seq < self._cc_every:
             reason = f"see_seq_{self._cc_last_seq}"
-            return dataclasses.replace(w, unavailable={**w.unavailable, CC_UNAVAILABLE_FIELD: reason})
+            return replace(w, unavailable={**w.unavailable, CC_UNAVAILABLE_FIELD: reason})
         nonce = cc_nonce(chain.key_id, chain.seq, chain.prev)
         try:
             ev = self._cc(nonce)
@@ -242,7 +243,7 @@ class ChainSigner:
             ev = CcEvidence(reason=f"error:{type(exc).__name__}")
         if not ev.reports:
             reason = ev.reason or "no_report"
-            return dataclasses.replace(w, unavailable={**w.unavailable, CC_UNAVAILABLE_FIELD: reason})
+            return replace(w, unavailable={**w.unavailable, CC_UNAVAILABLE_FIELD: reason})
         self._cc_last_seq = chain.seq
         gpus = []
         for g in w.gpus:
@@ -250,11 +251,11 @@ class ChainSigner:
             if report is not None:
                 cert_chain = ev.chains.get(g.index)
                 event = Event(CC_EVENT, CcReport(nonce=nonce, report=report, cert_chain=cert_chain).detail())
-                g = dataclasses.replace(g, events=(*g.events, event))
+                g = replace(g, events=(*g.events, event))
                 if cert_chain is None:
                     why = ev.chain_unavailable.get(g.index, "no_cert_chain")
-                    g = dataclasses.replace(g, unavailable={**g.unavailable, CC_CHAIN_UNAVAILABLE_FIELD: why})
+                    g = replace(g, unavailable={**g.unavailable, CC_CHAIN_UNAVAILABLE_FIELD: why})
             elif g.index in ev.unavailable:
-                g = dataclasses.replace(g, unavailable={**g.unavailable, CC_UNAVAILABLE_FIELD: ev.unavailable[g.index]})
+                g = replace(g, unavailable={**g.unavailable, CC_UNAVAILABLE_FIELD: ev.unavailable[g.index]})
             gpus.append(g)
-        return dataclasses.replace(w, gpus=tuple(gpus))
+        return replace(w, gpus=tuple(gpus))

@@ -262,7 +262,7 @@ class WindowAggregator:
         if sample.node_io is not None:
             self._io_samples += 1
             io = sample.node_io
-            for name in NodeIo.__dataclass_fields__:
+            for name in NodeIo.__struct_fields__:
                 rate = getattr(io, name + "_per_s")
                 m = self._io.get(name)
                 if m is None:
@@ -481,6 +481,7 @@ class WindowAggregator:
                 power_max_mw=None,
                 util_mean_permille=None,
                 mem_used_max_bytes=None,
+                workloads=(),
                 unavailable={**dev_reasons, "readings": reason},
                 identity=dict(dev.identity) if dev else {},
                 mem_reserved_bytes=dev.mem_reserved_bytes if dev else None,

@@ -81,7 +81,7 @@ def build(nodes: int, k: int, rng: random.Random) -> list[UsageWindow]:
 
 def _gpu(i: int, node: str, util: list[int], frac: list[float], tenant: str | None, wl: str) -> GpuWindow:
     power = [int(max(0.05, f) * LIMIT_MW) for f in frac]
-    workloads = () if tenant is None else (Workload(tenant, "k8s_pod", wl, 1, 70 << 30, 1000),)
+    workloads = () if tenant is None else (Workload(tenant, "k8s_pod", wl, 1, 70 << 30, 1000, 0),)
     return GpuWindow(
         index=i,
         uuid=f"GPU-{node}-{i}",

@@ -9,12 +9,12 @@ replayed duplicate), each sent over a real gRPC stream and signed by a real key.
 
 from __future__ import annotations
 
-import dataclasses
 import json
 from dataclasses import dataclass
 from typing import Any
 
 import grpc
+import msgspec
 
 from agent.pipeline import windows_from_records
 from agent.replay import ReplayStats, TokenPool, replay
@@ -105,7 +105,7 @@ def tamper_window(i: int) -> UsageWindow:
 
 
 def _signed(signer: Ed25519Signer, w: UsageWindow, seq: int, prev: str | None) -> dsse.Envelope:
-    return dsse.sign(statement_bytes(dataclasses.replace(w, chain=Chain(signer.key_id, seq, prev))), signer)
+    return dsse.sign(statement_bytes(msgspec.structs.replace(w, chain=Chain(signer.key_id, seq, prev))), signer)
 
 
 @dataclass
@@ -125,7 +125,7 @@ async def feed(address: str, tokens: list[str]) -> Fed:
         w = [tamper_window(i) for i in range(4)]
         e0 = _signed(signer, w[0], 0, None)
         e1 = _signed(signer, w[1], 1, e0.digest())
-        e1_fork = _signed(signer, dataclasses.replace(w[1], boot_id="boot-2"), 1, e0.digest())
+        e1_fork = _signed(signer, msgspec.structs.replace(w[1], boot_id="boot-2"), 1, e0.digest())
         e2_bad_prev = _signed(signer, w[2], 2, e0.digest())
         e2 = _signed(signer, w[2], 2, e1.digest())
         e3 = _signed(signer, w[3], 3, e2.digest())

@@ -6,7 +6,6 @@ with its specific reason; nothing already stored is ever lost.
 
 from __future__ import annotations
 
-import dataclasses
 import json
 import urllib.request
 from collections.abc import Callable
@@ -14,6 +13,7 @@ from pathlib import Path
 from typing import Any
 
 import grpc
+import msgspec
 import pytest
 from collector_harness import collector
 from grpc_health.v1 import health_pb2, health_pb2_grpc
@@ -58,7 +58,7 @@ def window(node: str, i: int, energy_mj: int = 0) -> UsageWindow:
 
 
 def signed(signer: Ed25519Signer, w: UsageWindow, seq: int, prev: str | None) -> dsse.Envelope:
-    w = dataclasses.replace(w, chain=Chain(signer.key_id, seq, prev))
+    w = msgspec.structs.replace(w, chain=Chain(signer.key_id, seq, prev))
     return dsse.sign(statement_bytes(w), signer)
 
 

@@ -24,6 +24,7 @@ from pathlib import Path
 from typing import Any
 
 import grpc
+import msgspec
 import pytest
 
 from agent.pipeline import windows_from_records
@@ -103,7 +104,7 @@ def _chain(signer: Ed25519Signer, windows: list[UsageWindow]) -> list[dsse.Envel
     out: list[dsse.Envelope] = []
     prev = None
     for seq, w in enumerate(sorted(windows, key=lambda w: w.start_ms)):
-        w = w.__class__(**{**w.__dict__, "chain": Chain(signer.key_id, seq, prev)})
+        w = msgspec.structs.replace(w, chain=Chain(signer.key_id, seq, prev))
         env = dsse.sign(statement_bytes(w), signer)
         out.append(env)
         prev = env.digest()

@@ -10,7 +10,6 @@ with a collector that never stopped.
 from __future__ import annotations
 
 import asyncio
-import dataclasses
 import json
 import logging
 from collections.abc import Callable
@@ -18,6 +17,7 @@ from pathlib import Path
 from typing import Any
 
 import grpc
+import msgspec
 import pytest
 from collector_harness import collector
 
@@ -60,7 +60,7 @@ def sign_chains(rounds: list[list[UsageWindow]], signers: dict[str, Ed25519Signe
         envs = []
         for w in ws:
             s = signers[w.node_id]
-            chained = dataclasses.replace(w, chain=Chain(s.key_id, seq[w.node_id], prev[w.node_id]))
+            chained = msgspec.structs.replace(w, chain=Chain(s.key_id, seq[w.node_id], prev[w.node_id]))
             env = dsse.sign(statement_bytes(chained), s)
             seq[w.node_id] += 1
             prev[w.node_id] = env.digest()

@@ -113,6 +113,7 @@ def _window(i: int) -> UsageWindow:
         index=0, uuid="GPU-a", serial="sn-a", model="NVIDIA H100", mem_total_bytes=1, power_limit_mw=1, samples=1,
         energy_start_mj=i, energy_end_mj=i + 1, power_mean_mw=1, power_max_mw=1, util_mean_permille=1,
         mem_used_max_bytes=1,
+        workloads=(),
     )  # fmt: skip
     return UsageWindow("n1", "boot-1", "0.1.0", start, start + 60_000, 1000, Chain("", 0, None), (gpu,))
 

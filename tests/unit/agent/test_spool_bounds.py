@@ -10,6 +10,7 @@ from __future__ import annotations
 import dataclasses
 from pathlib import Path
 
+import msgspec
 import pytest
 from test_spool_signing import W_MS, window
 
@@ -140,17 +141,17 @@ def test_full_disk_loses_no_signed_statement_and_the_next_one_says_what_was_miss
 
 def test_a_gap_the_record_does_not_cover_is_still_refused() -> None:
     signer_key = "sha256:" + "0" * 64
-    base = dataclasses.replace(window(5), chain=dataclasses.replace(window(5).chain, key_id=signer_key, seq=9))
+    base = msgspec.structs.replace(window(5), chain=msgspec.structs.replace(window(5).chain, key_id=signer_key, seq=9))
     head = ChainHead(signer_key, 3, "a" * 64, window(4).end_ms, "b1")
-    w = dataclasses.replace(base, chain=dataclasses.replace(base.chain, prev="c" * 64))
+    w = msgspec.structs.replace(base, chain=msgspec.structs.replace(base.chain, prev="c" * 64))
     with pytest.raises(ChainError) as exc:
         check_next(head, w, "d" * 64, signer_key)
     assert exc.value.reason == "seq_gap"
-    partial = dataclasses.replace(w, dropped=Dropped(6, 8, 3, "spool_size", "c" * 64))  # seq 4..5 unexplained
+    partial = msgspec.structs.replace(w, dropped=Dropped(6, 8, 3, "spool_size", "c" * 64))  # seq 4..5 unexplained
     with pytest.raises(ChainError) as exc:
         check_next(head, partial, "d" * 64, signer_key)
     assert exc.value.reason == "seq_gap"
-    covered = dataclasses.replace(w, dropped=Dropped(4, 8, 5, "spool_size", "c" * 64))
+    covered = msgspec.structs.replace(w, dropped=Dropped(4, 8, 5, "spool_size", "c" * 64))
     check_next(head, covered, "d" * 64, signer_key)
     assert explained_gap(head, covered) == (4, 8)
 
@@ -165,9 +166,9 @@ def test_a_gap_the_record_does_not_cover_is_still_refused() -> None:
     ],
 )
 def test_an_inconsistent_dropped_record_is_a_schema_error(dropped: Dropped, why: str) -> None:
-    w = dataclasses.replace(window(5), chain=dataclasses.replace(window(5).chain, seq=9, prev="c" * 64))
+    w = msgspec.structs.replace(window(5), chain=msgspec.structs.replace(window(5).chain, seq=9, prev="c" * 64))
     with pytest.raises(SchemaError, match="dropped"):
-        parse_statement(statement_bytes(dataclasses.replace(w, dropped=dropped)))
+        parse_statement(statement_bytes(msgspec.structs.replace(w, dropped=dropped)))
 
 
 class _Mono:

@@ -2,10 +2,10 @@
 
 from __future__ import annotations
 
-import dataclasses
 import sqlite3
 from pathlib import Path
 
+import msgspec
 import pytest
 
 from agent.signing import ChainSigner, WindowOverlapError
@@ -37,6 +37,7 @@ def window(i: int, *, start_ms: int | None = None) -> UsageWindow:
         power_max_mw=1,
         util_mean_permille=1,
         mem_used_max_bytes=None,
+        workloads=(),
         unavailable={
             "serial": "NVML_ERROR_NOT_SUPPORTED",
             "mem_total_bytes": "NVML_ERROR_NOT_SUPPORTED",
@@ -150,7 +151,7 @@ def test_signed_windows_verify_parse_and_link(tmp_path: Path) -> None:
     assert all(s.chain.key_id == signer.key_id for s in stmts)
     # The signed statement is the window with its chain, its key's assurance and why there is
     # no confidential-computing evidence filled in (no log checkpoint was received yet).
-    assert stmts[1] == dataclasses.replace(
+    assert stmts[1] == msgspec.structs.replace(
         window(1),
         chain=stmts[1].chain,
         key_assurance="software",

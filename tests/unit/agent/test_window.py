@@ -5,10 +5,10 @@ hand in the comments, not recomputed with the code under test.
 
 from __future__ import annotations
 
-import dataclasses
 import json
 from typing import Any
 
+import msgspec
 import pytest
 
 from agent.pipeline import windows_from_records
@@ -323,7 +323,7 @@ def test_counter_going_back_is_recorded_as_a_reset_and_the_chain_accepts_it(
     head = ChainHead(
         key_id="k", seq=0, digest="0" * 64, end_ms=ws[0].end_ms, boot_id="boot-1", energy_end_mj={"GPU-0": 2000}
     )
-    stmt = dataclasses.replace(ws[1], chain=Chain("k", 1, "0" * 64))
+    stmt = msgspec.structs.replace(ws[1], chain=Chain("k", 1, "0" * 64))
     check_next(head, stmt, "1" * 64, "k")  # must not raise energy_decrease
 
 

@@ -3,9 +3,10 @@
 
 from __future__ import annotations
 
-import dataclasses
 import json
 from typing import Any
+
+import msgspec
 
 from agent.sources.base import (
     Attribution,
@@ -224,7 +225,7 @@ def test_mig_fields_in_the_signed_json() -> None:
     assert first["gpu_instance_id"] == 1 and first["workloads"] == [
         {"tenant": "t-acme", "kind": "k8s_pod", "workload": "t-acme/pod"}
     ]
-    assert set(gpu["workloads"][0]) == {f.name for f in dataclasses.fields(Workload)}, "workloads keep their shape"
+    assert set(gpu["workloads"][0]) == {f.name for f in msgspec.structs.fields(Workload)}, "workloads keep their shape"
 
 
 def test_mig_mode_switched_within_the_window_falls_back() -> None:

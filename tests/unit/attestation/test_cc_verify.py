@@ -13,6 +13,7 @@ import json
 from pathlib import Path
 from typing import Any
 
+import msgspec
 import pytest
 from cc_factory import GENUINE_CHAIN_PEM, GENUINE_REPORT, NOT_AFTER, Pki, build_report, cert, p384, response_body
 from cryptography import x509
@@ -261,7 +262,7 @@ def test_garbled_evidence_never_raises(pki: Pki, part: str, data: st.DataObject)
 
 def _with_cc(node: Node, detail: str) -> Any:
     w = node.window()
-    g0 = dataclasses.replace(w.gpus[0], events=(Event(CC_EVENT, detail),))
+    g0 = msgspec.structs.replace(w.gpus[0], events=(Event(CC_EVENT, detail),))
     return (g0, *w.gpus[1:])
 
 

@@ -36,6 +36,7 @@ def gpu(uuid: str = "GPU-0", start: int | None = 1000, end: int | None = 2000, r
         power_max_mw=None,
         util_mean_permille=None,
         mem_used_max_bytes=None,
+        workloads=(),
         events=(Event(ENERGY_RESET_EVENT, "driver reload"),) if reset else (Event("xid", "79"),),
     )
 

@@ -4,11 +4,11 @@ the two chains."""
 
 from __future__ import annotations
 
-import dataclasses
 import json
 from pathlib import Path
 from typing import Any
 
+import msgspec
 from test_verify_tamper import FIRST_WINDOW_MS, WINDOW_MS, Node, Site
 
 from agent.signing import ChainSigner
@@ -26,9 +26,9 @@ def _window(node: Node, i: int) -> UsageWindow:
     w = node.window(start_ms=start, end_ms=start + WINDOW_MS)
     base = 1_000_000_000
     gpus = tuple(
-        dataclasses.replace(g, energy_start_mj=base + i * 1000, energy_end_mj=base + (i + 1) * 1000) for g in w.gpus
+        msgspec.structs.replace(g, energy_start_mj=base + i * 1000, energy_end_mj=base + (i + 1) * 1000) for g in w.gpus
     )
-    return dataclasses.replace(w, gpus=gpus, chain=Chain("", 0, None))
+    return msgspec.structs.replace(w, gpus=gpus, chain=Chain("", 0, None))
 
 
 def _rotated_site(tmp_path: Path) -> tuple[Site, Node, Ed25519Signer, Ed25519Signer, list[Any]]:
@@ -73,7 +73,7 @@ def test_rotation_hands_over_and_the_collector_enrolls_the_new_key(tmp_path: Pat
 def test_a_chain_start_claiming_someone_elses_handover_is_refused(tmp_path: Path) -> None:
     site, node, old, new, (handover, envs) = _rotated_site(tmp_path)
     w = parse_statement(envs[new.key_id][0].payload)
-    forged = dataclasses.replace(w, chain=dataclasses.replace(w.chain, prev_key_digest="0" * 64))
+    forged = msgspec.structs.replace(w, chain=msgspec.structs.replace(w.chain, prev_key_digest="0" * 64))
     (res,) = site.ingestor.ingest_batch([(new.key_id, dsse.sign(statement_bytes(forged), new))])
     assert isinstance(res, Refused) and res.reason == "bad_rotation", res
 
@@ -83,7 +83,7 @@ def test_the_old_key_signing_after_its_handover_is_named(tmp_path: Path) -> None
     site.ingestor.ingest_batch([(new.key_id, e) for e in envs[new.key_id]])
     doc = site.bundle()
     last = parse_statement(handover.payload)
-    late = dataclasses.replace(
+    late = msgspec.structs.replace(
         last,
         chain=Chain(old.key_id, last.chain.seq + 1, handover.digest()),
         start_ms=last.end_ms,

@@ -7,11 +7,11 @@ a refusal knows which field of which GPU was wrong.
 from __future__ import annotations
 
 import copy
-import dataclasses
 import json
 from collections.abc import Iterator
 from typing import Any
 
+import msgspec
 import pytest
 
 from attestation.errors import SchemaError
@@ -82,6 +82,7 @@ def minimal_gpu(index: int = 1) -> GpuWindow:
         power_max_mw=None,
         util_mean_permille=None,
         mem_used_max_bytes=None,
+        workloads=(),
         unavailable={"readings": "no_sample_in_window"},
     )
 
@@ -127,8 +128,8 @@ def bare_window() -> UsageWindow:
         full_window(),
         full_window(seq=0),
         bare_window(),
-        dataclasses.replace(full_window(), node_io=NodeIo()),
-        dataclasses.replace(full_window(), gpus=(minimal_gpu(0),), node_io=None),
+        msgspec.structs.replace(full_window(), node_io=NodeIo()),
+        msgspec.structs.replace(full_window(), gpus=(minimal_gpu(0),), node_io=None),
     ],
     ids=["all-fields-set", "seq-0", "no-gpus", "node-io-all-null", "only-nullable-gpu"],
 )

@@ -7,11 +7,11 @@ fast path really taken for the statements agents sign."""
 from __future__ import annotations
 
 import copy
-import dataclasses
 import json
 from typing import Any
 
 import hypothesis.strategies as hs
+import msgspec
 import pytest
 from hypothesis import HealthCheck, given, settings
 from test_statement import G0, W0, _doc, _set, bare_window, full_gpu, full_window, minimal_gpu
@@ -128,20 +128,20 @@ def test_whole_payloads_the_decoders_read_differently(payload: bytes) -> None:
 def _signed_shapes() -> list[st.UsageWindow]:
     """Windows as agents sign them: every optional field, nulls with reasons, MIG, a
     rotation hand-over, a dropped record, a log checkpoint, identity and health."""
-    rotated = dataclasses.replace(
+    rotated = msgspec.structs.replace(
         full_window(),
         rotation=Rotation(new_key_id="sha256:" + "1" * 64, new_key_spki=b"\x30\x2a" + bytes(42)),
     )
-    dropped = dataclasses.replace(
+    dropped = msgspec.structs.replace(
         full_window(),
         dropped=Dropped(from_seq=3, to_seq=6, count=4, reason="spool_size", last_digest=full_window().chain.prev or ""),
     )
-    extras = dataclasses.replace(
+    extras = msgspec.structs.replace(
         full_window(),
         log_checkpoint=LogCheckpointRef(origin="collector.example/log", size=12, root_sha256="ab" * 32),
         key_assurance="tpm",
         gpus=(
-            dataclasses.replace(
+            msgspec.structs.replace(
                 full_gpu(0),
                 identity={"pci_bus_id": "00000000:18:00.0", "vbios_version": "96.00.74.00.01"},
                 health={"xid_last": 79, "retired_pages_sbe": 0},

@@ -3,10 +3,10 @@ strict parsing that names the path, and statements without them read exactly as 
 
 from __future__ import annotations
 
-import dataclasses
 import json
 from typing import Any
 
+import msgspec
 import pytest
 from test_statement import full_window
 
@@ -20,7 +20,7 @@ def mig_window() -> UsageWindow:
     """full_window() with GPU 0 in MIG mode: t-17 in a 3g instance, one idle 1g instance
     whose readings an A100 cannot give, and a split by slices."""
     w = full_window()
-    g0 = dataclasses.replace(
+    g0 = msgspec.structs.replace(
         w.gpus[0],
         util_mean_permille=None,
         unavailable={**w.gpus[0].unavailable, "util_mean_permille": "NVML_ERROR_NOT_SUPPORTED"},
@@ -64,8 +64,8 @@ def mig_window() -> UsageWindow:
             ),
         ),
     )
-    g1 = dataclasses.replace(w.gpus[1], sharing="time_slice")
-    return dataclasses.replace(w, gpus=(g0, g1))
+    g1 = msgspec.structs.replace(w.gpus[1], sharing="time_slice")
+    return msgspec.structs.replace(w, gpus=(g0, g1))
 
 
 def _doc() -> dict[str, Any]:

@@ -4,10 +4,10 @@ go back along a node's chain. Confidential-computing reports must be bound to th
 
 from __future__ import annotations
 
-import dataclasses
 import json
 from typing import Any
 
+import msgspec
 from cc_factory import Pki
 from test_verify_tamper import ORIGIN, Node, Site
 
@@ -64,7 +64,7 @@ def test_a_log_rewritten_after_a_node_recorded_its_head() -> None:
     a = site.enroll(Node("a"))
     site.send(a, 3)
     real = _seen(site)
-    forged = dataclasses.replace(real, root_sha256="ab" * 32)
+    forged = msgspec.structs.replace(real, root_sha256="ab" * 32)
     site.send(a, 1, log_checkpoint=forged)
     report = _verify(site.bundle())
     assert report.reasons() == {"seen_checkpoint_inconsistent"}, _failures(report)
@@ -89,7 +89,7 @@ def test_checkpoints_of_another_log_are_not_held_against_this_one() -> None:
 def _with_cc(node: Node, nonce: bytes, pki: Pki) -> Any:
     w = node.window()
     cc = CcReport(nonce, pki.report(nonce), pki.chain_pem())  # signed SPDM report, test PKI
-    g0 = dataclasses.replace(w.gpus[0], events=(Event(CC_EVENT, cc.detail()),))
+    g0 = msgspec.structs.replace(w.gpus[0], events=(Event(CC_EVENT, cc.detail()),))
     return (g0, *w.gpus[1:])
 
 

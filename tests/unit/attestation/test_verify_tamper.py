@@ -10,12 +10,12 @@ from __future__ import annotations
 
 import base64
 import copy
-import dataclasses
 import json
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+import msgspec
 import pytest
 
 from attestation import dsse
@@ -85,7 +85,7 @@ class Node:
             chain=Chain(key_id=self.key_id, seq=self.seq, prev=self.prev),
             gpus=gpus,
         )
-        return dataclasses.replace(w, **changes)
+        return msgspec.structs.replace(w, **changes)
 
     def next(self, **changes: Any) -> Envelope:
         w = self.window(**changes)
@@ -283,7 +283,7 @@ def test_a_forked_chain(site: Site) -> None:
     fork = a.window(chain=Chain(a.key_id, 2, None))
     doc = site.bundle()
     prev = json.loads(base64.b64decode(doc["entries"][2]["envelope"]["payload"]))["predicate"]["chain"]["prev"]
-    forked = dataclasses.replace(fork, chain=Chain(a.key_id, 2, prev), start_ms=fork.start_ms - WINDOW_MS,
+    forked = msgspec.structs.replace(fork, chain=Chain(a.key_id, 2, prev), start_ms=fork.start_ms - WINDOW_MS,
                                  end_ms=fork.end_ms - WINDOW_MS, boot_id="boot-2")  # fmt: skip
     env = dsse.sign(statement_bytes(forked), a.signer)
     doc["entries"].append({**doc["entries"][2], "envelope": env.to_json()})

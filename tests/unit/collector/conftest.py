@@ -2,13 +2,13 @@
 
 from __future__ import annotations
 
-import dataclasses
 import os
 import secrets
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
+import msgspec
 import pytest
 
 from attestation import dsse
@@ -67,7 +67,7 @@ class NodeChain:
                 util_permille=tuple(900 + (b % 7) * 10 for b in range(self.buckets)),
                 power_mw=tuple(GPU_POWER_MW + (b % 5) * 1000 for b in range(self.buckets)),
             ),
-            workloads=(Workload("tenant-a", "k8s_pod", "train/llm-0", 1, 60 * 1024**3, 1000),),
+            workloads=(Workload("tenant-a", "k8s_pod", "train/llm-0", 1, 60 * 1024**3, 1000, 0),),
         )
 
     def window(self, **changes: Any) -> UsageWindow:
@@ -81,7 +81,7 @@ class NodeChain:
             chain=Chain(key_id=self.key_id, seq=self.seq, prev=self.prev),
             gpus=tuple(self._gpu(i) for i in range(self.gpus)),
         )
-        return dataclasses.replace(w, **changes)
+        return msgspec.structs.replace(w, **changes)
 
     def sign(self, window: UsageWindow, payload_type: str = dsse.IN_TOTO_PAYLOAD_TYPE) -> Envelope:
         return dsse.sign(statement_bytes(window), self.signer, payload_type)

@@ -7,6 +7,7 @@ import json
 from collections.abc import Callable, Sequence
 from typing import Any
 
+import msgspec
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
@@ -83,7 +84,7 @@ def test_energy_counter_reset_recorded_is_accepted(ingestor: Ingestor, enroll: E
     node = enroll(gpus=1)
     _accepted(ingestor.ingest_batch([(node.key_id, e) for e in node.take(2)]))
     g = node.window().gpus[0]
-    reset = dataclasses.replace(
+    reset = msgspec.structs.replace(
         g, energy_start_mj=5, energy_end_mj=1000, events=(Event(ENERGY_RESET_EVENT, "driver reloaded"),)
     )
     result = _one(ingestor, node.key_id, node.next(gpus=(reset,)))
@@ -118,7 +119,7 @@ def test_equivocation_is_refused_and_kept_as_evidence(store: SqliteStore, ingest
     envs = node.take(3)
     _accepted(ingestor.ingest_batch([(node.key_id, e) for e in envs]))
     # Same key, same seq 1, different content: the node signed two histories.
-    other = node.sign(dataclasses.replace(node.window(), chain=Chain(node.key_id, 1, envs[0].digest())))
+    other = node.sign(msgspec.structs.replace(node.window(), chain=Chain(node.key_id, 1, envs[0].digest())))
     result = _one(ingestor, node.key_id, other)
     assert isinstance(result, Refused) and (result.seq, result.reason) == (1, "equivocation")
     (conflict,) = store.conflicts(node.key_id)
@@ -135,7 +136,7 @@ def test_equivocation_inside_one_batch(store: SqliteStore, ingestor: Ingestor, e
     node = enroll()
     w = node.window()
     first = node.sign(w)
-    second = node.sign(dataclasses.replace(w, boot_id="boot-2"))
+    second = node.sign(msgspec.structs.replace(w, boot_id="boot-2"))
     results = ingestor.ingest_batch([(node.key_id, first), (node.key_id, second)])
     assert isinstance(results[0], Accepted)
     assert isinstance(results[1], Refused) and results[1].reason == "equivocation"
@@ -164,7 +165,7 @@ def _changed_signature_byte(node: NodeChain, enroll: Enroll) -> tuple[str, Envel
 def _dropped_statement(node: NodeChain, enroll: Enroll) -> tuple[str, Envelope]:
     w3 = node.window()
     e3 = node.sign(w3)
-    w4 = dataclasses.replace(
+    w4 = msgspec.structs.replace(
         w3, chain=Chain(node.key_id, 4, e3.digest()), start_ms=w3.end_ms, end_ms=w3.end_ms + 60_000
     )
     return node.key_id, node.sign(w4)
@@ -176,20 +177,20 @@ def _wrong_prev(node: NodeChain, enroll: Enroll) -> tuple[str, Envelope]:
 
 def _overlapping_window(node: NodeChain, enroll: Enroll) -> tuple[str, Envelope]:
     w = node.window()
-    return node.key_id, node.sign(dataclasses.replace(w, start_ms=w.start_ms - 1000, end_ms=w.end_ms - 1000))
+    return node.key_id, node.sign(msgspec.structs.replace(w, start_ms=w.start_ms - 1000, end_ms=w.end_ms - 1000))
 
 
 def _energy_back_across_windows(node: NodeChain, enroll: Enroll) -> tuple[str, Envelope]:
     w = node.window()
     g = w.gpus[3]
-    g = dataclasses.replace(g, energy_start_mj=g.energy_start_mj - 1 if g.energy_start_mj else 0)
-    return node.key_id, node.sign(dataclasses.replace(w, gpus=(*w.gpus[:3], g, *w.gpus[4:])))
+    g = msgspec.structs.replace(g, energy_start_mj=g.energy_start_mj - 1 if g.energy_start_mj else 0)
+    return node.key_id, node.sign(msgspec.structs.replace(w, gpus=(*w.gpus[:3], g, *w.gpus[4:])))
 
 
 def _energy_back_within_window(node: NodeChain, enroll: Enroll) -> tuple[str, Envelope]:
     w = node.window()
-    g = dataclasses.replace(w.gpus[0], energy_end_mj=(w.gpus[0].energy_start_mj or 0) - 1)
-    return node.key_id, node.sign(dataclasses.replace(w, gpus=(g, *w.gpus[1:])))
+    g = msgspec.structs.replace(w.gpus[0], energy_end_mj=(w.gpus[0].energy_start_mj or 0) - 1)
+    return node.key_id, node.sign(msgspec.structs.replace(w, gpus=(g, *w.gpus[1:])))
 
 
 def _unknown_key(node: NodeChain, enroll: Enroll) -> tuple[str, Envelope]:
@@ -376,8 +377,8 @@ def test_chain_survives_reopening_the_store(tmp_path: Any, new_chain: Callable[.
         ingestor = Ingestor(store)
         # Energy counters were remembered: going back is still caught after a restart.
         w = node.window()
-        back = dataclasses.replace(w.gpus[1], energy_start_mj=(w.gpus[1].energy_start_mj or 0) - 1)
-        bad = _one(ingestor, node.key_id, node.sign(dataclasses.replace(w, gpus=(w.gpus[0], back))))
+        back = msgspec.structs.replace(w.gpus[1], energy_start_mj=(w.gpus[1].energy_start_mj or 0) - 1)
+        bad = _one(ingestor, node.key_id, node.sign(msgspec.structs.replace(w, gpus=(w.gpus[0], back))))
         assert isinstance(bad, Refused) and bad.reason == "energy_decrease"
         good = _one(ingestor, node.key_id, node.next())
         assert isinstance(good, Accepted) and good.seq == 3

@@ -2,11 +2,11 @@
 
 from __future__ import annotations
 
-import dataclasses
 import json
 from collections.abc import Callable
 from typing import Any
 
+import msgspec
 import pytest
 
 from attestation import dsse
@@ -36,7 +36,7 @@ def _proves(doc: dict[str, Any], earlier: Envelope, later: Envelope, node: NodeC
 def _twin(node: NodeChain, seq: int, prev: str | None, start_ms: int) -> Envelope:
     """A second, different statement for ``seq``."""
     w = node.window(chain=Chain(node.key_id, seq, prev), start_ms=start_ms, end_ms=start_ms + 60_000)
-    w = dataclasses.replace(w, gpus=(dataclasses.replace(w.gpus[0], util_mean_permille=1), *w.gpus[1:]))
+    w = msgspec.structs.replace(w, gpus=(msgspec.structs.replace(w.gpus[0], util_mean_permille=1), *w.gpus[1:]))
     return node.sign(w)
 
 
@@ -85,7 +85,7 @@ def test_an_energy_counter_going_back_without_a_reason(store: Any, ingestor: Ing
     node = enroll("n1", gpus=1)
     first = node.next()
     w = node.window()
-    w = dataclasses.replace(w, gpus=(dataclasses.replace(w.gpus[0], energy_start_mj=5, energy_end_mj=10),))
+    w = msgspec.structs.replace(w, gpus=(msgspec.structs.replace(w.gpus[0], energy_start_mj=5, energy_end_mj=10),))
     reset = node.sign(w)
     results = ingestor.ingest_batch([(node.key_id, first), (node.key_id, reset)])
     assert isinstance(results[1], Refused) and results[1].reason == "energy_decrease"

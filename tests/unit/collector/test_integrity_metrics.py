@@ -3,10 +3,11 @@ findings metrics as ingest records them, once per finding, and again after a res
 
 from __future__ import annotations
 
-import dataclasses
 import json
 from collections.abc import Callable
 from typing import Any
+
+import msgspec
 
 from attestation.chain import AGENT_START_EVENT
 from attestation.dsse import Envelope
@@ -38,7 +39,7 @@ def _counts(m: CollectorMetrics, kind: str) -> tuple[float | None, float | None]
 def _twin(node: NodeChain, seq: int, prev: str | None, start_ms: int) -> Envelope:
     """A second, different statement for ``seq``."""
     w = node.window(chain=Chain(node.key_id, seq, prev), start_ms=start_ms, end_ms=start_ms + 60_000)
-    w = dataclasses.replace(w, gpus=(dataclasses.replace(w.gpus[0], util_mean_permille=1), *w.gpus[1:]))
+    w = msgspec.structs.replace(w, gpus=(msgspec.structs.replace(w.gpus[0], util_mean_permille=1), *w.gpus[1:]))
     env: Envelope = node.sign(w)
     return env
 
@@ -94,7 +95,7 @@ def test_rollback_reboot_and_energy_reset_are_counted_by_kind(store: Any, enroll
     c = enroll("n-c", gpus=1)
     ingestor.ingest_batch([(c.key_id, c.next())])
     w = c.window()
-    back = dataclasses.replace(w, gpus=(dataclasses.replace(w.gpus[0], energy_start_mj=1, energy_end_mj=2),))
+    back = msgspec.structs.replace(w, gpus=(msgspec.structs.replace(w.gpus[0], energy_start_mj=1, energy_end_mj=2),))
     (res,) = ingestor.ingest_batch([(c.key_id, c.sign(back))])
     assert isinstance(res, Refused) and res.reason == "energy_decrease", res
     got = {kind: _counts(m, kind) for kind in KINDS}

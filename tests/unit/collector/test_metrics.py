@@ -6,6 +6,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Any
 
+import msgspec
 from prometheus_client import generate_latest
 
 from collector.ingest import Ingestor
@@ -70,7 +71,6 @@ def test_chain_breaks_are_counted_by_the_streams_node(
 
 
 def test_tenant_labels_are_bounded(new_chain: Any) -> None:
-    import dataclasses
 
     from attestation.statement import Workload
 
@@ -78,8 +78,10 @@ def test_tenant_labels_are_bounded(new_chain: Any) -> None:
     chain = new_chain("node-a", gpus=1)
     for i in range(4):
         w = chain.window()
-        g = dataclasses.replace(w.gpus[0], workloads=(Workload(f"t-{i}", "k8s_pod", "ns/p", 1, None, 1000, 60_000),))
-        m.observe_window(dataclasses.replace(w, gpus=(g,)))
+        g = msgspec.structs.replace(
+            w.gpus[0], workloads=(Workload(f"t-{i}", "k8s_pod", "ns/p", 1, None, 1000, 60_000),)
+        )
+        m.observe_window(msgspec.structs.replace(w, gpus=(g,)))
         chain.accept(w, chain.sign(w))
     assert value(m, "gpuaudit_tenant_gpu_seconds_total", tenant="t-0") == 60
     assert value(m, "gpuaudit_tenant_gpu_seconds_total", tenant="t-1") == 60

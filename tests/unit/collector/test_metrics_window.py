@@ -4,11 +4,11 @@ label sets, values to the bit, in the same exposition, text and OpenMetrics."""
 
 from __future__ import annotations
 
-import dataclasses
 import time
 from collections.abc import Iterable
 from typing import Any
 
+import msgspec
 import pytest
 from prometheus_client import CollectorRegistry, Counter, Gauge, generate_latest
 from prometheus_client.openmetrics.exposition import generate_latest as generate_openmetrics
@@ -127,24 +127,24 @@ def _windows() -> list[UsageWindow]:
         g = gpus[0]
         if k % 3 == 0:  # time-sliced: three workloads, two tenants and unattributed time
             wl = g.workloads[0] if g.workloads else Workload("t-x", "process", "w", 1, None, 1000, 60_000)
-            gpus[0] = dataclasses.replace(
+            gpus[0] = msgspec.structs.replace(
                 g,
                 sm_active_mean_permille=613,
                 workloads=(
-                    dataclasses.replace(wl, share_permille=333, gpu_ms=20_011),
-                    dataclasses.replace(wl, tenant=f"t-extra-{k % 7}", share_permille=333, gpu_ms=19_997),
-                    dataclasses.replace(wl, tenant=UNATTRIBUTED, share_permille=334, gpu_ms=70_000),
+                    msgspec.structs.replace(wl, share_permille=333, gpu_ms=20_011),
+                    msgspec.structs.replace(wl, tenant=f"t-extra-{k % 7}", share_permille=333, gpu_ms=19_997),
+                    msgspec.structs.replace(wl, tenant=UNATTRIBUTED, share_permille=334, gpu_ms=70_000),
                 ),
             )
         if k % 4 == 1:
-            gpus[1] = dataclasses.replace(gpus[1], model="Acme Tensor X1", energy_start_mj=None)
+            gpus[1] = msgspec.structs.replace(gpus[1], model="Acme Tensor X1", energy_start_mj=None)
         if k % 5 == 2:
-            gpus[2] = dataclasses.replace(gpus[2], util_mean_permille=None, power_mean_mw=None)
+            gpus[2] = msgspec.structs.replace(gpus[2], util_mean_permille=None, power_mean_mw=None)
         if k % 6 == 3:
-            gpus[3] = dataclasses.replace(gpus[3], samples=0)
+            gpus[3] = msgspec.structs.replace(gpus[3], samples=0)
         if k % 7 == 4:  # an energy counter that went backwards: no energy for this GPU
-            gpus[4] = dataclasses.replace(gpus[4], energy_end_mj=(gpus[4].energy_start_mj or 1) - 1)
-        out.append(dataclasses.replace(w, gpus=tuple(gpus)))
+            gpus[4] = msgspec.structs.replace(gpus[4], energy_end_mj=(gpus[4].energy_start_mj or 1) - 1)
+        out.append(msgspec.structs.replace(w, gpus=tuple(gpus)))
     return out
 
 

@@ -4,7 +4,7 @@ the tenants' part."""
 
 from __future__ import annotations
 
-import dataclasses
+import msgspec
 
 from attestation.statement import Chain, GpuWindow, UsageWindow, Workload
 from collector.retention import aggregate
@@ -55,5 +55,5 @@ def test_shares_that_add_up_to_1000_are_aggregated_as_before() -> None:
     rows = {r.tenant: r for r in aggregate([w])}
     assert set(rows) == {"t-a", "t-b"}, "no idle row when the GPU's time is all given out"
     assert (rows["t-a"].window_ms, rows["t-b"].window_ms) == (45_000, 15_000)
-    idle = dataclasses.replace(w, gpus=(dataclasses.replace(w.gpus[0], workloads=()),))
+    idle = msgspec.structs.replace(w, gpus=(msgspec.structs.replace(w.gpus[0], workloads=()),))
     assert [(r.tenant, r.window_ms) for r in aggregate([idle])] == [("", 60_000)]

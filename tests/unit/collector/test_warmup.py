@@ -10,13 +10,13 @@ runs on SQLite and PostgreSQL.
 
 from __future__ import annotations
 
-import dataclasses
 import json
 import random
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
+import msgspec
 import pytest
 
 from agent import __version__
@@ -76,10 +76,10 @@ def site(
 
 def _relabel(w: UsageWindow, tenant: str) -> UsageWindow:
     gpus = tuple(
-        dataclasses.replace(g, workloads=tuple(dataclasses.replace(x, tenant=tenant) for x in g.workloads))
+        msgspec.structs.replace(g, workloads=tuple(msgspec.structs.replace(x, tenant=tenant) for x in g.workloads))
         for g in w.gpus
     )
-    return dataclasses.replace(w, gpus=gpus)
+    return msgspec.structs.replace(w, gpus=gpus)
 
 
 def uninterrupted(rounds: list[list[UsageWindow]]) -> list[Finding]:
@@ -114,7 +114,7 @@ class Site:
         items = []
         for w in windows:
             signer = self.signers[w.node_id]
-            w = dataclasses.replace(w, chain=Chain(signer.key_id, self.seq[w.node_id], self.prev[w.node_id]))
+            w = msgspec.structs.replace(w, chain=Chain(signer.key_id, self.seq[w.node_id], self.prev[w.node_id]))
             env = dsse.sign(statement_bytes(w), signer)
             self.seq[w.node_id] += 1
             self.prev[w.node_id] = env.digest()

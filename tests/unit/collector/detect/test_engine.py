@@ -6,6 +6,7 @@ import random
 from dataclasses import dataclass
 
 import pytest
+from msgspec.structs import replace
 
 from attestation.statement import Chain, GpuWindow, Series, UsageWindow, Workload
 from collector.detect.config import DetectConfig
@@ -50,7 +51,7 @@ class Group:
 
 
 def _gpu(i: int, node: str, model: str, util: list[int], power: list[int], tenant: str | None) -> GpuWindow:
-    workloads = () if tenant is None else (Workload(tenant, "k8s_pod", f"{node}-w", 1, 70 << 30, 1000),)
+    workloads = () if tenant is None else (Workload(tenant, "k8s_pod", f"{node}-w", 1, 70 << 30, 1000, 0),)
     return GpuWindow(
         index=i,
         uuid=f"GPU-{node}-{i}",
@@ -260,17 +261,13 @@ def _split_stream(accounts: list[str], nodes_each: int, windows: int, first: int
         n = int(w.node_id.rsplit("n", 1)[1])
         acct = accounts[n % len(accounts)]
         gpus = tuple(
-            GpuWindow(
-                **{
-                    **g.__dict__,
-                    "workloads": tuple(
-                        Workload(acct, "k8s_pod", f"{acct}-job", 1, 70 << 30, 1000) for _ in g.workloads
-                    ),
-                }
+            replace(
+                g,
+                workloads=tuple(Workload(acct, "k8s_pod", f"{acct}-job", 1, 70 << 30, 1000, 0) for _ in g.workloads),
             )
             for g in w.gpus
         )
-        out.append(UsageWindow(**{**w.__dict__, "gpus": gpus}))
+        out.append(replace(w, gpus=gpus))
     return out
 
 
@@ -350,7 +347,7 @@ def test_training_interleaved_with_inference_on_the_same_nodes_is_detected() -> 
     for w in ws:
         other = by_key[(w.node_id, w.start_ms)]
         gpus = w.gpus[:6] + other.gpus[6:]  # GPUs 6-7 serve, 0-5 train
-        out.append(UsageWindow(**{**w.__dict__, "gpus": gpus}))
+        out.append(replace(w, gpus=gpus))
     _, eng = run(out)
     (f,) = eng.findings()
     assert f.tenants == ("t-mix",) and 72 <= f.gpus <= 76, f.gpus  # 6 of 8 GPUs per node train
@@ -394,10 +391,7 @@ def test_without_series_size_alone_or_one_workload_id_stand_in_for_synchrony() -
     """No per-bucket series: synchrony is unknown, not evidence against."""
 
     def strip(ws: list[UsageWindow]) -> list[UsageWindow]:
-        return [
-            UsageWindow(**{**w.__dict__, "gpus": tuple(GpuWindow(**{**g.__dict__, "series": None}) for g in w.gpus)})
-            for w in ws
-        ]
+        return [replace(w, gpus=tuple(replace(g, series=None) for g in w.gpus)) for w in ws]
 
     _, eng = run(strip(stream([Group("big", 40, "t-big", "train")], 20)))
     (f,) = eng.findings()
