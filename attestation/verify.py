@@ -400,9 +400,12 @@ def _verify(
 
     # 3. Each envelope: signed by its enrolled key (DSSE), parses, names its node, signed
     #    before the key was revoked (a statement is signed when its window ends).
+    #    Each entry's JSON is dropped once read, and of its envelope only the log leaf is
+    #    kept (for step 6): what stays in memory per statement is its parsed window.
     statements: list[_Statement] = []
-    parsed: list[tuple[Envelope, int, list[bytes]] | None] = []
+    parsed: list[tuple[bytes, int, list[bytes]] | None] = []
     for i, raw in enumerate(entries):
+        entries[i] = None
         try:
             e = _obj(raw, f"entries[{i}]")
             index = _int(e.get("leaf_index"), f"entries[{i}].leaf_index")
@@ -412,7 +415,8 @@ def _verify(
             report.fail("bundle", "malformed_entry", str(exc), entry=i)
             parsed.append(None)
             continue
-        parsed.append((env, index, proof))
+        del raw, e
+        parsed.append((leaf_hash(env.pae()), index, proof))
         stmt = _verify_envelope(i, env, nodes, report)
         if stmt is not None:
             statements.append(stmt)
@@ -432,9 +436,9 @@ def _verify(
         for i, item in enumerate(parsed):
             if item is None:
                 continue
-            env, index, proof = item
+            leaf, index, proof = item
             try:
-                verify_inclusion(leaf_hash(env.pae()), index, checkpoint.size, proof, checkpoint.root)
+                verify_inclusion(leaf, index, checkpoint.size, proof, checkpoint.root)
             except ProofError as exc:
                 report.fail("inclusion", exc.reason, str(exc), entry=i)
 
