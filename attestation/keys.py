@@ -13,6 +13,7 @@ from __future__ import annotations
 import functools
 import hashlib
 import os
+import secrets
 import stat
 from dataclasses import dataclass
 from pathlib import Path
@@ -135,19 +136,65 @@ class Ed25519Signer:
         )
 
 
+class KeyFileExistsError(KeyFileError):
+    """``create_key_file`` found a key already there (perhaps created a moment ago by another
+    process); it is never overwritten."""
+
+
 def create_key_file(path: Path) -> Ed25519Signer:
-    """Create a new Ed25519 key at ``path`` with mode 0600. Refuses to overwrite."""
+    """Create a new Ed25519 key at ``path`` with mode 0600. Refuses to overwrite
+    (``KeyFileExistsError``).
+
+    The key is written and fsynced under a temporary name in the same directory, then
+    published with ``link()``, which fails if ``path`` exists: a process that reads
+    ``path`` sees a whole key or none, and of two processes creating it at once exactly
+    one wins (collectors sharing a PostgreSQL store start together and share the log key)."""
     signer = Ed25519Signer.generate()
     path.parent.mkdir(parents=True, exist_ok=True)
+    if path.exists():
+        raise KeyFileExistsError(f"{path} already exists; refusing to overwrite a key")
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.{secrets.token_hex(4)}.tmp")
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    try:
+        with os.fdopen(fd, "wb") as fh:
+            fh.write(signer.private_pem())
+            fh.flush()
+            os.fsync(fh.fileno())
+        try:
+            os.link(tmp, path)
+        except FileExistsError as exc:
+            raise KeyFileExistsError(f"{path} already exists; refusing to overwrite a key") from exc
+        except OSError:  # a filesystem without hard links: exclusive create, written in place
+            _write_exclusive(path, signer.private_pem())
+        _fsync_dir(path.parent)
+    finally:
+        tmp.unlink(missing_ok=True)
+    return signer
+
+
+def _write_exclusive(path: Path, data: bytes) -> None:
     try:
         fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
     except FileExistsError as exc:
-        raise KeyFileError(f"{path} already exists; refusing to overwrite a key") from exc
+        raise KeyFileExistsError(f"{path} already exists; refusing to overwrite a key") from exc
     with os.fdopen(fd, "wb") as fh:
-        fh.write(signer.private_pem())
+        fh.write(data)
         fh.flush()
         os.fsync(fh.fileno())
-    return signer
+
+
+def _fsync_dir(directory: Path) -> None:
+    """Make a new name in ``directory`` durable (best effort where directories cannot be opened)."""
+    try:
+        fd = os.open(directory, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)
 
 
 def load_key_file(path: Path) -> Ed25519Signer:

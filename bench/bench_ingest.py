@@ -114,7 +114,13 @@ class _Collector:
                 str(self._ready),
             ],
             stdout=subprocess.DEVNULL,
-            env={**os.environ, "GPUAUDIT_BENCH_GC_OUT": str(self._gc_out)},
+            # One log key for all collectors (they sign one log), kept in the bench's own
+            # directory: with a PostgreSQL URL it would default to the working directory.
+            env={
+                **os.environ,
+                "GPUAUDIT_BENCH_GC_OUT": str(self._gc_out),
+                "GPUAUDIT_LOG_KEY": str(workdir / "log.pem"),
+            },
         )
         self.port = 0
 

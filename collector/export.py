@@ -19,8 +19,8 @@ proofs are computed in between, in leaf order, into a temporary file beside the 
 entries go key by key, and a key's statements are spread over the whole log (one per
 window among every other node's), so proofs computed in entry order would read a tile of
 leaves back from the store for nearly every entry; in leaf order each tile is read once.
-In memory are the log's tree (``collector.log``), one page, and 8 bytes per entry for
-the leaf indexes, whatever the selection. ``build_bundle`` returns the same bundle as a
+In memory are the log's tree (``collector.log``), one page, and 16 to 40 bytes per
+entry for the leaf indexes (``_Proofs``). ``build_bundle`` returns the same bundle as a
 document, for tests and small selections.
 """
 
@@ -164,10 +164,11 @@ class _Proofs:
 
     Each proof needs the leaf hashes of its leaf's tile (``collector.log``), read back from
     the store; in leaf order the log's small tile cache serves every proof after a tile's
-    first. In memory: 16 bytes per distinct leaf index."""
+    first. In memory: 16 bytes per entry (and a sorted list of the indexes, about 40 bytes
+    an entry, while the proofs are computed)."""
 
     def __init__(self, log: Log, size: int, indexes: array[int], workdir: Path | None) -> None:
-        self._indexes = array("q", sorted(set(indexes)))
+        self._indexes = array("q", sorted(indexes))  # each statement has its own leaf
         self._offsets = array("q")
         try:
             self._file = tempfile.TemporaryFile(dir=workdir, prefix=".gpuaudit-proofs-")
@@ -185,6 +186,9 @@ class _Proofs:
         except OSError as exc:  # e.g. a full disk
             self._file.close()
             raise ExportError(f"cannot write the inclusion proofs to a temporary file: {exc}") from exc
+        except BaseException:  # the log could not prove a leaf (collector.log errors), or an interrupt
+            self._file.close()
+            raise
 
     def get(self, index: int) -> list[bytes] | None:
         """The proof of leaf ``index``; None if it was not among the indexes given."""

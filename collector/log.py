@@ -36,7 +36,7 @@ from attestation.checkpoint import (
     verify_checkpoint,
 )
 from attestation.errors import CheckpointError, ProofError
-from attestation.keys import PublicKey, Signer, create_key_file, load_key_file
+from attestation.keys import KeyFileExistsError, PublicKey, Signer, create_key_file, load_key_file
 from attestation.merkle import TiledMerkleTree, TileMismatchError, verify_consistency
 from collector.config import CollectorConfig
 from collector.errors import CollectorError
@@ -132,8 +132,11 @@ class Log:
         if path.exists():
             signer = load_key_file(path)
         else:
-            signer = create_key_file(path)
-            _logger.info("created the log signing key %s (%s)", path, signer.key_id)
+            try:
+                signer = create_key_file(path)
+                _logger.info("created the log signing key %s (%s)", path, signer.key_id)
+            except KeyFileExistsError:  # another collector sharing the key created it just now
+                signer = load_key_file(path)
         return cls(store, signer, cfg.log_origin, cache_tiles=cache_tiles)
 
     @property

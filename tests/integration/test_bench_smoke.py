@@ -23,6 +23,7 @@ def run(script: str, *args: str) -> str:
         [sys.executable, str(ROOT / "bench" / script), *args], capture_output=True, text=True, timeout=300, cwd=ROOT
     )
     assert p.returncode in (0, 1), f"{script} crashed:\n{p.stderr[-2000:]}"
+    assert p.stdout.strip(), f"{script} printed no figures (exit {p.returncode}):\n{p.stderr[-2000:]}"
     return p.stdout
 
 

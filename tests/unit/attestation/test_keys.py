@@ -6,6 +6,7 @@ import hashlib
 import os
 import re
 import stat
+import threading
 from collections.abc import Callable
 from pathlib import Path
 
@@ -14,7 +15,16 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec, rsa
 
 from attestation.errors import KeyFileError
-from attestation.keys import ED25519, Ed25519Signer, PublicKey, create_key_file, key_id_of, load_key_file, open_signer
+from attestation.keys import (
+    ED25519,
+    Ed25519Signer,
+    KeyFileExistsError,
+    PublicKey,
+    create_key_file,
+    key_id_of,
+    load_key_file,
+    open_signer,
+)
 
 KEY_ID = re.compile(r"sha256:[0-9a-f]{64}")
 
@@ -65,6 +75,32 @@ def test_create_key_file_refuses_to_overwrite_and_leaves_the_old_key(tmp_path: P
         create_key_file(path)
     assert path.read_bytes() == before, "the existing key was modified"
     assert load_key_file(path).key_id == first.key_id
+
+
+def test_of_processes_creating_one_key_at_once_exactly_one_wins(tmp_path: Path) -> None:
+    """Collectors sharing a PostgreSQL store start together and share the log key: each
+    either creates the key or is told it exists, and the file is the winner's, whole."""
+    path = tmp_path / "keys" / "log-key.pem"
+    ready = threading.Barrier(8)
+    won: list[str] = []
+    lost: list[Exception] = []
+
+    def create() -> None:
+        ready.wait()
+        try:
+            won.append(create_key_file(path).key_id)
+        except KeyFileExistsError as exc:
+            lost.append(exc)
+
+    threads = [threading.Thread(target=create) for _ in range(8)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert len(won) == 1 and len(lost) == 7, (won, lost)
+    assert load_key_file(path).key_id == won[0]
+    assert _mode(path) == 0o600
+    assert [p.name for p in path.parent.iterdir()] == ["log-key.pem"], "temporary files were left behind"
 
 
 @pytest.mark.parametrize("mode", [0o640, 0o604, 0o660, 0o644, 0o602, 0o610, 0o601])

@@ -12,7 +12,7 @@ from typing import Any
 import pytest
 
 from attestation.checkpoint import verify_checkpoint
-from attestation.keys import Ed25519Signer
+from attestation.keys import Ed25519Signer, load_key_file
 from attestation.merkle import MerkleTree, leaf_hash, verify_consistency, verify_inclusion
 from collector.config import CollectorConfig
 from collector.ingest import Ingestor
@@ -156,6 +156,26 @@ def test_open_creates_the_log_key_0600_next_to_the_db(tmp_path: Path) -> None:
         assert log.origin == "gpuaudit/site-7"
         again = Log.open(cfg, store)
         assert again.public_key() == log.public_key(), "the key is created once, then loaded"
+
+
+def test_open_takes_the_key_another_collector_created_at_the_same_moment(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Two collectors on one PostgreSQL store start together with one key path: the one
+    that loses the race to create the key loads the winner's instead of failing to start."""
+    import collector.log
+
+    real_create = collector.log.create_key_file
+
+    def lose_the_race(path: Path) -> Any:
+        real_create(path)  # the other collector, a moment earlier
+        return real_create(path)
+
+    monkeypatch.setattr(collector.log, "create_key_file", lose_the_race)
+    cfg = CollectorConfig(db=tmp_path / "c.db", collector_id="site-7")
+    with SqliteStore(cfg.db, now_ms=NOW_MS) as store:
+        log = Log.open(cfg, store)
+    assert log.public_key() == load_key_file(tmp_path / "c.db.log-key.pem").public_key()
 
 
 def test_collectors_sharing_a_store_must_sign_as_one_log(
