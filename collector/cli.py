@@ -159,6 +159,14 @@ def _tune_gc() -> None:
     gc.set_threshold(10_000, 20, 20)
 
 
+def _write_ready_file(path: Path, ports: dict[str, int | None]) -> None:
+    """Whole or absent: whoever waits for the file to appear (a supervisor, the demo, the
+    benches) may read it at once, so it is written under another name and renamed."""
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(json.dumps(ports))
+    os.replace(tmp, path)
+
+
 def _cmd_serve(ns: argparse.Namespace) -> int:
     from collector.detect.engine import DetectorEngine
     from collector.log import LogIdentityError
@@ -178,7 +186,7 @@ def _cmd_serve(ns: argparse.Namespace) -> int:
         running = await start_collector(cfg, store, engine, accept_log_key_change=ns.accept_log_key_change)
         _tune_gc()
         if ns.ready_file:
-            Path(ns.ready_file).write_text(json.dumps({"port": running.port, "metrics_port": running.metrics_port}))
+            _write_ready_file(Path(ns.ready_file), {"port": running.port, "metrics_port": running.metrics_port})
         print(
             f"gpuaudit-collector {__version__} listening on port {running.port}"
             + (f", metrics on http://127.0.0.1:{running.metrics_port}/metrics" if running.metrics_port else ""),

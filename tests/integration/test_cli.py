@@ -160,3 +160,21 @@ def test_serve_refuses_to_sign_the_stores_log_with_another_key(tmp_path: Path) -
     assert "log_identity" in err and "--accept-log-key-change" in err
     until_ready(serve("--accept-log-key-change", key="b.pem"))
     until_ready(serve(key="b.pem"))  # from now on b is the log's key
+
+
+def test_the_ready_file_is_never_seen_half_written(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Supervisors, the demo and the benches read the ready file as soon as it exists: it
+    is written under another name and renamed into place, never written where it is read."""
+    written: list[Path] = []
+    real_write_text = Path.write_text
+
+    def recording(self: Path, data: str, *args: object, **kwargs: object) -> int:
+        written.append(self)
+        return real_write_text(self, data, *args, **kwargs)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(Path, "write_text", recording)
+    ready = tmp_path / "ready"
+    collector_cli._write_ready_file(ready, {"port": 50051, "metrics_port": None})
+    assert ready not in written and written, written
+    assert json.loads(ready.read_text()) == {"port": 50051, "metrics_port": None}
+    assert [p.name for p in tmp_path.iterdir()] == ["ready"]
