@@ -29,7 +29,7 @@ from typing import Any
 import msgspec
 
 from attestation.statement import (
-    _GPU_CORE,
+    _GPU_INTS,
     PREDICATE_TYPE,
     SHARING_MODES,
     STATEMENT_TYPE,
@@ -49,6 +49,8 @@ _HEX = frozenset("0123456789abcdef")
 # Split methods recognised here; "mig_slices" (and MIG layouts) are left to the reference.
 _SPLITS = frozenset(("exclusive", "process_sm", "memory", "equal"))
 _KINDS = frozenset(WORKLOAD_KINDS)
+# The core readings a GPU's type lets be null (index and samples never are): null only with a reason.
+_NULLABLE_CORE = tuple(name for name, nullable, optional in _GPU_INTS if nullable and not optional)
 
 
 class _Struct(msgspec.Struct, kw_only=True, gc=False):
@@ -164,7 +166,7 @@ def _common_gpu(g: GpuWindow) -> bool:
     unavailable = g.unavailable
     if "readings" not in unavailable:
         # A null core reading must say why (attestation.statement._parse_gpu).
-        for name in _GPU_CORE:
+        for name in _NULLABLE_CORE:
             if getattr(g, name) is None and name not in unavailable:
                 return False
         if g.serial is None and "serial" not in unavailable:

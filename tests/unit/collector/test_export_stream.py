@@ -251,7 +251,6 @@ def test_inclusion_proofs_read_each_tile_of_the_log_once(tmp_path: Path) -> None
 
 def test_a_full_disk_for_the_proofs_is_a_clear_error(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     import errno
-    import tempfile
 
     import collector.export
 
@@ -279,5 +278,4 @@ def test_a_full_disk_for_the_proofs_is_a_clear_error(tmp_path: Path, monkeypatch
         export_bundle(tmp_path / "bundle.json", store, log, Selection(all=True), NOW_MS)
     assert made and made[0].closed
     assert list(tmp_path.iterdir()) == [], "a failed export must leave neither the bundle nor a temporary file"
-    monkeypatch.setattr(collector.export.tempfile, "TemporaryFile", tempfile.TemporaryFile)
     store.close()
