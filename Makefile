@@ -6,6 +6,18 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed-stamp
 
+# A venv is tied to the interpreter that made it and to the path it was made at (its
+# python is a link to that interpreter, its scripts' first lines name this folder). One
+# whose interpreter is gone or whose scripts point elsewhere (copied from another machine
+# or another clone) cannot be repaired in place: remove it so that the rules below build
+# it anew.
+VENV_FOREIGN := $(shell [ -d $(VENV) ] && ! { $(BIN)/python -c '' >/dev/null 2>&1 && \
+	head -n1 $(BIN)/pip 2>/dev/null | grep -q '^\#!$(CURDIR)/$(BIN)/python'; } && echo yes)
+ifeq ($(VENV_FOREIGN),yes)
+$(info .venv was made by another interpreter or at another path; rebuilding it)
+$(shell rm -rf $(VENV))
+endif
+
 .PHONY: help venv test lint demo bench eval eval-full proto clean
 
 help:
