@@ -21,21 +21,32 @@ class DetectConfig:
 
     # --- what makes a finding -----------------------------------------------------------
     min_gpus: int = 64
-    """Concurrent training-shaped GPUs (one group of tenants) for a ``large_training`` finding."""
+    """GPUs occupied by one group's training workloads at once for a ``large_training`` finding."""
     min_duration_s: int = 600
-    """How long the run must have held ``min_gpus`` before it is raised."""
+    """How long the run must have held ``min_gpus`` (its span at size, pauses included) before
+    it is raised."""
+    min_duty_cycle: float = 0.3
+    """Share of the span at size in which the run actually held ``min_gpus`` (training phases of
+    a run that alternates rollouts and training, or pauses for checkpoints)."""
     size_alone_gpus: int = 256
-    """Only where synchrony could not be measured at all (no per-bucket series in the data, an
-    unknown signal): a run of this many strong training-shaped GPUs is raised on size. Where
-    synchrony was measured it must fire at every size, so a steady 300-GPU inference fleet or
-    many independent one-node jobs of one tenant (measured, not in sync) raise nothing."""
+    """Only where coupling could not be measured at all (every series flat or too short:
+    unknown, not evidence either way) and InfiniBand, where reported, is not idle: a run of this
+    many strong training-shaped GPUs is raised on size. Where coupling was measured it must
+    fire, so a steady 300-GPU inference fleet or many independent one-node jobs raise nothing."""
     shared_workload_min_nodes: int = 2
-    """Where synchrony is unknown, one workload id (an opaque identity: one Slurm job, one pod
-    group) on at least this many nodes holding ``min_gpus`` training-shaped GPUs is job evidence."""
+    """Where coupling is unknown, one workload id (an opaque identity: one Slurm job, one pod
+    group) on at least this many nodes holding ``min_gpus`` GPUs is job evidence."""
     run_floor_gpus: int = 16
-    """A run starts (``started_at``) when a group first has this many training-shaped GPUs."""
+    """A run starts (``started_at``) when a group first has this many training GPUs."""
+    run_gap_s: int = 1200
+    """A run survives this long without a window at ``run_floor_gpus`` (checkpoint pauses, a
+    restart on other nodes after a failure, the rollout phases of RL post-training): one run,
+    one finding, one ``started_at``."""
+    workload_memory_s: int = 1200
+    """A workload seen training-shaped counts as the run's for this long: its GPUs count while
+    it occupies them, also in windows where they dip below the training thresholds."""
     max_gap_windows: int = 2
-    """Windows a run may miss (no data, or below the floor) without ending."""
+    """Kept for configuration files written before ``run_gap_s``; not used by the detector."""
 
     # --- one GPU in one window: training-shaped? (permille of 0..1) ----------------------
     strong_util_permille: int = 700
@@ -43,51 +54,70 @@ class DetectConfig:
     strong_power_permille: int = 450
     """Mean power / power limit of a clearly training-shaped GPU (H100 training: 55-90%)."""
     weak_util_permille: int = 350
-    """Floor for a throttled training GPU; it counts only when its tenant's nodes are in sync."""
+    """Floor for a throttled or input-bound training GPU; it counts only where its group is coupled."""
     weak_power_permille: int = 250
-    """Power floor for a throttled training GPU (an idle H100 draws about 10% of its limit)."""
+    """Power floor for such a GPU (an idle H100 draws about 10% of its limit)."""
     steady_bucket_fraction_permille: int = 600
     """Share of the window's buckets whose utilization is at least half the window's mean."""
     min_sm_active_permille: int = 200
     """Where SM activity is reported, a training GPU keeps its SMs busier than this."""
 
-    # --- synchronisation across a group's nodes ----------------------------------------
+    # --- coupling across a group's nodes (collector/detect/coupling.py) -------------------
     sync_min_gpus: int = 24
-    """Synchrony is computed only for groups with at least this many candidate GPUs."""
-    sync_history_windows: int = 5
-    """Windows of per-bucket node series pooled for the zero-lag correlation."""
+    """Coupling is measured only for groups with at least this many GPUs (three nodes)."""
     sync_sample_nodes: int = 24
     """Nodes sampled (stably, by hash of node id) per group; all pairs among them are used."""
-    sync_min_points: int = 12
-    """Buckets both nodes of a pair must have for the pair to count."""
+    sync_history_windows: int = 10
+    """Within windows: windows of per-bucket node series pooled (each window's mean removed)."""
+    sync_min_points: int = 24
+    """Within windows: buckets a node needs over that history to count (four windows of 10 s
+    buckets: enough episodes that the strongest can be left out)."""
     sync_min_corr: float = 0.30
-    """Mean pair correlation that counts as synchrony evidence for a run below ``size_alone_gpus``."""
-    weak_sync_corr: float = 0.45
-    """Mean pair correlation above which throttled (weak) GPUs count towards a run."""
+    """Within windows: median pair correlation, without each pair's strongest windows, for coupling."""
+    coupling_history_windows: int = 30
+    """Across windows: window means pooled per node (any sample interval has them)."""
+    coupling_min_windows: int = 12
+    """Across windows: windows a node needs over that history to count (four episodes)."""
+    coupling_episode_windows: int = 3
+    """Across windows: consecutive windows that form one episode (left out together)."""
+    coupling_min_corr: float = 0.08
+    """Across windows: median pair correlation for coupling. Real MLPerf multi-node runs give
+    0.15-0.24 at 30 s point samples in steady state, 0.7-0.99 at 2 s; independent nodes give
+    0 +- 0.02 over 24 sampled nodes."""
+    coupling_min_z: float = 4.0
+    """Standard errors from what independent nodes give, for coupling at either scale."""
 
     # --- linking tenant accounts that run one job ---------------------------------------
     link_min_gpus: int = 8
-    """A tenant needs this many candidate GPUs in a window to be compared with others (one node)."""
+    """A tenant needs this many GPUs in a window to be compared with others (one node)."""
     link_history_windows: int = 20
-    """Windows of tenant-level series pooled for a link test (20 min: 60+ points at 20 s samples)."""
+    """Within windows: windows of tenant-level series pooled for a link test."""
     link_min_points: int = 24
-    """Buckets both sides must have before a correlation is tested (each window's own mean is
-    removed, so the test counts one point less per window as degrees of freedom)."""
-    link_min_corr: float = 0.75
-    """Zero-lag correlation of tenant-level series for a link. Accounts of one job, each a few
-    nodes, correlate at 0.9-0.99 (their means share the job's step-by-step swings); unrelated
-    training jobs on the same benchmark reach 0.55-0.65 by chance alignment of their periodic
-    evaluation dips (seen on MLPerf shapes), so the bar sits well above that."""
+    """Points both sides must have before a correlation is tested."""
+    link_min_corr: float = 0.70
+    """Within windows: correlation of tenant-level series (without the two windows that agree
+    most) for a link. Accounts of one job, each a few nodes, correlate at 0.9-0.99; unrelated training
+    jobs on the same benchmark reach 0.55-0.65 by chance alignment of their evaluation dips."""
+    link_coarse_min_corr: float = 0.70
+    """Across windows: the same, on window means over ``coupling_history_windows``."""
     link_min_z: float = 4.5
     """Fisher z (atanh(r) * sqrt(n - 3)) for a link: unrelated tenants are ~N(0, 1), so 4.5 keeps
     chance links below ~1e-5 per pair test even with many busy tenants on a site."""
     link_confirm_windows: int = 3
-    """Consecutive windows two tenants must test as one job before they are linked."""
+    """Windows two tenants must test as one job, net of windows they do not, before they are linked."""
     link_ttl_s: int = 3600
     """A link not re-confirmed for this long lapses (unless a run of its group is still going)."""
     link_max_tenants: int = 200
-    """At most this many tenants (the largest by candidate GPUs) are compared per window: bounds
-    the cost on a site with thousands of small accounts."""
+    """At most this many tenants (the largest) are compared per window, and serve as the
+    reference for the common component: bounds the cost on a site with thousands of accounts."""
+
+    # --- other evidence, each optional --------------------------------------------------
+    ib_busy_bytes_per_s: float = 1e9
+    """Median InfiniBand/RoCE traffic per node above which a group's nodes talk east-west."""
+    ib_idle_bytes_per_s: float = 2e7
+    """... and below which they do not (single-node work): the size fallback is then off."""
+    material_share: float = 0.10
+    """A member tenant holding at least this share of a run's GPU-seconds sets its severity."""
 
     # --- FLOP accounting ----------------------------------------------------------------
     mfu_low: float = 0.25
@@ -103,7 +133,8 @@ class DetectConfig:
 
     # --- severity -----------------------------------------------------------------------
     transparent_opacity_max: float = 0.2
-    """Below this opacity a tenant is transparent: its finding is at most ``low``."""
+    """Below this opacity a tenant is transparent: a run whose material members are all
+    transparent is at most ``low``."""
     opaque_opacity_min: float = 0.6
     """At or above this opacity a tenant is opaque: severity is raised one step."""
     large_gpus: int = 1024

@@ -11,32 +11,37 @@ Before any window has closed nothing is known about which nodes exist, so the fi
 closes by lateness only. A statement for a window that already closed is late: it is
 counted and dropped, never folded into the past.
 
-Per closed window: each GPU is classified (``signals.classify``); its use is attributed to
-the tenants on it by ``share_permille``. Tenants are then grouped: two accounts whose
-tenant-level load series move together, sample by sample, for ``link_confirm_windows``
-windows in a row (a Fisher-z test on the zero-lag correlation, so unrelated busy tenants do
-not pass by chance) are linked, and a group is a connected set of linked tenants
-(``_group_of``). Per group the engine counts training-shaped GPUs and nodes, measures
-synchrony across a stable sample of the group's nodes, and keeps a run going across windows
-(tolerating ``max_gap_windows`` missing). Runs, synchrony and finding ids are keyed by group;
-when accounts are linked their runs merge and the finding names every member.
+Per closed window (the modules named do the work):
 
-A run of ``min_gpus`` for ``min_duration_s`` raises a finding when synchrony fires. Where
-synchrony could not be measured (the data has no per-bucket series: unknown, not evidence
-either way) one workload id across nodes, or ``size_alone_gpus`` strong GPUs, stands in for
-it; where it was measured and did not fire, size alone raises nothing. Nothing keys on
-tenant or workload names: workload ids are used only as opaque identities.
+1. ``usage.aggregate``: every GPU is classified (``signals.classify``) and its use attributed
+   to the workloads on it, per tenant and workload id.
+2. ``history.History.record``: each sizeable tenant's per-node load is kept, as window means
+   (any sample interval) and per-bucket series (where samples are 10 s apart or closer).
+3. ``linking.Linker``: accounts whose load is coupled (``coupling``: common component of the
+   other tenants removed, robust to any one episode left out) for ``link_confirm_windows``
+   windows in a row are linked; a group is a connected set of linked tenants.
+4. Per group: coupling of its nodes at both scales; its *training workloads* (workload ids
+   seen strong training-shaped, or weak where the group is coupled, within
+   ``workload_memory_s``) and the GPUs they occupy, which is the run's size; the run goes on
+   across pauses, phases and restarts within ``run_gap_s`` (``runs``).
+5. A run of ``min_gpus`` whose span at size reaches ``min_duration_s`` at a duty cycle of at
+   least ``min_duty_cycle`` raises a finding when its nodes are coupled. Where coupling could
+   not be measured at all (unknown, not evidence either way) one workload id across nodes, or
+   ``size_alone_gpus`` strong GPUs on nodes whose InfiniBand is not idle, stands in for it;
+   where it was measured and did not fire, nothing is raised. ``build`` writes the finding.
+
+Nothing keys on tenant or workload names: workload ids are used only as opaque identities.
 Everything a finding says was known at its ``detected_at``: there is no look-ahead.
 
 A restarted collector does not start blind: ``warm_start`` prepares the engine for a replay
 of the recent stored windows, at least ``history_span_ms`` of them (collector/warmup.py
-chooses them), given the findings already stored. A replayed run of a stored finding's group that was going
-on while that finding was last recorded continues it (same id, ``started_at`` and
-``detected_at``, its totals up to ``updated_at`` taken from it and not counted twice); until
-the replay has a full history span behind it, no new finding is raised, since synchrony and
-links computed from a partial history are not what the detector decided live. To keep every
-stored finding of a run still going within that span of the present, a finding is re-emitted
-at least once per history span even when nothing material changed.
+chooses them), given the findings already stored. A replayed run of a stored finding's group
+that was going on while that finding was last recorded continues it (same id, ``started_at``
+and ``detected_at``, its totals up to ``updated_at`` taken from it and not counted twice);
+until the replay has a full history span behind it, no new finding is raised, since coupling
+and links computed from a partial history are not what the detector decided live. To keep
+every stored finding of a run still going within that span of the present, a finding is
+re-emitted at least once per history span even when nothing material changed.
 """
 
 from __future__ import annotations
@@ -45,18 +50,21 @@ import datetime as dt
 import heapq
 import logging
 import math
-import operator
+import statistics
 from collections import deque
 from collections.abc import Iterable
-from dataclasses import dataclass, field
-from typing import Any
+from dataclasses import dataclass
 
-from attestation.statement import GpuWindow, UsageWindow
+from attestation.statement import UsageWindow
 from collector.detect import flops
+from collector.detect.build import build_finding
 from collector.detect.config import DetectConfig
-from collector.detect.findings import KIND_LARGE_TRAINING, SEVERITIES, Finding, finding_id, rfc3339_ms
+from collector.detect.findings import KIND_LARGE_TRAINING, Finding, rfc3339_ms
+from collector.detect.history import GroupCoupling, History
+from collector.detect.linking import Linker
 from collector.detect.opacity import Opacity, opacity
-from collector.detect.signals import STRONG, WEAK, classify, node_series, pooled_correlation, stable_sample
+from collector.detect.runs import GroupUse, ModelUse, Run, history_span_ms, run_gap_ms
+from collector.detect.usage import SiteWindow, TenantWindow, aggregate
 from collector.tenants import TenantDirectory
 
 _logger = logging.getLogger(__name__)
@@ -67,272 +75,12 @@ _SECONDS_PER_DAY = 86400.0
 
 
 @dataclass
-class _ModelUse:
-    """GPU-seconds and activity-weighted GPU-seconds on one GPU model."""
-
-    gpu_s: float = 0.0
-    active_gpu_s: float = 0.0
-
-
-@dataclass(slots=True)
-class _ClassUse:
-    """What one group's GPUs of one class (STRONG or WEAK) did in one window.
-
-    Every GPU counts by its workload's share; ``*_sum`` is a signal x share summed over the
-    GPUs that report the signal and ``*_w`` those GPUs' shares. Plain float attributes (with
-    slots) rather than per-class lists: ``_aggregate`` updates them for every workload on
-    every GPU of the site, and ``use.util_sum += x`` is cheaper than ``gw.util_sum[cls] += x``.
-    """
-
-    gpus: float = 0.0
-    nodes: dict[str, float] = field(default_factory=dict)  # node -> GPUs
-    models: dict[str, list[float]] = field(default_factory=dict)  # model -> [GPUs, activity-weighted GPUs]
-    util_sum: float = 0.0
-    util_w: float = 0.0
-    power_sum: float = 0.0
-    power_w: float = 0.0
-    sm_sum: float = 0.0
-    sm_w: float = 0.0
-    tensor_sum: float = 0.0
-    tensor_w: float = 0.0
-
-    def merge(self, o: _ClassUse) -> None:
-        self.gpus += o.gpus
-        for n, v in o.nodes.items():
-            self.nodes[n] = self.nodes.get(n, 0.0) + v
-        for m, (g, a) in o.models.items():
-            cur = self.models.get(m)
-            if cur is None:
-                self.models[m] = [g, a]
-            else:
-                cur[0] += g
-                cur[1] += a
-        self.util_sum += o.util_sum
-        self.util_w += o.util_w
-        self.power_sum += o.power_sum
-        self.power_w += o.power_w
-        self.sm_sum += o.sm_sum
-        self.sm_w += o.sm_w
-        self.tensor_sum += o.tensor_sum
-        self.tensor_w += o.tensor_w
-
-
-def _class_uses() -> tuple[_ClassUse, _ClassUse, _ClassUse]:
-    return _ClassUse(), _ClassUse(), _ClassUse()
-
-
-@dataclass
-class _GroupWindow:
-    """What one group of tenants did in one window, split by GPU class."""
-
-    # Indexed by class (signals.NOT_TRAINING, WEAK, STRONG); NOT_TRAINING's stays empty.
-    by_class: tuple[_ClassUse, _ClassUse, _ClassUse] = field(default_factory=_class_uses)
-    by_node: dict[str, list[GpuWindow]] = field(default_factory=dict)  # candidate GPUs per node
-    tenants: dict[str, float] = field(default_factory=dict)
-    # workload id (opaque) -> node -> strong GPUs: one job spanning nodes is job evidence
-    workload_nodes: dict[str, dict[str, float]] = field(default_factory=dict)
-
-    def candidate_gpus(self) -> float:
-        """Training-shaped GPUs, strong and weak."""
-        return self.by_class[STRONG].gpus + self.by_class[WEAK].gpus
-
-    def merge(self, o: _GroupWindow) -> None:
-        """Add another tenant's window (a group is the sum of its members)."""
-        for mine_c, theirs_c in zip(self.by_class, o.by_class, strict=True):
-            mine_c.merge(theirs_c)
-        for n, gl in o.by_node.items():
-            mine = self.by_node.get(n)
-            if mine is None:
-                self.by_node[n] = list(gl)
-            else:
-                mine.extend(g for g in gl if all(g is not x for x in mine))
-        for t, v in o.tenants.items():
-            self.tenants[t] = self.tenants.get(t, 0.0) + v
-        for wl, nodes in o.workload_nodes.items():
-            mine_w = self.workload_nodes.setdefault(wl, {})
-            for n, v in nodes.items():
-                mine_w[n] = mine_w.get(n, 0.0) + v
-
-    def shared_workload_gpus(self, min_nodes: int) -> float:
-        """Strong GPUs of the largest single workload id that spans ``min_nodes`` nodes or more."""
-        best = 0.0
-        for nodes in self.workload_nodes.values():
-            if len(nodes) >= min_nodes:
-                best = max(best, sum(nodes.values()))
-        return best
-
-
-@dataclass
-class _Run:
-    group: str
-    start_ms: int
-    last_hit_end_ms: int
-    tenants: dict[str, float] = field(default_factory=dict)  # tenant -> GPU-seconds
-    windows: int = 0
-    large_start_ms: int | None = None
-    large_last_end_ms: int = 0
-    large_windows: int = 0
-    gpu_s: float = 0.0
-    models: dict[str, _ModelUse] = field(default_factory=dict)
-    peak_gpus: float = 0.0
-    peak_nodes: int = 0
-    last_gpus: float = 0.0
-    last_nodes: int = 0
-    last_window_s: float = 0.0
-    last_rate_active_flops: float | None = None  # activity-weighted peak FLOP/s in the last window
-    sums: dict[str, list[float]] = field(default_factory=dict)  # signal -> [sum, weight]
-    sync: float | None = None
-    sync_pairs: int = 0
-    sync_nodes: int = 0
-    sync_max: float | None = None
-    weak_counted_windows: int = 0
-    last_strong_gpus: float = 0.0
-    last_shared_workload_gpus: float = 0.0
-    finding_id: str | None = None
-    merged_from: list[str] = field(default_factory=list)
-    finding: Finding | None = None
-    emitted: Finding | None = None
-    counted_to_ms: int = 0  # warm start: windows ending by then are in a stored finding's totals
-
-    def absorb(self, o: _Run) -> None:
-        """Fold another run of the same (now linked) group into this one."""
-        self.start_ms = min(self.start_ms, o.start_ms)
-        self.last_hit_end_ms = max(self.last_hit_end_ms, o.last_hit_end_ms)
-        for t, v in o.tenants.items():
-            self.tenants[t] = self.tenants.get(t, 0.0) + v
-        self.windows = max(self.windows, o.windows)
-        if o.large_start_ms is not None:
-            if self.large_start_ms is None or o.large_start_ms < self.large_start_ms:
-                self.large_start_ms = o.large_start_ms
-            self.large_last_end_ms = max(self.large_last_end_ms, o.large_last_end_ms)
-            self.large_windows = max(self.large_windows, o.large_windows)
-        self.gpu_s += o.gpu_s
-        for m, mu in o.models.items():
-            cur = self.models.setdefault(m, _ModelUse())
-            cur.gpu_s += mu.gpu_s
-            cur.active_gpu_s += mu.active_gpu_s
-        self.peak_gpus = max(self.peak_gpus, o.peak_gpus, self.last_gpus + o.last_gpus)
-        self.peak_nodes = max(self.peak_nodes, o.peak_nodes, self.last_nodes + o.last_nodes)
-        for name, (a, w) in o.sums.items():
-            acc = self.sums.setdefault(name, [0.0, 0.0])
-            acc[0] += a
-            acc[1] += w
-        if o.sync_max is not None:
-            self.sync_max = o.sync_max if self.sync_max is None else max(self.sync_max, o.sync_max)
-        self.weak_counted_windows = max(self.weak_counted_windows, o.weak_counted_windows)
-        self.counted_to_ms = max(self.counted_to_ms, o.counted_to_ms)
-        # The earliest finding survives (its id and detected_at); the other is superseded.
-        mine, theirs = self.finding, o.finding
-        if theirs is not None and (mine is None or theirs.detected_at_ms < mine.detected_at_ms):
-            if mine is not None:
-                self.merged_from.append(mine.id)
-            self.finding, self.emitted, self.finding_id = theirs, o.emitted, o.finding_id
-        elif theirs is not None:
-            self.merged_from.append(theirs.id)
-        self.merged_from.extend(o.merged_from)
-
-
-def history_span_ms(config: DetectConfig, window_ms: int) -> int:
-    """How far back in event time the detector's decisions reach, for windows of ``window_ms``.
-
-    Synchrony pools ``sync_history_windows`` windows; a link needs ``link_history_windows`` of
-    series and then ``link_confirm_windows`` tests in a row; the nodes a window waits for are
-    those of the last ``active_node_windows``; a run is raised once it has held its size for
-    ``min_duration_s`` (from the start of its first window at size). A detector that has seen
-    this span of windows decides as one that has seen everything before it.
-    """
-    windows = max(
-        config.sync_history_windows,
-        config.link_history_windows + config.link_confirm_windows,
-        config.active_node_windows,
-    )
-    return max(windows * window_ms, config.min_duration_s * _MS + window_ms)
-
-
-@dataclass
 class EngineStats:
     statements: int = 0
     windows_closed: int = 0
     late_dropped: int = 0
     duplicates_dropped: int = 0
     gpus_processed: int = 0
-
-
-def _group_of(tenant: str, parent: dict[str, str]) -> str:
-    """The representative of ``tenant``'s linked group (union-find root, path-halving)."""
-    while True:
-        p = parent.get(tenant, tenant)
-        if p == tenant:
-            return tenant
-        gp = parent.get(p, p)
-        parent[tenant] = gp
-        tenant = gp
-
-
-def _corr(a: list[float | None], b: list[float | None]) -> tuple[float, int]:
-    """Pearson correlation over the positions both have; (0.0, n) when either is flat."""
-    xs: list[float] = []
-    ys: list[float] = []
-    for x, y in zip(a, b, strict=False):
-        if x is not None and y is not None:
-            xs.append(x)
-            ys.append(y)
-    n = len(xs)
-    if n < 3:
-        return 0.0, n
-    mx = sum(xs) / n
-    my = sum(ys) / n
-    sxx = sxy = syy = 0.0
-    for x, y in zip(xs, ys, strict=True):
-        dx = x - mx
-        dy = y - my
-        sxx += dx * dx
-        syy += dy * dy
-        sxy += dx * dy
-    if sxx <= 1e-12 or syy <= 1e-12:
-        return 0.0, n
-    return sxy / math.sqrt(sxx * syy), n
-
-
-def _fisher_z(r: float, n: int) -> float:
-    """atanh(r) * sqrt(n - 3): ~N(0, 1) for unrelated series of n points."""
-    if n <= 3:
-        return 0.0
-    r = min(max(r, -0.999999), 0.999999)
-    return math.atanh(r) * math.sqrt(n - 3)
-
-
-def _unit(vec: list[float | None]) -> tuple[list[float], int] | None:
-    """Centre over the present points, missing -> 0, scale to unit length; None if flat."""
-    present = [v for v in vec if v is not None]
-    if len(present) < 3:
-        return None
-    m = sum(present) / len(present)
-    xs = [0.0 if v is None else v - m for v in vec]
-    ss = sum(x * x for x in xs)
-    if ss <= 1e-12:
-        return None
-    k = 1.0 / math.sqrt(ss)
-    return [x * k for x in xs], len(present)
-
-
-@dataclass
-class _Cluster:
-    members: list[str]
-    sums: list[float]
-    counts: list[int]
-    unit: list[float] | None = None
-
-    def add(self, vec: list[float | None]) -> None:
-        for i, v in enumerate(vec):
-            if v is not None:
-                self.sums[i] += v
-                self.counts[i] += 1
-        u = _unit(self.mean())
-        self.unit = None if u is None else u[0]
-
-    def mean(self) -> list[float | None]:
-        return [s / c if c else None for s, c in zip(self.sums, self.counts, strict=True)]
 
 
 class DetectorEngine:
@@ -356,16 +104,12 @@ class DetectorEngine:
         self._expected: frozenset[str] = frozenset()
         self._pending: set[str] = set()
         self._pending_for: int | None = None
-        # tenant -> window start -> node -> per-bucket series (the tenant's sampled nodes)
-        self._snaps: dict[str, dict[int, dict[str, list[float | None]]]] = {}
-        # tenant -> window start -> tenant-level series (mean over its sampled nodes)
-        self._tseries: dict[str, dict[int, list[float | None]]] = {}
-        self._recent_starts: deque[int] = deque(maxlen=max(1, config.sync_history_windows, config.link_history_windows))
-        self._agree: dict[tuple[str, str], int] = {}
-        self._links: dict[tuple[str, str], int] = {}  # pair -> last window start it was confirmed
-        self._link_evidence: dict[tuple[str, str], tuple[float, int, float]] = {}  # pair -> (r, n, z)
+        self._history = History(config)
+        self._linker = Linker(config)
+        # tenant -> training workload id -> start of the last window it was training-shaped
+        self._train_wl: dict[str, dict[str, int]] = {}
         self._run_key_of: dict[str, str] = {}  # tenant -> key of the run it belongs to
-        self._runs: dict[str, _Run] = {}
+        self._runs: dict[str, Run] = {}
         self._findings: dict[str, Finding] = {}
         self._opacity_cache: dict[tuple[str, int], Opacity] = {}
         self._warned_late = False
@@ -471,249 +215,21 @@ class DetectorEngine:
         self._recent_nodes.append(frozenset(windows))
         self._expected = frozenset().union(*self._recent_nodes)
         self._pending_for = None
-        tenant_windows = self._aggregate([windows[n] for n in sorted(windows)])
-        self._recent_starts.append(s)
-        self._snapshot(s, tenant_windows)
-        groups = self._group(s, tenant_windows)
+        site = aggregate([windows[n] for n in sorted(windows)], self.config)
+        self.stats.gpus_processed += site.gpus_seen
+        self._history.record(s, site.tenants)
+        self._linker.update(s, site.tenants, self._history, self._same_live_run)
+        groups = self._linker.groups(list(site.tenants))
         end = max(w.end_ms for w in windows.values())
-        return self._update_runs(s, end, groups)
+        return self._update_runs(s, end, groups, site)
 
     # ------------------------------------------------------------------ per window
 
-    def _aggregate(self, windows: list[UsageWindow]) -> dict[str, _GroupWindow]:
-        # The detector's per-GPU work: every GPU of the site, every window. Attributes read
-        # more than once are read into locals; the sums are added to in the same order as
-        # ever (GPU by GPU, workload by workload), so they are the same floats to the bit.
-        cfg = self.config
-        groups: dict[str, _GroupWindow] = {}
-        gpus_seen = 0
-        for w in windows:
-            node = w.node_id
-            gpus_seen += len(w.gpus)
-            for g in w.gpus:
-                workloads = g.workloads
-                if not workloads:
-                    continue
-                cls = classify(g, cfg)
-                if not cls:
-                    continue
-                u = g.util_mean_permille
-                lim = g.power_limit_mw
-                pf = g.power_mean_mw / lim if (g.power_mean_mw is not None and lim) else None
-                sm = g.sm_active_mean_permille
-                tc = g.tensor_active_mean_permille
-                activity = sm / 1000 if sm is not None else (u / 1000 if u is not None else 1.0)
-                model = g.model
-                for wl in workloads:
-                    share = wl.share_permille / 1000
-                    if share <= 0:
-                        continue
-                    tenant = wl.tenant
-                    gw = groups.get(tenant)
-                    if gw is None:
-                        gw = groups[tenant] = _GroupWindow()
-                    use = gw.by_class[cls]
-                    use.gpus += share
-                    nodes = use.nodes
-                    nodes[node] = nodes.get(node, 0.0) + share
-                    tenants = gw.tenants
-                    tenants[tenant] = tenants.get(tenant, 0.0) + share
-                    if cls == STRONG:
-                        wn = gw.workload_nodes.get(wl.workload)
-                        if wn is None:
-                            gw.workload_nodes[wl.workload] = {node: share}
-                        else:
-                            wn[node] = wn.get(node, 0.0) + share
-                    lst = gw.by_node.get(node)
-                    if lst is None:
-                        gw.by_node[node] = [g]
-                    elif lst[-1] is not g:
-                        lst.append(g)
-                    m = use.models.get(model)
-                    if m is None:
-                        use.models[model] = [share, share * activity]
-                    else:
-                        m[0] += share
-                        m[1] += share * activity
-                    if u is not None:
-                        use.util_sum += u * share
-                        use.util_w += share
-                    if pf is not None:
-                        use.power_sum += pf * share
-                        use.power_w += share
-                    if sm is not None:
-                        use.sm_sum += sm * share
-                        use.sm_w += share
-                    if tc is not None:
-                        use.tensor_sum += tc * share
-                        use.tensor_w += share
-        self.stats.gpus_processed += gpus_seen
-        return groups
+    def _same_live_run(self, a: str, b: str) -> bool:
+        key = self._run_key_of.get(a)
+        return key is not None and key == self._run_key_of.get(b) and key in self._runs
 
-    def _snapshot(self, s: int, tws: dict[str, _GroupWindow]) -> None:
-        """Keep each sizeable tenant's node series for this window (sync and link tests use them)."""
-        cfg = self.config
-        oldest = self._recent_starts[0]
-        # Every tenant big enough for a sync test, and the largest few hundred for link tests.
-        sizes = {t: gw.candidate_gpus() for t, gw in tws.items()}
-        small = sorted(
-            (t for t, g in sizes.items() if cfg.link_min_gpus <= g < cfg.sync_min_gpus), key=lambda t: (-sizes[t], t)
-        )
-        keep = {t for t, g in sizes.items() if g >= cfg.sync_min_gpus} | set(small[: max(0, cfg.link_max_tenants)])
-        for t, gw in tws.items():
-            if t not in keep:
-                continue
-            snap: dict[str, list[float | None]] = {}
-            for n in stable_sample(gw.by_node, cfg.sync_sample_nodes):
-                ser = node_series(gw.by_node[n])
-                if ser is not None:
-                    snap[n] = ser
-            if not snap:
-                continue
-            self._snaps.setdefault(t, {})[s] = snap
-            length = max(len(v) for v in snap.values())
-            sums = [0.0] * length
-            counts = [0] * length
-            for ser in snap.values():
-                for i, v in enumerate(ser):
-                    if v is not None:
-                        sums[i] += v
-                        counts[i] += 1
-            self._tseries.setdefault(t, {})[s] = [x / c if c else None for x, c in zip(sums, counts, strict=True)]
-        for store in (self._snaps, self._tseries):
-            for t in list(store):
-                per = store[t]
-                for st in [st for st in per if st < oldest]:
-                    del per[st]
-                if not per:
-                    del store[t]
-
-    def _tenant_vector(self, t: str, starts: list[int]) -> list[float | None]:
-        per = self._tseries.get(t, {})
-        out: list[float | None] = []
-        length = 0
-        for st in starts:
-            v = per.get(st)
-            if v is not None:
-                length = max(length, len(v))
-        for st in starts:
-            v = per.get(st)
-            if v is None:
-                out.extend([None] * length)
-            else:
-                out.extend(v)
-                out.extend([None] * (length - len(v)))
-        return out
-
-    def _link(self, s: int, tws: dict[str, _GroupWindow]) -> None:
-        """Test which tenants move as one job this window; confirm links that keep testing so."""
-        cfg = self.config
-        cands = [t for t, gw in tws.items() if gw.candidate_gpus() >= cfg.link_min_gpus]
-        cands = [t for t in cands if s in self._tseries.get(t, {})]
-        cands.sort(key=lambda t: (-tws[t].candidate_gpus(), t))
-        cands = cands[: max(0, cfg.link_max_tenants)]
-        together: set[tuple[str, str]] = set()
-        if len(cands) >= 2:
-            starts = list(self._recent_starts)[-cfg.link_history_windows :]
-            clusters: list[_Cluster] = []
-            for t in cands:
-                vec = self._tenant_vector(t, starts)
-                u = _unit(vec)
-                if u is None or u[1] < cfg.link_min_points:
-                    continue
-                tu = u[0]
-                best: tuple[float, int, float, _Cluster] | None = None
-                for cl in clusters:
-                    # Screen with one dot product (missing points as the mean), then test exactly.
-                    if cl.unit is None or sum(map(operator.mul, tu, cl.unit)) < cfg.link_min_corr * 0.8:
-                        continue
-                    r, n = _corr(vec, cl.mean())
-                    if n < cfg.link_min_points or r < cfg.link_min_corr:
-                        continue
-                    z = _fisher_z(r, n - len(starts))  # one mean removed per window
-                    if z >= cfg.link_min_z and (best is None or r > best[0]):
-                        best = (r, n, z, cl)
-                if best is None:
-                    cl = _Cluster([t], [0.0] * len(vec), [0] * len(vec))
-                    cl.add(vec)
-                    clusters.append(cl)
-                    continue
-                r, n, z, cl = best
-                for m in cl.members:
-                    pair = (m, t) if m < t else (t, m)
-                    together.add(pair)
-                    self._link_evidence[pair] = (round(r, 3), n, round(z, 2))
-                cl.members.append(t)
-                cl.add(vec)
-        for pair in list(self._agree):
-            if pair not in together:
-                del self._agree[pair]
-        for pair in together:
-            k = self._agree[pair] = self._agree.get(pair, 0) + 1
-            if k >= cfg.link_confirm_windows:
-                if pair not in self._links:
-                    r, n, z = self._link_evidence[pair]
-                    _logger.info("linked tenants %s and %s: r=%.2f over %d points (z=%.1f)", *pair, r, n, z)
-                self._links[pair] = s
-        ttl_ms = cfg.link_ttl_s * _MS
-        for pair, last in list(self._links.items()):
-            if s - last > ttl_ms:
-                key = self._run_key_of.get(pair[0])
-                if key is None or key != self._run_key_of.get(pair[1]) or key not in self._runs:
-                    del self._links[pair]
-                    self._link_evidence.pop(pair, None)
-
-    def _group(self, s: int, tws: dict[str, _GroupWindow]) -> dict[str, tuple[list[str], _GroupWindow]]:
-        """Tenant windows -> group key -> (members, summed window)."""
-        self._link(s, tws)
-        parent: dict[str, str] = {}
-        for a, b in self._links:
-            ra, rb = _group_of(a, parent), _group_of(b, parent)
-            if ra != rb:
-                parent[max(ra, rb)] = min(ra, rb)
-        members: dict[str, list[str]] = {}
-        for t in set(parent) | set(tws):
-            members.setdefault(_group_of(t, parent), []).append(t)
-        parts: dict[str, tuple[list[str], list[_GroupWindow]]] = {}
-        for t in sorted(tws):
-            ms = sorted(members[_group_of(t, parent)])
-            key = t if len(ms) == 1 else "+".join(ms)
-            parts.setdefault(key, (ms, []))[1].append(tws[t])
-        out: dict[str, tuple[list[str], _GroupWindow]] = {}
-        for key, (ms, gws) in parts.items():
-            if len(gws) == 1:
-                out[key] = (ms, gws[0])
-                continue
-            merged = _GroupWindow()
-            for gw in gws:
-                merged.merge(gw)
-            out[key] = (ms, merged)
-        return out
-
-    def _sync(self, s: int, members: list[str], gw: _GroupWindow | None) -> tuple[float | None, int, int]:
-        """Synchrony of a group's nodes over recent windows: (correlation, pairs, nodes sampled)."""
-        cfg = self.config
-        if gw is None or gw.candidate_gpus() < cfg.sync_min_gpus or len(gw.by_node) < 2:
-            return None, 0, 0
-        now: set[str] = set()
-        for m in members:
-            snap = self._snaps.get(m, {}).get(s)
-            if snap is not None:
-                now.update(snap)
-        sample = stable_sample(now, cfg.sync_sample_nodes)
-        history: list[dict[str, list[float | None]]] = []
-        for st in list(self._recent_starts)[-cfg.sync_history_windows :]:
-            merged: dict[str, list[float | None]] = {}
-            for m in members:
-                snap = self._snaps.get(m, {}).get(st)
-                if snap is not None:
-                    for n, ser in snap.items():
-                        merged.setdefault(n, ser)
-            history.append(merged)
-        corr, pairs = pooled_correlation(history, sample, cfg.sync_min_points)
-        return corr, pairs, len(sample)
-
-    def _merge_runs(self, key: str, members: list[str]) -> _Run | None:
+    def _merge_runs(self, key: str, members: list[str]) -> Run | None:
         """Fold the runs of a newly linked group's members into one run under ``key``."""
         keys = {self._run_key_of.get(m) for m in members}
         keys.discard(None)
@@ -735,35 +251,120 @@ class DetectorEngine:
                 self._run_key_of[m] = key
         return run
 
-    def _update_runs(self, s: int, end: int, groups: dict[str, tuple[list[str], _GroupWindow]]) -> list[Finding]:
+    def _group_use(self, s: int, members: list[str], site: SiteWindow, coupled: bool) -> GroupUse:
+        """The group's training workloads this window and the GPUs they occupy."""
+        cfg = self.config
+        memory_ms = cfg.workload_memory_s * _MS
+        gu = GroupUse()
+        tws = [(t, tw) for t in members if (tw := site.tenants.get(t)) is not None]
+        strong = sum(tw.strong for _, tw in tws)
+        weak = sum(tw.weak for _, tw in tws)
+        gu.candidate = strong + weak
+        # Weak (throttled, input-bound) GPUs make workloads training ones where the group is
+        # coupled and mostly weak: beside a strong training majority they are other work
+        # (serving on the same nodes), and a serving fleet is not coupled.
+        weak_counts = coupled and weak >= strong
+        gu.weak_counted = weak_counts and weak > 0
+        sums = gu.sums
+        mem_sum = mem_sq = 0.0
+        mem_n = 0
+        for t, tw in tws:
+            known = self._train_wl.get(t)
+            if known is None:
+                known = self._train_wl[t] = {}
+            counted = 0.0
+            for wl, use in tw.workloads.items():
+                if use.strong > 0 or (weak_counts and use.weak > 0):
+                    known[wl] = s
+                else:
+                    last = known.get(wl)
+                    if last is None:
+                        continue
+                    if s - last > memory_ms:
+                        del known[wl]
+                        continue
+                counted += use.gpus
+                gu.strong += use.strong
+                gu.nodes.update(use.nodes)
+                if len(use.nodes) >= cfg.shared_workload_min_nodes and use.gpus > gu.shared_workload_gpus:
+                    gu.shared_workload_gpus = use.gpus
+                    gu.shared_workload_nodes = len(use.nodes)
+                for model, (g, a) in use.models.items():
+                    m = gu.models.get(model)
+                    if m is None:
+                        gu.models[model] = [g, a]
+                    else:
+                        m[0] += g
+                        m[1] += a
+                if use.util_w > 0:
+                    acc = sums.setdefault("util", [0.0, 0.0])
+                    acc[0] += use.util_sum
+                    acc[1] += use.util_w
+                if use.power_w > 0:
+                    acc = sums.setdefault("power", [0.0, 0.0])
+                    acc[0] += use.power_sum
+                    acc[1] += use.power_w
+                if use.sm_w > 0:
+                    acc = sums.setdefault("sm", [0.0, 0.0])
+                    acc[0] += use.sm_sum
+                    acc[1] += use.sm_w
+                if use.tensor_w > 0:
+                    acc = sums.setdefault("tensor", [0.0, 0.0])
+                    acc[0] += use.tensor_sum
+                    acc[1] += use.tensor_w
+                mem_sum += use.mem_sum
+                mem_sq += use.mem_sq
+                mem_n += use.mem_n
+            if counted:
+                gu.tenants[t] = counted
+                gu.gpus += counted
+        if mem_n >= 2 and mem_sum > 0:
+            mean = mem_sum / mem_n
+            gu.mem_cv = math.sqrt(max(0.0, mem_sq / mem_n - mean * mean)) / mean
+        rates = [r for n in gu.nodes if (r := site.ib_bytes_per_s.get(n)) is not None]
+        if rates:
+            gu.ib_bytes_per_s = statistics.median(rates)
+            gu.ib_nodes = len(rates)
+        return gu
+
+    def _update_runs(self, s: int, end: int, groups: dict[str, list[str]], site: SiteWindow) -> list[Finding]:
         cfg = self.config
         out: list[Finding] = []
-        window_s = (end - s) / _MS
-        gap_ms = (cfg.max_gap_windows + 1) * (end - s)
+        window_ms = end - s
+        window_s = window_ms / _MS
+        gap_ms = run_gap_ms(cfg, window_ms)
+        memory_ms = cfg.workload_memory_s * _MS
+        # Forget training workloads not seen training-shaped for ``workload_memory_s`` (every
+        # tenant's, once in ten windows: workloads that left keep no memory).
+        prune = [t for t in self._train_wl if t not in site.tenants or (s // window_ms) % 10 == 0]
+        for t in prune:
+            known = self._train_wl[t]
+            for wl in [wl for wl, last in known.items() if s - last > memory_ms]:
+                del known[wl]
+            if not known:
+                del self._train_wl[t]
         for key in sorted(groups):
-            members = groups[key][0]
+            members = groups[key]
             if len(members) > 1:
                 self._merge_runs(key, members)
-        keys = sorted(set(groups) | set(self._runs))
-        for key in keys:
-            members, gw_ = groups.get(key, ([key], None))
-            gw = gw_
-            corr, pairs, sampled = self._sync(s, members, gw)
+        for key in sorted(set(groups) | set(self._runs)):
+            members = groups.get(key, [key])
             run = self._runs.get(key)
-            if gw is None:
-                if run is not None and s - run.last_hit_end_ms >= gap_ms:
-                    self._end_run(key)
-                continue
-            # Throttled GPUs count when the group is in sync and is itself mostly throttled; beside
-            # a strong training majority, weak GPUs are other work (inference on the same nodes).
-            strong, weak = gw.by_class[STRONG], gw.by_class[WEAK]
-            weak_counts = corr is not None and corr >= cfg.weak_sync_corr and weak.gpus >= strong.gpus
-            classes = (STRONG, WEAK) if weak_counts else (STRONG,)
-            gpus = sum(gw.by_class[c].gpus for c in classes)
-            node_set: set[str] = set(strong.nodes)
-            if weak_counts:
-                node_set.update(weak.nodes)
-            if gpus < cfg.run_floor_gpus:
+            present = [m for m in members if m in site.tenants]
+            candidate = sum(site.tenants[m].candidate_gpus() for m in present)
+            if run is None and candidate < cfg.run_floor_gpus:
+                continue  # not training-shaped and no run to continue: skip the costly part
+            occupied = sum(site.tenants[m].occupied for m in present)
+            exclude = set(members)
+            for m in members:
+                exclude.update(self._linker.cluster_of.get(m, ()))
+            coupling = (
+                self._history.group_coupling(s, members, exclude)
+                if occupied >= cfg.sync_min_gpus
+                else GroupCoupling(None, None, "unknown")
+            )
+            gu = self._group_use(s, members, site, coupling.state == "coupled")
+            if gu.gpus < cfg.run_floor_gpus:
                 if run is not None and s - run.last_hit_end_ms >= gap_ms:
                     self._end_run(key)
                 continue
@@ -771,89 +372,78 @@ class DetectorEngine:
                 self._end_run(key)
                 run = None
             if run is None:
-                run = self._runs[key] = _Run(group=key, start_ms=s, last_hit_end_ms=end)
+                run = self._runs[key] = Run(group=key, start_ms=s, last_hit_end_ms=end)
                 for m in members:
                     self._run_key_of[m] = key
             if self._priors:
                 self._resume(run, members, gap_ms)
             counted = end > run.counted_to_ms  # else already in the totals of the stored finding it continues
-            self._account(run, gw, classes, gpus, len(node_set), window_s, corr, pairs, sampled, weak_counts, counted)
-            run.last_strong_gpus = strong.gpus
-            run.last_shared_workload_gpus = gw.shared_workload_gpus(cfg.shared_workload_min_nodes)
+            self._account(run, gu, coupling, window_s, counted)
             run.last_hit_end_ms = end
-            if gpus >= cfg.min_gpus:
+            if gu.gpus >= cfg.min_gpus:
                 if run.large_start_ms is None or s - run.large_last_end_ms >= gap_ms:
                     run.large_start_ms = s
                     run.large_windows = 0
+                    run.at_size_gpus = []
                 run.large_last_end_ms = max(run.large_last_end_ms, end)
                 if counted:
                     run.large_windows += 1
+                    run.at_size_gpus.append(gu.gpus)
             f = self._evaluate(run, end, gap_ms)
             if f is not None:
                 out.append(f)
         return out
 
-    def _account(
-        self,
-        run: _Run,
-        gw: _GroupWindow,
-        classes: tuple[int, ...],
-        gpus: float,
-        nodes: int,
-        window_s: float,
-        corr: float | None,
-        pairs: int,
-        sampled: int,
-        weak_counts: bool,
-        counted: bool = True,
-    ) -> None:
+    def _account(self, run: Run, gu: GroupUse, coupling: GroupCoupling, window_s: float, counted: bool) -> None:
         """Add one window to ``run``; its totals only where ``counted`` (its state always)."""
-        for t, share in gw.tenants.items():
-            run.tenants[t] = run.tenants.get(t, 0.0) + (share * window_s if counted else 0.0)
         rate = 0.0
         rate_known = True
-        for c in classes:
-            use = gw.by_class[c]
-            for model, (g, active) in use.models.items():
-                peak = flops.lookup(model)
-                if peak is None:
-                    rate_known = False
-                else:
-                    rate += peak.bf16_dense_flops * active
-                if not counted:
-                    continue
+        for model, (g, active) in gu.models.items():
+            peak = flops.lookup(model)
+            if peak is None:
+                rate_known = False
+            else:
+                rate += peak.bf16_dense_flops * active
+            if counted:
                 mu = run.models.get(model)
                 if mu is None:
-                    mu = run.models[model] = _ModelUse()
+                    mu = run.models[model] = ModelUse()
                 mu.gpu_s += g * window_s
                 mu.active_gpu_s += active * window_s
-            if not counted:
-                continue
-            for name, total, weight in (
-                ("util", use.util_sum, use.util_w),
-                ("power", use.power_sum, use.power_w),
-                ("sm", use.sm_sum, use.sm_w),
-                ("tensor", use.tensor_sum, use.tensor_w),
-            ):
+        if counted:
+            for t, g in gu.tenants.items():
+                run.tenants[t] = run.tenants.get(t, 0.0) + g * window_s
+            for name, (total, weight) in gu.sums.items():
                 acc = run.sums.setdefault(name, [0.0, 0.0])
                 acc[0] += total * window_s
                 acc[1] += weight * window_s
-        if counted:
             run.windows += 1
-            run.gpu_s += gpus * window_s
-            if weak_counts:
+            run.gpu_s += gu.gpus * window_s
+            if gu.weak_counted:
                 run.weak_counted_windows += 1
+        else:
+            for t in gu.tenants:
+                run.tenants.setdefault(t, 0.0)
+        run.last = gu
         run.last_rate_active_flops = rate if rate_known else None
-        run.last_gpus = gpus
-        run.last_nodes = nodes
+        run.last_gpus = gu.gpus
+        run.last_nodes = len(gu.nodes)
         run.last_window_s = window_s
-        run.peak_gpus = max(run.peak_gpus, gpus)
-        run.peak_nodes = max(run.peak_nodes, nodes)
-        if corr is not None:
-            run.sync = corr
-            run.sync_pairs = pairs
-            run.sync_nodes = sampled
-            run.sync_max = corr if run.sync_max is None else max(run.sync_max, corr)
+        run.peak_gpus = max(run.peak_gpus, gu.gpus)
+        run.peak_nodes = max(run.peak_nodes, len(gu.nodes))
+        best = coupling.best
+        if best is not None:
+            run.coupling = {
+                "scales": {c.scale: c.to_json() for c in (coupling.within, coupling.across) if c is not None},
+                "decided_by": best.scale,
+            }
+            run.coupling_state = coupling.state
+            run.sync = best.corr
+            run.sync_max = best.corr if run.sync_max is None else max(run.sync_max, best.corr)
+            if coupling.state == "coupled":
+                run.coupled_windows += 1
+        else:
+            run.coupling_state = coupling.state
 
     def _end_run(self, key: str) -> None:
         run = self._runs.pop(key, None)
@@ -874,12 +464,15 @@ class DetectorEngine:
             self._opacity_cache[k] = o
         return o
 
-    def _evaluate(self, run: _Run, end_ms: int, gap_ms: int) -> Finding | None:
+    def _evaluate(self, run: Run, end_ms: int, gap_ms: int) -> Finding | None:
         cfg = self.config
         if run.finding is None:
             if run.large_start_ms is None or run.large_last_end_ms != end_ms:
                 return None
             if run.large_last_end_ms - run.large_start_ms < cfg.min_duration_s * _MS:
+                return None
+            duty = run.duty_cycle(int(run.last_window_s * _MS))
+            if duty is None or duty < cfg.min_duty_cycle:
                 return None
             if not self._job_evidence(run):
                 return None
@@ -889,7 +482,7 @@ class DetectorEngine:
             elif self._holding(end_ms):
                 return None
         detected_at = end_ms if run.finding is None else run.finding.detected_at_ms
-        f = self._build(run, detected_at, end_ms)
+        f = build_finding(run, cfg, self._opacity, self._linker.evidence, detected_at, end_ms)
         run.finding = f
         self._findings[f.id] = f
         prev = run.emitted
@@ -910,7 +503,7 @@ class DetectorEngine:
         span = history_span_ms(self.config, end - s)
         if self._hold_new and self._hold_until_ms is None:
             self._hold_until_ms = s + span
-        gap_ms = (self.config.max_gap_windows + 1) * (end - s)
+        gap_ms = run_gap_ms(self.config, end - s)
         for pid in [pid for pid, p in self._priors.items() if s > p.updated_at_ms + gap_ms + span]:
             del self._priors[pid]
 
@@ -924,11 +517,11 @@ class DetectorEngine:
         return True
 
     @staticmethod
-    def _continues(p: Finding, run: _Run, gap_ms: int) -> bool:
+    def _continues(p: Finding, run: Run, gap_ms: int) -> bool:
         """Did ``run`` start while ``p`` was being recorded (within the gap a run may have)?"""
         return p.started_at_ms - gap_ms <= run.start_ms <= p.updated_at_ms + gap_ms
 
-    def _resume(self, run: _Run, members: list[str], gap_ms: int) -> None:
+    def _resume(self, run: Run, members: list[str], gap_ms: int) -> None:
         """A replayed run of a stored finding's group continues it; runs of some of its tenants
         do not count again what its totals hold."""
         tenants = set(members)
@@ -942,7 +535,7 @@ class DetectorEngine:
         if exact is not None and run.finding is None:
             self._seed(run, exact)
 
-    def _prior_for(self, run: _Run, gap_ms: int) -> Finding | None:
+    def _prior_for(self, run: Run, gap_ms: int) -> Finding | None:
         """The stored finding sharing most tenants with ``run`` that ``run`` continues, if any."""
         tenants = set(run.tenants)
         best: tuple[int, int, str] | None = None
@@ -954,7 +547,7 @@ class DetectorEngine:
                     best = rank
         return None if best is None else self._priors[best[2]]
 
-    def _seed(self, run: _Run, p: Finding) -> None:
+    def _seed(self, run: Run, p: Finding) -> None:
         """Make ``run`` the continuation of stored finding ``p``: its id, start and detection
         time, and its totals up to ``p.updated_at_ms`` (windows the run does not count again).
 
@@ -1008,7 +601,7 @@ class DetectorEngine:
             busy = sig.get("sm_active_mean", {}).get("value") or sig.get("util_mean", {}).get("value")
             activity = 1.0 if busy is None else float(busy)
         for m, n in shares.items():
-            mu = run.models.setdefault(m, _ModelUse())
+            mu = run.models.setdefault(m, ModelUse())
             mu.gpu_s += gpu_s * n / total
             mu.active_gpu_s += gpu_s * n / total * activity
         for name, key, scale in (
@@ -1023,12 +616,21 @@ class DetectorEngine:
                 acc[0] += float(value) * scale * gpu_s
                 acc[1] += gpu_s
 
-    def _job_evidence(self, run: _Run) -> bool:
-        """Are the run's GPUs one job? Synchrony where measured; else one workload id or size."""
+    def _job_evidence(self, run: Run) -> bool:
+        """Are the run's GPUs one job? Coupling where measured; else one workload id, or size on a
+        fabric that is not idle."""
         cfg = self.config
-        if run.sync is not None:
-            return run.sync >= cfg.sync_min_corr
-        return run.last_shared_workload_gpus >= cfg.min_gpus or run.last_strong_gpus >= cfg.size_alone_gpus
+        if run.coupling_state == "coupled":
+            return True
+        if run.coupling_state in ("uncoupled", "pending"):
+            return False
+        last = run.last
+        if last is None:
+            return False
+        if last.shared_workload_gpus >= cfg.min_gpus:
+            return True
+        ib_idle = last.ib_bytes_per_s is not None and last.ib_bytes_per_s < cfg.ib_idle_bytes_per_s
+        return last.strong >= cfg.size_alone_gpus and not ib_idle
 
     def _material(self, prev: Finding, f: Finding) -> bool:
         cfg = self.config
@@ -1037,208 +639,6 @@ class DetectorEngine:
         if abs(f.gpus - prev.gpus) > cfg.update_gpus_fraction * max(prev.gpus, 1):
             return True
         return f.gpu_hours >= prev.gpu_hours * (1.0 + cfg.update_gpu_hours_fraction)
-
-    def _build(self, run: _Run, detected_at_ms: int, end_ms: int) -> Finding:
-        cfg = self.config
-        tenants = tuple(sorted(run.tenants))
-        primary = max(run.tenants.items(), key=lambda kv: (kv[1], kv[0]))[0]
-        ops = [self._opacity(t, run.start_ms) for t in tenants]
-        op = max(ops, key=lambda o: o.score)
-        if len(tenants) > 1:
-            reasons = tuple(f"{t}: {r}" for t, o in zip(tenants, ops, strict=True) for r in o.reasons)
-            op = Opacity(op.score, reasons)
-        gpus = int(round(run.peak_gpus))
-        gpu_hours = run.gpu_s / _SECONDS_PER_HOUR
-
-        # FLOP: peak dense BF16 x activity-weighted GPU-seconds x MFU band; upper: FP8 peak x GPU-seconds.
-        known_active = 0.0
-        upper = 0.0
-        unknown_models: list[str] = []
-        peaks: dict[str, dict[str, Any]] = {}
-        for model, mu in sorted(run.models.items()):
-            peak = flops.lookup(model)
-            if peak is None:
-                unknown_models.append(model)
-                continue
-            known_active += peak.bf16_dense_flops * mu.active_gpu_s
-            upper += peak.upper_flops * mu.gpu_s
-            peaks[model] = {
-                "table_key": peak.key,
-                "bf16_dense_flops": peak.bf16_dense_flops,
-                "fp8_dense_flops": peak.fp8_dense_flops,
-                "source": peak.source,
-            }
-        flop_estimate: tuple[float, float] | None
-        flop_upper: float | None
-        if unknown_models:
-            flop_estimate = None
-            flop_upper = None
-            flop_reason: str | None = f"peak throughput unknown for GPU model(s): {', '.join(unknown_models)}"
-        else:
-            flop_estimate = (cfg.mfu_low * known_active, cfg.mfu_high * known_active)
-            flop_upper = upper
-            flop_reason = None
-
-        projection: dict[str, Any]
-        if run.last_rate_active_flops is None:
-            projection = {"note": "unavailable: the rate needs every GPU model's peak", "per_day": None}
-        else:
-            lo_day = cfg.mfu_low * run.last_rate_active_flops * _SECONDS_PER_DAY
-            hi_day = cfg.mfu_high * run.last_rate_active_flops * _SECONDS_PER_DAY
-            mid_day = (lo_day + hi_day) / 2
-            done_mid = 0.0 if flop_estimate is None else (flop_estimate[0] + flop_estimate[1]) / 2
-            to_threshold: dict[str, float | None] = {}
-            for name, th in (
-                ("watch", cfg.flop_watch),
-                ("flag", cfg.flop_flag),
-                ("report", cfg.flop_report),
-                ("report_high", cfg.flop_report_high),
-            ):
-                to_threshold[f"{name} {th:.0e}"] = (
-                    0.0 if done_mid >= th else (round((th - done_mid) / mid_day, 2) if mid_day > 0 else None)
-                )
-            projection = {
-                "per_day": [lo_day, hi_day],
-                f"total_after_{cfg.projection_days}_days": [
-                    (flop_estimate[0] if flop_estimate else 0.0) + lo_day * cfg.projection_days,
-                    (flop_estimate[1] if flop_estimate else 0.0) + hi_day * cfg.projection_days,
-                ],
-                "days_to_threshold_at_current_rate": to_threshold,
-                "note": (
-                    f"if the run keeps its last window's rate ({run.last_gpus:.0f} GPUs): "
-                    "a projection, not a measurement"
-                ),
-            }
-
-        def mean(name: str, scale: float) -> float | None:
-            acc = run.sums.get(name)
-            if acc is None or acc[1] <= 0:
-                return None
-            return round(acc[0] / acc[1] / scale, 3)
-
-        util = mean("util", 1000.0)
-        power = mean("power", 1.0)
-        sm = mean("sm", 1000.0)
-        tensor = mean("tensor", 1000.0)
-        duration_s = (run.large_last_end_ms - (run.large_start_ms or run.start_ms)) / _MS
-        synced = run.sync is not None and run.sync >= cfg.sync_min_corr
-
-        def signal(value: float | None, threshold: float, unit: str) -> dict[str, Any]:
-            return {
-                "value": value,
-                "threshold": threshold,
-                "unit": unit,
-                "fired": None if value is None else value >= threshold,
-            }
-
-        signals = {
-            "concurrent_training_gpus": signal(float(gpus), cfg.min_gpus, "GPUs"),
-            "size_alone": {
-                **signal(float(run.last_strong_gpus), cfg.size_alone_gpus, "strong training-shaped GPUs"),
-                "note": "counts only where synchrony could not be measured",
-            },
-            "shared_workload_gpus": {
-                **signal(float(run.last_shared_workload_gpus), cfg.min_gpus, "GPUs under one workload id"),
-                "note": "one workload id on several nodes; counts only where synchrony could not be measured",
-            },
-            "duration_at_size_s": signal(duration_s, cfg.min_duration_s, "s"),
-            "util_mean": signal(util, cfg.strong_util_permille / 1000, "fraction of time busy"),
-            "power_fraction_of_limit": signal(power, cfg.strong_power_permille / 1000, "mean power / limit"),
-            "sm_active_mean": signal(sm, cfg.min_sm_active_permille / 1000, "fraction"),
-            "tensor_active_mean": {"value": tensor, "unit": "fraction", "fired": None},
-            "synchrony_corr": {
-                **signal(None if run.sync is None else round(run.sync, 3), cfg.sync_min_corr, "mean pair correlation"),
-                "max": None if run.sync_max is None else round(run.sync_max, 3),
-                "pairs": run.sync_pairs,
-                "nodes_sampled": run.sync_nodes,
-                "history_windows": cfg.sync_history_windows,
-            },
-        }
-        if tensor is None:
-            signals["tensor_active_mean"]["note"] = "not reported: unknown"
-        if sm is None:
-            signals["sm_active_mean"]["note"] = "not reported: unknown"
-        if run.sync is None:
-            signals["synchrony_corr"]["note"] = "no node series with enough points: unknown"
-
-        # Severity: magnitude from size and FLOP, shifted by opacity, capped for transparent tenants.
-        size_level = sum(1 for th in (cfg.min_gpus, cfg.size_alone_gpus, cfg.large_gpus) if gpus >= th)
-        flop_lo = flop_estimate[0] if flop_estimate else 0.0
-        flop_ths = (cfg.flop_watch, cfg.flop_flag, cfg.flop_report, cfg.flop_report_high)
-        flop_level = sum(1 for th in flop_ths if flop_lo >= th)
-        magnitude = max(size_level, flop_level)
-        if op.score < cfg.transparent_opacity_max:
-            sev = 0
-        elif op.score >= cfg.opaque_opacity_min:
-            sev = min(3, magnitude)
-        else:
-            sev = max(0, min(3, magnitude - 1))
-        size_s = min(1.0, max(0.0, math.log2(max(gpus, 1) / 32) / 7))
-        flop_mid = 0.0 if flop_estimate is None else (flop_estimate[0] + flop_estimate[1]) / 2
-        flop_s = min(1.0, max(0.0, (math.log10(flop_mid) - 22) / 4)) if flop_mid > 0 else 0.0
-        evidence_s = 1.0 if synced else 0.8
-        score = (0.4 + 0.6 * max(size_s, flop_s)) * evidence_s * (0.3 + 0.7 * op.score)
-        if sev == 0:
-            score = min(score, 0.3)
-
-        models = {m: round(mu.gpu_s / max(run.gpu_s, 1e-9) * run.peak_gpus) for m, mu in sorted(run.models.items())}
-        evidence: dict[str, Any] = {
-            "signals": signals,
-            "nodes": run.peak_nodes,
-            "nodes_last_window": run.last_nodes,
-            "gpus_last_window": round(run.last_gpus, 1),
-            "gpu_models": models,
-            "windows_counted": run.windows,
-            "windows_at_size": run.large_windows,
-            "throttled_gpus_counted_windows": run.weak_counted_windows,
-            "last_window_end": rfc3339_ms(end_ms),
-            "gpu_seconds": round(run.gpu_s, 1),
-            "flop": {
-                "estimate": None if flop_estimate is None else list(flop_estimate),
-                "upper_bound": flop_upper,
-                "method": (
-                    f"peak dense BF16 x activity-weighted GPU-seconds x MFU {cfg.mfu_low}..{cfg.mfu_high}; "
-                    "upper bound: peak dense FP8 (BF16 where no FP8) x GPU-seconds"
-                ),
-                "unavailable": flop_reason,
-                "peaks": peaks,
-            },
-            "projection": projection,
-            "opacity_by_tenant": {t: o.to_json() for t, o in zip(tenants, ops, strict=True)},
-            "memory_note": "memory use is not evidence: inference servers preallocate ~90% of GPU memory",
-        }
-        if len(tenants) > 1:
-            evidence["linked_tenants"] = {
-                "tenants": list(tenants),
-                "how": "tenant-level load series correlated sample by sample (zero lag) for "
-                f"{cfg.link_confirm_windows}+ windows in a row, Fisher z >= {cfg.link_min_z}",
-                "pairs": [
-                    {"tenants": list(p), "corr": e[0], "points": e[1], "z": e[2]}
-                    for p, e in sorted(self._link_evidence.items())
-                    if p[0] in run.tenants and p[1] in run.tenants
-                ],
-            }
-        if run.merged_from:
-            evidence["supersedes"] = sorted(set(run.merged_from))
-        if run.finding_id is None:
-            run.finding_id = finding_id(KIND_LARGE_TRAINING, (run.group,), run.start_ms)
-        return Finding(
-            id=run.finding_id,
-            kind=KIND_LARGE_TRAINING,
-            tenant=primary,
-            tenants=tenants,
-            severity=SEVERITIES[sev],
-            started_at_ms=run.start_ms,
-            detected_at_ms=detected_at_ms,
-            updated_at_ms=end_ms,
-            gpus=gpus,
-            nodes=run.peak_nodes,
-            gpu_hours=gpu_hours,
-            flop_estimate=flop_estimate,
-            score=round(min(1.0, max(0.0, score)), 4),
-            opacity=op,
-            evidence=evidence,
-        )
 
 
 def run_offline(windows: Iterable[UsageWindow], config: DetectConfig, tenants: TenantDirectory) -> list[Finding]:
@@ -1250,4 +650,4 @@ def run_offline(windows: Iterable[UsageWindow], config: DetectConfig, tenants: T
     return engine.findings()
 
 
-__all__ = ["DetectorEngine", "EngineStats", "run_offline"]
+__all__ = ["DetectorEngine", "EngineStats", "history_span_ms", "run_offline"]

@@ -346,7 +346,12 @@ def test_training_interleaved_with_inference_on_the_same_nodes_is_detected() -> 
     out = []
     for w in ws:
         other = by_key[(w.node_id, w.start_ms)]
-        gpus = w.gpus[:6] + other.gpus[6:]  # GPUs 6-7 serve, 0-5 train
+        # GPUs 6-7 serve, 0-5 train: the serving pods are other workloads than the training pod.
+        serving = tuple(
+            replace(g, workloads=tuple(replace(wl, workload=wl.workload + "-serve") for wl in g.workloads))
+            for g in other.gpus[6:]
+        )
+        gpus = w.gpus[:6] + serving
         out.append(replace(w, gpus=gpus))
     _, eng = run(out)
     (f,) = eng.findings()
@@ -387,14 +392,47 @@ kyc_level = "enhanced"
     assert f.severity != "low" or f.opacity.score >= DetectConfig().transparent_opacity_max
 
 
-def test_without_series_size_alone_or_one_workload_id_stand_in_for_synchrony() -> None:
-    """No per-bucket series: synchrony is unknown, not evidence against."""
+def test_without_series_coupling_is_measured_across_windows() -> None:
+    """No per-bucket series (window means only, as a Prometheus scrape gives): coupling is
+    measured on the window means, not given up as unknown."""
 
     def strip(ws: list[UsageWindow]) -> list[UsageWindow]:
         return [replace(w, gpus=tuple(replace(g, series=None) for g in w.gpus)) for w in ws]
 
     _, eng = run(strip(stream([Group("big", 40, "t-big", "train")], 20)))
     (f,) = eng.findings()
-    assert f.evidence["signals"]["synchrony_corr"]["value"] is None
-    _, eng = run(strip(stream([Group("mid", 10, "t-mid", "train")], 20)))
-    assert eng.findings() == [], "80 GPUs, no series, one workload id per node: no job evidence"
+    sync = f.evidence["signals"]["synchrony_corr"]
+    assert sync["state"] == "coupled" and sync["decided_by"] == "across_windows"
+    assert set(sync["scales"]) == {"across_windows"}, "no buckets: only the across-windows scale"
+    assert sync["scales"]["across_windows"]["points"] >= 8
+
+
+def _flat(ws: list[UsageWindow], shared_workload: bool) -> list[UsageWindow]:
+    """Every GPU at one constant level, no series: no variance, so coupling cannot be measured."""
+    out = []
+    for w in ws:
+        gpus = []
+        for g in w.gpus:
+            if not g.workloads:
+                gpus.append(g)
+                continue
+            wls = g.workloads
+            if shared_workload:
+                wls = tuple(replace(wl, workload="one-slurm-job") for wl in wls)
+            gpus.append(
+                replace(g, series=None, util_mean_permille=950, power_mean_mw=500_000, workloads=wls)
+            )
+        out.append(replace(w, gpus=tuple(gpus)))
+    return out
+
+
+def test_where_coupling_cannot_be_measured_size_or_one_workload_id_stand_in() -> None:
+    _, eng = run(_flat(stream([Group("big", 40, "t-big", "train")], 20), shared_workload=False))
+    (f,) = eng.findings()
+    assert f.evidence["signals"]["synchrony_corr"]["state"] == "unknown"
+    assert f.evidence["signals"]["size_alone"]["fired"] is True
+    _, eng = run(_flat(stream([Group("mid", 10, "t-mid", "train")], 20), shared_workload=False))
+    assert eng.findings() == [], "80 flat GPUs, one workload id per node: no job evidence"
+    _, eng = run(_flat(stream([Group("mid", 10, "t-mid", "train")], 20), shared_workload=True))
+    (f,) = eng.findings()
+    assert f.evidence["signals"]["shared_workload_gpus"]["fired"] is True and f.gpus == 80

@@ -1,0 +1,302 @@
+"""A run's finding: its subjects, severity, FLOP range and evidence, as of one window.
+
+Subjects: a group finding lists every member tenant with its GPU-hours, share of the run
+and opacity. The members holding at least ``material_share`` of the run's GPU-seconds (and
+always the largest) are *material*; severity comes from them, and the finding's ``tenant``
+is the material member that matters most for compliance (the most opaque, then the
+largest), not simply the largest. A run whose material members are all transparent is at
+most ``low``, whatever else runs on the site or was linked to it.
+"""
+
+from __future__ import annotations
+
+import math
+import statistics
+from collections.abc import Callable
+from typing import Any
+
+from collector.detect import flops
+from collector.detect.config import DetectConfig
+from collector.detect.findings import KIND_LARGE_TRAINING, SEVERITIES, Finding, finding_id, rfc3339_ms
+from collector.detect.opacity import Opacity
+from collector.detect.runs import Run
+
+_SECONDS_PER_HOUR = 3600.0
+_SECONDS_PER_DAY = 86400.0
+
+
+def _flop(run: Run, cfg: DetectConfig) -> tuple[tuple[float, float] | None, float | None, str | None, dict[str, Any]]:
+    """FLOP: peak dense BF16 x activity-weighted GPU-seconds x MFU band; upper: FP8 peak x GPU-seconds."""
+    known_active = 0.0
+    upper = 0.0
+    unknown_models: list[str] = []
+    peaks: dict[str, dict[str, Any]] = {}
+    for model, mu in sorted(run.models.items()):
+        peak = flops.lookup(model)
+        if peak is None:
+            unknown_models.append(model)
+            continue
+        known_active += peak.bf16_dense_flops * mu.active_gpu_s
+        upper += peak.upper_flops * mu.gpu_s
+        peaks[model] = {
+            "table_key": peak.key,
+            "bf16_dense_flops": peak.bf16_dense_flops,
+            "fp8_dense_flops": peak.fp8_dense_flops,
+            "source": peak.source,
+        }
+    if unknown_models:
+        return None, None, f"peak throughput unknown for GPU model(s): {', '.join(unknown_models)}", peaks
+    return (cfg.mfu_low * known_active, cfg.mfu_high * known_active), upper, None, peaks
+
+
+def _projection(run: Run, cfg: DetectConfig, flop_estimate: tuple[float, float] | None) -> dict[str, Any]:
+    if run.last_rate_active_flops is None:
+        return {"note": "unavailable: the rate needs every GPU model's peak", "per_day": None}
+    lo_day = cfg.mfu_low * run.last_rate_active_flops * _SECONDS_PER_DAY
+    hi_day = cfg.mfu_high * run.last_rate_active_flops * _SECONDS_PER_DAY
+    mid_day = (lo_day + hi_day) / 2
+    done_mid = 0.0 if flop_estimate is None else (flop_estimate[0] + flop_estimate[1]) / 2
+    to_threshold: dict[str, float | None] = {}
+    for name, th in (
+        ("watch", cfg.flop_watch),
+        ("flag", cfg.flop_flag),
+        ("report", cfg.flop_report),
+        ("report_high", cfg.flop_report_high),
+    ):
+        to_threshold[f"{name} {th:.0e}"] = (
+            0.0 if done_mid >= th else (round((th - done_mid) / mid_day, 2) if mid_day > 0 else None)
+        )
+    return {
+        "per_day": [lo_day, hi_day],
+        f"total_after_{cfg.projection_days}_days": [
+            (flop_estimate[0] if flop_estimate else 0.0) + lo_day * cfg.projection_days,
+            (flop_estimate[1] if flop_estimate else 0.0) + hi_day * cfg.projection_days,
+        ],
+        "days_to_threshold_at_current_rate": to_threshold,
+        "note": (
+            f"if the run keeps its last window's rate ({run.last_gpus:.0f} GPUs): a projection, not a measurement"
+        ),
+    }
+
+
+def _signal(value: float | None, threshold: float | None, unit: str) -> dict[str, Any]:
+    return {
+        "value": value,
+        "threshold": threshold,
+        "unit": unit,
+        "fired": None if (value is None or threshold is None) else value >= threshold,
+    }
+
+
+def _signals(run: Run, cfg: DetectConfig, gpus: int, window_ms: int) -> dict[str, Any]:
+    def mean(name: str, scale: float) -> float | None:
+        acc = run.sums.get(name)
+        if acc is None or acc[1] <= 0:
+            return None
+        return round(acc[0] / acc[1] / scale, 3)
+
+    last = run.last
+    util = mean("util", 1000.0)
+    power = mean("power", 1.0)
+    sm = mean("sm", 1000.0)
+    tensor = mean("tensor", 1000.0)
+    duration_s = (run.large_last_end_ms - (run.large_start_ms or run.start_ms)) / 1000
+    duty = run.duty_cycle(window_ms)
+    typical = statistics.median(run.at_size_gpus) if run.at_size_gpus else None
+    coupling: dict[str, Any] = dict(run.coupling or {})
+    synchrony = {
+        **_signal(None if run.sync is None else round(run.sync, 3), None, "median pair correlation"),
+        "fired": {"coupled": True, "uncoupled": False}.get(run.coupling_state),
+        "state": run.coupling_state,
+        "max": None if run.sync_max is None else round(run.sync_max, 3),
+        "coupled_windows": run.coupled_windows,
+        **coupling,
+    }
+    if run.coupling_state == "unknown":
+        synchrony["note"] = "every node series flat or missing at both scales: the data cannot tell"
+    elif run.coupling_state == "pending":
+        synchrony["note"] = "history still too short to measure coupling"
+    ib = None if last is None else last.ib_bytes_per_s
+    signals: dict[str, Any] = {
+        "concurrent_training_gpus": {
+            **_signal(float(gpus), cfg.min_gpus, "GPUs occupied by the run's training workloads (peak)"),
+            "typical": None if typical is None else round(typical, 1),
+        },
+        "size_alone": {
+            **_signal(float(0.0 if last is None else last.strong), cfg.size_alone_gpus, "strong training-shaped GPUs"),
+            "note": "counts only where coupling could not be measured",
+        },
+        "shared_workload_gpus": {
+            **_signal(
+                float(0.0 if last is None else last.shared_workload_gpus), cfg.min_gpus, "GPUs under one workload id"
+            ),
+            "nodes": 0 if last is None else last.shared_workload_nodes,
+            "note": "one workload id on several nodes: evidence where present, never required",
+        },
+        "duration_at_size_s": _signal(duration_s, cfg.min_duration_s, "s"),
+        "duty_cycle": _signal(
+            None if duty is None else round(duty, 3), cfg.min_duty_cycle, "share of the span at size"
+        ),
+        "util_mean": _signal(util, cfg.strong_util_permille / 1000, "fraction of time busy"),
+        "power_fraction_of_limit": _signal(power, cfg.strong_power_permille / 1000, "mean power / limit"),
+        "sm_active_mean": _signal(sm, cfg.min_sm_active_permille / 1000, "fraction"),
+        "tensor_active_mean": {"value": tensor, "unit": "fraction", "fired": None},
+        "synchrony_corr": synchrony,
+        "infiniband_bytes_per_s": {
+            "value": None if ib is None else round(ib),
+            "unit": "median bytes/s per node (tx + rx)",
+            "nodes_reporting": 0 if last is None else last.ib_nodes,
+            "fired": None if ib is None else ib >= cfg.ib_busy_bytes_per_s,
+            "threshold": cfg.ib_busy_bytes_per_s,
+            "note": "east-west traffic of multi-node training; near zero for single-node work",
+        },
+        "memory_footprint_cv": {
+            "value": None if last is None or last.mem_cv is None else round(last.mem_cv, 3),
+            "unit": "coefficient of variation of GPU memory used across the run's GPUs",
+            "fired": None,
+            "note": "a stable footprint across nodes fits one sharded job, and also replicas of one server",
+        },
+    }
+    for name, value in (("tensor_active_mean", tensor), ("sm_active_mean", sm)):
+        if value is None:
+            signals[name]["note"] = "not reported: unknown"
+    if ib is None:
+        signals["infiniband_bytes_per_s"]["note"] = "not reported: unknown"
+    return signals
+
+
+def _severity(
+    cfg: DetectConfig, gpus: int, flop_estimate: tuple[float, float] | None, material: list[tuple[str, float, Opacity]]
+) -> tuple[int, float, str]:
+    """Severity index, the opacity that set it, and why, from size, FLOP and material members."""
+    size_level = sum(1 for th in (cfg.min_gpus, cfg.size_alone_gpus, cfg.large_gpus) if gpus >= th)
+    flop_lo = flop_estimate[0] if flop_estimate else 0.0
+    flop_ths = (cfg.flop_watch, cfg.flop_flag, cfg.flop_report, cfg.flop_report_high)
+    flop_level = sum(1 for th in flop_ths if flop_lo >= th)
+    magnitude = max(size_level, flop_level)
+    t, share, op = max(material, key=lambda m: (m[2].score, m[1], m[0]))
+    why_size = f"{gpus} GPUs (size class {size_level} of 3), FLOP class {flop_level} of 4"
+    if op.score < cfg.transparent_opacity_max:
+        return 0, op.score, f"every material member is transparent (highest opacity {op.score:.2f}); {why_size}"
+    if op.score >= cfg.opaque_opacity_min:
+        sev = min(3, magnitude)
+        return sev, op.score, f"opaque member {t} holds {share:.0%} of the run (opacity {op.score:.2f}); {why_size}"
+    sev = max(0, min(3, magnitude - 1))
+    return (
+        sev,
+        op.score,
+        f"partly opaque member {t} holds {share:.0%} (opacity {op.score:.2f}, one step down); {why_size}",
+    )
+
+
+def build_finding(
+    run: Run,
+    cfg: DetectConfig,
+    opacity_of: Callable[[str, int], Opacity],
+    link_evidence: dict[tuple[str, str], dict[str, Any]],
+    detected_at_ms: int,
+    end_ms: int,
+) -> Finding:
+    tenants = tuple(sorted(run.tenants))
+    total = sum(run.tenants.values())
+    shares = {t: (run.tenants[t] / total if total > 0 else 1.0 / len(tenants)) for t in tenants}
+    ops = {t: opacity_of(t, run.start_ms) for t in tenants}
+    largest = max(tenants, key=lambda t: (shares[t], t))
+    material = [(t, shares[t], ops[t]) for t in tenants if shares[t] >= cfg.material_share or t == largest]
+    primary = max(material, key=lambda m: (m[2].score, m[1], m[0]))[0]
+    op = ops[primary]
+    if len(tenants) > 1:
+        score = max(m[2].score for m in material)
+        reasons = tuple(f"{t}: {r}" for t in tenants for r in ops[t].reasons)
+        op = Opacity(score, reasons)
+    gpus = int(round(run.peak_gpus))
+    window_ms = int(run.last_window_s * 1000)
+    flop_estimate, flop_upper, flop_reason, peaks = _flop(run, cfg)
+    sev, sev_opacity, why = _severity(cfg, gpus, flop_estimate, material)
+
+    size_s = min(1.0, max(0.0, math.log2(max(gpus, 1) / 32) / 7))
+    flop_mid = 0.0 if flop_estimate is None else (flop_estimate[0] + flop_estimate[1]) / 2
+    flop_s = min(1.0, max(0.0, (math.log10(flop_mid) - 22) / 4)) if flop_mid > 0 else 0.0
+    evidence_s = 1.0 if run.coupling_state == "coupled" else 0.8
+    score = (0.4 + 0.6 * max(size_s, flop_s)) * evidence_s * (0.3 + 0.7 * sev_opacity)
+    if sev == 0:
+        score = min(score, 0.3)
+
+    models = {m: round(mu.gpu_s / max(run.gpu_s, 1e-9) * run.peak_gpus) for m, mu in sorted(run.models.items())}
+    typical = statistics.median(run.at_size_gpus) if run.at_size_gpus else None
+    evidence: dict[str, Any] = {
+        "signals": _signals(run, cfg, gpus, window_ms),
+        "severity_reason": why,
+        "score_explained": "(0.4 + 0.6 x max(size, FLOP) on 0..1) x (1.0 coupled, 0.8 otherwise) "
+        "x (0.3 + 0.7 x the opacity that set the severity); at most 0.3 when low",
+        "members": [
+            {
+                "tenant": t,
+                "gpu_hours": round(run.tenants[t] / _SECONDS_PER_HOUR, 2),
+                "share": round(shares[t], 3),
+                "gpus": round(shares[t] * (typical if typical is not None else run.peak_gpus), 1),
+                "material": any(m[0] == t for m in material),
+                "opacity": ops[t].to_json(),
+            }
+            for t in sorted(tenants, key=lambda t: (-shares[t], t))
+        ],
+        "nodes": run.peak_nodes,
+        "nodes_last_window": run.last_nodes,
+        "gpus_last_window": round(run.last_gpus, 1),
+        "gpus_typical": None if typical is None else round(typical, 1),
+        "gpu_models": models,
+        "windows_counted": run.windows,
+        "windows_at_size": run.large_windows,
+        "throttled_gpus_counted_windows": run.weak_counted_windows,
+        "last_window_end": rfc3339_ms(end_ms),
+        "gpu_seconds": round(run.gpu_s, 1),
+        "flop": {
+            "estimate": None if flop_estimate is None else list(flop_estimate),
+            "upper_bound": flop_upper,
+            "method": (
+                f"peak dense BF16 x activity-weighted GPU-seconds x MFU {cfg.mfu_low}..{cfg.mfu_high}; "
+                "upper bound: peak dense FP8 (BF16 where no FP8) x GPU-seconds"
+            ),
+            "unavailable": flop_reason,
+            "peaks": peaks,
+        },
+        "projection": _projection(run, cfg, flop_estimate),
+        "opacity_by_tenant": {t: ops[t].to_json() for t in tenants},
+        "memory_note": "memory use is not evidence on its own: inference servers preallocate ~90% of GPU memory",
+    }
+    if len(tenants) > 1:
+        evidence["linked_tenants"] = {
+            "tenants": list(tenants),
+            "how": "tenant-level load coupled (collector/detect/coupling.py: common component of the other "
+            "tenants removed, robust to any one episode left out) for "
+            f"{cfg.link_confirm_windows}+ windows in a row, Fisher z >= {cfg.link_min_z}",
+            "pairs": [
+                {"tenants": list(p), **e}
+                for p, e in sorted(link_evidence.items())
+                if p[0] in run.tenants and p[1] in run.tenants
+            ],
+        }
+    if run.merged_from:
+        evidence["supersedes"] = sorted(set(run.merged_from))
+    if run.finding_id is None:
+        run.finding_id = finding_id(KIND_LARGE_TRAINING, (run.group,), run.start_ms)
+    return Finding(
+        id=run.finding_id,
+        kind=KIND_LARGE_TRAINING,
+        tenant=primary,
+        tenants=tenants,
+        severity=SEVERITIES[sev],
+        started_at_ms=run.start_ms,
+        detected_at_ms=detected_at_ms,
+        updated_at_ms=end_ms,
+        gpus=gpus,
+        nodes=run.peak_nodes,
+        gpu_hours=run.gpu_s / _SECONDS_PER_HOUR,
+        flop_estimate=flop_estimate,
+        score=round(min(1.0, max(0.0, score)), 4),
+        opacity=op,
+        evidence=evidence,
+    )
+
+
+__all__ = ["build_finding"]

@@ -1,0 +1,248 @@
+"""What the detector remembers of recent windows, per tenant, for the coupling tests.
+
+Two time scales (collector/detect/coupling.py):
+
+* **across windows**: each sizeable tenant's load per sampled node and window (the window
+  mean of power / limit, else utilisation, over the GPUs the tenant occupies there), and the
+  tenant's own level (the mean over all its nodes), for ``coupling_history_windows``;
+* **within windows**: the per-bucket node series, each window's mean removed, for
+  ``max(sync_history_windows, link_history_windows)`` windows; only where windows carry
+  buckets (samples 10 s apart or closer).
+
+The common component of a test is built here from the other tenants' levels: what most
+tenants of the site share in a window (a storage stall, power capping, aligned
+checkpoints, a fabric event) is not evidence that any two of them are one job.
+"""
+
+from __future__ import annotations
+
+from collections import deque
+from collections.abc import Collection, Sequence
+from dataclasses import dataclass
+
+from collector.detect.config import DetectConfig
+from collector.detect.coupling import MIN_COMMON_TENANTS, Coupling, common_component, deviations, measure
+from collector.detect.signals import node_series, stable_sample
+from collector.detect.usage import TenantWindow
+
+SCALE_WITHIN = "within_windows"
+SCALE_ACROSS = "across_windows"
+_EXACT_COMMON_SHARE = 0.10
+"""Leave the tested tenants out of the common component exactly when they are at least this
+share of the reference tenants; below it the site-wide median is the same to within a rank."""
+
+
+@dataclass(frozen=True)
+class GroupCoupling:
+    """Coupling of a group's nodes at both scales, and what it amounts to."""
+
+    within: Coupling | None
+    across: Coupling | None
+    state: str  # "coupled", "uncoupled", "pending" (history too short yet) or "unknown" (cannot tell)
+
+    @property
+    def best(self) -> Coupling | None:
+        """The scale that fired (the stronger if both), else the one with more support."""
+        cands = [c for c in (self.within, self.across) if c is not None]
+        if not cands:
+            return None
+        return max(cands, key=lambda c: (c.z, c.points))
+
+
+class History:
+    def __init__(self, config: DetectConfig) -> None:
+        self.config = config
+        span = max(config.coupling_history_windows, config.sync_history_windows, config.link_history_windows, 1)
+        self.starts: deque[int] = deque(maxlen=span)
+        self.levels: dict[str, dict[int, dict[str, float]]] = {}  # tenant -> start -> node -> load
+        self.tlevel: dict[str, dict[int, float]] = {}  # tenant -> start -> mean load over its nodes
+        self.snaps: dict[str, dict[int, dict[str, list[float | None]]]] = {}  # tenant -> start -> node -> buckets
+        self.tseries: dict[str, dict[int, list[float | None]]] = {}  # tenant -> start -> tenant buckets
+        self.reference: list[str] = []  # tenants that make the common component this window
+        self._common_cache: dict[tuple[str, frozenset[str]], list[float | None] | None] = {}
+
+    # ------------------------------------------------------------------ intake
+
+    def record(self, s: int, tws: dict[str, TenantWindow]) -> None:
+        """Keep this window's levels and series of every sizeable tenant; forget old ones."""
+        cfg = self.config
+        self.starts.append(s)
+        self._common_cache = {}
+        sized = [t for t, tw in tws.items() if tw.occupied >= cfg.link_min_gpus]
+        sized.sort(key=lambda t: (-tws[t].occupied, t))
+        keep = set(sized[: max(0, cfg.link_max_tenants)])
+        keep.update(t for t, tw in tws.items() if tw.candidate_gpus() >= cfg.sync_min_gpus)
+        self.reference = [t for t in sized[: max(0, cfg.link_max_tenants)]]
+        for t in keep:
+            tw = tws[t]
+            levels = [lv for lv in (tw.node_level(n) for n in tw.by_node) if lv is not None]
+            if levels:
+                self.tlevel.setdefault(t, {})[s] = sum(levels) / len(levels)
+            sample = stable_sample(tw.by_node, cfg.sync_sample_nodes)
+            lv_snap = {n: lv for n in sample if (lv := tw.node_level(n)) is not None}
+            if lv_snap:
+                self.levels.setdefault(t, {})[s] = lv_snap
+            snap: dict[str, list[float | None]] = {}
+            for n in sample:
+                ser = node_series(tw.by_node[n])
+                if ser is not None:
+                    snap[n] = ser
+            if not snap:
+                continue
+            self.snaps.setdefault(t, {})[s] = snap
+            length = max(len(v) for v in snap.values())
+            sums = [0.0] * length
+            counts = [0] * length
+            for ser in snap.values():
+                for i, v in enumerate(ser):
+                    if v is not None:
+                        sums[i] += v
+                        counts[i] += 1
+            self.tseries.setdefault(t, {})[s] = [x / c if c else None for x, c in zip(sums, counts, strict=True)]
+        oldest = self.starts[0]
+        for store in (self.levels, self.tlevel, self.snaps, self.tseries):
+            for t in list(store):
+                per = store[t]
+                for st in [st for st in per if st < oldest]:
+                    del per[st]
+                if not per:
+                    del store[t]
+
+    # ------------------------------------------------------------------ series
+
+    def across_starts(self) -> list[int]:
+        return list(self.starts)[-self.config.coupling_history_windows :]
+
+    def within_starts(self, windows: int) -> list[int]:
+        return list(self.starts)[-windows:]
+
+    def episodes_across(self, starts: Sequence[int]) -> list[int]:
+        k = max(1, self.config.coupling_episode_windows)
+        return [i // k for i in range(len(starts))]
+
+    def tenant_levels(self, t: str, starts: Sequence[int]) -> list[float | None]:
+        per = self.tlevel.get(t, {})
+        return [per.get(st) for st in starts]
+
+    def tenant_buckets(self, t: str, starts: Sequence[int], lengths: Sequence[int]) -> list[float | None]:
+        """The tenant's bucket series over ``starts``, window ``i`` padded or cut to ``lengths[i]``."""
+        per = self.tseries.get(t, {})
+        out: list[float | None] = []
+        for st, length in zip(starts, lengths, strict=True):
+            v = per.get(st)
+            if v is None:
+                out.extend([None] * length)
+            else:
+                out.extend(v[:length])
+                out.extend([None] * (length - len(v)))
+        return out
+
+    def _reference_without(self, exclude: Collection[str]) -> frozenset[str]:
+        ref = self.reference
+        excluded = [t for t in ref if t in exclude]
+        if len(excluded) >= _EXACT_COMMON_SHARE * len(ref) or len(ref) < 20:
+            return frozenset(excluded)
+        return frozenset()
+
+    def common_across(self, starts: Sequence[int], exclude: Collection[str]) -> list[float | None] | None:
+        """Per window, the median deviation of the other reference tenants' levels."""
+        key = (SCALE_ACROSS + repr(tuple(starts)), self._reference_without(exclude))
+        if key in self._common_cache:
+            return self._common_cache[key]
+        others = [t for t in self.reference if t not in key[1]]
+        series = [deviations(self.tenant_levels(t, starts)) for t in others]
+        out = common_component(series, len(starts)) if len(others) >= MIN_COMMON_TENANTS else None
+        self._common_cache[key] = out
+        return out
+
+    def common_within(
+        self, starts: Sequence[int], lengths: Sequence[int], exclude: Collection[str]
+    ) -> list[float | None] | None:
+        """Per bucket, the median of the other reference tenants' bucket series."""
+        key = (SCALE_WITHIN + repr(tuple(starts)) + repr(tuple(lengths)), self._reference_without(exclude))
+        if key in self._common_cache:
+            return self._common_cache[key]
+        others = [t for t in self.reference if t not in key[1]]
+        series = [self.tenant_buckets(t, starts, lengths) for t in others]
+        out = common_component(series, sum(lengths)) if len(others) >= MIN_COMMON_TENANTS else None
+        self._common_cache[key] = out
+        return out
+
+    # ------------------------------------------------------------------ a group's coupling
+
+    def group_coupling(self, s: int, members: Sequence[str], exclude: Collection[str]) -> GroupCoupling:
+        """Coupling of the group's sampled nodes, at both scales; ``exclude``: tenants kept out of
+        the common component (the group and the tenants that move with it)."""
+        cfg = self.config
+        now: set[str] = set()
+        for m in members:
+            now.update(self.levels.get(m, {}).get(s, {}))
+            now.update(self.snaps.get(m, {}).get(s, {}))
+        sample = stable_sample(now, cfg.sync_sample_nodes)
+        if len(sample) < 2:
+            return GroupCoupling(None, None, "pending" if len(self.starts) < cfg.coupling_min_windows else "unknown")
+
+        # Across windows: one point per window per node.
+        starts = self.across_starts()
+        units: dict[str, list[float | None]] = {}
+        for n in sample:
+            row: list[float | None] = []
+            for st in starts:
+                v: float | None = None
+                for m in members:
+                    v = self.levels.get(m, {}).get(st, {}).get(n)
+                    if v is not None:
+                        break
+                row.append(v)
+            units[n] = row
+        across = measure(
+            units,
+            self.episodes_across(starts),
+            scale=SCALE_ACROSS,
+            min_points=cfg.coupling_min_windows,
+            common=self.common_across(starts, exclude),
+        )
+
+        # Within windows: the buckets of each window, mean-removed, over a shorter history.
+        wstarts = self.within_starts(cfg.sync_history_windows)
+        lengths = []
+        for st in wstarts:
+            length = 0
+            for m in members:
+                for series in self.snaps.get(m, {}).get(st, {}).values():
+                    length = max(length, len(series))
+            lengths.append(length)
+        bunits: dict[str, list[float | None]] = {}
+        for n in sample:
+            row = []
+            for st, length in zip(wstarts, lengths, strict=True):
+                ser: list[float | None] | None = None
+                for m in members:
+                    ser = self.snaps.get(m, {}).get(st, {}).get(n)
+                    if ser is not None:
+                        break
+                row.extend([None] * length if ser is None else list(ser) + [None] * (length - len(ser)))
+            bunits[n] = row
+        eps = [i for i, length in enumerate(lengths) for _ in range(length)]
+        within = None
+        if eps:
+            common = self.common_within(wstarts, lengths, exclude)
+            within = measure(bunits, eps, scale=SCALE_WITHIN, min_points=cfg.sync_min_points, common=common)
+
+        fired = (within is not None and within.fired(cfg.sync_min_corr, cfg.coupling_min_z)) or (
+            across is not None and across.fired(cfg.coupling_min_corr, cfg.coupling_min_z)
+        )
+        if fired:
+            state = "coupled"
+        elif within or across:
+            state = "uncoupled"
+        else:
+            # Nothing measured: "pending" while the history is still too short for the
+            # across-windows scale (it will be measurable), "unknown" when it is long enough and
+            # the series are flat or missing (the data cannot tell).
+            longest = max((sum(1 for v in row if v is not None) for row in units.values()), default=0)
+            state = "pending" if longest < cfg.coupling_min_windows else "unknown"
+        return GroupCoupling(within, across, state)
+
+
+__all__ = ["GroupCoupling", "History", "SCALE_ACROSS", "SCALE_WITHIN"]

@@ -1,0 +1,163 @@
+"""One closed window of a site, summed per tenant and per workload: what the detector reads.
+
+``aggregate`` is the detector's per-GPU work (every GPU of the site, every window), so it is
+one pass with attributes read into locals. Per tenant it keeps, per workload id (an opaque
+identity: one pod, one Slurm job), the GPUs the workload occupies in every class, how many
+of them were training-shaped, and the signal sums the FLOP estimate and the evidence need;
+per node, the GPUs it occupies there (their load and per-bucket series feed the coupling
+tests).
+
+A run's GPUs are the GPUs its training workloads *occupy*, not only those above the strong
+thresholds in this window: a GPU of a running job that waits on a checkpoint or a slow
+input pipeline for a minute is still the job's (``engine`` decides which workloads are
+training ones).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+
+from attestation.statement import GpuWindow, UsageWindow
+from collector.detect.config import DetectConfig
+from collector.detect.signals import STRONG, WEAK, classify
+
+
+@dataclass(slots=True)
+class WorkloadUse:
+    """What one workload id of one tenant did in one window (GPUs by share)."""
+
+    gpus: float = 0.0
+    strong: float = 0.0
+    weak: float = 0.0
+    nodes: dict[str, float] = field(default_factory=dict)  # node -> GPUs
+    models: dict[str, list[float]] = field(default_factory=dict)  # model -> [GPUs, activity-weighted GPUs]
+    util_sum: float = 0.0
+    util_w: float = 0.0
+    power_sum: float = 0.0
+    power_w: float = 0.0
+    sm_sum: float = 0.0
+    sm_w: float = 0.0
+    tensor_sum: float = 0.0
+    tensor_w: float = 0.0
+    mem_sum: float = 0.0
+    mem_sq: float = 0.0
+    mem_n: int = 0
+
+
+@dataclass(slots=True)
+class TenantWindow:
+    """One tenant in one window."""
+
+    workloads: dict[str, WorkloadUse] = field(default_factory=dict)
+    by_node: dict[str, list[GpuWindow]] = field(default_factory=dict)  # occupied GPUs per node
+    strong: float = 0.0
+    weak: float = 0.0
+    occupied: float = 0.0
+
+    def candidate_gpus(self) -> float:
+        """Training-shaped GPUs, strong and weak."""
+        return self.strong + self.weak
+
+    def node_level(self, node: str) -> float | None:
+        """Mean load of the GPUs the tenant occupies on ``node``: power / limit where known, else
+        utilisation (computed on demand: only the tenants the coupling tests keep need it)."""
+        total = 0.0
+        n = 0
+        for g in self.by_node.get(node, ()):
+            lim = g.power_limit_mw
+            if g.power_mean_mw is not None and lim:
+                total += g.power_mean_mw / lim
+                n += 1
+            elif g.util_mean_permille is not None:
+                total += g.util_mean_permille / 1000
+                n += 1
+        return total / n if n else None
+
+
+@dataclass
+class SiteWindow:
+    """Every tenant of one closed window, and each node's InfiniBand rate (None: not reported)."""
+
+    tenants: dict[str, TenantWindow]
+    ib_bytes_per_s: dict[str, float | None]
+    gpus_seen: int
+
+
+def aggregate(windows: Iterable[UsageWindow], cfg: DetectConfig) -> SiteWindow:
+    tenants: dict[str, TenantWindow] = {}
+    ib: dict[str, float | None] = {}
+    gpus_seen = 0
+    for w in windows:
+        node = w.node_id
+        gpus_seen += len(w.gpus)
+        io = w.node_io
+        seconds = max(1e-3, (w.end_ms - w.start_ms) / 1000)
+        if io is not None and (io.ib_tx_bytes is not None or io.ib_rx_bytes is not None):
+            ib[node] = ((io.ib_tx_bytes or 0) + (io.ib_rx_bytes or 0)) / seconds
+        else:
+            ib[node] = None
+        for g in w.gpus:
+            workloads = g.workloads
+            if not workloads:
+                continue
+            cls = classify(g, cfg)
+            u = g.util_mean_permille
+            lim = g.power_limit_mw
+            pf = g.power_mean_mw / lim if (g.power_mean_mw is not None and lim) else None
+            sm = g.sm_active_mean_permille
+            tc = g.tensor_active_mean_permille
+            activity = sm / 1000 if sm is not None else (u / 1000 if u is not None else 1.0)
+            mem = g.mem_used_max_bytes
+            model = g.model
+            for wl in workloads:
+                share = wl.share_permille / 1000
+                if share <= 0:
+                    continue
+                tw = tenants.get(wl.tenant)
+                if tw is None:
+                    tw = tenants[wl.tenant] = TenantWindow()
+                use = tw.workloads.get(wl.workload)
+                if use is None:
+                    use = tw.workloads[wl.workload] = WorkloadUse()
+                use.gpus += share
+                tw.occupied += share
+                if cls == STRONG:
+                    use.strong += share
+                    tw.strong += share
+                elif cls == WEAK:
+                    use.weak += share
+                    tw.weak += share
+                nodes = use.nodes
+                nodes[node] = nodes.get(node, 0.0) + share
+                lst = tw.by_node.get(node)
+                if lst is None:
+                    tw.by_node[node] = [g]
+                elif lst[-1] is not g:
+                    lst.append(g)
+                m = use.models.get(model)
+                if m is None:
+                    use.models[model] = [share, share * activity]
+                else:
+                    m[0] += share
+                    m[1] += share * activity
+                if u is not None:
+                    use.util_sum += u * share
+                    use.util_w += share
+                if pf is not None:
+                    use.power_sum += pf * share
+                    use.power_w += share
+                if sm is not None:
+                    use.sm_sum += sm * share
+                    use.sm_w += share
+                if tc is not None:
+                    use.tensor_sum += tc * share
+                    use.tensor_w += share
+                if mem is not None:
+                    use.mem_sum += mem
+                    use.mem_sq += float(mem) * mem
+                    use.mem_n += 1
+    return SiteWindow(tenants, ib, gpus_seen)
+
+
+__all__ = ["SiteWindow", "TenantWindow", "WorkloadUse", "aggregate"]

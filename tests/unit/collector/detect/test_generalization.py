@@ -1,0 +1,373 @@
+"""The detector on the classes of data it used to fail on (coarse samples, common shocks,
+phased runs, low-and-slow training, undercounting, group subjects) and on what must stay
+quiet. Each site here is built from a few lines of physics, not from the evaluation's
+generators: a synchronous job's nodes share the job's per-window step rate; independent
+jobs do not; a common shock moves every tenant of the site at once.
+"""
+
+from __future__ import annotations
+
+import random
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+from attestation.statement import Chain, GpuWindow, NodeIo, Series, UsageWindow, Workload
+from collector.detect.config import DetectConfig
+from collector.detect.coupling import measure
+from collector.detect.engine import DetectorEngine
+from collector.detect.findings import Finding
+from collector.tenants import TenantDirectory
+
+T0_MS = 1_772_424_000_000
+WINDOW_MS = 60_000
+H100 = "NVIDIA H100 80GB HBM3"
+LIMIT_MW = 700_000
+BUCKET_MS = 10_000
+
+TENANTS = TenantDirectory.from_toml(
+    """
+[[tenant]]
+id = "t-open"
+country = "DE"
+registered = 2001-01-01
+ultimate_parent_country = "DE"
+beneficial_owners_disclosed = true
+nominee_directors = false
+declared_use = "model training"
+kyc_level = "enhanced"
+"""
+)
+
+# (util 0..1, power fraction of limit) of one GPU at one sample, or None: not occupied.
+Level = Callable[[int, int, float, random.Random], tuple[float, float] | None]
+
+
+@dataclass
+class Nodes:
+    """``count`` nodes of ``tenant``; ``level(node, window, t_in_window_s, rng)`` per sample."""
+
+    prefix: str
+    count: int
+    tenant: str
+    level: Level
+    workload: Callable[[int, int], str] = lambda n, k: "wl-job"
+    ib_bytes_per_s: float | None = None
+
+
+@dataclass
+class Site:
+    groups: list[Nodes]
+    windows: int
+    sample_s: int = 10
+    seed: int = 1
+    shock: Callable[[int, float], float] = lambda k, t: 1.0
+    """Multiplier of every occupied GPU's load at window ``k``, time ``t`` (a common shock)."""
+    series: bool = True
+    extra: list[UsageWindow] = field(default_factory=list)
+
+    def stream(self) -> list[UsageWindow]:
+        rng = random.Random(self.seed)
+        out: list[UsageWindow] = []
+        n_buckets = WINDOW_MS // BUCKET_MS
+        for k in range(self.windows):
+            start = T0_MS + k * WINDOW_MS
+            for g in self.groups:
+                for n in range(g.count):
+                    node = f"{g.prefix}-n{n:04d}"
+                    phase = rng.uniform(0, self.sample_s)
+                    times = [phase + i * self.sample_s for i in range(int(60 // self.sample_s) + 1)]
+                    times = [t for t in times if t < 60]
+                    gpus = []
+                    for i in range(8):
+                        b_u: list[list[float]] = [[] for _ in range(n_buckets)]
+                        b_p: list[list[float]] = [[] for _ in range(n_buckets)]
+                        occupied = True
+                        for t in times:
+                            lv = g.level(n, k, t, rng)
+                            if lv is None:
+                                occupied = False
+                                break
+                            m = self.shock(k, t)
+                            u, p = lv
+                            b = int(t * 1000 // BUCKET_MS)
+                            b_u[b].append(min(1.0, u * m))
+                            b_p[b].append(max(0.08, p * m))
+                        if not occupied:
+                            gpus.append(_gpu(i, node, None, None, None))
+                            continue
+                        util = [sum(x) / len(x) if x else None for x in b_u]
+                        power = [sum(x) / len(x) if x else None for x in b_p]
+                        wl = g.workload(n, k)
+                        gpus.append(_gpu(i, node, util, power, Workload(g.tenant, "k8s_pod", wl, 1, 60 << 30, 1000, 0)))
+                    io = None
+                    if g.ib_bytes_per_s is not None:
+                        b = int(g.ib_bytes_per_s * 30)
+                        io = NodeIo(ib_tx_bytes=b, ib_rx_bytes=b)
+                    out.append(
+                        UsageWindow(
+                            node_id=node,
+                            boot_id="b",
+                            agent_version="test",
+                            start_ms=start,
+                            end_ms=start + WINDOW_MS,
+                            sample_interval_ms=self.sample_s * 1000,
+                            chain=Chain("k", k, None if k == 0 else "0" * 64),
+                            gpus=tuple(gpus),
+                            node_io=io,
+                        )
+                    )
+        return out + self.extra
+
+    def run(self, config: DetectConfig | None = None) -> list[Finding]:
+        eng = DetectorEngine(config or DetectConfig(), TENANTS)
+        for w in self.stream():
+            eng.observe(w)
+        eng.finish()
+        return eng.findings()
+
+
+def _gpu(
+    i: int, node: str, util: list[float | None] | None, power: list[float | None] | None, wl: Workload | None
+) -> GpuWindow:
+    if util is None or power is None or wl is None:
+        return GpuWindow(
+            index=i, uuid=f"GPU-{node}-{i}", serial=None, model=H100, mem_total_bytes=80 << 30,
+            power_limit_mw=LIMIT_MW, samples=6, energy_start_mj=0, energy_end_mj=1, power_mean_mw=70_000,
+            power_max_mw=80_000, util_mean_permille=0, mem_used_max_bytes=0, workloads=(),
+        )  # fmt: skip
+    us = [u for u in util if u is not None]
+    ps = [p for p in power if p is not None]
+    return GpuWindow(
+        index=i,
+        uuid=f"GPU-{node}-{i}",
+        serial=None,
+        model=H100,
+        mem_total_bytes=80 << 30,
+        power_limit_mw=LIMIT_MW,
+        samples=len(us),
+        energy_start_mj=0,
+        energy_end_mj=1,
+        power_mean_mw=int(sum(ps) / len(ps) * LIMIT_MW),
+        power_max_mw=int(max(ps) * LIMIT_MW),
+        util_mean_permille=int(sum(us) / len(us) * 1000),
+        mem_used_max_bytes=60 << 30,
+        series=Series(
+            BUCKET_MS,
+            tuple(None if u is None else int(u * 1000) for u in util),
+            tuple(None if p is None else int(p * LIMIT_MW) for p in power),
+        ),
+        workloads=(wl,),
+    )
+
+
+# ---------------------------------------------------------------------- workload physics
+
+
+def sync_job(level: float = 0.72, util: float = 0.95, seed: int = 0, start: int = 0, end: int = 10**9) -> Level:
+    """A synchronous job: every rank shares the job's step rate in each window (stragglers and
+    congestion slow all of them), plus per-sample noise of its own (where in the step it is)."""
+    job_rng = random.Random(seed)
+    rate = [job_rng.gauss(0.0, 0.05) for _ in range(2000)]
+    checkpoint_every = job_rng.randrange(9, 14)
+
+    def f(n: int, k: int, t: float, rng: random.Random) -> tuple[float, float] | None:
+        if not start <= k < end:
+            return None
+        r = rate[k]
+        if (k - start) % checkpoint_every == checkpoint_every - 1 and t < 30:
+            r -= 0.4  # the whole job pauses to checkpoint
+        return util * (1 + r / 2), level * (1 + r) + rng.gauss(0.0, 0.06)
+
+    return f
+
+
+def independent_jobs(level: float = 0.72, seed: int = 0, job_windows: tuple[int, int] = (20, 60)) -> Level:
+    """Each node runs its own job, back to back; each job has its own step rate and pauses."""
+    rng0 = random.Random(seed)
+    per_node: dict[int, list[float]] = {}
+    boundaries: dict[int, set[int]] = {}
+
+    def f(n: int, k: int, t: float, rng: random.Random) -> tuple[float, float] | None:
+        if n not in per_node:
+            per_node[n] = [rng0.gauss(0.0, 0.05) for _ in range(2000)]
+            b, cut = set(), 0
+            while cut < 2000:
+                cut += rng0.randrange(*job_windows)
+                b.add(cut)
+            boundaries[n] = b
+        r = per_node[n][k]
+        if k in boundaries[n] and t < 40:
+            r -= 0.8  # this node's job ended; the next one loads
+        return 0.95 * (1 + r / 2), level * (1 + r) + rng.gauss(0.0, 0.06)
+
+    return f
+
+
+# ---------------------------------------------------------------------- the coupling statistic
+
+
+def test_one_shared_excursion_is_not_coupling_but_agreement_over_episodes_is() -> None:
+    rng = random.Random(3)
+    n = 30
+    shock = [0.0] * n
+    shock[12] = shock[13] = -1.0  # one stall, two windows
+    independent = {f"u{i}": [rng.gauss(0, 0.05) + shock[t] for t in range(n)] for i in range(12)}
+    eps = [t // 3 for t in range(n)]
+    c = measure(independent, eps, scale="across_windows", min_points=8)
+    assert c is not None and c.corr_all_episodes > 0.3, "the shared stall dominates a correlation"
+    assert c.corr < 0.1 and not c.fired(0.1, 4.0), c
+    common = [rng.gauss(0, 0.05) for _ in range(n)]
+    coupled = {f"u{i}": [common[t] + rng.gauss(0, 0.05) for t in range(n)] for i in range(12)}
+    c = measure(coupled, eps, scale="across_windows", min_points=8)
+    assert c is not None and c.fired(0.1, 4.0) and c.corr > 0.3, c
+
+
+def test_clusters_that_move_apart_are_not_one_job() -> None:
+    """Instances of two nodes each move together, instances independently: the median pair is not coupled."""
+    rng = random.Random(5)
+    n = 30
+    units = {}
+    for inst in range(8):
+        base = [rng.gauss(0, 0.1) for _ in range(n)]
+        for j in range(2):
+            units[f"i{inst}-{j}"] = [b + rng.gauss(0, 0.03) for b in base]
+    c = measure(units, [t // 3 for t in range(n)], scale="across_windows", min_points=8)
+    assert c is not None and not c.fired(0.1, 4.0), c
+
+
+# ---------------------------------------------------------------------- 1. coarse sampling
+
+
+def test_a_run_sampled_every_30_s_is_found_from_window_means() -> None:
+    site = Site([Nodes("tr", 16, "t-a", sync_job(seed=1))], windows=30, sample_s=30)
+    (f,) = site.run()
+    sync = f.evidence["signals"]["synchrony_corr"]
+    assert sync["state"] == "coupled" and f.gpus == 128
+    assert f.detected_at_ms - T0_MS <= 20 * WINDOW_MS
+
+
+def test_independent_one_node_jobs_started_together_raise_nothing_at_any_interval() -> None:
+    for sample_s in (10, 30, 60):
+        site = Site(
+            [Nodes("one", 40, "t-fleet", independent_jobs(seed=2), workload=lambda n, k: f"job-{n}-{k // 40}")],
+            windows=45,
+            sample_s=sample_s,
+        )
+        assert site.run() == [], f"{sample_s} s samples"
+
+
+# ---------------------------------------------------------------------- 2. common shocks
+
+
+def _stall(k: int, t: float) -> float:
+    return 0.15 if k in (14, 15, 33) else 1.0
+
+
+def test_a_common_shock_links_no_tenants_and_a_transparent_tenant_stays_low() -> None:
+    groups = [
+        Nodes("open", 40, "t-open", sync_job(seed=11)),  # the largest tenant is transparent
+        Nodes("op1", 12, "t-op1", sync_job(seed=12)),
+        Nodes("op2", 10, "t-op2", sync_job(seed=13)),
+        Nodes("inf", 12, "t-inf", lambda n, k, t, rng: (rng.uniform(0.2, 0.8), rng.uniform(0.25, 0.5))),
+    ]
+    for sample_s in (10, 30):
+        found = Site(groups, windows=45, sample_s=sample_s, shock=_stall).run()
+        by_tenant = {f.tenant: f for f in found}
+        assert all(len(f.tenants) == 1 for f in found), [f.tenants for f in found]
+        assert set(by_tenant) == {"t-open", "t-op1", "t-op2"}, (sample_s, sorted(by_tenant))
+        assert by_tenant["t-open"].severity == "low"
+        assert by_tenant["t-op1"].severity in ("medium", "high", "critical")
+
+
+# ---------------------------------------------------------------------- 3. phased runs
+
+
+def test_rl_post_training_alternating_rollouts_and_training_is_one_run() -> None:
+    train = sync_job(seed=21)
+
+    def rl(n: int, k: int, t: float, rng: random.Random) -> tuple[float, float] | None:
+        if k % 7 < 5:  # rollout: generation, bursty, nodes on their own
+            return rng.uniform(0.3, 0.7), rng.uniform(0.25, 0.42)
+        return train(n, k, t, rng)
+
+    found = Site([Nodes("rl", 16, "t-rl", rl)], windows=50, sample_s=10).run()
+    assert len(found) == 1, [(f.started_at_ms, f.gpus) for f in found]
+    assert found[0].gpus == 128
+
+
+def test_a_restart_on_other_nodes_after_a_failure_keeps_one_finding() -> None:
+    first = Nodes("a", 16, "t-rs", sync_job(seed=31, end=22))
+    second = Nodes("b", 16, "t-rs", sync_job(seed=32, start=27))  # 5 minutes later, other nodes
+    found = Site([first, second], windows=50, sample_s=10).run()
+    assert len(found) == 1, [(f.id, f.started_at_ms) for f in found]
+    assert found[0].started_at_ms == T0_MS
+
+
+# ---------------------------------------------------------------------- 4. low and slow; 5. counting
+
+
+def test_input_bound_fine_tuning_at_40_percent_is_found() -> None:
+    found = Site([Nodes("ft", 16, "t-ft", sync_job(level=0.45, util=0.42, seed=41))], windows=40).run()
+    (f,) = found
+    assert f.gpus == 128 and f.evidence["throttled_gpus_counted_windows"] > 0
+
+
+def test_gpus_that_dip_below_the_thresholds_still_count_for_their_run() -> None:
+    """A point sample that lands in a collective (communication, not compute) reads low; at 30 s
+    two samples make a window, so many GPUs of a 512-GPU run fall below the strong thresholds
+    in any one window. They are still the run's."""
+    job = sync_job(seed=51)
+
+    def sampled(n: int, k: int, t: float, rng: random.Random) -> tuple[float, float] | None:
+        lv = job(n, k, t, rng)
+        if lv is not None and rng.random() < 0.3:
+            return 0.25, 0.3
+        return lv
+
+    (f,) = Site([Nodes("big", 64, "t-big", sampled)], windows=25, sample_s=30).run()
+    assert f.gpus == 512, f.gpus
+    assert f.evidence["gpus_typical"] >= 500
+
+
+# ---------------------------------------------------------------------- subjects and quiet cases
+
+
+def test_a_group_is_headed_by_its_opaque_member_not_its_largest() -> None:
+    job = sync_job(seed=61)
+    groups = [
+        Nodes("gx", 30, "t-open", job),  # transparent front holds most of the run
+        Nodes("gy", 10, "t-hidden", job),  # the same job under an opaque account
+        Nodes("inf", 10, "t-inf", lambda n, k, t, rng: (rng.uniform(0.2, 0.8), rng.uniform(0.25, 0.5))),
+    ]
+    (f,) = Site(groups, windows=40).run()
+    assert set(f.tenants) == {"t-open", "t-hidden"}
+    assert f.tenant == "t-hidden" and f.severity in ("medium", "high", "critical")
+    members = {m["tenant"]: m for m in f.evidence["members"]}
+    assert members["t-open"]["share"] > members["t-hidden"]["share"] > 0.2
+
+
+def test_multi_node_inference_instances_raise_nothing() -> None:
+    """Instances of four nodes (tensor parallel across nodes) serving at high load: the nodes of
+    one instance move together, instances do not."""
+    inst_rng = random.Random(71)
+    load = {inst: [inst_rng.uniform(0.75, 1.0) for _ in range(200)] for inst in range(10)}
+
+    def serve(n: int, k: int, t: float, rng: random.Random) -> tuple[float, float]:
+        x = load[n // 4][k]
+        return 0.9 * x, 0.55 * x + rng.gauss(0, 0.03)
+
+    site = Site(
+        [Nodes("srv", 40, "t-srv", serve, workload=lambda n, k: f"instance-{n // 4}", ib_bytes_per_s=2e9)],
+        windows=45,
+        sample_s=10,
+    )
+    assert site.run() == []
+
+
+def test_a_sweep_of_independent_jobs_of_one_tenant_is_at_most_low() -> None:
+    site = Site(
+        [Nodes("sw", 32, "t-sweep", independent_jobs(seed=81, job_windows=(15, 25)), workload=lambda n, k: f"trial-{n}")],
+        windows=45,
+        sample_s=20,
+    )
+    assert all(f.severity == "low" for f in site.run())
