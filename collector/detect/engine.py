@@ -64,7 +64,7 @@ from collector.detect.history import GroupCoupling, History
 from collector.detect.linking import Linker
 from collector.detect.opacity import Opacity, opacity
 from collector.detect.runs import GroupUse, ModelUse, Run, history_span_ms, run_gap_ms
-from collector.detect.usage import SiteWindow, TenantWindow, aggregate
+from collector.detect.usage import SiteWindow, aggregate
 from collector.tenants import TenantDirectory
 
 _logger = logging.getLogger(__name__)

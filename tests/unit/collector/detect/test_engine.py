@@ -419,9 +419,7 @@ def _flat(ws: list[UsageWindow], shared_workload: bool) -> list[UsageWindow]:
             wls = g.workloads
             if shared_workload:
                 wls = tuple(replace(wl, workload="one-slurm-job") for wl in wls)
-            gpus.append(
-                replace(g, series=None, util_mean_permille=950, power_mean_mw=500_000, workloads=wls)
-            )
+            gpus.append(replace(g, series=None, util_mean_permille=950, power_mean_mw=500_000, workloads=wls))
         out.append(replace(w, gpus=tuple(gpus)))
     return out
 

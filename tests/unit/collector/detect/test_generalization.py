@@ -366,7 +366,11 @@ def test_multi_node_inference_instances_raise_nothing() -> None:
 
 def test_a_sweep_of_independent_jobs_of_one_tenant_is_at_most_low() -> None:
     site = Site(
-        [Nodes("sw", 32, "t-sweep", independent_jobs(seed=81, job_windows=(15, 25)), workload=lambda n, k: f"trial-{n}")],
+        [
+            Nodes(
+                "sw", 32, "t-sweep", independent_jobs(seed=81, job_windows=(15, 25)), workload=lambda n, k: f"trial-{n}"
+            )
+        ],
         windows=45,
         sample_s=20,
     )
