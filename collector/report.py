@@ -733,8 +733,29 @@ _SIGNAL_NAMES = {
     "power_fraction_of_limit": "Mean power as a fraction of the limit",
     "sm_active_mean": "Mean SM activity",
     "tensor_active_mean": "Mean tensor-core activity",
-    "synchrony_corr": "Synchrony across nodes (mean pair correlation)",
+    "synchrony_corr": "Coupling across nodes (median pair correlation, common shocks removed)",
+    "duty_cycle": "Share of the span at size actually at size",
+    "infiniband_bytes_per_s": "InfiniBand/RoCE traffic per node",
+    "memory_footprint_cv": "Spread of GPU memory used across the run's GPUs",
 }
+
+
+def _coupling_note(s: dict[str, Any]) -> str:
+    """The coupling signal's note: state, the scale that decided, and each scale's support."""
+    scales = s.get("scales") or {}
+    parts = [f"state: {s.get('state', 'unknown')}"]
+    if s.get("decided_by"):
+        parts.append(f"decided by {str(s['decided_by']).replace('_', ' ')}")
+    for name, c in sorted(scales.items()):
+        removed = c.get("common_share_removed")
+        parts.append(
+            f"{name.replace('_', ' ')}: r={c.get('corr')} (all episodes {c.get('corr_all_episodes')}), "
+            f"z={c.get('z')}, {c.get('units')} nodes x {c.get('points')} points, {c.get('episodes')} episodes"
+            + ("" if removed is None else f", {removed:.0%} of points masked as common")
+        )
+    if s.get("note"):
+        parts.append(str(s["note"]))
+    return "; ".join(parts)
 
 
 def _threshold_sentence(lo: float, hi: float, thresholds: Sequence[tuple[float, str]]) -> str:
@@ -791,6 +812,10 @@ def render(data: ReportData, options: ReportOptions, generated_ms: int, version:
         f"{_duration(detected - started)} after it started, and its latest evidence runs to "
         f"{_e(_utc(last_end))}. {flop_text}{linked}"
     )
+    if ev.get("severity_reason"):
+        plain += f" Severity <strong>{_e(sev)}</strong>: {_e(ev['severity_reason'])}."
+    if ev.get("score_explained"):
+        plain += f" Its score ({_e(f.get('score'))}) is {_e(ev['score_explained'])}."
 
     op = f.get("opacity") or {}
     reasons = op.get("reasons") or []
@@ -887,25 +912,45 @@ def render(data: ReportData, options: ReportOptions, generated_ms: int, version:
         ]
         for name, s in signals.items():
             thr = s.get("threshold")
+            note = _coupling_note(s) if name == "synchrony_corr" else s.get("note", "")
             parts.append(
                 f"<tr><td>{_e(_SIGNAL_NAMES.get(name, name))}</td><td class=num>{_signal_value(s)}</td>"
                 f"<td class=num>{'' if thr is None else _e(f'{thr:,}')}</td><td>{_e(s.get('unit', ''))}</td>"
-                f"<td>{_fired(s.get('fired'))}</td><td>{_e(s.get('note', ''))}</td></tr>"
+                f"<td>{_fired(s.get('fired'))}</td><td>{_e(note)}</td></tr>"
             )
         parts.append("</table>")
         if ev.get("memory_note"):
             parts.append(f'<p class="caption">{_e(ev["memory_note"])}.</p>')
+    members = ev.get("members") or []
+    if len(members) > 1:
+        parts += [
+            "<h3>Members of the run</h3>",
+            "<table><tr><th>tenant</th><th class=num>share</th><th class=num>GPUs</th>"
+            "<th class=num>GPU-hours</th><th class=num>opacity</th><th>sets the severity</th></tr>",
+        ]
+        for m in members:
+            op = m.get("opacity") or {}
+            parts.append(
+                f"<tr><td>{_e(m.get('tenant'))}</td><td class=num>{float(m.get('share', 0)):.0%}</td>"
+                f"<td class=num>{_e(m.get('gpus'))}</td><td class=num>{_e(m.get('gpu_hours'))}</td>"
+                f"<td class=num>{_e(op.get('score'))}</td><td>{'yes' if m.get('material') else 'no'}</td></tr>"
+            )
+        parts.append("</table>")
     link = ev.get("linked_tenants")
     if link:
         parts += [
             "<h3>Linked tenants</h3>",
             f"<p>{_e(link.get('how', ''))}</p><table><tr><th>tenants</th><th class=num>correlation</th>"
-            "<th class=num>points</th><th class=num>z</th></tr>",
+            "<th class=num>points</th><th class=num>windows</th><th class=num>z</th><th>scale</th>"
+            "<th class=num>common share removed</th></tr>",
         ]
         for p in link.get("pairs", []):
+            removed = p.get("common_share_removed")
             parts.append(
                 f"<tr><td>{_e(' + '.join(p.get('tenants', [])))}</td><td class=num>{_e(p.get('corr'))}</td>"
-                f"<td class=num>{_e(p.get('points'))}</td><td class=num>{_e(p.get('z'))}</td></tr>"
+                f"<td class=num>{_e(p.get('points'))}</td><td class=num>{_e(p.get('windows', ''))}</td>"
+                f"<td class=num>{_e(p.get('z'))}</td><td>{_e(str(p.get('scale', '')).replace('_', ' '))}</td>"
+                f"<td class=num>{'n/a' if removed is None else f'{removed:.0%}'}</td></tr>"
             )
         parts.append("</table>")
 

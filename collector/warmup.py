@@ -1,6 +1,6 @@
 """Warm start: before a collector detects, it replays the stored windows its detector needs.
 
-The detector's decisions reach back ``history_span_ms`` (collector/detect/engine.py):
+The detector's decisions reach back ``history_span_ms`` (collector/detect/runs.py):
 synchrony pools several windows, account links need a run of windows, a run is raised once
 it has held its size long enough. A collector that restarts, or that takes over detection on
 a shared store when the detecting collector dies (collector/follow.py), would otherwise
@@ -33,7 +33,7 @@ from typing import Protocol
 from attestation.errors import SchemaError
 from attestation.statement import UsageWindow, parse_statement
 from collector.detect.config import DetectConfig
-from collector.detect.engine import history_span_ms
+from collector.detect.runs import history_span_ms, run_gap_ms
 from collector.detect.findings import KIND_LARGE_TRAINING, Finding, parse_rfc3339_ms, rfc3339_ms
 from collector.detect.opacity import Opacity
 from collector.store.base import FindingRecord, Store
@@ -48,12 +48,11 @@ _TAIL_LEAVES = 500  # newest leaves read to find the newest window and the windo
 def lookback_ms(config: DetectConfig, window_ms: int) -> int:
     """Event time replayed before the newest stored window's end, for windows of ``window_ms``.
 
-    The detector's history span; plus the gap a run may have (``max_gap_windows`` + 1
-    windows), so that a run silent at the start of the span is still known as the same run;
+    The detector's history span; plus the gap a run may have (``run_gap_s``), so that a run silent at the start of the span is still known as the same run;
     plus ``allowed_lateness_s``, since the newest windows had not yet closed when the
     collector stopped.
     """
-    gap_ms = (config.max_gap_windows + 1) * window_ms
+    gap_ms = run_gap_ms(config, window_ms)
     return history_span_ms(config, window_ms) + gap_ms + config.allowed_lateness_s * _MS
 
 
@@ -193,7 +192,7 @@ def warm_up(store: Store, target: WarmupTarget, config: DetectConfig) -> WarmupR
     records = store.findings()
     priors: list[Finding] = []
     if p.end_leaf > p.start_leaf:
-        gap_ms = (config.max_gap_windows + 1) * p.window_ms
+        gap_ms = run_gap_ms(config, p.window_ms)
         readable = [f for f in map(stored_finding, records) if f is not None]
         # A finding folded into its linked group's (evidence "supersedes") is not continued.
         superseded = {str(i) for f in readable for i in f.evidence.get("supersedes", ())}

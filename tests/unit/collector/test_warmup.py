@@ -169,23 +169,26 @@ def _detected_at(found: list[Finding]) -> int:
 
 def test_lookback_follows_the_detector_history_not_a_constant() -> None:
     base = lookback_ms(CONFIG, WINDOW_MS)
-    # 23 windows of history (20 of link series + 3 confirmations), 3 of gap, 300 s of lateness.
-    assert base == (23 + 3) * WINDOW_MS + 300_000
-    longer = DetectConfig(link_history_windows=40)
+    # 33 windows of history (30 of coupling series + 3 link confirmations), a run's gap of
+    # 1,200 s, 300 s of lateness.
+    assert base == 33 * WINDOW_MS + 1_200_000 + 300_000
+    longer = DetectConfig(coupling_history_windows=50)
     assert lookback_ms(longer, WINDOW_MS) == base + 20 * WINDOW_MS
     slow = DetectConfig(min_duration_s=3600)
-    assert lookback_ms(slow, WINDOW_MS) == 3600_000 + WINDOW_MS + 3 * WINDOW_MS + 300_000
+    assert lookback_ms(slow, WINDOW_MS) == 3600_000 + WINDOW_MS + 1_200_000 + 300_000
+    assert lookback_ms(DetectConfig(run_gap_s=600), WINDOW_MS) == base - 600_000
     assert lookback_ms(CONFIG, 30_000) < base, "shorter windows, shorter look-back"
 
 
 def test_a_run_about_to_be_raised_at_a_restart_is_raised_in_the_first_window_after_it(
-    open_store: Callable[..., Any], steady: list[list[UsageWindow]]
+    open_store: Callable[..., Any],
 ) -> None:
-    expected = _detected_at(uninterrupted(steady))
+    late = site(110, train_from=70)  # the run starts after more than a look-back of history
+    expected = _detected_at(uninterrupted(late))
     restart_at = (expected - START_MS) // WINDOW_MS - 1  # every window before the deciding one is stored
     restart_end_ms = START_MS + restart_at * WINDOW_MS
     assert restart_at * WINDOW_MS > lookback_ms(CONFIG, WINDOW_MS), "the store holds more than the look-back"
-    store, _ = run_with_restart(open_store, steady, restart_at)
+    store, _ = run_with_restart(open_store, late, restart_at)
     (f,) = stored(store)
     got = [r.detected_ms for r in store.findings() if r.kind == KIND_LARGE_TRAINING][0]
     assert got <= restart_end_ms + WINDOW_MS, "raised in the first window after the restart"
