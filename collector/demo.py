@@ -219,9 +219,41 @@ def _print_finding(f: dict[str, Any]) -> None:
     for r in op.get("reasons", []):
         _say(f"    - {r}")
     ev = f.get("evidence", {})
+    if isinstance(ev, dict) and ev.get("severity_reason"):
+        _say(f"  severity: {ev['severity_reason']}")
     signals = ev.get("signals") if isinstance(ev, dict) else None
     if isinstance(signals, dict):
         _say("  signals:")
-        for name, s in signals.items():
-            _say(f"    - {name}: {json.dumps(s, sort_keys=True)}")
+        for line in signal_table(signals):
+            _say(f"    {line}")
     _say()
+
+
+def _cell(v: Any) -> str:
+    if v is None:
+        return "unknown"
+    if isinstance(v, bool):
+        return "yes" if v else "no"
+    if isinstance(v, float):
+        return f"{v:,.3g}" if abs(v) < 1000 else f"{v:,.0f}"
+    return str(v)
+
+
+def signal_table(signals: dict[str, Any]) -> list[str]:
+    """The finding's signals as aligned text rows: measured, threshold, fired, unit."""
+    rows = [("signal", "measured", "threshold", "fired", "unit")]
+    for name, s in signals.items():
+        if not isinstance(s, dict):
+            continue
+        fired = s.get("fired")
+        rows.append(
+            (
+                name.replace("_", " "),
+                _cell(s.get("value")),
+                "" if s.get("threshold") is None else _cell(s.get("threshold")),
+                "-" if fired is None else _cell(bool(fired)),
+                str(s.get("unit", "")) + (f" ({s['state']})" if s.get("state") else ""),
+            )
+        )
+    widths = [max(len(r[i]) for r in rows) for i in range(4)]
+    return ["  ".join(c.ljust(w) for c, w in zip(r[:4], widths, strict=True)) + "  " + r[4] for r in rows]

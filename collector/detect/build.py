@@ -157,6 +157,8 @@ def _signals(run: Run, cfg: DetectConfig, gpus: int, window_ms: int) -> dict[str
             "note": "a stable footprint across nodes fits one sharded job, and also replicas of one server",
         },
     }
+    if run.coupling_state != "unknown":
+        signals["size_alone"]["fired"] = None  # not used where coupling was measured
     for name, value in (("tensor_active_mean", tensor), ("sm_active_mean", sm)):
         if value is None:
             signals[name]["note"] = "not reported: unknown"
