@@ -32,6 +32,7 @@ dot products per pair, bounded by the number of units the engine samples.
 from __future__ import annotations
 
 import math
+import operator
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
@@ -200,50 +201,43 @@ def measure(
     ep_index = {e: i for i, e in enumerate(ep_ids)}
     idx = [ep_index[e] for e in episodes]
     n_ep = len(ep_ids)
-    ss: list[list[float]] = []
+    # Dense rows (a missing point is the unit's mean, zero: it adds nothing to a cross product
+    # or a sum of squares), so each pair costs two dot products in C.
+    dense = [[0.0 if v is None else v for v in x] for x in prepared]
+    occ = [False] * n_ep
     for x in prepared:
-        acc = [0.0] * n_ep
         for i, v in enumerate(x):
-            if v is not None:
-                acc[idx[i]] += v * v
-        ss.append(acc)
-    totals = [sum(a) for a in ss]
-    occupied = [e for e in range(n_ep) if any(ss[u][e] > 0 for u in range(k))]
+            if v is not None and v != 0.0:
+                occ[idx[i]] = True
+    occupied = [e for e in range(n_ep) if occ[e]]
     used_eps = len(occupied)
     leave = min(LEAVE_OUT, used_eps // 4)
     # The episodes left out are the group's, not each pair's: those in which the units agree
     # most in total (the sum over pairs of their cross products). Choosing per pair would leave
     # each pair's luckiest episodes out and bias every weak but real coupling below zero.
     agreement = [0.0] * n_ep
-    for i in range(length):
-        tot = sq = 0.0
-        for x in prepared:
-            v = x[i]
-            if v is not None:
-                tot += v
-                sq += v * v
-        agreement[idx[i]] += tot * tot - sq
-    top = sorted((e for e in occupied if agreement[e] > 0), key=lambda e: -agreement[e])[:leave]
+    for i, column in enumerate(zip(*dense, strict=True)):
+        tot = sum(column)
+        agreement[idx[i]] += tot * tot - sum(map(operator.mul, column, column))
+    top = set(sorted((e for e in occupied if agreement[e] > 0), key=lambda e: -agreement[e])[:leave])
+    keep = [idx[i] not in top for i in range(length)]
+    rest = [[v if k_ else 0.0 for v, k_ in zip(x, keep, strict=True)] for x in dense] if top else dense
+    totals = [sum(map(operator.mul, x, x)) for x in dense]
+    rest_totals = [sum(map(operator.mul, x, x)) for x in rest] if top else totals
     full: list[float] = []
     robust_pairs: list[float] = []
     for a in range(k):
-        xa = prepared[a]
+        xa, ra = dense[a], rest[a]
         for b in range(a + 1, k):
-            xb = prepared[b]
-            cross = [0.0] * n_ep
-            for i, (va, vb) in enumerate(zip(xa, xb, strict=True)):
-                if va is not None and vb is not None:
-                    cross[idx[i]] += va * vb
-            c = sum(cross)
+            c = sum(map(operator.mul, xa, dense[b]))
             den = math.sqrt(totals[a] * totals[b])
-            full.append(c / den if den > _TINY else 0.0)
+            r_full = c / den if den > _TINY else 0.0
+            full.append(r_full)
             if not top:
-                robust_pairs.append(full[-1] if used_eps >= 2 else min(full[-1], 0.0))
+                robust_pairs.append(r_full if used_eps >= 2 else min(r_full, 0.0))
                 continue
-            sa = totals[a] - sum(ss[a][e] for e in top)
-            sb = totals[b] - sum(ss[b][e] for e in top)
-            d = math.sqrt(sa * sb) if sa > _TINY and sb > _TINY else 0.0
-            robust_pairs.append((c - sum(cross[e] for e in top)) / d if d > _TINY else 0.0)
+            d = math.sqrt(rest_totals[a] * rest_totals[b])
+            robust_pairs.append(sum(map(operator.mul, ra, rest[b])) / d if d > _TINY else 0.0)
     pairs = len(full)
     med_all = median(full)
     robust = min(med_all, median(robust_pairs))

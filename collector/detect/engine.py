@@ -358,9 +358,12 @@ class DetectorEngine:
             exclude = set(members)
             for m in members:
                 exclude.update(self._linker.cluster_of.get(m, ()))
+            # Coupling decides findings (runs of ``min_gpus``) and whether weak GPUs count; a group
+            # that occupies fewer GPUs than a finding needs, with no run going, is not measured.
+            measured = occupied >= cfg.sync_min_gpus and (occupied >= cfg.min_gpus or run is not None)
             coupling = (
                 self._history.group_coupling(s, members, exclude)
-                if occupied >= cfg.sync_min_gpus
+                if measured
                 else GroupCoupling(None, None, "unknown")
             )
             gu = self._group_use(s, members, site, coupling.state == "coupled")

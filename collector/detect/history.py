@@ -75,13 +75,13 @@ class History:
         self.reference = [t for t in sized[: max(0, cfg.link_max_tenants)]]
         for t in keep:
             tw = tws[t]
-            levels = [lv for lv in (tw.node_level(n) for n in tw.by_node) if lv is not None]
-            if levels:
-                self.tlevel.setdefault(t, {})[s] = sum(levels) / len(levels)
+            # The tenant's level is the mean over its sampled nodes (the same stable sample
+            # window after window), so a big tenant costs what a small one does.
             sample = stable_sample(tw.by_node, cfg.sync_sample_nodes)
             lv_snap = {n: lv for n in sample if (lv := tw.node_level(n)) is not None}
             if lv_snap:
                 self.levels.setdefault(t, {})[s] = lv_snap
+                self.tlevel.setdefault(t, {})[s] = sum(lv_snap.values()) / len(lv_snap)
             snap: dict[str, list[float | None]] = {}
             for n in sample:
                 ser = node_series(tw.by_node[n])

@@ -7,6 +7,7 @@ that pass the level checks, one pass over the window's few utilisation buckets.
 
 from __future__ import annotations
 
+import heapq
 import logging
 import math
 import operator
@@ -102,9 +103,21 @@ def node_series(gpus: Sequence[GpuWindow]) -> list[float | None] | None:
     return [None if m is None else m - centre for m in means]
 
 
+_CRC: dict[str, tuple[int, str]] = {}
+
+
+def _crc_key(n: str) -> tuple[int, str]:
+    key = _CRC.get(n)
+    if key is None:
+        if len(_CRC) > 1_000_000:  # node ids are few; this only bounds a pathological stream
+            _CRC.clear()
+        key = _CRC[n] = (zlib.crc32(n.encode()), n)
+    return key
+
+
 def stable_sample(nodes: Iterable[str], k: int) -> list[str]:
     """The ``k`` nodes with the smallest CRC-32 of their id: the same nodes window after window."""
-    return sorted(nodes, key=lambda n: (zlib.crc32(n.encode()), n))[:k]
+    return heapq.nsmallest(k, nodes, key=_crc_key)
 
 
 def pooled_correlation(
