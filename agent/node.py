@@ -107,7 +107,7 @@ def make_pod_resolver(cfg: AgentConfig) -> PodResourcesResolver | None:
     socket = cfg.kubelet_socket
     if socket is None or str(socket) in ("", "."):
         return None
-    return PodResourcesResolver(socket, cfg.pod_logs_root)
+    return PodResourcesResolver(socket, cfg.pod_logs_root, driver_proc_root=cfg.proc_root)
 
 
 def make_attributor(cfg: AgentConfig, pods: PodResourcesResolver | None) -> Attributor:

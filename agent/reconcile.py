@@ -26,6 +26,17 @@ instance the layout does not list, an unreadable UUID, several compute instances
 in, or no layout at all), nothing is guessed: the GPU's ``unavailable["mig_allocation"]``
 says which check could not be made and why.
 
+DRA: GPUs a pod holds through a ResourceClaim are checked exactly like device-plugin ones.
+The kubelet source maps each DRA device to a GPU UUID (joined to ``allocation()``) or to a
+MIG device by GPU and instance ids (``mig_allocation()``), whose UUID is looked up here in
+the sample's MIG layout; a MIG device created on demand that the layout does not list yet is
+named in ``mig_allocation`` like any other check that could not be made. A DRA device that
+could not be mapped at all (``unmapped()``) is in the node's ``unavailable["dra_allocation"]``,
+and the GPUs it could be on are not checked while it is unmapped (all of them when it could be
+any): an allocation that is not known must not produce mismatch events. The kubelet reports no
+inventory of DRA devices, so a GPU counts as handed out by the kubelet when the device
+plugins list it as allocatable or when some pod holds it.
+
 Details name workloads, never per-sample numbers, so a window lists each mismatch once.
 """
 
@@ -34,7 +45,7 @@ from __future__ import annotations
 import dataclasses
 import os
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from typing import Protocol
 
 from agent.sources import procfs
@@ -47,13 +58,15 @@ from agent.sources.base import (
     NodeSample,
     ProcessSample,
 )
-from agent.sources.kubelet import DeviceOwner
+from agent.sources.kubelet import DeviceOwner, MigPlacement, UnmappedDevice
 
 UNALLOCATED_USE = "unallocated_use"
 FOREIGN_POD_USE = "foreign_pod_use"
 # GpuSample.unavailable key: why some process on a MIG GPU could not be checked against the
 # allocation. Named under ``mig`` so the window carries it into the statement.
 MIG_ALLOCATION = "mig_allocation"
+# NodeSample.unavailable key: DRA devices allocated to pods whose GPU could not be told.
+DRA_ALLOCATION = "dra_allocation"
 _MAX_UNCHECKED = 3  # causes listed in one reason; the rest are counted
 
 
@@ -65,6 +78,10 @@ class Allocations(Protocol):
     def allocation(self) -> Mapping[str, tuple[DeviceOwner, ...]]: ...
 
     def allocatable(self) -> frozenset[str]: ...
+
+    def mig_allocation(self) -> Mapping[MigPlacement, tuple[DeviceOwner, ...]]: ...
+
+    def unmapped(self) -> tuple[UnmappedDevice, ...]: ...
 
 
 class Reconciler:
@@ -105,6 +122,14 @@ class Reconciler:
             status = self._allocations.status()
             if status is not None:
                 out["pod_resources"] = status
+            else:
+                unmapped = self._allocations.unmapped()
+                if unmapped:
+                    out[DRA_ALLOCATION] = _listed(
+                        f"{u.reason} ({u.owner.resource_name} of pod {u.owner.namespace}/{u.owner.pod}"
+                        + (f", claim {u.owner.claim})" if u.owner.claim else ")")
+                        for u in unmapped
+                    )
         return out
 
     def apply(self, sample: NodeSample) -> NodeSample:
@@ -113,15 +138,30 @@ class Reconciler:
         if self._allocations is not None and "pod_resources" not in spots:
             alloc = self._allocations.allocation()
             managed = self._allocations.allocatable()
-            reconciled = tuple(self._reconcile(g, alloc, managed) for g in sample.gpus)
+            migs = self._allocations.mig_allocation()
+            scopes = [u.gpus for u in self._allocations.unmapped()]
+            if any(s is None for s in scopes):
+                return dataclasses.replace(sample, unavailable={**sample.unavailable, **spots})
+            suspended = frozenset().union(*(s for s in scopes if s is not None))
+            reconciled = tuple(
+                g if self._uuid(g) in suspended else self._reconcile(g, alloc, managed, migs) for g in sample.gpus
+            )
             if any(a is not b for a, b in zip(reconciled, sample.gpus, strict=True)):
                 gpus = reconciled
         if not spots and gpus is sample.gpus:
             return sample
         return dataclasses.replace(sample, gpus=gpus, unavailable={**sample.unavailable, **spots})
 
+    def _uuid(self, g: GpuSample) -> str | None:
+        dev = self._devices.get(g.index)
+        return None if dev is None else dev.uuid
+
     def _reconcile(
-        self, g: GpuSample, alloc: Mapping[str, tuple[DeviceOwner, ...]], managed: frozenset[str]
+        self,
+        g: GpuSample,
+        alloc: Mapping[str, tuple[DeviceOwner, ...]],
+        managed: frozenset[str],
+        migs: Mapping[MigPlacement, tuple[DeviceOwner, ...]],
     ) -> GpuSample:
         dev = self._devices.get(g.index)
         if dev is None:
@@ -133,9 +173,13 @@ class Reconciler:
         mig_on = g.mig is not None or dev.identity.get("mig_mode") == "enabled"
         events: list[tuple[str, str]] = []
         unchecked: list[str] = []
+        here = {pl: owners for pl, owners in migs.items() if pl.parent_uuid == dev.uuid}
+        if here:
+            alloc, unplaced = _place_dra_mig(here, g.mig, alloc)
+            unchecked.extend(unplaced)
         if not mig_on or any(k in managed or k in alloc for k in keys):
             # The kubelet hands out the GPU itself (MIG off, or MIG strategy "none").
-            if managed and not any(k in managed for k in keys):
+            if managed and not any(k in managed or k in alloc for k in keys):
                 return g  # not a device the kubelet hands out (reserved by the operator)
             owners = next((alloc[k] for k in keys if k in alloc), ())
             for _, a in procs:
@@ -159,12 +203,47 @@ class Reconciler:
             return g
         unavailable = g.unavailable
         if unchecked:
-            causes = list(dict.fromkeys(unchecked))
-            text = "; ".join(causes[:_MAX_UNCHECKED])
-            if len(causes) > _MAX_UNCHECKED:
-                text += f"; {len(causes) - _MAX_UNCHECKED} more"
-            unavailable = {**g.unavailable, MIG_ALLOCATION: text}
+            unavailable = {**g.unavailable, MIG_ALLOCATION: _listed(unchecked)}
         return dataclasses.replace(g, events=(*g.events, *events), unavailable=unavailable)
+
+
+def _listed(causes: Iterable[str]) -> str:
+    """Distinct causes, the first ``_MAX_UNCHECKED`` of them named and the rest counted."""
+    distinct = list(dict.fromkeys(causes))
+    text = "; ".join(distinct[:_MAX_UNCHECKED])
+    if len(distinct) > _MAX_UNCHECKED:
+        text += f"; {len(distinct) - _MAX_UNCHECKED} more"
+    return text
+
+
+def _place_dra_mig(
+    here: Mapping[MigPlacement, tuple[DeviceOwner, ...]],
+    mig: MigSample | None,
+    alloc: Mapping[str, tuple[DeviceOwner, ...]],
+) -> tuple[Mapping[str, tuple[DeviceOwner, ...]], list[str]]:
+    """``alloc`` with the DRA-allocated MIG devices of one GPU added under the MIG UUIDs the
+    sample's layout gives their instances, and why any could not be named."""
+    out = dict(alloc)
+    unplaced: list[str] = []
+    for pl, owners in sorted(here.items(), key=lambda kv: (kv[0].gpu_instance_id, kv[0].compute_instance_id)):
+        where = f"GPU instance {pl.gpu_instance_id}, compute instance {pl.compute_instance_id}"
+        pods = ", ".join(sorted({f"{o.namespace}/{o.pod}" for o in owners}))
+        found = (
+            []
+            if mig is None
+            else [
+                x
+                for x in mig.instances
+                if x.gpu_instance_id == pl.gpu_instance_id and x.compute_instance_id == pl.compute_instance_id
+            ]
+        )
+        if len(found) != 1 or found[0].uuid is None:
+            why = "no MIG layout" if mig is None else "not in the MIG layout" if not found else "its UUID unknown"
+            unplaced.append(f"dra_mig_device_unknown: {where} allocated to {pods} ({why})")
+            continue
+        uuid = found[0].uuid
+        out[uuid] = (*out.get(uuid, ()), *(o for o in owners if o not in out.get(uuid, ())))
+    return out, unplaced
 
 
 def _checked(p: ProcessSample) -> Attribution | None:

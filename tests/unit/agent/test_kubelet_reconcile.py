@@ -19,7 +19,7 @@ from agent.node import attribute
 from agent.reconcile import FOREIGN_POD_USE, UNALLOCATED_USE, Reconciler
 from agent.sources import procfs
 from agent.sources.base import Attribution, DeviceInfo, GpuSample, NodeSample, ProcessSample
-from agent.sources.kubelet import DeviceOwner, PodResourcesResolver, device_key
+from agent.sources.kubelet import DeviceOwner, MigPlacement, PodResourcesResolver, UnmappedDevice, device_key
 from agent.sources.podresources import api_pb2, api_pb2_grpc
 from agent.window import WindowAggregator
 from attestation.statement import parse_statement, statement_bytes
@@ -179,6 +179,12 @@ class StaticAllocations:
 
     def allocatable(self) -> frozenset[str]:
         return frozenset({GPU0, GPU1})
+
+    def mig_allocation(self) -> dict[MigPlacement, tuple[DeviceOwner, ...]]:
+        return {}
+
+    def unmapped(self) -> tuple[UnmappedDevice, ...]:
+        return ()
 
 
 DEVICES = (

@@ -35,7 +35,7 @@ from agent.sources.base import (
     NodeSample,
     ProcessSample,
 )
-from agent.sources.kubelet import DeviceOwner, PodResourcesResolver
+from agent.sources.kubelet import DeviceOwner, MigPlacement, PodResourcesResolver, UnmappedDevice
 from agent.sources.podresources import api_pb2, api_pb2_grpc
 from agent.window import WindowAggregator
 from attestation.statement import parse_statement, statement_bytes
@@ -73,6 +73,12 @@ class Allocations:
 
     def allocatable(self) -> frozenset[str]:
         return self._allocatable
+
+    def mig_allocation(self) -> dict[MigPlacement, tuple[DeviceOwner, ...]]:
+        return {}
+
+    def unmapped(self) -> tuple[UnmappedDevice, ...]:
+        return ()
 
 
 def _owner(workload: str, uuid: str, strategy: str = "mixed") -> DeviceOwner:

@@ -106,6 +106,7 @@ def test_agent_daemonset_sees_the_host_and_its_gpus() -> None:
         ("/host/proc", "/proc"),
         ("/var/lib/kubelet/pod-resources", "/var/lib/kubelet/pod-resources"),
         ("/var/log/pods", "/var/log/pods"),  # pod UID -> namespace/name (pod_logs_root)
+        ("/var/run/cdi", "/var/run/cdi"),  # DRA: claim CDI specs -> GPU (DraDeviceMap)
     ):
         m = mounts[path]
         assert m.get("readOnly") is True, f"{path} must be mounted read-only"
