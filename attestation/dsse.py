@@ -99,9 +99,14 @@ def verify(envelope: Envelope, key: PublicKey, payload_type: str = IN_TOTO_PAYLO
 
     Steps (DSSE protocol.md, "Verification"):
     1. the payload type is the one expected;
-    2. some signature whose keyid names ``key`` verifies over PAE(payloadType, payload);
+    2. some signature verifies with ``key`` over PAE(payloadType, payload). A signature's
+       ``keyid`` is an optional, unauthenticated hint that "MUST NOT be used for security
+       decisions": signatures naming ``key`` are tried first, then those naming no key
+       (absent or empty ``keyid``) or another one;
     3. only then are the payload bytes handed back to be parsed.
-    Raises VerificationError; never returns a failure value.
+    Raises VerificationError ("unknown_key" when no signature names ``key`` and none
+    verifies with it, "bad_signature" when one naming it does not verify); never returns
+    a failure value.
     """
     from attestation.errors import VerificationError
 
@@ -112,21 +117,22 @@ def verify(envelope: Envelope, key: PublicKey, payload_type: str = IN_TOTO_PAYLO
             reason="bad_payload_type",
         )
     # 2.
-    candidates = [s for s in envelope.signatures if s.keyid == key.key_id]
-    if not candidates:
-        raise VerificationError(
-            f"no signature by key {key.key_id} (envelope names {[s.keyid for s in envelope.signatures]})",
-            reason="unknown_key",
-        )
+    named = [s for s in envelope.signatures if s.keyid == key.key_id]
+    others = [s for s in envelope.signatures if s.keyid != key.key_id]
     message = envelope.pae()
-    last: VerificationError | None = None
-    for s in candidates:
+    first: VerificationError | None = None
+    for s in named + others:
         try:
             key.verify(s.sig, message)
         except VerificationError as exc:
-            last = exc
+            if first is None and s.keyid == key.key_id:
+                first = exc
             continue
         # 3.
         return envelope.payload
-    assert last is not None
-    raise last
+    if first is not None:
+        raise first
+    raise VerificationError(
+        f"no signature verifies with key {key.key_id} (envelope names {[s.keyid for s in envelope.signatures]})",
+        reason="unknown_key",
+    )

@@ -36,6 +36,7 @@ from typing import Annotated, Any
 
 import msgspec
 
+from attestation import strictjson
 from attestation.errors import SchemaError
 
 STATEMENT_TYPE = "https://in-toto.io/Statement/v1"
@@ -46,12 +47,14 @@ UNATTRIBUTED = "unattributed"
 # Integer bounds of the schema, as the types carry them (attestation.statement_fast decodes
 # straight into these classes and msgspec checks the bounds; the reference parser below
 # checks the same ones by hand).
-Count = Annotated[int, msgspec.Meta(ge=0)]
-Positive = Annotated[int, msgspec.Meta(ge=1)]
+# No integer is above 2**53 - 1 (attestation.strictjson.MAX_SAFE_INTEGER): beyond it, JSON
+# readers differ on the value (RFC 7493 §2.2), and the reference refuses the payload.
+Count = Annotated[int, msgspec.Meta(ge=0, le=2**53 - 1)]
+Positive = Annotated[int, msgspec.Meta(ge=1, le=2**53 - 1)]
 Permille = Annotated[int, msgspec.Meta(ge=0, le=1000)]
 
 
-class _Record(msgspec.Struct, frozen=True, gc=False):
+class _Record(msgspec.Struct, frozen=True, gc=False, forbid_unknown_fields=True):
     """The statement's records: immutable values, equal when their fields are.
 
     ``msgspec`` structs rather than frozen dataclasses: ingest parses one statement per
@@ -60,7 +63,9 @@ class _Record(msgspec.Struct, frozen=True, gc=False):
     for a frozen dataclass, and the whole parse of an 8-GPU statement went from about 70 to
     about 35 us. They hold no reference cycles, so the cyclic garbage collector does not
     track them (``gc=False``). Copy with changes: ``msgspec.structs.replace(record, ...)``;
-    field names: ``msgspec.structs.fields(cls)``."""
+    field names: ``msgspec.structs.fields(cls)``. Only the fast path decodes into them, and
+    it leaves a statement with a field it does not know to the reference parser
+    (``forbid_unknown_fields``; attestation.statement_fast)."""
 
 
 # Kinds of workload a GPU process can belong to.
@@ -697,8 +702,11 @@ def _parse_gpu(o: _Obj) -> GpuWindow:
 def parse_statement(payload: bytes) -> UsageWindow:
     """Parse verified payload bytes into a ``UsageWindow``. Raises SchemaError with a path.
 
-    The reference reading is the standard library's ``json`` and the checks of
-    ``_parse_doc`` below: what they accept is a statement, nothing else. Parsing is the
+    The reference reading is the standard library's ``json``, held to JSON that every
+    conforming parser reads the same way (``attestation.strictjson``: a duplicate name at
+    any depth, a lone surrogate, an integer beyond 2**53 - 1, NaN or an infinity, a
+    byte-order mark or bytes that are not UTF-8 are refused as ``bad_schema``), and the
+    checks of ``_parse_doc`` below: what they accept is a statement, nothing else. Parsing is the
     costliest step of ingest after the signature check, so a common, valid statement is
     first recognised by ``attestation.statement_fast`` (decoding and checking in C, about
     3x faster); anything it cannot vouch for, valid or not, is parsed here, with this
@@ -715,9 +723,14 @@ def parse_statement(payload: bytes) -> UsageWindow:
 
 
 def _reference_decode(payload: bytes) -> Any:
+    """The payload as JSON that every conforming parser reads the same way
+    (attestation.strictjson: no duplicate names, lone surrogates, integers beyond 2**53 - 1,
+    NaN or infinities, byte-order mark or bytes that are not UTF-8)."""
     try:
-        return json.loads(payload)
-    except (UnicodeDecodeError, json.JSONDecodeError, RecursionError) as exc:
+        return strictjson.loads(payload)
+    except strictjson.NotIJSONError as exc:
+        raise SchemaError(f"payload is not JSON that every parser reads alike: {exc}") from exc
+    except (json.JSONDecodeError, RecursionError) as exc:
         raise SchemaError(f"payload is not JSON: {exc}") from exc
 
 

@@ -20,14 +20,13 @@ from __future__ import annotations
 import base64
 import binascii
 import datetime as dt
-import json
 import logging
 from dataclasses import dataclass, field
 from typing import Any
 
 from cryptography import x509
 
-from attestation import dsse
+from attestation import dsse, strictjson
 from attestation.cc import CC_EVENT, parse_cc_detail, verify_cc_report
 from attestation.chain import ChainHead, advance, check_next, explained_gap
 from attestation.checkpoint import Checkpoint, parse_checkpoint_body, parse_note, verify_checkpoint
@@ -277,7 +276,11 @@ def _hashes(value: Any, what: str) -> list[bytes]:
 
 def _load(data: bytes) -> dict[str, Any]:
     try:
-        doc = json.loads(data)
+        # Held, envelopes and all, to JSON that every parser reads alike (a duplicate
+        # "payload" or "spki" must not show one verifier one thing and another another).
+        doc = strictjson.loads(data)
+    except strictjson.NotIJSONError as exc:
+        raise BundleError(f"the bundle is not JSON that every parser reads alike: {exc}") from exc
     except (UnicodeDecodeError, ValueError, RecursionError) as exc:
         raise BundleError(f"the bundle is not JSON (truncated or damaged?): {exc}") from exc
     doc = _obj(doc, "bundle")
@@ -404,6 +407,7 @@ def _verify(
     #    kept (for step 6): what stays in memory per statement is its parsed window.
     statements: list[_Statement] = []
     parsed: list[tuple[bytes, int, list[bytes]] | None] = []
+    last_unnamed: list[str] = []  # the key of the last envelope whose signature named none
     for i, raw in enumerate(entries):
         entries[i] = None
         try:
@@ -417,7 +421,7 @@ def _verify(
             continue
         del raw, e
         parsed.append((leaf_hash(env.pae()), index, proof))
-        stmt = _verify_envelope(i, env, nodes, report)
+        stmt = _verify_envelope(i, env, nodes, report, last_unnamed)
         if stmt is not None:
             statements.append(stmt)
 
@@ -462,18 +466,45 @@ def _verify(
     _usage(statements, report)
 
 
-def _verify_envelope(i: int, env: Envelope, nodes: dict[str, _Node], report: Report) -> _Statement | None:
-    key_id = next((s.keyid for s in env.signatures if s.keyid in nodes), None)
-    if key_id is None:
-        names = [s.keyid for s in env.signatures]
-        report.fail("signature", "unknown_key", f"signed by {names}, none of them enrolled in the bundle", entry=i)
+def _verify_envelope(
+    i: int, env: Envelope, nodes: dict[str, _Node], report: Report, last: list[str] | None = None
+) -> _Statement | None:
+    """3. ``keyid`` is an optional, unauthenticated hint that MUST NOT decide anything (DSSE
+    protocol.md): the enrolled keys the signatures name are tried first; if none of them
+    verifies (no keyid, an empty, unknown or wrong one), every other enrolled key, starting
+    with the one that verified the previous such envelope (``last``: a bundle lists each
+    key's statements together, so this is one verification per envelope)."""
+    named = list(dict.fromkeys(s.keyid for s in env.signatures if s.keyid in nodes))
+    payload: bytes | None = None
+    key_id = named[0] if named else None
+    problem: VerificationError | None = None
+    for k in named:
+        try:
+            payload = dsse.verify(env, nodes[k].key)
+        except VerificationError as exc:
+            problem = problem or exc
+            continue
+        key_id = k
+        break
+    if payload is None:
+        hint = last[0] if last and last[0] in nodes else None
+        for k in ([hint] if hint else []) + [k for k in nodes if k != hint and k not in named]:
+            try:
+                payload = dsse.verify(env, nodes[k].key)
+            except VerificationError:
+                continue
+            key_id = k
+            if last is not None:
+                last[:] = [k]
+            break
+    if payload is None or key_id is None:
+        if problem is not None:
+            report.fail("signature", problem.reason, str(problem), entry=i, key_id=key_id)
+        else:
+            names = [s.keyid for s in env.signatures]
+            report.fail("signature", "unknown_key", f"signed by {names}, none of them enrolled in the bundle", entry=i)
         return None
     node = nodes[key_id]
-    try:
-        payload = dsse.verify(env, node.key)
-    except VerificationError as exc:
-        report.fail("signature", exc.reason, str(exc), entry=i, key_id=key_id)
-        return None
     try:
         window = parse_statement(payload)
     except SchemaError as exc:
@@ -586,7 +617,7 @@ def _verify_tenant_summaries(raw: Any, log_key: PublicKey, report: Report) -> No
     try:
         env = Envelope.from_json(raw)
         payload = dsse.verify(env, log_key, TENANT_SUMMARIES_PAYLOAD_TYPE)
-        doc = json.loads(payload)
+        doc = strictjson.loads(payload)
         tenants = _obj(_obj(doc, "tenant_summaries payload").get("tenants"), "tenant_summaries.tenants")
     except (Error, BundleError, ValueError, RecursionError) as exc:
         report.fail("tenants", "bad_tenant_summaries", f"the tenant summaries do not verify with the log key: {exc}")

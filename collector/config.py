@@ -9,6 +9,9 @@ from typing import Any
 
 from agent.configfile import ConfigError, load
 
+# The host of the placeholder log origin (collector.log.resolve_origin warns about it).
+PLACEHOLDER_LOG_HOST = "log.example.com"
+
 
 @dataclass(frozen=True)
 class CollectorConfig:
@@ -35,6 +38,14 @@ class CollectorConfig:
     insecure: bool = False
     # Identifies this collector in enrollment responses.
     collector_id: str = "collector-1"
+    # The transparency log's origin: the first line of its checkpoints and the name of its
+    # note key (c2sp.org/tlog-checkpoint, c2sp.org/signed-note). It SHOULD be a schema-less
+    # URL-like name the operator owns, e.g. "log.example.org/gpuaudit"; vendors pin it with
+    # the log key, and a log keeps it for life. Unset: a store whose log was signed before
+    # this setting existed keeps its origin "gpuaudit/<collector_id>"; a new log is signed
+    # as the placeholder "log.example.com/gpuaudit/<collector_id>". Either way the collector
+    # warns at start until it is set (collector.log.resolve_origin).
+    log_origin: str | None = None
     # Largest accepted envelope payload, bytes.
     max_payload_bytes: int = 1 << 20
     # Most envelopes verified and committed in one transaction.
@@ -61,9 +72,14 @@ class CollectorConfig:
         return self.log_key if self.log_key is not None else self.db.with_name(self.db.name + ".log-key.pem")
 
     @property
-    def log_origin(self) -> str:
-        """The log's origin line and note key name (c2sp.org/tlog-checkpoint)."""
+    def legacy_log_origin(self) -> str:
+        """The origin every log had before ``log_origin`` existed."""
         return f"gpuaudit/{self.collector_id}"
+
+    @property
+    def placeholder_log_origin(self) -> str:
+        """The origin of a new log when ``log_origin`` is unset: example.com is nobody's (RFC 2606)."""
+        return f"{PLACEHOLDER_LOG_HOST}/gpuaudit/{self.collector_id}"
 
 
 def load_collector_config(
@@ -86,7 +102,25 @@ def load_collector_config(
         raise ConfigError("hello_timeout_s and enroll_timeout_s must be positive")
     if cfg.max_payload_bytes < 1024:
         raise ConfigError("max_payload_bytes: must be at least 1024")
+    if cfg.log_origin is not None:
+        check_log_origin(cfg.log_origin)
     detect = tables.get("detect", {})
     if not isinstance(detect, dict):
         raise ConfigError("[detect] must be a table")
     return cfg, detect
+
+
+def check_log_origin(origin: str) -> None:
+    """A log origin is a note key name: non-empty UTF-8 without spaces or "+" (c2sp.org/signed-note,
+    MUST); gpuaudit also wants it schema-less, as c2sp.org/tlog-checkpoint recommends."""
+    if not origin or any(c.isspace() or c == "+" or ord(c) < 0x20 for c in origin):
+        raise ConfigError(f"log_origin: {origin!r} must be non-empty, without spaces or '+' (c2sp.org/signed-note)")
+    if "://" in origin:
+        raise ConfigError(
+            f"log_origin: {origin!r} has a scheme; write it schema-less, e.g. {origin.split('://', 1)[1]!r} "
+            "(c2sp.org/tlog-checkpoint)"
+        )
+    try:
+        origin.encode("utf-8")
+    except UnicodeEncodeError as exc:
+        raise ConfigError(f"log_origin: {origin!r} is not valid Unicode") from exc

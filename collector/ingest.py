@@ -8,10 +8,13 @@ a stable reason). Each envelope goes through these steps:
 1. its key is enrolled and not revoked ("unknown_key", "revoked_key");
 2. its payload and signature list are within limits ("too_large");
 3. a signature by that key verifies over PAE(payloadType, payload) (DSSE protocol.md;
-   "bad_payload_type", "bad_signature");
+   "bad_payload_type", "bad_signature"); a signature's keyid is only a hint, and one
+   without it, or with an empty or another keyid, is tried with the key too;
 4. the verified bytes parse as a usage-window statement ("bad_schema",
-   "bad_predicate_type"); the statement names the enrolled node ("node_mismatch") and the
-   signing key ("key_mismatch");
+   "bad_predicate_type"), JSON that every parser reads alike included (no duplicate
+   names, lone surrogates, integers beyond 2**53 - 1, NaN: attestation.strictjson); the
+   statement names the enrolled node ("node_mismatch") and the signing key
+   ("key_mismatch");
 5. a seq below the chain head's is a duplicate if its digest equals the stored one
    (accepted, stored once) and equivocation otherwise (refused, kept as evidence in the
    store's conflicts);
@@ -311,8 +314,9 @@ class Ingestor:
         try:
             payload = dsse.verify(envelope, public)
         except VerificationError as exc:
-            # dsse says "unknown_key" when no signature names the key: for the collector the
-            # key is known (step 1) and the envelope is not signed by it.
+            # dsse says "unknown_key" when no signature names the key and none verifies with
+            # it (keyid is only a hint: an absent, empty or other keyid is tried too): for the
+            # collector the key is known (step 1) and the envelope is not signed by it.
             reason = "bad_signature" if exc.reason == "unknown_key" else exc.reason
             return None, reason, str(exc)
         # 4.

@@ -38,7 +38,7 @@ from attestation.checkpoint import (
 from attestation.errors import CheckpointError, ProofError
 from attestation.keys import KeyFileExistsError, PublicKey, Signer, create_key_file, load_key_file
 from attestation.merkle import TiledMerkleTree, TileMismatchError, verify_consistency
-from collector.config import CollectorConfig
+from collector.config import PLACEHOLDER_LOG_HOST, CollectorConfig
 from collector.errors import CollectorError
 from collector.store.base import CheckpointRecord, Store
 
@@ -111,6 +111,49 @@ class LogAudit:
         return not self.bad_tiles and self.checkpoint_ok is not False
 
 
+def resolve_origin(cfg: CollectorConfig, store: Store) -> str:
+    """The origin this collector signs its log under, warning (once per start) when the
+    operator has not named the log.
+
+    1. ``log_origin`` when set: it is the operator's, and the store's log must have it too
+       (``Log.check_identity``);
+    2. unset, and the store's latest checkpoint has the origin of logs signed before
+       ``log_origin`` existed (``gpuaudit/<collector_id>``): that one, so an existing log
+       goes on verifying for the vendors who pinned it;
+    3. unset otherwise: the placeholder ``log.example.com/gpuaudit/<collector_id>``.
+    """
+    if cfg.log_origin:
+        if cfg.log_origin.split("/", 1)[0] == PLACEHOLDER_LOG_HOST:
+            _logger.warning(
+                "log_origin %r is a placeholder: name the transparency log after a domain you own "
+                "(e.g. log.<your domain>/gpuaudit; c2sp.org/tlog-checkpoint)",
+                cfg.log_origin,
+            )
+        return cfg.log_origin
+    previous = store.latest_checkpoint()
+    stored: str | None = None
+    if previous is not None:
+        try:
+            stored = parse_checkpoint_body(parse_note(previous.note)[0]).origin
+        except CheckpointError:
+            stored = None  # check_identity says why
+    if stored == cfg.legacy_log_origin:
+        _logger.warning(
+            "log_origin is not set: the store's log keeps its origin %r; set log_origin = %r in the "
+            "collector config to keep it explicitly (an origin cannot change once vendors pin it)",
+            stored,
+            stored,
+        )
+        return stored
+    _logger.warning(
+        "log_origin is not set: the transparency log is signed as the placeholder %r. Set log_origin "
+        'to a schema-less name you own (e.g. "log.<your domain>/gpuaudit"; c2sp.org/tlog-checkpoint) '
+        "before vendors pin it: a log keeps its origin for life",
+        cfg.placeholder_log_origin,
+    )
+    return cfg.placeholder_log_origin
+
+
 class Log:
     """Roots, proofs and signed checkpoints over the store's log leaves. Thread-safe."""
 
@@ -137,7 +180,7 @@ class Log:
                 _logger.info("created the log signing key %s (%s)", path, signer.key_id)
             except KeyFileExistsError:  # another collector sharing the key created it just now
                 signer = load_key_file(path)
-        return cls(store, signer, cfg.log_origin, cache_tiles=cache_tiles)
+        return cls(store, signer, resolve_origin(cfg, store), cache_tiles=cache_tiles)
 
     @property
     def origin(self) -> str:

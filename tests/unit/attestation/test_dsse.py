@@ -176,8 +176,8 @@ TAMPER: list[tuple[str, Callable[[], Envelope], str]] = [
         "unknown_key",
     ),
     (
-        "signature-without-keyid",
-        lambda: dataclasses.replace(_good(), signatures=(Signature("", _good().signatures[0].sig),)),
+        "bad-signature-without-keyid",
+        lambda: dataclasses.replace(_good(), signatures=(Signature("", _flip(_good().signatures[0].sig, 0)),)),
         "unknown_key",
     ),
 ]
@@ -197,6 +197,28 @@ def test_verify_expects_the_in_toto_type_unless_told_otherwise() -> None:
         dsse.verify(env, _SIGNER.public_key())
     assert exc.value.reason == "bad_payload_type"
     assert dsse.verify(env, _SIGNER.public_key(), payload_type="application/vnd.example+json") == PAYLOAD
+
+
+@pytest.mark.parametrize(
+    "keyid",
+    ["", "unknown-key-id", "sha256:" + "0" * 64, _OTHER.key_id],
+    ids=["empty", "unknown", "unknown-sha256", "another-key"],
+)
+def test_keyid_is_only_a_hint_a_signature_verifies_whatever_it_names(keyid: str) -> None:
+    """DSSE protocol.md: KEYID is optional and unauthenticated, and "MUST NOT be used for
+    security decisions": a good signature without it, or naming no key or another, verifies."""
+    env = dataclasses.replace(_good(), signatures=(Signature(keyid, _good().signatures[0].sig),))
+    assert dsse.verify(env, _SIGNER.public_key()) == PAYLOAD
+
+
+def test_a_signature_without_keyid_in_json_verifies() -> None:
+    sig = base64.b64encode(_good().signatures[0].sig).decode()
+    payload = base64.b64encode(PAYLOAD).decode()
+    env = Envelope.from_json(
+        {"payload": payload, "payloadType": dsse.IN_TOTO_PAYLOAD_TYPE, "signatures": [{"sig": sig}]}
+    )
+    assert env.signatures[0].keyid == ""
+    assert dsse.verify(env, _SIGNER.public_key()) == PAYLOAD
 
 
 def test_one_good_signature_among_bad_ones_for_the_same_key_verifies() -> None:

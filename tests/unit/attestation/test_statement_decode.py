@@ -51,42 +51,57 @@ def _with(path: str, raw_value: str) -> bytes:
     return json.dumps(doc).replace(f'"{marker}"', raw_value).encode()
 
 
-# Inputs the standard library reads differently from msgspec (or from other fast decoders), in
-# known fields, unknown fields and whole payloads.
+# Inputs that JSON parsers read differently (RFC 8259 leaves them to the parser, or they are
+# not JSON at all): the reference refuses every one of them, in known fields, unknown fields
+# and whole payloads, and the fast path never vouches for one (attestation/strictjson.py).
 DIVERGENT = [
-    # integers beyond 64 bits: json gives an int, some fast decoders a float or an error
-    (f"{G0}.energy_end_mj", "123456789012345678901234567890", "ok"),
+    # integers beyond +-(2**53 - 1): binary64 readers round them, others keep them exactly
+    (f"{G0}.energy_end_mj", "123456789012345678901234567890", "schema"),
     (f"{G0}.index", "-123456789012345678901234567890", "schema"),
-    (f"{G0}.future_counter", "123456789012345678901234567890", "ok"),
+    (f"{G0}.future_counter", "123456789012345678901234567890", "schema"),
     (f"{W0}.share_permille", "99999999999999999999999", "schema"),
-    # NaN and infinities: json reads them, msgspec refuses them
-    (f"{G0}.future_metric", "NaN", "ok"),
+    (f"{G0}.energy_end_mj", str(2**53), "schema"),
+    (f"{G0}.future_counter", str(-(2**53)), "schema"),
+    (f"{G0}.energy_end_mj", str(2**53 - 1), "ok"),
+    (f"{G0}.future_counter", str(-(2**53 - 1)), "ok"),
+    # NaN and infinities are not JSON; json reads them, msgspec refuses them
+    (f"{G0}.future_metric", "NaN", "schema"),
     (f"{G0}.power_mean_mw", "NaN", "schema"),
-    (f"{G0}.future_metric", "1e400", "ok"),
-    (f"{G0}.future_metric", "-Infinity", "ok"),
-    # an exponent beyond any double: json reads inf, msgspec refuses
-    (f"{G0}.future_metric", "1e999999", "ok"),
+    (f"{G0}.future_metric", "1e400", "schema"),
+    (f"{G0}.future_metric", "-Infinity", "schema"),
+    (f"{G0}.future_metric", "1e999999", "schema"),
+    # a finite number in an unknown field is read alike (ignored, as readers of v1 must)
+    (f"{G0}.future_metric", "1.5e300", "ok"),
     # lone surrogates: json reads them, msgspec refuses them
-    ("predicate.node.boot_id", '"\\ud800"', "ok"),
-    (f"{G0}.model", '"\\udfff\\ud800"', "ok"),
-    (f"{G0}.future_label", '"\\ud800"', "ok"),
+    ("predicate.node.boot_id", '"\\ud800"', "schema"),
+    (f"{G0}.model", '"\\udfff\\ud800"', "schema"),
+    (f"{G0}.future_label", '"\\ud800"', "schema"),
+    (f"{G0}.future_label", '"x\\udc00"', "schema"),
+    (f"{G0}.future_label", '["a", {"b": "\\ud800z"}]', "schema"),
+    # a surrogate pair is one character: read alike
+    (f"{G0}.model", '"\\ud83d\\ude00"', "ok"),
 ]
 
 
 @pytest.mark.parametrize(("path", "raw", "outcome"), DIVERGENT, ids=[f"{p}={r[:12]}" for p, r, _ in DIVERGENT])
 def test_inputs_the_decoders_read_differently_parse_as_the_reference_does(path: str, raw: str, outcome: str) -> None:
-    assert _same(_with(path, raw))[0] == outcome
+    kind, detail = _same(_with(path, raw))
+    assert kind == outcome, detail
+    if outcome == "schema":
+        assert detail[0] == "bad_schema", detail
 
 
 @pytest.mark.parametrize(
     ("raw", "outcome"),
     [
-        (b"\xed\xa0\x80", "ok"),  # a surrogate encoded in UTF-8: json decodes bytes with surrogatepass
+        (b"\xed\xa0\x80", "schema"),  # a surrogate encoded in UTF-8 is not UTF-8
         (b"\xc0\xaf", "schema"),  # an overlong encoding: both refuse
+        (b"\xff", "schema"),  # not UTF-8 at all
         (b"\x01", "schema"),  # a raw control character in a string: both refuse
         (b"\x7f", "ok"),  # DEL is not a control character for JSON
+        ("é".encode(), "ok"),  # UTF-8 is UTF-8 (the fast path leaves non-ASCII to the reference)
     ],
-    ids=["encoded-surrogate", "overlong", "control", "del"],
+    ids=["encoded-surrogate", "overlong", "not-utf8", "control", "del", "utf8"],
 )
 def test_raw_bytes_in_a_string_read_as_the_reference_reads_them(raw: bytes, outcome: str) -> None:
     payload = statement_bytes(full_window()).replace(b'"kl1-n0001"', b'"kl1-' + raw + b'"', 1)
@@ -94,17 +109,51 @@ def test_raw_bytes_in_a_string_read_as_the_reference_reads_them(raw: bytes, outc
     assert _same(payload)[0] == outcome
 
 
-def test_a_64_bit_integer_beyond_the_signed_range_reads_the_same() -> None:
-    payload = _with(f"{G0}.energy_end_mj", str(2**64 - 1))
-    kind, window = _same(payload)
-    assert kind == "ok" and window.gpus[0].energy_end_mj == 2**64 - 1
+def test_a_64_bit_integer_beyond_the_exact_range_is_refused_by_both() -> None:
+    kind, (reason, message) = _same(_with(f"{G0}.energy_end_mj", str(2**64 - 1)))
+    assert (kind, reason) == ("schema", "bad_schema") and "2**53" in message
 
 
-def test_duplicate_keys_keep_the_last_value_in_both() -> None:
+def test_a_duplicated_tenant_is_refused_not_read_as_the_last_value() -> None:
+    """Issue 16: both parsers kept "t-live" of "tenant":"t-hidden","tenant":"t-live" while
+    others read "t-hidden"; a payload that says two things is refused on both paths."""
     text = statement_bytes(full_window()).decode()
-    payload = text.replace('"boot_id":', '"boot_id":"first","boot_id":', 1).encode()
-    kind, window = _same(payload)
-    assert kind == "ok" and window.boot_id == full_window().boot_id
+    assert '"tenant":"' in text
+    payload = text.replace('"tenant":', '"tenant":"t-hidden","tenant":', 1).encode()
+    kind, (reason, message) = _same(payload)
+    assert (kind, reason) == ("schema", "bad_schema")
+    assert "duplicate member name 'tenant'" in message
+    assert statement_fast.recognise(payload) is None
+
+
+# Duplicate names wherever an object may be: top level, nested, inside arrays, in maps
+# (unavailable, identity, subject digests), inside an unknown field; spelled differently
+# but equal once unescaped.
+DUPLICATES = [
+    ('"_type":', '"_type":"x","_type":'),
+    ('"boot_id":', '"boot_id":"first","boot_id":'),
+    ('"seq":', '"seq":1,"seq":'),
+    ('"workloads":[{', '"workloads":[{"kind":"user",'),
+    ('"share_permille":', '"share_permille":1,"share_permille":'),
+    ('"digest":{', '"digest":{"sha256x":"1",'),
+    ('"digest":{', '"digest":{"sha256":"00",'),
+    ('"gpus":[{', '"gpus":[{"uuid":"GPU-x",'),
+    ('"predicate":{', '"predicate":{"future":{"a":1,"a":2},'),
+    ('"predicate":{', '"predicate":{"future":[{"a":1,"\\u0061":2}],'),
+    ('"node":{', '"node":{"\\u0069d":"other",'),
+]
+
+
+@pytest.mark.parametrize(("find", "replace"), DUPLICATES, ids=[r[:28] for _, r in DUPLICATES])
+def test_duplicate_names_at_any_depth_are_refused_by_both(find: str, replace: str) -> None:
+    text = statement_bytes(full_window()).decode()
+    assert find in text
+    payload = text.replace(find, replace, 1).encode()
+    kind, detail = _same(payload)
+    if "sha256x" in replace:  # distinct names: a control that the check is about equal names
+        assert kind == "ok", detail
+        return
+    assert (kind, detail[0]) == ("schema", "bad_schema") and "duplicate member name" in detail[1], detail
 
 
 @pytest.mark.parametrize(
@@ -112,6 +161,7 @@ def test_duplicate_keys_keep_the_last_value_in_both() -> None:
     [
         b"\xef\xbb\xbf" + statement_bytes(full_window()),  # UTF-8 byte-order mark: json reads it
         statement_bytes(full_window()).decode().encode("utf-16"),  # json detects UTF-16
+        statement_bytes(full_window()).decode().encode("utf-32"),
         b"\xff\xfe{}",
         b"{",
         b"",
@@ -119,10 +169,20 @@ def test_duplicate_keys_keep_the_last_value_in_both() -> None:
         b"null",
         statement_bytes(full_window()) + b"\x00",
     ],
-    ids=["bom", "utf-16", "bad-utf8", "truncated", "empty", "deep", "null", "trailing-nul"],
+    ids=["bom", "utf-16", "utf-32", "bad-utf8", "truncated", "empty", "deep", "null", "trailing-nul"],
 )
 def test_whole_payloads_the_decoders_read_differently(payload: bytes) -> None:
-    _same(payload)
+    kind, detail = _same(payload)
+    assert (kind, detail[0]) == ("schema", "bad_schema"), detail
+
+
+def test_insignificant_whitespace_and_escapes_are_read_alike() -> None:
+    """The fast path vouches only for compact payloads; others are the reference's, same answer."""
+    doc = json.loads(statement_bytes(full_window()))
+    for payload in (json.dumps(doc, indent=2).encode(), json.dumps(doc, ensure_ascii=False).encode()):
+        assert statement_fast.recognise(payload) is None
+        kind, window = _same(payload)
+        assert kind == "ok" and window == full_window()
 
 
 def _signed_shapes() -> list[st.UsageWindow]:
@@ -162,7 +222,11 @@ def test_signed_statements_parse_as_the_reference_does(window: st.UsageWindow) -
     assert kind == "ok" and parsed == window
 
 
-@pytest.mark.parametrize("window", [full_window(), full_window(seq=0), bare_window()], ids=["full", "seq-0", "bare"])
+@pytest.mark.parametrize(
+    "window",
+    [full_window(), full_window(seq=0), bare_window(), _signed_shapes()[-1]],
+    ids=["full", "seq-0", "bare", "extras"],
+)
 def test_common_statements_take_the_fast_path(window: st.UsageWindow, monkeypatch: pytest.MonkeyPatch) -> None:
     """Without this the reference path could hide a fast path that never succeeds."""
     assert statement_fast.recognise(statement_bytes(window)) == window
@@ -295,3 +359,66 @@ def test_a_chain_started_by_rotation_parses_as_the_reference_does() -> None:
         _same(json.dumps(doc).encode())
     doc["predicate"]["chain"]["epoch"] = 0
     _same(json.dumps(doc).encode())
+
+
+# -- injected problems at random depths: both paths refuse, with bad_schema -------------
+
+# Every object of a full statement (objects inside arrays included), and every value.
+_OBJECT_PATHS = [(), *(p for p in _paths(_DOC) if isinstance(_get(_DOC, p), dict))]
+_ANY_PATHS = sorted(_paths(_DOC), key=repr)
+_LONE = ["\\ud800", "\\udbff", "\\udc00", "\\udfff", "\\udc00\\ud800", "x\\ud800y", "\\ud800\\u0041"]
+
+
+def _compact_with(doc: dict[str, Any], path: tuple[Any, ...], raw: str) -> bytes:
+    """``doc`` written as agents write it, with the JSON text ``raw`` at ``path``."""
+    doc = copy.deepcopy(doc)
+    _get(doc, path[:-1])[path[-1]] = "__MARK__"
+    return json.dumps(doc, separators=(",", ":")).replace('"__MARK__"', raw).encode()
+
+
+def _refused_alike(payload: bytes) -> None:
+    kind, detail = _same(payload)
+    assert (kind, detail[0]) == ("schema", "bad_schema"), (detail, payload[:300])
+    assert statement_fast.recognise(payload) is None
+
+
+@settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(path=hs.sampled_from(_OBJECT_PATHS), data=hs.data(), value=_json_values)
+def test_a_duplicate_name_at_any_depth_is_refused_by_both(path: tuple[Any, ...], data: Any, value: Any) -> None:
+    obj = _get(_DOC, path) if path else _DOC
+    name = data.draw(hs.sampled_from(sorted(obj) or ["x"]) | hs.text(max_size=4), label="name")
+    doc = copy.deepcopy(_DOC)
+    target = _get(doc, path) if path else doc
+    marker = "__DUP__"
+    target[marker] = 0
+    member = json.dumps(name) + ":" + json.dumps(value, separators=(",", ":"))
+    text = json.dumps(doc, separators=(",", ":")).replace(f'"{marker}":0', f"{member},{member}")
+    _refused_alike(text.encode())
+
+
+@settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(path=hs.sampled_from(_ANY_PATHS), lone=hs.sampled_from(_LONE), as_name=hs.booleans())
+def test_a_lone_surrogate_at_any_depth_is_refused_by_both(path: tuple[Any, ...], lone: str, as_name: bool) -> None:
+    raw = f'{{"{lone}":1}}' if as_name else f'"{lone}"'
+    _refused_alike(_compact_with(_DOC, path, raw))
+
+
+@settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(
+    path=hs.sampled_from(_ANY_PATHS),
+    n=hs.integers(min_value=2**53, max_value=2**70) | hs.integers(min_value=-(2**70), max_value=-(2**53)),
+    nest=hs.integers(min_value=0, max_value=3),
+)
+def test_an_integer_beyond_2_53_at_any_depth_is_refused_by_both(path: tuple[Any, ...], n: int, nest: int) -> None:
+    raw = str(n)
+    for _ in range(nest):
+        raw = f"[{raw}]" if nest % 2 else f'{{"n":{raw}}}'
+    _refused_alike(_compact_with(_DOC, path, raw))
+
+
+@settings(max_examples=200, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(path=hs.sampled_from(_ANY_PATHS), n=hs.integers(min_value=0, max_value=2**53 - 1))
+def test_an_integer_within_2_53_reads_alike(path: tuple[Any, ...], n: int) -> None:
+    """The control: exact integers are read alike (accepted or refused by the schema)."""
+    kind, detail = _same(_compact_with(_DOC, path, str(n)))
+    assert kind == "ok" or "2**53" not in str(detail)

@@ -387,3 +387,91 @@ def verify_main_exit(doc: dict[str, Any]) -> int:
         return verify_main([fh.name])
     finally:
         Path(fh.name).unlink()
+
+
+# -- JSON that parsers read differently (issue 16) ------------------------------------
+
+
+def _resigned(doc: dict[str, Any], entry: int, node: Node, mutate: Any) -> dict[str, Any]:
+    """``doc`` with entry ``entry``'s payload text mutated and signed again by ``node``'s key:
+    what a node (or a collector holding a key) could sign and an old collector accept."""
+    doc = copy.deepcopy(doc)
+    env = doc["entries"][entry]["envelope"]
+    text = base64.b64decode(env["payload"]).decode()
+    payload = mutate(text).encode()
+    assert payload != text.encode()
+    doc["entries"][entry]["envelope"] = dsse.sign(payload, node.signer).to_json()
+    return doc
+
+
+def test_a_duplicated_tenant_signed_by_the_enrolled_key_is_reported(
+    site: Site, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Issue 16: "tenant":"t-hidden","tenant":"t-live" verified (exit 0, reading t-live)
+    while other parsers read t-hidden; it is now a bad_schema failure and exit 1."""
+    a = site.enroll(Node("node-a"))
+    site.send(a, 3)
+    doc = _resigned(site.bundle(), 1, a, lambda t: t.replace('"tenant":', '"tenant":"t-hidden","tenant":', 1))
+    report = _verify(doc)
+    assert [(f.step, f.reason) for f in report.failures if f.entry == 1][:1] == [("signature", "bad_schema")]
+    assert any("duplicate member name 'tenant'" in f.message for f in report.failures), report.failures
+    assert verify_main_exit(doc) == 1
+    assert "bad_schema" in capsys.readouterr().out
+
+
+@pytest.mark.parametrize(
+    "mutate",
+    [
+        lambda t: t.replace('"boot_id":"', '"boot_id":"\\ud800', 1),
+        lambda t: t.replace('"gpu_ms":', f'"future_ms":{2**53},"gpu_ms":', 1),
+        lambda t: t.replace('"predicate":{', '"predicate":{"x":Infinity,', 1),
+        lambda t: t.replace('"predicate":{', '"predicate":{"x":[{"y":{"a":1,"a":1}}],', 1),
+    ],
+    ids=["lone-surrogate", "integer-beyond-2**53", "infinity", "nested-duplicate"],
+)
+def test_other_payloads_parsers_read_differently_are_bad_schema(site: Site, mutate: Any) -> None:
+    a = site.enroll(Node("node-a"))
+    site.send(a, 2)
+    report = _verify(_resigned(site.bundle(), 0, a, mutate))
+    assert ("signature", "bad_schema") in [(f.step, f.reason) for f in report.failures if f.entry == 0]
+
+
+@pytest.mark.parametrize("field", ["payload", "payloadType", "signatures", "sig", "keyid"])
+def test_an_envelope_with_a_duplicate_name_ends_verification(honest: dict[str, Any], field: str) -> None:
+    """The envelope's own JSON is held to the same rule: one "payload" shown to this
+    verifier and another to someone else's is refused, as the whole bundle."""
+    text = json.dumps(honest)
+    needle = f'"{field}": '
+    assert needle in text
+    value = '"AAAA"' if field != "signatures" else "[]"
+    report = verify_bundle(text.replace(needle, f"{needle}{value}, {needle}", 1).encode())
+    assert [(f.step, f.reason) for f in report.failures] == [("bundle", "malformed_bundle")]
+    assert "duplicate member name" in report.failures[0].message
+
+
+@pytest.mark.parametrize("keyid", [None, "", "unknown"], ids=["absent", "empty", "unknown"])
+def test_signatures_without_a_key_id_hint_verify_against_the_enrolled_keys(
+    honest: dict[str, Any], keyid: str | None
+) -> None:
+    """DSSE keyid is an optional, unauthenticated hint: the verifier finds the enrolled key."""
+    doc = copy.deepcopy(honest)
+    for e in doc["entries"]:
+        for s in e["envelope"]["signatures"]:
+            if keyid is None:
+                del s["keyid"]
+            else:
+                s["keyid"] = keyid
+    report = _verify(doc)
+    assert report.ok, "\n".join(str(f) for f in report.failures)
+    assert report.entries == 12 and report.keys == 2
+    assert verify_main_exit(doc) == 0
+
+
+def test_a_signature_naming_the_wrong_enrolled_key_still_verifies(honest: dict[str, Any]) -> None:
+    doc = copy.deepcopy(honest)
+    keys = [n["key_id"] for n in doc["nodes"]]
+    for e in doc["entries"]:
+        s = e["envelope"]["signatures"][0]
+        s["keyid"] = keys[1] if s["keyid"] == keys[0] else keys[0]
+    report = _verify(doc)
+    assert report.ok, "\n".join(str(f) for f in report.failures)

@@ -297,6 +297,52 @@ def test_tampering_is_refused_with_its_reason(
     assert isinstance(nxt, Accepted) and nxt.seq == 3, f"the honest next statement was not accepted: {nxt}"
 
 
+# Payloads that JSON parsers read differently (issue 16): signed by the enrolled key, each
+# is refused as bad_schema and nothing of it is stored; the honest chain then continues.
+_AMBIGUOUS: list[tuple[str, Callable[[str], str]]] = [
+    ("duplicate-tenant", lambda t: t.replace('"tenant":', '"tenant":"t-hidden","tenant":', 1)),
+    ("duplicate-in-unknown-field", lambda t: t.replace('"predicate":{', '"predicate":{"x":[{"a":1,"a":2}],', 1)),
+    ("lone-surrogate", lambda t: t.replace('"boot_id":"', '"boot_id":"\\ud800', 1)),
+    ("integer-beyond-2**53", lambda t: t.replace('"gpu_ms":', f'"future_ms":{2**53},"gpu_ms":', 1)),
+    ("nan", lambda t: t.replace('"predicate":{', '"predicate":{"x":NaN,', 1)),
+    ("byte-order-mark", lambda t: "\ufeff" + t),
+]
+
+
+@pytest.mark.parametrize("mutate", [m for _, m in _AMBIGUOUS], ids=[n for n, _ in _AMBIGUOUS])
+def test_a_payload_parsers_read_differently_is_refused_and_not_stored(
+    store: SqliteStore, ingestor: Ingestor, enroll: Enroll, mutate: Callable[[str], str]
+) -> None:
+    node = enroll()
+    _accepted(ingestor.ingest_batch([(node.key_id, node.next())]))
+    text = statement_bytes(node.window()).decode()
+    payload = mutate(text).encode()
+    assert payload != text.encode()
+    leaves = store.log_size()
+
+    result = _one(ingestor, node.key_id, dsse.sign(payload, node.signer))
+
+    assert isinstance(result, Refused) and result.reason == "bad_schema", result
+    assert store.statement_count() == 1 and store.next_seq(node.key_id) == 1
+    assert store.refusals()[0].reason == "bad_schema"
+    assert store.log_size() == leaves, "a refused statement must not reach the log"
+    nxt = _one(ingestor, node.key_id, node.next())
+    assert isinstance(nxt, Accepted) and nxt.seq == 1, f"the honest next statement was not accepted: {nxt}"
+
+
+@pytest.mark.parametrize("keyid", ["", "unknown", "sha256:" + "0" * 64], ids=["absent", "unknown", "unknown-sha256"])
+def test_a_signature_without_the_key_id_hint_is_accepted(
+    store: SqliteStore, ingestor: Ingestor, enroll: Enroll, keyid: str
+) -> None:
+    """DSSE keyid is an optional hint: the enrolled key verifies whatever it names."""
+    node = enroll()
+    env = node.next()
+    hintless = dataclasses.replace(env, signatures=(Signature(keyid, env.signatures[0].sig),))
+    result = _one(ingestor, node.key_id, hintless)
+    assert isinstance(result, Accepted) and result.seq == 0, result
+    assert store.statement_count() == 1
+
+
 def test_revoked_key_is_refused(store: SqliteStore, ingestor: Ingestor, enroll: Enroll) -> None:
     node = enroll()
     _accepted(ingestor.ingest_batch([(node.key_id, e) for e in node.take(2)]))
@@ -387,15 +433,17 @@ def test_chain_survives_reopening_the_store(tmp_path: Any, new_chain: Callable[.
 def test_results_and_refusal_messages_are_safe_to_send_and_store(
     store: SqliteStore, ingestor: Ingestor, enroll: Enroll
 ) -> None:
-    # A lone surrogate (valid JSON escape, not valid UTF-8) in a field echoed in the message.
+    # A lone surrogate (valid JSON escape, not valid UTF-8: refused as JSON parsers read it
+    # differently) and a long field, both echoed in the messages.
     node = enroll()
     doc = json.loads(statement_bytes(node.window()))
-    doc["predicate"]["chain"]["key_id"] = "\ud800" + "k" * 5000
-    result = _one(ingestor, node.key_id, dsse.sign(json.dumps(doc).encode(), node.signer))
-    assert isinstance(result, Refused) and result.reason == "key_mismatch"
-    result.message.encode("utf-8")
-    assert len(result.message) <= 1000
-    assert store.refusals()[0].message == result.message
+    for key_id, reason in (("\ud800" + "k" * 5000, "bad_schema"), ("k" * 5000, "key_mismatch")):
+        doc["predicate"]["chain"]["key_id"] = key_id
+        result = _one(ingestor, node.key_id, dsse.sign(json.dumps(doc).encode(), node.signer))
+        assert isinstance(result, Refused) and result.reason == reason, result
+        result.message.encode("utf-8")
+        assert len(result.message) <= 1000
+        assert store.refusals()[0].message == result.message
 
 
 # -- fuzzing: no input crashes ingest ---------------------------------------------------

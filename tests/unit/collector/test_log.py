@@ -153,9 +153,88 @@ def test_open_creates_the_log_key_0600_next_to_the_db(tmp_path: Path) -> None:
         log = Log.open(cfg, store)
         key_path = tmp_path / "c.db.log-key.pem"
         assert stat.S_IMODE(key_path.stat().st_mode) == 0o600
-        assert log.origin == "gpuaudit/site-7"
+        assert log.origin == "log.example.com/gpuaudit/site-7", "a new log without log_origin: the placeholder"
         again = Log.open(cfg, store)
         assert again.public_key() == log.public_key(), "the key is created once, then loaded"
+
+
+def test_an_unset_origin_is_a_placeholder_and_the_collector_says_so(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """c2sp.org/tlog-checkpoint: the origin SHOULD be a schema-less URL the operator owns."""
+    cfg = CollectorConfig(db=tmp_path / "c.db")
+    with SqliteStore(cfg.db, now_ms=NOW_MS) as store, caplog.at_level("WARNING", logger="collector.log"):
+        log = Log.open(cfg, store)
+    assert log.origin == "log.example.com/gpuaudit/collector-1"
+    assert "://" not in log.origin and not log.origin.startswith("gpuaudit/")
+    assert any("log_origin is not set" in r.getMessage() and "placeholder" in r.getMessage() for r in caplog.records)
+
+
+def test_an_explicit_origin_is_used_without_a_warning(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    cfg = CollectorConfig(db=tmp_path / "c.db", log_origin="log.site-7.example.org/gpuaudit")
+    with SqliteStore(cfg.db, now_ms=NOW_MS) as store, caplog.at_level("WARNING", logger="collector.log"):
+        log = Log.open(cfg, store)
+        log.check_identity()
+        signed = log.checkpoint(NOW_MS)
+        assert signed.checkpoint.origin == "log.site-7.example.org/gpuaudit"
+        Log.open(cfg, store).check_identity()  # a restart with the same origin
+    assert not caplog.records, [r.getMessage() for r in caplog.records]
+
+
+def test_a_log_signed_before_log_origin_existed_keeps_its_origin(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Compatibility: a store whose checkpoints name gpuaudit/<collector_id> goes on under it
+    (vendors pinned it), with a warning to set it explicitly; set explicitly, it still works."""
+    cfg = CollectorConfig(db=tmp_path / "c.db", collector_id="site-7")
+    with SqliteStore(cfg.db, now_ms=NOW_MS) as store:
+        old = Log(store, load_key_file(_key(cfg)), "gpuaudit/site-7")
+        old.checkpoint(NOW_MS)
+        with caplog.at_level("WARNING", logger="collector.log"):
+            log = Log.open(cfg, store)
+        assert log.origin == "gpuaudit/site-7"
+        log.check_identity()
+        assert any("log_origin = 'gpuaudit/site-7'" in r.getMessage() for r in caplog.records)
+        explicit = CollectorConfig(db=cfg.db, collector_id="site-7", log_origin="gpuaudit/site-7")
+        Log.open(explicit, store).check_identity()
+        # Naming another origin for an existing log is refused, as before.
+        other = CollectorConfig(db=cfg.db, collector_id="site-7", log_origin="log.example.org/gpuaudit")
+        with pytest.raises(LogIdentityError, match="origin 'gpuaudit/site-7'"):
+            Log.open(other, store).check_identity()
+
+
+def _key(cfg: CollectorConfig) -> Path:
+    from attestation.keys import create_key_file
+
+    create_key_file(cfg.log_key_path())
+    return cfg.log_key_path()
+
+
+@pytest.mark.parametrize(
+    ("origin", "needle"),
+    [
+        ("", "non-empty"),
+        ("log example.org", "without spaces"),
+        ("log.example.org/a+b", "'+'"),
+        ("https://log.example.org/gpuaudit", "schema-less, e.g. 'log.example.org/gpuaudit'"),
+    ],
+)
+def test_a_log_origin_that_is_not_a_note_key_name_is_a_config_error(tmp_path: Path, origin: str, needle: str) -> None:
+    from agent.configfile import ConfigError
+    from collector.config import load_collector_config
+
+    path = tmp_path / "collector.toml"
+    path.write_text(f"log_origin = {origin!r}\n".replace("'", '"'))
+    with pytest.raises(ConfigError, match="log_origin") as exc:
+        load_collector_config(path, {})
+    assert needle in str(exc.value)
+
+
+def test_a_placeholder_origin_set_explicitly_still_warns(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    cfg = CollectorConfig(db=tmp_path / "c.db", log_origin="log.example.com/gpuaudit")
+    with SqliteStore(cfg.db, now_ms=NOW_MS) as store, caplog.at_level("WARNING", logger="collector.log"):
+        assert Log.open(cfg, store).origin == "log.example.com/gpuaudit"
+    assert any("placeholder" in r.getMessage() for r in caplog.records)
 
 
 def test_open_takes_the_key_another_collector_created_at_the_same_moment(
