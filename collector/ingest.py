@@ -28,16 +28,20 @@ a stable reason). Each envelope goes through these steps:
 
 A refusal never affects other envelopes and never raises. A store failure raises
 ``collector.errors.StoreError`` out of ``ingest_batch`` and nothing of the batch is
-acknowledged: the agent keeps the envelopes and resends them.
+acknowledged: the agent keeps the envelopes and resends them. ``store_fault_reason`` says
+whether such a failure means the store cannot write (locked, disk full, I/O, connection) or
+that it refused this batch's data; collector.service holds back the statements behind a
+failed commit, so that none is chain-checked against a head that lacks the failed batch.
 """
 
 from __future__ import annotations
 
 import logging
+import sqlite3
 import threading
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field, replace
 
 from attestation import dsse
 from attestation.chain import AGENT_START_EVENT, ChainHead, advance, check_next, explained_gap
@@ -111,6 +115,22 @@ class VerifiedBatch:
     results: list[IngestResult | None]  # the refusals of steps 1-4; None where verified
     refusals: list[RefusalRecord]
     verified: list[_Verified]
+    refused_at: list[int] = field(default_factory=list)  # the item index of each of ``refusals``
+
+    def subset(self, keep: Sequence[int]) -> VerifiedBatch:
+        """The batch of items ``keep`` (ascending indices) alone, re-indexed from 0: the others
+        are neither chain-checked nor recorded as refused (collector.service leaves out the
+        envelopes of a stream that a failed commit ended)."""
+        new_index = {old: new for new, old in enumerate(keep)}
+        assert len(self.refused_at) == len(self.refusals), "refused_at must name each refusal's item"
+        return VerifiedBatch(
+            size=len(keep),
+            now_ms=self.now_ms,
+            results=[self.results[i] for i in keep],
+            refusals=[r for r, i in zip(self.refusals, self.refused_at, strict=True) if i in new_index],
+            verified=[replace(v, index=new_index[v.index]) for v in self.verified if v.index in new_index],
+            refused_at=[new_index[i] for i in self.refused_at if i in new_index],
+        )
 
 
 def _wall_clock_ms() -> int:
@@ -162,6 +182,7 @@ class Ingestor:
         now_ms = self._clock_ms()
         results: list[IngestResult | None] = [None] * len(items)
         refusals: list[RefusalRecord] = []
+        refused_at: list[int] = []
         verified: list[_Verified] = []
         keys: dict[str, tuple[KeyRecord, PublicKey] | None] = {}
         # Step 1's lookups, all keys of the batch in one store call (None: ask per key).
@@ -171,6 +192,7 @@ class Ingestor:
             key_id = _clean(str(key_id))
             msg = _clean(msg)
             results[index] = Refused(seq=seq, reason=reason, message=msg, key_id=key_id)
+            refused_at.append(index)
             refusals.append(
                 RefusalRecord(
                     at_ms=now_ms,
@@ -197,7 +219,7 @@ class Ingestor:
             else:
                 key = keys.get(key_id)
                 refuse(index, key_id, key[0] if key else None, outcome[0], outcome[1], outcome[2])
-        return VerifiedBatch(len(items), now_ms, results, refusals, verified)
+        return VerifiedBatch(len(items), now_ms, results, refusals, verified, refused_at)
 
     def commit_batch(self, batch: VerifiedBatch) -> list[IngestResult]:
         """Steps 5-7 of ``ingest_batch`` for a verified batch; batches must be committed in the
@@ -599,3 +621,47 @@ def _utf8(text: str) -> bool:
     except UnicodeEncodeError:
         return False
     return True
+
+
+# Why a commit failed (collector.service, metric gpuaudit_collector_store_write_failures_total).
+# The store cannot write: "locked" (a lock held elsewhere beyond the store's wait), "disk_full",
+# "io_error" (SQLite's EIO and EFBIG, e.g. a file-size limit), "connection" (PostgreSQL gone),
+# "other"; the store wrote nothing but could: "conflict" (another collector stored the same
+# (key, seq) first), "rejected" (the database refused this batch's data).
+STORE_FAULT_REASONS = ("locked", "disk_full", "io_error", "connection", "other", "conflict", "rejected")
+# Of those, the faults after which the store is expected to fail every write until it recovers.
+CANNOT_WRITE_REASONS = frozenset({"locked", "disk_full", "io_error", "connection", "other"})
+
+
+def store_fault_reason(exc: BaseException) -> str:
+    """Why the store failed a write: one of ``STORE_FAULT_REASONS``, from the driver's error
+    that ``exc`` (a StoreError) was raised from (sqlite3 error names, PostgreSQL SQLSTATEs)."""
+    if isinstance(exc, StoreConflictError):
+        return "conflict"
+    cause = exc.__cause__
+    if isinstance(cause, sqlite3.Error):
+        if isinstance(cause, sqlite3.IntegrityError | sqlite3.DataError | sqlite3.ProgrammingError):
+            return "rejected"
+        name = str(getattr(cause, "sqlite_errorname", ""))
+        if name.startswith(("SQLITE_BUSY", "SQLITE_LOCKED")):
+            return "locked"
+        if name == "SQLITE_FULL":
+            return "disk_full"
+        if name.startswith("SQLITE_IOERR"):
+            return "io_error"
+        return "other"
+    sqlstate = getattr(cause, "sqlstate", None)  # psycopg's errors, without importing psycopg
+    if cause is not None and type(cause).__module__.startswith("psycopg"):
+        if not sqlstate:
+            return "connection"  # no server answer: the connection is gone
+        if sqlstate in ("55P03", "57014") or sqlstate.startswith("40"):
+            return "locked"  # lock_not_available, query_canceled (a timeout), serialization/deadlock
+        if sqlstate == "53100":
+            return "disk_full"
+        if sqlstate.startswith("58"):
+            return "io_error"
+        if sqlstate.startswith(("08", "57P")):
+            return "connection"
+        if sqlstate.startswith(("22", "23", "42")):
+            return "rejected"
+    return "other"

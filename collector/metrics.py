@@ -6,7 +6,7 @@ node_exporter follow them): base units in the name (``_seconds``, ``_joules``, `
 
 Labels are bounded: ``node`` (enrolled nodes), ``gpu`` (GPU UUIDs of those nodes),
 ``tenant`` (at most ``max_tenants`` distinct values, the rest folded into ``"_other"``),
-``reason``, ``kind``, ``severity``, ``bound`` and ``collector`` (fixed sets). Never a PID,
+``reason``, ``kind``, ``severity``, ``level``, ``bound`` and ``collector`` (fixed sets). Never a PID,
 a job or workload id, a key id or a sequence number: those belong in the store.
 
 Series that alerts take ``increase()`` of are created at 0 before their first event
@@ -31,6 +31,9 @@ collector_ingest_batch_statements                              histo    envelope
 collector_nodes_reporting                                      gauge    accepted in horizon
 collector_nodes_known                                          gauge    ever accepted
 collector_store_size_bytes                                     gauge    database files
+collector_store_write_failing                                   gauge    1: a commit failed,
+                                                                        not yet retried ok
+collector_store_write_failures_total{reason}                   counter  failed commits
 collector_scrape_collector_success{collector}                  gauge    as node_exporter
 collector_scrape_collector_duration_seconds{collector}         gauge
 collector_tenant_labels_overflowed_total                       counter  tenants folded
@@ -47,7 +50,20 @@ tenant_flop_unavailable_gpu_seconds_total{tenant}              counter  unknown 
 unattributed_gpu_seconds_total{node}                           counter  no tenant
 findings_raised_total{kind,severity}                           counter  first reaching severity
 findings{kind,severity}                                        gauge    recorded, by current
+findings_opacity{kind,level}                                   gauge    transparent,
+                                                                        partly_opaque, opaque
+findings_end_use{kind,level}                                   gauge    none, elevated, high,
+                                                                        not_assessed
+findings_screening_hit{kind}                                   gauge    a material member's
+                                                                        name is on the list
+screening_list_date_timestamp_seconds                          gauge    the list's date (only
+                                                                        with screening_list)
+screening_list_entries                                         gauge    (only with
+                                                                        screening_list)
 =============================================================  =======  ==================
+
+``level`` is the finding's level on each axis (its material members' highest; the finding's
+``evidence.levels``, collector/detect/build.py): a fixed set, as ``severity``.
 
 ``kind`` of the findings series: the detector's ``large_training`` and the integrity
 findings ingest raises (``equivocation``, ``rollback``, ``unexplained_reboot``,
@@ -57,6 +73,8 @@ records them (``Ingestor(on_finding=CollectorMetrics.observe_integrity_finding)`
 
 from __future__ import annotations
 
+import datetime as dt
+import json
 import os
 import platform
 import threading
@@ -75,12 +93,14 @@ from prometheus_client.registry import Collector
 from attestation.statement import UNATTRIBUTED, UsageWindow
 from collector.detect import flops
 from collector.detect.findings import KIND_LARGE_TRAINING, SEVERITIES
-from collector.ingest import Accepted, IngestResult
+from collector.ingest import STORE_FAULT_REASONS, Accepted, IngestResult
 from collector.integrity import KINDS as INTEGRITY_KINDS
 from collector.integrity import SEVERITY as INTEGRITY_SEVERITY
 from collector.integrity import IntegrityFinding
 
 if TYPE_CHECKING:
+    from collector.detect.findings import Finding
+    from collector.screening import ScreeningSource
     from collector.store.base import Store
 
 # Every reason ingest and the service refuse a statement with (collector/ingest.py,
@@ -121,6 +141,9 @@ BATCH_SECONDS_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5
 BATCH_SIZE_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128, 256, 512, 1024, 2048)
 
 OTHER_TENANTS = "_other"
+# The ``level`` label of the findings-by-axis gauges (collector/detect/build.py, evidence.levels).
+OPACITY_LEVELS = ("transparent", "partly_opaque", "opaque")
+END_USE_LEVELS = ("none", "elevated", "high", "not_assessed")
 
 
 class _NodesReporting(Collector):
@@ -185,6 +208,26 @@ class _StoreFiles(Collector):
         duration.add_metric(["store"], time.perf_counter() - t0)
         yield success
         yield duration
+
+
+class _ScreeningList(Collector):
+    """The screening list's date and size, read at scrape time (the file may be re-read)."""
+
+    def __init__(self, source: ScreeningSource) -> None:
+        self._source = source
+
+    def collect(self) -> Iterator[Metric]:
+        lst = self._source.current()
+        midnight = dt.datetime.combine(lst.list_date, dt.time(), tzinfo=dt.UTC)
+        yield GaugeMetricFamily(
+            "gpuaudit_screening_list_date_timestamp_seconds",
+            "Date of the screening list the tenants are screened against (its sources_used date or the file's "
+            "modification time), as a Unix time.",
+            value=midnight.timestamp(),
+        )
+        yield GaugeMetricFamily(
+            "gpuaudit_screening_list_entries", "Entries of the screening list.", value=float(len(lst))
+        )
 
 
 class _WithoutCreated(Collector):
@@ -340,6 +383,19 @@ class CollectorMetrics:
             buckets=BATCH_SIZE_BUCKETS,
             registry=r,
         )
+        self.store_write_failing = Gauge(
+            "gpuaudit_collector_store_write_failing",
+            "1 while the store cannot write (a commit failed and its retry has not succeeded yet): statements "
+            "are answered UNAVAILABLE and stay in the agents' spools; else 0.",
+            registry=r,
+        )
+        self.store_write_failures = Counter(
+            "gpuaudit_collector_store_write_failures",
+            "Commits of ingest batches (and their retries) the store failed, by reason: locked, disk_full, "
+            "io_error, connection, other (the store cannot write); conflict, rejected (it refused the batch).",
+            ["reason"],
+            registry=r,
+        )
         self.tenant_overflow = Counter(
             "gpuaudit_collector_tenant_labels_overflowed",
             f"Tenant values counted under tenant={OTHER_TENANTS!r} because {max_tenants} distinct tenants "
@@ -426,12 +482,34 @@ class CollectorMetrics:
         self.findings_open = Gauge(
             "gpuaudit_findings", "Findings recorded, by kind and current severity.", ["kind", "severity"], registry=r
         )
+        self.findings_opacity = Gauge(
+            "gpuaudit_findings_opacity",
+            "Findings recorded, by kind and the opacity level of their material members.",
+            ["kind", "level"],
+            registry=r,
+        )
+        self.findings_end_use = Gauge(
+            "gpuaudit_findings_end_use",
+            "Findings recorded, by kind and the end-use risk level of their material members.",
+            ["kind", "level"],
+            registry=r,
+        )
+        self.findings_screening_hit = Gauge(
+            "gpuaudit_findings_screening_hit",
+            "Findings recorded whose material members have a screening-list hit (a reason to look, not a verdict).",
+            ["kind"],
+            registry=r,
+        )
+        self._levels: dict[str, tuple[str, str, bool]] = {}  # finding id -> levels counted
+        self._registry = r
         self._nodes = _NodesReporting(nodes_horizon_s)
         r.register(self._nodes)
         if store_files:
             r.register(_StoreFiles(store_files))
         for reason in REFUSAL_REASONS:
             self.refused.labels(reason)
+        for reason in STORE_FAULT_REASONS:
+            self.store_write_failures.labels(reason)
         for reason in ENROLL_REFUSAL_REASONS:
             self.enroll_refused.labels(reason)
         for reason in (*AGENT_DROP_REASONS, "other"):
@@ -439,6 +517,11 @@ class CollectorMetrics:
         for sev in SEVERITIES:
             self.findings_raised.labels(KIND_LARGE_TRAINING, sev)
             self.findings_open.labels(KIND_LARGE_TRAINING, sev)
+        for level in OPACITY_LEVELS:
+            self.findings_opacity.labels(KIND_LARGE_TRAINING, level)
+        for level in END_USE_LEVELS:
+            self.findings_end_use.labels(KIND_LARGE_TRAINING, level)
+        self.findings_screening_hit.labels(KIND_LARGE_TRAINING)
         for kind in INTEGRITY_KINDS:
             self.findings_raised.labels(kind, INTEGRITY_SEVERITY)
             self.findings_open.labels(kind, INTEGRITY_SEVERITY)
@@ -469,6 +552,12 @@ class CollectorMetrics:
         for f in store.findings():
             known[f.finding_id] = f.severity
             self.findings_open.labels(f.kind, f.severity).inc()
+            if f.kind == KIND_LARGE_TRAINING:
+                try:
+                    levels = (json.loads(f.json_text).get("evidence") or {}).get("levels")
+                except (ValueError, AttributeError):
+                    levels = None
+                self._observe_levels(f.finding_id, f.kind, levels)
             if f.kind in INTEGRITY_KINDS:
                 with self._lock:
                     self._integrity_seen.add(f.finding_id)
@@ -629,6 +718,39 @@ class CollectorMetrics:
         self.findings_open.labels(kind, severity).inc()
         if before is None or _rank(severity) > _rank(before):
             self.findings_raised.labels(kind, severity).inc()
+
+    def observe_finding_axes(self, f: Finding) -> None:
+        """Count finding ``f`` (raised or updated) by its level on each axis (``evidence.levels``)."""
+        self._observe_levels(f.id, f.kind, f.evidence.get("levels"))
+
+    def _observe_levels(self, finding_id: str, kind: str, levels: object) -> None:
+        if not isinstance(levels, dict):
+            levels = {}  # a finding stored before the axes were: end use not assessed
+        op = levels.get("opacity")
+        eu = levels.get("end_use")
+        now = (
+            op if op in OPACITY_LEVELS else "transparent",
+            eu if eu in END_USE_LEVELS else "not_assessed",
+            levels.get("screening_hit") is True,
+        )
+        with self._lock:
+            before = self._levels.get(finding_id)
+            if before == now:
+                return
+            self._levels[finding_id] = now
+        if before is not None:
+            self.findings_opacity.labels(kind, before[0]).dec()
+            self.findings_end_use.labels(kind, before[1]).dec()
+            if before[2]:
+                self.findings_screening_hit.labels(kind).dec()
+        self.findings_opacity.labels(kind, now[0]).inc()
+        self.findings_end_use.labels(kind, now[1]).inc()
+        if now[2]:
+            self.findings_screening_hit.labels(kind).inc()
+
+    def watch_screening(self, source: ScreeningSource) -> None:
+        """Export the screening list's date and size (``gpuaudit_screening_list_*``)."""
+        self._registry.register(_ScreeningList(source))
 
 
 def _rank(severity: str) -> int:

@@ -140,6 +140,7 @@ class FindingSink:
         for f in findings:
             before = self._known.get(f.id)
             self._metrics.observe_finding(f.kind, before, f.severity)
+            self._metrics.observe_finding_axes(f)
             if before is None:
                 _logger.warning(
                     "finding %s: %s by %s, %d GPUs on %d nodes, severity %s",
@@ -271,6 +272,14 @@ async def start_collector(
     await server.start()
     await health_servicer.set(SERVICE_NAME, health_pb2.HealthCheckResponse.SERVING)
     await health_servicer.set("", health_pb2.HealthCheckResponse.SERVING)
+
+    async def store_writable(writable: bool) -> None:
+        # Only the service's status: a store that cannot write makes the collector unready,
+        # not dead ("" stays SERVING: restarting frees no disk and ends no lock).
+        status = health_pb2.HealthCheckResponse.SERVING if writable else health_pb2.HealthCheckResponse.NOT_SERVING
+        await health_servicer.set(SERVICE_NAME, status)
+
+    batcher.on_writable(store_writable)
     http = None
     metrics_port = None
     if config.metrics_listen:

@@ -30,12 +30,14 @@ from typing import Any, Protocol
 
 from attestation.chain import ChainHead
 from attestation.dsse import Envelope, Signature
+from attestation.heads import KeyHead
 
 __all__ = [
     "ChainHead",
     "CheckpointRecord",
     "ConflictRecord",
     "FindingRecord",
+    "KeyHead",
     "KeyRecord",
     "LogLeafRecord",
     "RefusalRecord",
@@ -44,6 +46,8 @@ __all__ = [
     "TokenRecord",
     "UsageAggregate",
     "contiguous_tile_roots",
+    "heads_params",
+    "heads_row",
     "signatures_from_json",
     "signatures_to_json",
 ]
@@ -188,6 +192,25 @@ def contiguous_tile_roots(rows: Sequence[Sequence[Any]], start: int) -> list[byt
     return roots
 
 
+def heads_params(head: KeyHead) -> tuple[object, ...]:
+    """A committed head as the row ``log_heads`` stores (serials as a JSON list)."""
+    return (
+        head.key_id,
+        head.node_id,
+        head.seq,
+        head.leaf_index,
+        head.digest,
+        head.end_ms,
+        json.dumps(list(head.serials), separators=(",", ":")),
+    )
+
+
+def heads_row(row: Sequence[Any]) -> KeyHead:
+    key_id, node_id, seq, leaf_index, digest, end_ms, serials = row
+    return KeyHead(str(key_id), str(node_id), int(seq), int(leaf_index), str(digest), int(end_ms),
+                   tuple(str(s) for s in json.loads(str(serials))))  # fmt: skip
+
+
 def signatures_to_json(signatures: Sequence[Signature]) -> str:
     """DSSE envelope.md's ``signatures`` array (base64 ``sig``), for storage as text."""
     return json.dumps(
@@ -312,6 +335,17 @@ class Store(Protocol):
 
     def log_statements(self, start: int, end: int | None = None) -> list[tuple[int, StatementRecord]]:
         """(leaf index, statement) for leaves ``start <= index < end`` whose payload is kept, in order."""
+        ...
+
+    def committed_heads(self) -> tuple[int, list[KeyHead]]:
+        """The per-key heads last committed (``save_committed_heads``) and the tree size they
+        are the heads at: (0, []) before the first (attestation/heads.py)."""
+        ...
+
+    def save_committed_heads(self, tree_size: int, heads: Sequence[KeyHead]) -> bool:
+        """Record the heads at ``tree_size``: ``heads`` are those that changed since the
+        stored size (the others are kept). Does nothing and returns False unless
+        ``tree_size`` is beyond the stored size (another collector got there first)."""
         ...
 
     # -- retention --------------------------------------------------------

@@ -61,6 +61,7 @@ from collector.store.base import (
     CheckpointRecord,
     ConflictRecord,
     FindingRecord,
+    KeyHead,
     KeyRecord,
     LogLeafRecord,
     RefusalRecord,
@@ -68,6 +69,8 @@ from collector.store.base import (
     TokenRecord,
     UsageAggregate,
     contiguous_tile_roots,
+    heads_params,
+    heads_row,
     signatures_from_json,
     signatures_to_json,
 )
@@ -222,6 +225,23 @@ MIGRATIONS: tuple[str, ...] = (
         PRIMARY KEY (height, tile)
     );
     """,
+    # 6: per-key heads committed at the latest checkpoint (sqlite 6).
+    """
+    CREATE TABLE log_heads (
+        key_id      TEXT PRIMARY KEY,
+        node_id     TEXT NOT NULL,
+        seq         BIGINT NOT NULL,
+        leaf_index  BIGINT NOT NULL,
+        digest      TEXT NOT NULL,
+        end_ms      BIGINT NOT NULL,
+        serials     TEXT NOT NULL
+    );
+    CREATE TABLE log_heads_state (
+        id          INTEGER PRIMARY KEY CHECK (id = 1),
+        tree_size   BIGINT NOT NULL
+    );
+    INSERT INTO log_heads_state (id, tree_size) VALUES (1, 0);
+    """,
 )
 
 _CREATE_MIGRATIONS_TABLE = (
@@ -293,12 +313,17 @@ class PostgresStore:
         *,
         max_refusal_rows: int = DEFAULT_MAX_REFUSAL_ROWS,
         connect_timeout_s: int = 10,
+        write_lock_timeout_ms: int = 10_000,
         now_ms: int | None = None,
     ) -> None:
         self._url = url
         self._where = redact(url)
         self._max_refusal_rows = max_refusal_rows
         self._connect_timeout_s = connect_timeout_s
+        # How long a statement batch waits for a table or row lock held elsewhere before its
+        # commit fails (as SQLite's busy_timeout): collector.service then holds and retries it,
+        # and health says NOT_SERVING, instead of every stream waiting silently.
+        self._write_lock_timeout_ms = write_lock_timeout_ms
         self._lock = threading.RLock()
         self._lease_conn: psycopg.Connection[Any] | None = None
         self._lease_lock = threading.Lock()
@@ -541,6 +566,7 @@ class PostgresStore:
             return
         with self._tx() as conn:
             cur = conn.cursor()
+            cur.execute("SELECT set_config('lock_timeout', %s, true)", (f"{int(self._write_lock_timeout_ms)}ms",))
             if statements:
                 # Statements first: a (key_id, seq) another collector stored raises here,
                 # before this transaction takes the log counter's row lock.
@@ -723,6 +749,29 @@ class PostgresStore:
                 "INSERT INTO log_tiles (height, tile, root) VALUES (%s, %s, %s) ON CONFLICT DO NOTHING",
                 [(height, start + i, root) for i, root in enumerate(roots)],
             )
+
+    def committed_heads(self) -> tuple[int, list[KeyHead]]:
+        rows = self._query("SELECT tree_size FROM log_heads_state WHERE id = 1")
+        size = int(rows[0][0]) if rows else 0
+        heads = self._query(
+            "SELECT key_id, node_id, seq, leaf_index, digest, end_ms, serials FROM log_heads ORDER BY key_id"
+        )
+        return size, [heads_row(r) for r in heads]
+
+    def save_committed_heads(self, tree_size: int, heads: Sequence[KeyHead]) -> bool:
+        with self._tx() as conn:
+            row = conn.execute("SELECT tree_size FROM log_heads_state WHERE id = 1 FOR UPDATE").fetchone()
+            if row is None or tree_size <= int(row[0]):
+                return False
+            conn.cursor().executemany(
+                "INSERT INTO log_heads (key_id, node_id, seq, leaf_index, digest, end_ms, serials) "
+                "VALUES (%s, %s, %s, %s, %s, %s, %s) ON CONFLICT (key_id) DO UPDATE SET node_id = excluded.node_id, "
+                "seq = excluded.seq, leaf_index = excluded.leaf_index, digest = excluded.digest, "
+                "end_ms = excluded.end_ms, serials = excluded.serials",
+                [heads_params(h) for h in heads],
+            )
+            conn.execute("UPDATE log_heads_state SET tree_size = %s WHERE id = 1", (tree_size,))
+            return True
 
     def save_checkpoint(self, record: CheckpointRecord) -> None:
         with self._tx() as conn:

@@ -44,6 +44,7 @@ from collector.store.base import (
     CheckpointRecord,
     ConflictRecord,
     FindingRecord,
+    KeyHead,
     KeyRecord,
     LogLeafRecord,
     RefusalRecord,
@@ -51,6 +52,8 @@ from collector.store.base import (
     TokenRecord,
     UsageAggregate,
     contiguous_tile_roots,
+    heads_params,
+    heads_row,
     signatures_from_json,
     signatures_to_json,
 )
@@ -208,6 +211,24 @@ MIGRATIONS: tuple[str, ...] = (
         root        BLOB NOT NULL,               -- RFC 9162 hash of the tile's subtree
         PRIMARY KEY (height, tile)
     ) STRICT;
+    """,
+    # 6: per-key heads committed at the latest checkpoint (attestation/heads.py, collector/log.py):
+    # for each key, its statement with the highest seq among the first tree_size leaves.
+    """
+    CREATE TABLE log_heads (
+        key_id      TEXT PRIMARY KEY,
+        node_id     TEXT NOT NULL,
+        seq         INTEGER NOT NULL,
+        leaf_index  INTEGER NOT NULL,
+        digest      TEXT NOT NULL,               -- hex SHA-256 of the statement's PAE
+        end_ms      INTEGER NOT NULL,
+        serials     TEXT NOT NULL                -- JSON list of the GPU serials it names
+    ) STRICT;
+    CREATE TABLE log_heads_state (
+        id          INTEGER PRIMARY KEY CHECK (id = 1),
+        tree_size   INTEGER NOT NULL             -- the heads in log_heads are those at this size
+    ) STRICT;
+    INSERT INTO log_heads_state (id, tree_size) VALUES (1, 0);
     """,
 )
 
@@ -706,6 +727,29 @@ class SqliteStore:
             return None
         size, root, signed_ms, note = rows[0]
         return CheckpointRecord(int(size), bytes(root), int(signed_ms), str(note))
+
+    def committed_heads(self) -> tuple[int, list[KeyHead]]:
+        rows = self._query("SELECT tree_size FROM log_heads_state WHERE id = 1")
+        size = int(rows[0][0]) if rows else 0
+        heads = self._query(
+            "SELECT key_id, node_id, seq, leaf_index, digest, end_ms, serials FROM log_heads ORDER BY key_id"
+        )
+        return size, [heads_row(r) for r in heads]
+
+    def save_committed_heads(self, tree_size: int, heads: Sequence[KeyHead]) -> bool:
+        with self._tx() as conn:
+            (stored,) = conn.execute("SELECT tree_size FROM log_heads_state WHERE id = 1").fetchone()
+            if tree_size <= int(stored):
+                return False
+            conn.executemany(
+                "INSERT INTO log_heads (key_id, node_id, seq, leaf_index, digest, end_ms, serials) "
+                "VALUES (?, ?, ?, ?, ?, ?, ?) ON CONFLICT (key_id) DO UPDATE SET node_id = excluded.node_id, "
+                "seq = excluded.seq, leaf_index = excluded.leaf_index, digest = excluded.digest, "
+                "end_ms = excluded.end_ms, serials = excluded.serials",
+                [heads_params(h) for h in heads],
+            )
+            conn.execute("UPDATE log_heads_state SET tree_size = ? WHERE id = 1", (tree_size,))
+            return True
 
     def log_statements(self, start: int, end: int | None = None) -> list[tuple[int, StatementRecord]]:
         cols = ", ".join(f"s.{c.strip()}" for c in self._STATEMENT_COLUMNS.split(","))

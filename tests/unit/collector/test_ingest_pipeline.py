@@ -1,6 +1,6 @@
 """IngestBatcher's two stages: a batch is verified while the one before it commits; batches
-commit one at a time, in arrival order; a failed commit acks nothing of its batch and does
-not stop the next."""
+commit one at a time, in arrival order; a failed commit acks nothing of its batch and holds
+back the batches after it (tests/unit/collector/test_ingest_store_faults.py)."""
 
 from __future__ import annotations
 
@@ -16,7 +16,7 @@ from attestation.dsse import Envelope
 from collector.errors import StoreError
 from collector.ingest import Accepted, IngestResult, VerifiedBatch
 from collector.metrics import CollectorMetrics
-from collector.service import IngestBatcher
+from collector.service import IngestBatcher, Unstored
 
 
 class _ScriptedIngestor:
@@ -86,13 +86,16 @@ def test_a_batch_is_verified_while_the_one_before_commits_and_commits_follow_arr
     assert [o.seq for o in outcomes] == [1, 2, 2, 3, 3]
 
 
-def test_a_failed_commit_acks_nothing_of_its_batch_and_the_next_batch_goes_on() -> None:
+def test_a_failed_commit_acks_nothing_of_its_batch_and_holds_back_the_batches_after_it() -> None:
+    # The store "cannot write" (a StoreError of no known cause): batch 2 is held and retried;
+    # batch 3 is not committed past it (its statements could follow batch 2's in a chain).
     ingestor = _ScriptedIngestor(fail_commit_of=2)
     committed, outcomes = asyncio.run(_run(ingestor))
-    assert committed == [1, 3, 3]
-    assert outcomes[0].seq == 1 and [o.seq for o in outcomes[3:]] == [3, 3]
-    for o in outcomes[1:3]:
-        assert isinstance(o, StoreError)
+    assert committed == [1]
+    assert outcomes[0].seq == 1
+    for o in outcomes[1:]:
+        assert isinstance(o, Unstored) and o.reason == "other", o
+    assert "commit 3" not in ingestor.events
 
 
 @pytest.mark.parametrize("fail_commit_of", [None, 3])
