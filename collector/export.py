@@ -7,10 +7,21 @@ export, an inclusion proof of every envelope in that checkpoint and, when the ve
 brings a checkpoint from an earlier bundle, a consistency proof from it.
 
 Selection: statements whose window overlaps [since, until) and that name a GPU serial
-(``serials``), a tenant (``tenant``), or all of them (``all``). For chain continuity,
-every statement of an involved key between its first and last selected statement is
-included, whether or not it names the serial or tenant, so that a verifier sees an
-unbroken chain.
+(``serials``), a tenant (``tenant``), a node (``nodes``), or all of them (``all``). A key
+is *involved* when one of its statements is selected. For each involved key the bundle
+holds its whole chain over the period, whether or not each statement names the serial or
+tenant, so that a verifier can tell coverage from silence (docs/vendor-guide.md,
+"Completeness"):
+
+- every statement of the key whose window overlaps the period;
+- the *anchor*: the statement just before, when the first one starts after ``since``
+  (it proves that nothing between ``since`` and the first window was left out);
+- the *successor*: the first statement after the last one, when the log has one at the
+  bundle's checkpoint (it proves that nothing after the last window was left out);
+  without ``until``, every statement up to the key's head at the checkpoint.
+
+The bundle also carries ``heads``: the head of every key of the log at the bundle's
+checkpoint, which the checkpoint commits to (attestation/heads.py).
 
 Memory: ``export_bundle`` streams the bundle to its file, reading the store a page of
 statements at a time: once to find each involved key's seq range, once to find the leaf
@@ -40,6 +51,7 @@ from pathlib import Path
 from typing import Any, TextIO
 
 from attestation.errors import CheckpointError, ProofError, SchemaError
+from attestation.heads import KeyHead
 from attestation.merkle import HASH_SIZE, verify_consistency
 from attestation.statement import parse_statement
 from collector.errors import CollectorError
@@ -73,11 +85,13 @@ class Selection:
     all: bool = False
     since_ms: int | None = None
     until_ms: int | None = None
+    nodes: tuple[str, ...] = ()
 
     def to_json(self) -> dict[str, Any]:
         return {
             "serials": list(self.serials),
             "tenant": self.tenant,
+            "nodes": list(self.nodes),
             "all": self.all,
             "since_ms": self.since_ms,
             "until_ms": self.until_ms,
@@ -96,6 +110,8 @@ def _needle(text: str) -> bytes:
 def _matches(record: StatementRecord, sel: Selection) -> bool:
     if sel.all:
         return True
+    if sel.nodes:
+        return record.node_id in sel.nodes
     needles = [_needle(s) for s in sel.serials] if sel.serials else [_needle(sel.tenant or "")]
     if not any(n in record.payload for n in needles):
         return False
@@ -111,50 +127,91 @@ def _matches(record: StatementRecord, sel: Selection) -> bool:
 
 @dataclass(frozen=True)
 class _KeyRange:
-    """The statements of one key a bundle holds: seq ``lo``..``hi`` (``count`` of them seen
-    when selecting, for ``all``, where they are exactly the statements in the time range)."""
+    """The statements of one key a bundle holds: seq ``lo``..``hi``."""
 
     lo: int
     hi: int
-    count: int
 
 
 def _ranges(store: Store, sel: Selection) -> dict[str, _KeyRange]:
-    """Pass 1: per involved key, the seq range of its selected statements (the statements
-    themselves are not kept: a page of them at a time is in memory)."""
-    ranges: dict[str, _KeyRange] = {}
+    """Pass 1: per involved key, the seq range of its statements in the period (the
+    statements themselves are not kept: a page of them at a time is in memory)."""
+    period: dict[str, _KeyRange] = {}
+    involved: set[str] = set()
     for rec in store.iter_statements(window_from_ms=sel.since_ms, window_to_ms=sel.until_ms):
-        if sel.all or _matches(rec, sel):
-            r = ranges.get(rec.key_id)
-            if r is None:
-                ranges[rec.key_id] = _KeyRange(rec.seq, rec.seq, 1)
-            else:
-                ranges[rec.key_id] = _KeyRange(min(r.lo, rec.seq), max(r.hi, rec.seq), r.count + 1)
-    return ranges
+        r = period.get(rec.key_id)
+        period[rec.key_id] = (
+            _KeyRange(rec.seq, rec.seq) if r is None else _KeyRange(min(r.lo, rec.seq), max(r.hi, rec.seq))
+        )
+        if rec.key_id not in involved and _matches(rec, sel):
+            involved.add(rec.key_id)
+    return {k: period[k] for k in sorted(involved)}
 
 
-def _selected(store: Store, sel: Selection, ranges: dict[str, _KeyRange]) -> Iterator[StatementRecord]:
-    """Pass 2: the selected statements plus, per involved key, every statement between its
-    first and last, in (key_id, seq) order."""
+def _statement_at(store: Store, log: Log, key_id: str, seq: int, size: int) -> StatementRecord | None:
+    """The first stored statement of ``key_id`` with a seq of at least ``seq`` among the
+    log's first ``size`` leaves (a point lookup first; seqs an agent dropped are skipped)."""
+    index = log.leaf_index(key_id, seq)
+    if index is not None:
+        rows = store.log_statements(index, index + 1)
+        if rows and rows[0][0] == index:
+            return rows[0][1] if index < size else None
+    for rec in store.iter_statements(key_id, from_seq=seq):
+        index = log.leaf_index(rec.key_id, rec.seq)
+        return rec if index is not None and index < size else None
+    return None
+
+
+def _extend(store: Store, log: Log, sel: Selection, ranges: dict[str, _KeyRange], heads: dict[str, KeyHead],
+            size: int) -> dict[str, _KeyRange]:  # fmt: skip
+    """After signing the checkpoint: each range with its anchor and successor (module docstring)."""
+    out: dict[str, _KeyRange] = {}
+    for key_id, r in ranges.items():
+        lo, hi = r.lo, r.hi
+        if sel.since_ms is not None and lo > 0:
+            first = _statement_at(store, log, key_id, lo, size)
+            if first is not None and first.start_ms > sel.since_ms:
+                anchor = _statement_at(store, log, key_id, lo - 1, size)
+                if anchor is not None and anchor.seq == lo - 1:
+                    lo = anchor.seq
+        head = heads.get(key_id)
+        while head is not None and hi < head.seq:
+            nxt = _statement_at(store, log, key_id, hi + 1, size)
+            if nxt is None:
+                break
+            hi = nxt.seq
+            if sel.until_ms is not None and nxt.start_ms >= sel.until_ms:
+                break  # the successor
+        out[key_id] = _KeyRange(lo, hi)
+    # Keys the selection covers whose heads end after ``since`` but that have no statement in
+    # the period: their first statement after ``since`` shows that (the verifier would
+    # otherwise take the key for one left out: ``missing_key``).
+    for key_id, h in heads.items():
+        if key_id in out or not _head_selected(h, sel) or (sel.since_ms is not None and h.end_ms <= sel.since_ms):
+            continue
+        for rec in store.iter_statements(key_id, window_from_ms=sel.since_ms):
+            index = log.leaf_index(rec.key_id, rec.seq)
+            if index is not None and index < size:
+                out[key_id] = _KeyRange(rec.seq, rec.seq)
+            break
+    return out
+
+
+def _head_selected(h: KeyHead, sel: Selection) -> bool:
+    """Whether the selection covers a key, as far as its committed head tells (a tenant
+    selection cannot tell: tenants are not in the heads)."""
+    return sel.all or h.node_id in sel.nodes or bool(set(h.serials) & set(sel.serials))
+
+
+def _selected(store: Store, ranges: dict[str, _KeyRange]) -> Iterator[StatementRecord]:
+    """Passes 2 and 3: per involved key, every stored statement from ``lo`` to ``hi``, in
+    (key_id, seq) order."""
     for key_id in sorted(ranges):
         r = ranges[key_id]
-        n = 0
-        if sel.all:
-            records = store.iter_statements(
-                key_id, from_seq=r.lo, window_from_ms=sel.since_ms, window_to_ms=sel.until_ms
-            )
-        else:
-            records = store.iter_statements(key_id, from_seq=r.lo)
-        for rec in records:
+        for rec in store.iter_statements(key_id, from_seq=r.lo):
             if rec.seq > r.hi:
                 break
-            n += 1
             yield rec
-        if sel.all and n != r.count:
-            raise ExportError(
-                f"the statements of key {key_id} changed during the export ({r.count} selected, {n} read: "
-                "aged out by retention?); export again"
-            )
 
 
 class _Proofs:
@@ -273,12 +330,13 @@ def write_bundle_to(
 
     The text is exactly ``json.dumps(doc, separators=(",", ":"))`` of the bundle document
     (docs/formats.md, "Vendor bundle v1"), its sections in this order: media_type,
-    created_ms, selection, log, nodes, entries, consistency, seen_checkpoints,
+    created_ms, selection, log, nodes, heads, entries, consistency, seen_checkpoints,
     tenant_summaries.
 
     Steps:
     1. select the statements (see the module docstring): pass 1 keeps only each key's seq range;
-    2. sign a checkpoint covering all of them (``Log.checkpoint``);
+    2. sign a checkpoint covering all of them, with the per-key heads (``Log.checkpoint``),
+       and extend each range by its anchor and successor;
     3. with a previous checkpoint (which must verify with this log's key), prove consistency;
     4. pass 2: the leaf index of every entry; their inclusion proofs, in leaf order
        (``_Proofs``);
@@ -287,8 +345,8 @@ def write_bundle_to(
     6. consistency proofs from every log checkpoint the nodes signed into these statements,
        and the KYC summaries of the tenant pseudonyms they name, signed by the log key.
     """
-    if not (sel.all or sel.serials or sel.tenant):
-        raise ExportError("select statements with serials, a tenant, or all")
+    if not (sel.all or sel.serials or sel.tenant or sel.nodes):
+        raise ExportError("select statements with serials, a tenant, nodes, or all")
     # 1.
     ranges = _ranges(store, sel)
     if not ranges:
@@ -296,6 +354,8 @@ def write_bundle_to(
     # 2.
     signed = log.checkpoint(now_ms)
     size = signed.checkpoint.size
+    heads = log.heads(size)
+    ranges = _extend(store, log, sel, ranges, {h.key_id: h for h in heads}, size)
     keys: dict[str, KeyRecord] = {}
     for key_id in sorted(ranges):
         key = store.key(key_id)
@@ -318,7 +378,8 @@ def write_bundle_to(
             raise ExportError(f"this log is not consistent with the previous checkpoint: {exc}") from exc
         consistency = {"from_size": prev.size, "proof": [_b64(h) for h in proof]}
     # 4.
-    indexes = array("q", (_leaf_index(log, rec, size) for rec in _selected(store, sel, ranges)))
+    indexes = array("q", (_leaf_index(log, rec, size) for rec in _selected(store, ranges)))
+    expected = len(indexes)
     proofs = _Proofs(log, size, indexes, workdir)
     del indexes
     # 5.
@@ -330,13 +391,14 @@ def write_bundle_to(
     }
     out.write(
         f'{{"media_type":{_json(BUNDLE_MEDIA_TYPE)},"created_ms":{_json(now_ms)},"selection":{_json(sel.to_json())},'
-        f'"log":{_json(head)},"nodes":{_json([_node_json(keys[k]) for k in sorted(keys)])},"entries":['
+        f'"log":{_json(head)},"nodes":{_json([_node_json(keys[k]) for k in sorted(keys)])},'
+        f'"heads":{_json([h.to_json() for h in heads])},"entries":['
     )
     seen_sizes: set[tuple[int, str]] = set()
     pseudonyms: set[str] = set()
     entries = 0
     try:
-        for rec in _selected(store, sel, ranges):
+        for rec in _selected(store, ranges):
             index = _leaf_index(log, rec, size)
             path = proofs.get(index)
             if path is None:
@@ -351,6 +413,11 @@ def write_bundle_to(
             _scan(rec, log.origin, size, seen_sizes, pseudonyms)
     finally:
         proofs.close()
+    if entries != expected:
+        raise ExportError(
+            f"{expected - entries} selected statement(s) changed during the export (aged out by retention?); "
+            "export again"
+        )
     # 6.
     seen = [
         {"size": s, "root_sha256": root, "proof": [_b64(h) for h in log.consistency_proof(s, size)]}

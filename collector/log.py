@@ -27,6 +27,8 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
+import msgspec
+
 from attestation.checkpoint import (
     Checkpoint,
     SignedCheckpoint,
@@ -36,15 +38,41 @@ from attestation.checkpoint import (
     verify_checkpoint,
 )
 from attestation.errors import CheckpointError, ProofError
+from attestation.heads import KeyHead, commit, parse_heads_extension
 from attestation.keys import KeyFileExistsError, PublicKey, Signer, create_key_file, load_key_file
 from attestation.merkle import TiledMerkleTree, TileMismatchError, verify_consistency
 from collector.config import PLACEHOLDER_LOG_HOST, CollectorConfig
 from collector.errors import CollectorError
-from collector.store.base import CheckpointRecord, Store
+from collector.store.base import CheckpointRecord, StatementRecord, Store
 
 _logger = logging.getLogger(__name__)
 
 _SYNC_PAGE = 10_000  # leaves read per query when syncing
+
+
+class _GpuSerial(msgspec.Struct):
+    serial: str | None = None
+
+
+class _Predicate(msgspec.Struct):
+    gpus: list[_GpuSerial] = msgspec.field(default_factory=list)
+
+
+class _Serials(msgspec.Struct):
+    """Just enough of a statement to read the GPU serials it names (for the committed heads)."""
+
+    predicate: _Predicate = msgspec.field(default_factory=_Predicate)
+
+
+_serials_decoder = msgspec.json.Decoder(_Serials)
+
+
+def _serials(payload: bytes) -> tuple[str, ...]:
+    try:
+        doc = _serials_decoder.decode(payload)
+    except (msgspec.DecodeError, ValueError):  # stored statements were verified; be safe anyway
+        return ()
+    return tuple(sorted({g.serial for g in doc.predicate.gpus if g.serial}))
 
 
 class LogError(CollectorError):
@@ -167,6 +195,9 @@ class Log:
         self._tree = TiledMerkleTree(self._read_leaves, tile_height=tile_height, cache_tiles=cache_tiles)
         self._tiles_stored = 0  # tiles whose roots are known to be in the store
         self._lock = threading.RLock()
+        # Per-key heads at tree size _heads_size (attestation/heads.py); None: not loaded yet.
+        self._heads: dict[str, KeyHead] = {}
+        self._heads_size: int | None = None
 
     @classmethod
     def open(cls, cfg: CollectorConfig, store: Store, *, cache_tiles: int = 8) -> Log:
@@ -319,6 +350,63 @@ class Log:
         with self._lock, _tiles_checked():
             return self._tree.consistency_proof(old_size, size)
 
+    def heads(self, size: int) -> list[KeyHead]:
+        """The head of every key among the log's first ``size`` leaves, in key id order: the
+        statement with the highest seq (attestation/heads.py). ``size`` must not exceed the
+        synced tree's. Incremental: from the heads committed last (``Store.committed_heads``)
+        and the leaves after them."""
+        with self._lock:
+            return sorted(self._heads_at(size)[0].values(), key=lambda h: h.key_id)
+
+    def _heads_at(self, size: int) -> tuple[dict[str, KeyHead], dict[str, KeyHead]]:
+        """(heads at ``size``, the heads that changed since the store's committed ones)."""
+        if size > self._tree.size:
+            raise LogError(f"heads asked at size {size}, beyond the log's {self._tree.size}")
+        stored_size, stored = self._store.committed_heads()
+        if self._heads_size is None or self._heads_size > size or self._heads_size < stored_size <= size:
+            if stored_size <= size:
+                self._heads, self._heads_size = {h.key_id: h for h in stored}, stored_size
+            else:  # another collector committed beyond this size: recompute from the first leaf
+                self._heads, self._heads_size = {}, 0
+        base = self._heads_size
+        latest: dict[str, tuple[int, int]] = {}  # key id -> (seq, leaf index), among leaves base..size-1
+        start = base
+        while start < size:
+            page = self._store.log_leaves(start, min(size, start + _SYNC_PAGE))
+            if not page or page[0].index != start:
+                raise LogError(f"log leaves from {start} are missing: cannot compute the heads at size {size}")
+            for leaf in page:
+                old = latest.get(leaf.key_id)
+                if old is None or leaf.seq > old[0]:
+                    latest[leaf.key_id] = (leaf.seq, leaf.index)
+            start = page[-1].index + 1
+        changed: dict[str, KeyHead] = {}
+        for key_id, (seq, index) in latest.items():
+            current = self._heads.get(key_id)
+            if current is not None and current.seq >= seq:
+                continue
+            changed[key_id] = self._head_of(key_id, seq, index)
+        self._heads.update(changed)
+        self._heads_size = size
+        if stored_size < size:
+            # What the store lacks: the heads that changed after its committed size.
+            for h in self._heads.values():
+                if h.leaf_index >= stored_size:
+                    changed.setdefault(h.key_id, h)
+        return self._heads, changed
+
+    def _head_of(self, key_id: str, seq: int, index: int) -> KeyHead:
+        rows = self._store.log_statements(index, index + 1)
+        rec: StatementRecord | None = rows[0][1] if rows and rows[0][0] == index else None
+        if rec is not None and rec.key_id == key_id and rec.seq == seq:
+            return KeyHead(key_id, rec.node_id, seq, index, rec.digest, rec.end_ms, _serials(rec.payload))
+        # Its payload aged out (retention): the chain head and enrollment still say what it was.
+        head = self._store.heads([key_id]).get(key_id)
+        key = self._store.key(key_id)
+        if head is None or head.seq != seq or key is None:
+            raise LogError(f"the statement {key_id}/{seq} of log leaf {index} cannot be read to commit its head")
+        return KeyHead(key_id, key.node_id, seq, index, head.digest, head.end_ms, ())
+
     def check_identity(self, *, accept_key_change: bool = False) -> None:
         """Refuse to sign under another origin or key than the store's latest checkpoint.
 
@@ -362,8 +450,10 @@ class Log:
         2. take the previous checkpoint's size and root from its stored note;
         3. verify a consistency proof from it to the current tree (RFC 9162 §2.1.4.2),
            raising InconsistentLogError otherwise;
-        4. if nothing was appended and the previous note is ours, return it unchanged;
-        5. sign the new checkpoint and store it.
+        4. if nothing was appended and the previous note is ours and commits to the same
+           per-key heads, return it unchanged;
+        5. sign the new checkpoint, with the heads line (attestation/heads.py) as its
+           extension, and store it and the heads.
         """
         with self._lock, _tiles_checked():
             # 1.
@@ -387,16 +477,28 @@ class Log:
                     raise InconsistentLogError(
                         f"the log's first {prev.size} leaves no longer lead to the root signed before: {exc}"
                     ) from exc
-                # 4.
-                if prev.size == size and prev.origin == self._origin:
-                    try:
-                        cp = self.verify_own(previous.note)
-                    except CheckpointError:
-                        pass  # signed by another key (rotated): sign again with ours
-                    else:
+            heads, changed = self._heads_at(size)
+            commitment = commit(list(heads.values()), now_ms)
+            # 4.
+            if previous is not None and prev.size == size and prev.origin == self._origin:
+                try:
+                    cp = self.verify_own(previous.note)
+                    committed = parse_heads_extension(cp.extensions)
+                except CheckpointError:
+                    pass  # signed by another key (rotated): sign again with ours
+                else:
+                    if committed is not None and (committed.count, committed.root) == (
+                        commitment.count,
+                        commitment.root,
+                    ):
                         return SignedCheckpoint(checkpoint=cp, note=previous.note)
+                    # else: signed before heads were committed (or with others): sign again
             # 5.
-            signed = sign_checkpoint(Checkpoint(self._origin, size, root), self._origin, self._signer)
+            cp = Checkpoint(self._origin, size, root, (commitment.extension(),))
+            signed = sign_checkpoint(cp, self._origin, self._signer)
             self._store.save_checkpoint(CheckpointRecord(size, root, now_ms, signed.note))
-            _logger.info("signed checkpoint %s at size %d, root %s", self._origin, size, root.hex())
+            self._store.save_committed_heads(size, list(changed.values()))
+            _logger.info(
+                "signed checkpoint %s at size %d, root %s, %d key heads", self._origin, size, root.hex(), len(heads)
+            )
             return signed
