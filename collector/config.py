@@ -27,6 +27,12 @@ class CollectorConfig:
     metrics_listen: str = "127.0.0.1:9478"
     # Tenants v1 file (TOML); without it every tenant is fully opaque.
     tenants: Path | None = None
+    # The Consolidated Screening List (trade.gov's consolidated.csv or .json) that tenants,
+    # their parents and beneficial owners are screened against (collector/screening.py); re-read
+    # when the file changes. Without it nobody is screened, and findings say so.
+    screening_list: Path | None = None
+    # A screening list dated more than this many days ago is a warning (log, findings).
+    screening_max_age_days: int = 7
     # mTLS: the collector's certificate and key, and the operator CA that signs agents'
     # client certificates (gpuaudit-collector ca init / ca issue). Files are re-read when
     # they change, so certificates rotate without a restart.
@@ -100,6 +106,8 @@ def load_collector_config(
         raise ConfigError("rate_per_key, rate_burst, max_streams and max_queued must be positive")
     if cfg.hello_timeout_s <= 0 or cfg.enroll_timeout_s <= 0:
         raise ConfigError("hello_timeout_s and enroll_timeout_s must be positive")
+    if cfg.screening_max_age_days < 0:
+        raise ConfigError("screening_max_age_days: must be 0 or more")
     if cfg.max_payload_bytes < 1024:
         raise ConfigError("max_payload_bytes: must be at least 1024")
     if cfg.log_origin is not None:

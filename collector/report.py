@@ -3,8 +3,10 @@
 ``gpuaudit-collector report FINDING_ID --out report.html`` writes a page that a compliance
 officer can read, print and forward without any tool: the finding in plain words, three
 charts (GPUs in use, utilization across the tenant's nodes, cumulative compute against the
-reporting thresholds), why the tenant counts as opaque, the signed statements behind it and
-the commands that let anyone verify them offline.
+reporting thresholds), both axes of its severity (why the tenant counts as opaque, and its
+end-use risk: countries of concern, restricted-party screening with the list's date, a
+declared use the run contradicts), the signed statements behind it and the commands that
+let anyone verify them offline.
 
 The file fetches nothing: CSS is inline, the charts are SVG generated here, there is no
 script, and a Content-Security-Policy forbids every fetch (a forwarded report must not
@@ -820,6 +822,7 @@ def render(data: ReportData, options: ReportOptions, generated_ms: int, version:
     op = f.get("opacity") or {}
     reasons = op.get("reasons") or []
     by_tenant = ev.get("opacity_by_tenant") or {}
+    eu = f.get("end_use_risk")
 
     facts = [
         (f"{int(f.get('gpus', 0)):,}", "GPUs at peak"),
@@ -827,6 +830,8 @@ def render(data: ReportData, options: ReportOptions, generated_ms: int, version:
         (f"{float(f.get('gpu_hours', 0)):,.0f}", "GPU-hours in the run"),
         (f"{float(op.get('score', 0)):.2f}", "opacity score (0 = transparent, 1 = opaque)"),
     ]
+    if eu is not None:
+        facts.append((f"{float(eu.get('score', 0)):.2f}", "end-use risk (0 = nothing of concern known)"))
 
     parts: list[str] = [
         "<!DOCTYPE html>",
@@ -839,7 +844,7 @@ def render(data: ReportData, options: ReportOptions, generated_ms: int, version:
         f"<style>{_CSS}</style></head><body><main>",
         '<header class="top">',
         '<p class="kicker">gpuaudit evidence report</p>',
-        f"<h1>Large training run by {'opaque tenants' if len(tenants) > 1 else 'an opaque tenant'} "
+        f"<h1>Large training run by {_subject(ev.get('levels'), len(tenants) > 1)} "
         f'<span class="badge sev-{_e(sev)}">{_e(sev)}</span></h1>',
         f'<p class="meta">Finding <code>{_e(f.get("id"))}</code> · kind <code>{_e(f.get("kind"))}</code> · '
         f"detector score {float(f.get('score', 0)):.2f} · report generated {_e(_utc(generated_ms))} by "
@@ -850,6 +855,7 @@ def render(data: ReportData, options: ReportOptions, generated_ms: int, version:
         '<div class="facts">',
         *(f'<div class="fact"><div class="v">{v}</div><div class="k">{_e(k)}</div></div>' for v, k in facts),
         "</div>",
+        *_set_by_section(ev.get("severity_set_by")),
         "<h2>Why the tenant counts as opaque</h2>",
     ]
     if reasons:
@@ -864,6 +870,7 @@ def render(data: ReportData, options: ReportOptions, generated_ms: int, version:
                 f"<td>{_e('; '.join(o.get('reasons', [])))}</td></tr>"
             )
         parts.append("</table>")
+    parts += _end_use_section(eu, ev.get("end_use_risk_by_tenant") or {})
     for t in tenants:
         known = options.tenant_facts.get(t)
         if known:
@@ -926,14 +933,17 @@ def render(data: ReportData, options: ReportOptions, generated_ms: int, version:
         parts += [
             "<h3>Members of the run</h3>",
             "<table><tr><th>tenant</th><th class=num>share</th><th class=num>GPUs</th>"
-            "<th class=num>GPU-hours</th><th class=num>opacity</th><th>sets the severity</th></tr>",
+            "<th class=num>GPU-hours</th><th class=num>opacity</th><th class=num>end-use risk</th>"
+            "<th>material (can set the severity)</th></tr>",
         ]
         for m in members:
             op = m.get("opacity") or {}
+            risk = m.get("end_use_risk") or {}
             parts.append(
                 f"<tr><td>{_e(m.get('tenant'))}</td><td class=num>{float(m.get('share', 0)):.0%}</td>"
                 f"<td class=num>{_e(m.get('gpus'))}</td><td class=num>{_e(m.get('gpu_hours'))}</td>"
-                f"<td class=num>{_e(op.get('score'))}</td><td>{'yes' if m.get('material') else 'no'}</td></tr>"
+                f"<td class=num>{_e(op.get('score'))}</td><td class=num>{_e(risk.get('score', 'n/a'))}</td>"
+                f"<td>{'yes' if m.get('material') else 'no'}</td></tr>"
             )
         parts.append("</table>")
     link = ev.get("linked_tenants")
@@ -964,6 +974,103 @@ def render(data: ReportData, options: ReportOptions, generated_ms: int, version:
     )
     parts.append("</main></body></html>")
     return "\n".join(p for p in parts if p)
+
+
+def _subject(levels: Any, several: bool) -> str:
+    """Who ran it, by the finding's levels on both axes: "an opaque tenant of end-use concern"."""
+    lv = levels if isinstance(levels, dict) else {}
+    opaque = lv.get("opacity", "opaque") in ("opaque", "partly_opaque")
+    concern = lv.get("end_use") in ("elevated", "high")
+    adj = "opaque " if opaque else "" if concern else "transparent "
+    head = f"{adj}tenants" if several else f"{'an' if opaque else 'a'} {adj}tenant"
+    return head + (" of end-use concern" if concern else "")
+
+
+def _set_by_section(set_by: Any) -> list[str]:
+    """Which member, axes and reasons set the severity (``evidence.severity_set_by``)."""
+    if not isinstance(set_by, dict):
+        return []
+    axes = {"opacity": "opacity", "end_use": "end-use risk"}
+    named = [axes.get(a, a) for a in set_by.get("axes") or []]
+    out = ["<h2>What set the severity</h2>"]
+    if not named:
+        out.append(
+            f"<p>Neither axis raised it: every material member is transparent and of no end-use concern; "
+            f"the member that matters most is <strong>{_e(set_by.get('tenant'))}</strong>.</p>"
+        )
+        return out
+    o = set_by.get("opacity") or {}
+    u = set_by.get("end_use") or {}
+    out.append(
+        f"<p>The {' and the '.join(named)} of <strong>{_e(set_by.get('tenant'))}</strong>: opacity "
+        f"{_e(o.get('score'))} ({_e(str(o.get('level', '')).replace('_', ' '))}, alone {_e(o.get('severity'))}), "
+        f"end-use risk {_e(u.get('score'))} ({_e(u.get('level'))}, alone {_e(u.get('severity'))}"
+        + (f"; {_e(u['floor'])}" if u.get("floor") else "")
+        + ").</p>"
+    )
+    if set_by.get("reasons"):
+        out.append("<ul>" + "".join(f"<li>{_e(r)}</li>" for r in set_by["reasons"]) + "</ul>")
+    return out
+
+
+def _end_use_section(eu: Any, by_tenant: dict[str, Any]) -> list[str]:
+    """End-use risk: reasons, the screening (list, its date, hits) and what a hit means."""
+    out = ["<h2>End-use risk</h2>"]
+    if not isinstance(eu, dict):
+        out.append("<p>End-use risk was not assessed for this finding (it was raised before the collector did).</p>")
+        return out
+    reasons = eu.get("reasons") or []
+    if reasons:
+        out.append("<ul>" + "".join(f"<li>{_e(r)}</li>" for r in reasons) + "</ul>")
+    else:
+        out.append(
+            "<p>Nothing of end-use concern is recorded: no country of concern, no screening hit, no "
+            "declared use the run contradicts.</p>"
+        )
+    if len(by_tenant) > 1:
+        out.append("<table><tr><th>tenant</th><th class=num>end-use risk</th><th>reasons</th></tr>")
+        for t, r in by_tenant.items():
+            out.append(
+                f"<tr><td>{_e(t)}</td><td class=num>{float(r.get('score', 0)):.2f}</td>"
+                f"<td>{_e('; '.join(r.get('reasons', [])))}</td></tr>"
+            )
+        out.append("</table>")
+    scr = eu.get("screening") or {}
+    if scr.get("list"):
+        screened = ", ".join(scr.get("screened") or []) or "no names"
+        out.append(
+            f"<h3>Restricted-party screening</h3><p>Screened ({_e(screened)}) against "
+            f"<code>{_e(scr.get('list'))}</code> dated <strong>{_e(scr.get('list_date'))}</strong>"
+            + (f" (SHA-256 <code class=digest>{_e(scr.get('list_sha256'))}</code>)" if scr.get("list_sha256") else "")
+            + ".</p>"
+        )
+    else:
+        out.append("<h3>Restricted-party screening</h3>")
+    if scr.get("warning"):
+        out.append(f"<p><strong>Warning:</strong> {_e(scr['warning'])}.</p>")
+    hits = scr.get("hits") or []
+    if hits:
+        out.append(
+            "<table><tr><th>whose name</th><th>name screened</th><th>list</th><th>entry</th><th>name matched</th>"
+            "<th class=num>score</th></tr>"
+        )
+        for h in hits:
+            url = h.get("source_information_url") or ""
+            entry = f"{_e(h.get('entry_id'))}: {_e(h.get('entry_name'))}" + (f"<br>{_e(url)}" if url else "")
+            out.append(
+                f"<tr><td>{_e(h.get('role'))}</td><td>{_e(h.get('screened_name'))}</td><td>{_e(h.get('list'))}</td>"
+                f"<td>{entry}</td><td>{_e(h.get('matched_name'))}</td>"
+                f"<td class=num>{float(h.get('score', 0)):.2f}</td></tr>"
+            )
+        out.append("</table>")
+        out.append(
+            "<p>A hit is a reason to look, not a verdict: the same name may belong to another party. Check the "
+            "entry on its list's own page (the address above) against what the tenant file records (addresses, "
+            "registration numbers, owners) before acting, and record what was decided.</p>"
+        )
+    elif scr.get("list"):
+        out.append("<p>No name matched an entry of the list.</p>")
+    return out
 
 
 def _statements_section(data: ReportData, options: ReportOptions) -> list[str]:
@@ -1064,7 +1171,21 @@ def tenant_facts(directory: Iterable[Any]) -> dict[str, dict[str, str]]:
         facts = {}
         for f in dataclasses.fields(t):
             name, value = f.name, getattr(t, f.name)
-            if name != "id" and value is not None:
-                facts[name.replace("_", " ")] = "yes" if value is True else "no" if value is False else str(value)
+            if name == "id" or value is None or value == ():
+                continue
+            if isinstance(value, tuple):  # parents, beneficial owners (Tenants v1.1)
+                text = "; ".join(_fact_item(v) for v in value)
+            else:
+                text = "yes" if value is True else "no" if value is False else str(value)
+            facts[name.replace("_", " ")] = text
         out[t.id] = facts
     return out
+
+
+def _fact_item(v: Any) -> str:
+    name = getattr(v, "name", str(v))
+    more = [str(x) for x in (getattr(v, "country", None),) if x]
+    share = getattr(v, "share", None)
+    if share is not None:
+        more.append(f"{share:.0%}")
+    return f"{name} ({', '.join(more)})" if more else str(name)

@@ -342,6 +342,33 @@ def findings() -> _Board:
         w=9,
         h=4,
     )
+    # The two axes of severity (docs/detection.md, "Subjects and severity").
+    b.panel(
+        "stat",
+        "Large-training findings with a screening-list hit",
+        [('sum(gpuaudit_findings_screening_hit{kind="large_training"})', "findings")],
+        w=6,
+        h=4,
+        description="A material member's name (tenant, parent, beneficial owner) matched the Consolidated Screening "
+        "List: a reason to look, not a verdict. Details: the finding's end_use_risk.screening.",
+    )
+    b.panel(
+        "bargauge",
+        "Findings by end-use risk (who the tenant is)",
+        [('sum by (level) (gpuaudit_findings_end_use{kind=~"$kind"})', "{{level}}")],
+        w=9,
+        h=4,
+        description="Countries of concern (D:5, Macau, Hong Kong), screening hits, declared use contradicted; the "
+        "highest level among each finding's material members.",
+    )
+    b.panel(
+        "bargauge",
+        "Findings by opacity (how little is known)",
+        [('sum by (level) (gpuaudit_findings_opacity{kind=~"$kind"})', "{{level}}")],
+        w=9,
+        h=4,
+        description="The highest opacity among each finding's material members.",
+    )
     b.panel(
         "table",
         "gpuaudit alerts (firing and pending)",

@@ -1,11 +1,15 @@
 """A run's finding: its subjects, severity, FLOP range and evidence, as of one window.
 
-Subjects: a group finding lists every member tenant with its GPU-hours, share of the run
-and opacity. The members holding at least ``material_share`` of the run's GPU-seconds (and
-always the largest) are *material*; severity comes from them, and the finding's ``tenant``
-is the material member that matters most for compliance (the most opaque, then the
-largest), not simply the largest. A run whose material members are all transparent is at
-most ``low``, whatever else runs on the site or was linked to it.
+Subjects: a group finding lists every member tenant with its GPU-hours, share of the run,
+opacity and end-use risk. The members holding at least ``material_share`` of the run's
+GPU-seconds (and always the largest) are *material*; severity comes from them, on two axes
+(docs/detection.md, "Subjects and severity"): how little is known about them (opacity) and
+what is known that matters (end-use risk: a country of concern, a screening hit, a declared
+use that training contradicts). The finding's ``tenant`` is the material member that matters
+most for compliance (the one whose axes give the highest severity, then the highest score
+on either axis, then the largest), not simply the largest. A run whose material members are
+all transparent and of no end-use concern is at most ``low``, whatever else runs on the site
+or was linked to it.
 """
 
 from __future__ import annotations
@@ -13,13 +17,16 @@ from __future__ import annotations
 import math
 import statistics
 from collections.abc import Callable
+from dataclasses import dataclass, replace
 from typing import Any
 
 from collector.detect import flops
 from collector.detect.config import DetectConfig
+from collector.detect.enduse import NO_RISK, EndUseConfig, EndUseRisk
 from collector.detect.findings import KIND_LARGE_TRAINING, SEVERITIES, Finding, finding_id, rfc3339_ms
 from collector.detect.opacity import Opacity
 from collector.detect.runs import Run
+from collector.screening import hit_order
 
 _SECONDS_PER_HOUR = 3600.0
 _SECONDS_PER_DAY = 86400.0
@@ -167,28 +174,128 @@ def _signals(run: Run, cfg: DetectConfig, gpus: int, window_ms: int) -> dict[str
     return signals
 
 
+_OPACITY_LEVELS = ("transparent", "partly opaque", "opaque")
+
+
+def _no_risk(tenant: str, start_ms: int) -> EndUseRisk:
+    """``risk_of`` of a caller that does not assess end-use risk: nothing known."""
+    return NO_RISK
+
+
+def _end_use_config(cfg: DetectConfig) -> EndUseConfig:
+    eu = getattr(cfg, "end_use", None)
+    return eu if isinstance(eu, EndUseConfig) else EndUseConfig()
+
+
+@dataclass(frozen=True)
+class _MemberSeverity:
+    """What one material member alone makes of the run's size/FLOP class, on both axes."""
+
+    tenant: str
+    share: float
+    opacity: Opacity
+    risk: EndUseRisk
+    by_opacity: int
+    by_end_use: int
+    opacity_level: str
+    end_use_level: str
+    floor: str | None
+
+    @property
+    def severity(self) -> int:
+        return max(self.by_opacity, self.by_end_use)
+
+    @property
+    def key(self) -> tuple[int, float, float, str]:
+        """Which member matters most: severity, then either axis's score, then share."""
+        return (self.severity, max(self.opacity.score, self.risk.score), self.share, self.tenant)
+
+
+def _member(
+    cfg: DetectConfig, magnitude: int, tenant: str, share: float, op: Opacity, risk: EndUseRisk
+) -> _MemberSeverity:
+    eu = _end_use_config(cfg)
+    step = {0: 0, 1: max(0, magnitude - 1), 2: magnitude}
+    o_cls = 0 if op.score < cfg.transparent_opacity_max else 2 if op.score >= cfg.opaque_opacity_min else 1
+    r_level = risk.level(eu)
+    r_sev = step[LEVEL_CLASS[r_level]]
+    floor = None
+    if risk.screening_hit and r_sev < SEVERITIES.index(eu.screening_floor):
+        r_sev, floor = SEVERITIES.index(eu.screening_floor), f"at least {eu.screening_floor}: screening hit"
+    elif risk.country_of_concern and r_sev < SEVERITIES.index(eu.country_floor):
+        r_sev, floor = SEVERITIES.index(eu.country_floor), f"at least {eu.country_floor}: country of concern"
+    return _MemberSeverity(
+        tenant, share, op, risk, min(3, step[o_cls]), min(3, r_sev), _OPACITY_LEVELS[o_cls], r_level, floor
+    )
+
+
+LEVEL_CLASS = {"none": 0, "elevated": 1, "high": 2}
+
+
 def _severity(
-    cfg: DetectConfig, gpus: int, flop_estimate: tuple[float, float] | None, material: list[tuple[str, float, Opacity]]
-) -> tuple[int, float, str]:
-    """Severity index, the opacity that set it, and why, from size, FLOP and material members."""
+    cfg: DetectConfig,
+    gpus: int,
+    flop_estimate: tuple[float, float] | None,
+    material: list[tuple[str, float, Opacity, EndUseRisk]],
+) -> tuple[int, float, str, dict[str, Any]]:
+    """Severity index, the axis score that set it, why, and which member and reasons set it.
+
+    Per material member, each axis gives a severity from the size/FLOP class: opacity
+    transparent / partly opaque / opaque and end-use risk none / elevated / high give 0 / one
+    step below the class / the class; end-use floors then apply (a country of concern: at least
+    ``country_floor``; a screening hit: at least ``screening_floor``). The run's severity is the
+    largest over members and axes (docs/detection.md, "Subjects and severity").
+    """
     size_level = sum(1 for th in (cfg.min_gpus, cfg.size_alone_gpus, cfg.large_gpus) if gpus >= th)
     flop_lo = flop_estimate[0] if flop_estimate else 0.0
     flop_ths = (cfg.flop_watch, cfg.flop_flag, cfg.flop_report, cfg.flop_report_high)
     flop_level = sum(1 for th in flop_ths if flop_lo >= th)
     magnitude = max(size_level, flop_level)
-    t, share, op = max(material, key=lambda m: (m[2].score, m[1], m[0]))
+    m = max((_member(cfg, magnitude, *mm) for mm in material), key=lambda x: x.key)
     why_size = f"{gpus} GPUs (size class {size_level} of 3), FLOP class {flop_level} of 4"
-    if op.score < cfg.transparent_opacity_max:
-        return 0, op.score, f"every material member is transparent (highest opacity {op.score:.2f}); {why_size}"
-    if op.score >= cfg.opaque_opacity_min:
-        sev = min(3, magnitude)
-        return sev, op.score, f"opaque member {t} holds {share:.0%} of the run (opacity {op.score:.2f}); {why_size}"
-    sev = max(0, min(3, magnitude - 1))
-    return (
-        sev,
-        op.score,
-        f"partly opaque member {t} holds {share:.0%} (opacity {op.score:.2f}, one step down); {why_size}",
-    )
+    op, risk = m.opacity, m.risk
+    axes = [a for a, v in (("opacity", m.by_opacity), ("end_use", m.by_end_use)) if v == m.severity and m.severity > 0]
+    set_by: dict[str, Any] = {
+        "tenant": m.tenant,
+        "axes": axes,
+        "opacity": {"score": round(op.score, 3), "level": m.opacity_level, "severity": SEVERITIES[m.by_opacity]},
+        "end_use": {
+            "score": round(risk.score, 3),
+            "level": m.end_use_level,
+            "severity": SEVERITIES[m.by_end_use],
+            "floor": m.floor,
+        },
+        "reasons": [
+            *(f"opacity: {r}" for r in (op.reasons if "opacity" in axes else ())),
+            *(f"end use: {r}" for r in (risk.reasons if "end_use" in axes else ())),
+        ],
+        "size_class": size_level,
+        "flop_class": flop_level,
+    }
+    if m.severity == 0:
+        why = (
+            f"every material member is transparent and of no end-use concern (highest opacity "
+            f"{max(x[2].score for x in material):.2f}, highest end-use risk {max(x[3].score for x in material):.2f}); "
+            f"{why_size}"
+        )
+        return 0, max(op.score, risk.score), why, set_by
+    parts = []
+    if "opacity" in axes:
+        how = "the size/FLOP class" if m.opacity_level == "opaque" else "one step down"
+        parts.append(f"{m.opacity_level} (opacity {op.score:.2f}, {how})")
+    if "end_use" in axes:
+        how = (
+            "the size/FLOP class"
+            if m.end_use_level == "high"
+            else "one step down"
+            if m.end_use_level == "elevated"
+            else ""
+        )
+        what = f"end-use risk {risk.score:.2f}" + (f", {how}" if how else "") + (f", {m.floor}" if m.floor else "")
+        parts.append(f"of {m.end_use_level} end-use concern ({what})")
+    why = f"member {m.tenant} holds {m.share:.0%} of the run and is {' and '.join(parts)}; {why_size}"
+    value = max(op.score if "opacity" in axes else 0.0, risk.score if "end_use" in axes else 0.0)
+    return m.severity, value, why, set_by
 
 
 def build_finding(
@@ -198,23 +305,31 @@ def build_finding(
     link_evidence: dict[tuple[str, str], dict[str, Any]],
     detected_at_ms: int,
     end_ms: int,
+    risk_of: Callable[[str, int], EndUseRisk] | None = None,
 ) -> Finding:
+    """The finding of ``run``. ``risk_of(tenant, start_ms)`` gives each tenant's end-use risk
+    (``collector.detect.enduse.EndUseRiskOf``); without it the end-use axis is not assessed
+    (the finding has no ``end_use_risk``) and severity comes from opacity alone."""
     tenants = tuple(sorted(run.tenants))
     total = sum(run.tenants.values())
     shares = {t: (run.tenants[t] / total if total > 0 else 1.0 / len(tenants)) for t in tenants}
     ops = {t: opacity_of(t, run.start_ms) for t in tenants}
+    risks = {t: (risk_of or _no_risk)(t, run.start_ms) for t in tenants}
     largest = max(tenants, key=lambda t: (shares[t], t))
-    material = [(t, shares[t], ops[t]) for t in tenants if shares[t] >= cfg.material_share or t == largest]
-    primary = max(material, key=lambda m: (m[2].score, m[1], m[0]))[0]
+    material = [(t, shares[t], ops[t], risks[t]) for t in tenants if shares[t] >= cfg.material_share or t == largest]
+    gpus = int(round(run.peak_gpus))
+    window_ms = int(run.last_window_s * 1000)
+    flop_estimate, flop_upper, flop_reason, peaks = _flop(run, cfg)
+    sev, sev_opacity, why, set_by = _severity(cfg, gpus, flop_estimate, material)
+    primary = set_by["tenant"]
     op = ops[primary]
+    risk: EndUseRisk | None = risks[primary] if risk_of is not None else None
     if len(tenants) > 1:
         score = max(m[2].score for m in material)
         reasons = tuple(f"{t}: {r}" for t in tenants for r in ops[t].reasons)
         op = Opacity(score, reasons)
-    gpus = int(round(run.peak_gpus))
-    window_ms = int(run.last_window_s * 1000)
-    flop_estimate, flop_upper, flop_reason, peaks = _flop(run, cfg)
-    sev, sev_opacity, why = _severity(cfg, gpus, flop_estimate, material)
+        if risk is not None:
+            risk = _group_risk(tenants, material, risks)
 
     size_s = min(1.0, max(0.0, math.log2(max(gpus, 1) / 32) / 7))
     flop_mid = 0.0 if flop_estimate is None else (flop_estimate[0] + flop_estimate[1]) / 2
@@ -229,8 +344,10 @@ def build_finding(
     evidence: dict[str, Any] = {
         "signals": _signals(run, cfg, gpus, window_ms),
         "severity_reason": why,
+        "severity_set_by": set_by,
+        "levels": _levels(cfg, op, risk),
         "score_explained": "(0.4 + 0.6 x max(size, FLOP) on 0..1) x (1.0 coupled, 0.8 otherwise) "
-        "x (0.3 + 0.7 x the opacity that set the severity); at most 0.3 when low",
+        "x (0.3 + 0.7 x the opacity or end-use risk that set the severity); at most 0.3 when low",
         "members": [
             {
                 "tenant": t,
@@ -239,6 +356,7 @@ def build_finding(
                 "gpus": round(shares[t] * (typical if typical is not None else run.peak_gpus), 1),
                 "material": any(m[0] == t for m in material),
                 "opacity": ops[t].to_json(),
+                **({"end_use_risk": risks[t].to_json()} if risk_of is not None else {}),
             }
             for t in sorted(tenants, key=lambda t: (-shares[t], t))
         ],
@@ -264,6 +382,7 @@ def build_finding(
         },
         "projection": _projection(run, cfg, flop_estimate),
         "opacity_by_tenant": {t: ops[t].to_json() for t in tenants},
+        **({"end_use_risk_by_tenant": {t: risks[t].to_json() for t in tenants}} if risk_of is not None else {}),
         "memory_note": "memory use is not evidence on its own: inference servers preallocate ~90% of GPU memory",
     }
     if len(tenants) > 1:
@@ -298,6 +417,36 @@ def build_finding(
         score=round(min(1.0, max(0.0, score)), 4),
         opacity=op,
         evidence=evidence,
+        end_use_risk=risk,
+    )
+
+
+def _levels(cfg: DetectConfig, op: Opacity, risk: EndUseRisk | None) -> dict[str, Any]:
+    """The finding's level on each axis (its material members' highest): what metrics and
+    dashboards count findings by (``gpuaudit_findings_opacity``, ``gpuaudit_findings_end_use``)."""
+    o_cls = 0 if op.score < cfg.transparent_opacity_max else 2 if op.score >= cfg.opaque_opacity_min else 1
+    return {
+        "opacity": ("transparent", "partly_opaque", "opaque")[o_cls],
+        "end_use": "not_assessed" if risk is None else risk.level(_end_use_config(cfg)),
+        "screening_hit": risk is not None and risk.screening_hit,
+    }
+
+
+def _group_risk(
+    tenants: tuple[str, ...],
+    material: list[tuple[str, float, Opacity, EndUseRisk]],
+    risks: dict[str, EndUseRisk],
+) -> EndUseRisk:
+    """A group's end-use risk: the material members' highest score, every member's reasons
+    (prefixed with the tenant), and one screening with every member's hits."""
+    hits = tuple(h for t in tenants for h in risks[t].screening.hits)
+    base = max((m[3] for m in material), key=lambda r: r.score).screening
+    return EndUseRisk(
+        max(m[3].score for m in material),
+        tuple(f"{t}: {r}" for t in tenants for r in risks[t].reasons),
+        replace(base, hits=tuple(sorted(hits, key=hit_order))),
+        country_of_concern=any(m[3].country_of_concern for m in material),
+        screening_hit=any(m[3].screening_hit for m in material),
     )
 
 

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
+from collector.detect.enduse import EndUseConfig
 from collector.detect.opacity import OpacityConfig
 
 
@@ -145,3 +146,5 @@ class DetectConfig:
     """... or when its peak GPUs changed by this fraction."""
 
     opacity: OpacityConfig = field(default_factory=OpacityConfig)
+    end_use: EndUseConfig = field(default_factory=EndUseConfig)
+    """End-use risk: countries of concern, screening, floors (collector/detect/enduse.py)."""

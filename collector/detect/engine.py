@@ -59,6 +59,7 @@ from attestation.statement import UsageWindow
 from collector.detect import flops
 from collector.detect.build import build_finding
 from collector.detect.config import DetectConfig
+from collector.detect.enduse import EndUseRiskOf
 from collector.detect.findings import KIND_LARGE_TRAINING, Finding, rfc3339_ms
 from collector.detect.history import GroupCoupling, History
 from collector.detect.linking import Linker
@@ -112,6 +113,7 @@ class DetectorEngine:
         self._runs: dict[str, Run] = {}
         self._findings: dict[str, Finding] = {}
         self._opacity_cache: dict[tuple[str, int], Opacity] = {}
+        self._risk_of = EndUseRiskOf(self.tenants, config.end_use)
         self._warned_late = False
         # Warm start (``warm_start``): stored findings a replayed run may continue, and the
         # event time before which no new finding is raised (the history is still partial).
@@ -362,9 +364,7 @@ class DetectorEngine:
             # that occupies fewer GPUs than a finding needs, with no run going, is not measured.
             measured = occupied >= cfg.sync_min_gpus and (occupied >= cfg.min_gpus or run is not None)
             coupling = (
-                self._history.group_coupling(s, members, exclude)
-                if measured
-                else GroupCoupling(None, None, "unknown")
+                self._history.group_coupling(s, members, exclude) if measured else GroupCoupling(None, None, "unknown")
             )
             gu = self._group_use(s, members, site, coupling.state == "coupled")
             if gu.gpus < cfg.run_floor_gpus:
@@ -485,7 +485,7 @@ class DetectorEngine:
             elif self._holding(end_ms):
                 return None
         detected_at = end_ms if run.finding is None else run.finding.detected_at_ms
-        f = build_finding(run, cfg, self._opacity, self._linker.evidence, detected_at, end_ms)
+        f = build_finding(run, cfg, self._opacity, self._linker.evidence, detected_at, end_ms, risk_of=self._risk_of)
         run.finding = f
         self._findings[f.id] = f
         prev = run.emitted

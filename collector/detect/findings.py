@@ -13,12 +13,13 @@ from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import Any
 
+from collector.detect.enduse import SEVERITIES as SEVERITIES  # re-exported: one list of severities
+from collector.detect.enduse import EndUseRisk
 from collector.detect.opacity import Opacity
 
 _logger = logging.getLogger(__name__)
 
 KIND_LARGE_TRAINING = "large_training"
-SEVERITIES = ("low", "medium", "high", "critical")
 
 
 def rfc3339_ms(ms: int) -> str:
@@ -58,10 +59,14 @@ class Finding:
     score: float
     opacity: Opacity
     evidence: dict[str, Any] = field(default_factory=dict)
+    end_use_risk: EndUseRisk | None = None
+    """None: not assessed (a finding stored before end-use risk existed); ``end_use_risk``
+    is then absent from the JSON."""
 
     def to_json(self) -> dict[str, Any]:
-        """Findings JSON: the fields of issue 2, plus ``tenants`` (the linked group)."""
-        return {
+        """Findings JSON: the fields of issue 2, plus ``tenants`` (the linked group) and
+        ``end_use_risk`` (issue 20) where assessed."""
+        doc = {
             "id": self.id,
             "kind": self.kind,
             "tenant": self.tenant,
@@ -77,3 +82,6 @@ class Finding:
             "opacity": self.opacity.to_json(),
             "evidence": self.evidence,
         }
+        if self.end_use_risk is not None:
+            doc["end_use_risk"] = self.end_use_risk.to_json()
+        return doc

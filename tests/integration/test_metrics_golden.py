@@ -48,7 +48,7 @@ from collector.tenants import TenantDirectory
 
 GOLDEN = Path(__file__).resolve().parents[1] / "fixtures" / "metrics" / "collector_series.txt"
 # Labels a gpuaudit series may carry; anything else (a pid, a job, a key, a seq) is unbounded.
-ALLOWED_LABELS = {"node", "gpu", "tenant", "reason", "kind", "severity", "bound", "collector", "le"}
+ALLOWED_LABELS = {"node", "gpu", "tenant", "reason", "kind", "severity", "level", "bound", "collector", "le"}
 INFO_LABELS = {"version", "python_version"}
 
 
