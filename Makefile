@@ -26,7 +26,7 @@ help:
 	@echo "make lint       ruff + mypy --strict"
 	@echo "make bench      benchmarks against their goals (docs/benchmarks.md)"
 	@echo "make eval       detector evaluation on ../shared/data, quick (~2 min; docs/evaluation.md)"
-	@echo "make eval-full  the full evaluation (~12 min on 2 cores)"
+	@echo "make eval-full  the full evaluation (~10 min on 2 idle cores)"
 	@echo "make proto      regenerate attestation/v1 from proto/"
 
 $(STAMP): pyproject.toml
@@ -52,6 +52,7 @@ bench: $(STAMP)
 	$(BIN)/python bench/bench_ingest.py
 	$(BIN)/python bench/bench_detector.py
 	$(BIN)/python bench/bench_log.py
+	$(BIN)/python bench/bench_prometheus.py
 
 eval: $(STAMP)
 	$(BIN)/python -m collector.evaluate --quick

@@ -1,7 +1,9 @@
 """gpuaudit-collector: the collector's command line.
 
 Exit codes: 0 ok; 1 findings were listed or raised where that is the point (``detect``
-with ``--fail-on-findings``), or a command failed; 2 usage or configuration error.
+with ``--fail-on-findings``), or a command failed; 2 usage or configuration error; 3
+(``detect --prometheus``) Prometheus could not be read: unreachable, refused the
+credentials or the TLS certificate, or answered an error.
 """
 
 from __future__ import annotations
@@ -31,8 +33,10 @@ def _setup_logging(verbose: bool, quiet: bool = False) -> None:
 
 
 def detect_config_from_table(table: dict[str, Any]) -> Any:
-    """DetectConfig from the config file's ``[detect]`` table (``[detect.opacity]`` nested)."""
+    """DetectConfig from the config file's ``[detect]`` table (``[detect.opacity]`` and
+    ``[detect.end_use]`` nested)."""
     from collector.detect.config import DetectConfig
+    from collector.detect.enduse import EndUseConfig
     from collector.detect.opacity import OpacityConfig
 
     def build(cls: Any, t: dict[str, Any], where: str) -> Any:
@@ -43,10 +47,12 @@ def detect_config_from_table(table: dict[str, Any]) -> Any:
             if k not in fields:
                 raise ConfigError(f"{where}: unknown key {k!r}")
             typ = hints[k]
-            if typ is OpacityConfig:
+            if typ in (OpacityConfig, EndUseConfig):
                 if not isinstance(v, dict):
                     raise ConfigError(f"{where}.{k}: expected a table")
-                kwargs[k] = build(OpacityConfig, v, f"{where}.{k}")
+                kwargs[k] = build(typ, v, f"{where}.{k}")
+            elif typ is str and isinstance(v, str):
+                kwargs[k] = v
             elif typ is float and isinstance(v, (int, float)) and not isinstance(v, bool):
                 kwargs[k] = float(v)
             elif typ is int and isinstance(v, int) and not isinstance(v, bool):
@@ -55,7 +61,10 @@ def detect_config_from_table(table: dict[str, Any]) -> Any:
                 kwargs[k] = tuple(v)
             else:
                 raise ConfigError(f"{where}.{k}: expected {typ}, got {v!r}")
-        return cls(**kwargs)
+        try:
+            return cls(**kwargs)
+        except ValueError as exc:
+            raise ConfigError(f"{where}: {exc}") from exc
 
     return build(DetectConfig, table, "detect")
 
@@ -64,6 +73,22 @@ def _tenants(path: Path | None) -> Any:
     from collector.tenants import TenantDirectory
 
     return TenantDirectory.load(path) if path is not None else TenantDirectory()
+
+
+def _screened(directory: Any, cfg: Any) -> Any:
+    """``directory`` screened against the configured list (``screening_list``, ``--screening-list``);
+    a list older than ``screening_max_age_days`` is a warning."""
+    if cfg.screening_list is None:
+        return directory
+    from datetime import UTC, datetime
+
+    from collector.screening import ScreeningSource
+
+    source = ScreeningSource(cfg.screening_list, max_age_days=cfg.screening_max_age_days)
+    warning = source.staleness(datetime.now(UTC).date())
+    if warning:
+        _logger.warning("%s", warning)
+    return directory.with_screening(source)
 
 
 def _site_tenants(cfg: Any) -> Any:
@@ -113,7 +138,8 @@ def _cmd_tenant(ns: argparse.Namespace) -> int:
 def _load(ns: argparse.Namespace) -> tuple[Any, Any]:
     from collector.config import load_collector_config
 
-    overrides = {k: getattr(ns, k, None) for k in ("listen", "db", "metrics_listen", "tenants", "collector_id")}
+    keys = ("listen", "db", "metrics_listen", "tenants", "collector_id", "screening_list")
+    overrides = {k: getattr(ns, k, None) for k in keys}
     db = overrides.get("db")
     if isinstance(db, str):  # --db takes a SQLite path or a PostgreSQL URL
         if db.startswith(("postgresql://", "postgres://")):
@@ -174,7 +200,7 @@ def _cmd_serve(ns: argparse.Namespace) -> int:
 
     cfg, dcfg = _load(ns)
     store = _open_store(cfg, create=True)
-    engine = DetectorEngine(dcfg, _site_tenants(cfg))
+    engine = DetectorEngine(dcfg, _screened(_site_tenants(cfg), cfg))
 
     async def main() -> None:
         # Handlers first: a SIGTERM that arrives as soon as the ready file exists (or during
@@ -184,6 +210,8 @@ def _cmd_serve(ns: argparse.Namespace) -> int:
         for sig in (signal.SIGINT, signal.SIGTERM):
             loop.add_signal_handler(sig, stop.set)
         running = await start_collector(cfg, store, engine, accept_log_key_change=ns.accept_log_key_change)
+        if engine.tenants.screening is not None:
+            running.metrics.watch_screening(engine.tenants.screening)
         _tune_gc()
         if ns.ready_file:
             _write_ready_file(Path(ns.ready_file), {"port": running.port, "metrics_port": running.metrics_port})
@@ -266,6 +294,20 @@ def format_findings(docs: list[dict[str, Any]]) -> str:
         op = f.get("opacity", {})
         if op.get("reasons"):
             lines.append(f"    opacity {op.get('score')}: " + "; ".join(op["reasons"]))
+        eu = f.get("end_use_risk")
+        if eu is not None:
+            scr = eu.get("screening") or {}
+            lines.append(
+                f"    end-use risk {eu.get('score')}: "
+                + ("; ".join(eu.get("reasons") or []) or "no reasons")
+                + f" (screened against {scr.get('list') or 'no list'}"
+                + (f" of {scr['list_date']}" if scr.get("list_date") else "")
+                + (f"; {scr['warning']}" if scr.get("warning") else "")
+                + ")"
+            )
+        set_by = (f.get("evidence") or {}).get("severity_set_by") or {}
+        if set_by.get("axes"):
+            lines.append(f"    severity set by {' and '.join(set_by['axes'])} of {set_by.get('tenant')}")
     return "\n".join(lines)
 
 
@@ -274,9 +316,16 @@ def _cmd_detect(ns: argparse.Namespace) -> int:
     from agent.trace import TraceError
     from collector.detect.engine import run_offline
 
+    if ns.prometheus is not None:
+        return _cmd_detect_prometheus(ns)
+    for flag in ("start", "end", "tenant_rules", "step", "label_map", "slurm_accounts"):
+        if getattr(ns, flag) not in (None, []):
+            print(f"error: --{flag.replace('_', '-')} is for --prometheus, not --trace", file=sys.stderr)
+            return 2
     cfg, dcfg = _load(ns)
     try:
-        findings = run_offline(windows_from_trace(ns.trace, window_s=ns.window_s), dcfg, _tenants(ns.tenants))
+        tenants = _screened(_tenants(ns.tenants), cfg)
+        findings = run_offline(windows_from_trace(ns.trace, window_s=ns.window_s), dcfg, tenants)
     except TraceError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
@@ -284,6 +333,71 @@ def _cmd_detect(ns: argparse.Namespace) -> int:
     if ns.json:
         print(json.dumps(docs, indent=2))
     else:
+        print(format_findings(docs))
+    return 1 if (ns.fail_on_findings and docs) else 0
+
+
+def _cmd_detect_prometheus(ns: argparse.Namespace) -> int:
+    """``detect --prometheus URL --start T --end T``: the detector on dcgm-exporter history."""
+    from collector.detect.findings import rfc3339_ms
+    from collector.prometheus.client import ClientConfig, PrometheusClient, PrometheusError
+    from collector.prometheus.rules import load_slurm_accounts, load_tenant_rules
+    from collector.prometheus.source import NOTE, PrometheusHistory, Span, detect, wrap_finding
+    from collector.prometheus.windows import LabelMap, WindowBuilder
+
+    if ns.start is None or ns.end is None:
+        print("error: --prometheus needs --start and --end (RFC 3339 times)", file=sys.stderr)
+        return 2
+    if ns.end <= ns.start:
+        print("error: --end must be after --start", file=sys.stderr)
+        return 2
+    if ns.tenants is None:
+        print("error: --prometheus needs --tenants (the tenants v1 file with the KYC facts)", file=sys.stderr)
+        return 2
+    step_s = 30.0 if ns.step is None else ns.step
+    step_ms = round(step_s * 1000)
+    if step_ms <= 0 or 60_000 % step_ms:
+        print(f"error: --step {step_s:g}: must divide the 60 s window (e.g. 10, 15, 20, 30, 60)", file=sys.stderr)
+        return 2
+    cfg, dcfg = _load(ns)
+    client = PrometheusClient(
+        ClientConfig(
+            url=ns.prometheus,
+            bearer_token_file=ns.bearer_token_file,
+            basic_auth_user=ns.basic_auth_user,
+            basic_auth_password_file=ns.basic_auth_password_file,
+            ca_file=ns.ca_file,
+            timeout_s=ns.timeout_s,
+        )
+    )
+    builder = WindowBuilder(
+        load_tenant_rules(ns.tenant_rules),
+        step_ms=step_ms,
+        labels=LabelMap.parse(ns.label_map or []),
+        slurm_accounts=load_slurm_accounts(ns.slurm_accounts),
+    )
+    history = PrometheusHistory(client, builder, Span(ns.start, ns.end, step_ms))
+    try:
+        findings = detect(history, dcfg, _screened(_tenants(ns.tenants), cfg))
+    except PrometheusError as exc:
+        print(f"error: {exc.diagnostics()}", file=sys.stderr)
+        return 3
+    cov = history.coverage
+    context = {
+        "url": ns.prometheus,
+        "start": rfc3339_ms(history.chunks[0].start_ms),
+        "end": rfc3339_ms(history.chunks[-1].end_ms),
+        "step_s": step_ms / 1000,
+        "coverage": {k: v for k, v in cov.to_json().items() if k != "hosts_with_windows_missing"}
+        | {"hosts_with_windows_missing": len(cov.to_json()["hosts_with_windows_missing"])},
+    }
+    docs = [wrap_finding(f.to_json(), context) for f in findings]
+    for line in cov.summary_lines():
+        print(line, file=sys.stderr)
+    if ns.json:
+        print(json.dumps(docs, indent=2))
+    else:
+        print(f"source: prometheus {ns.prometheus} ({NOTE})")
         print(format_findings(docs))
     return 1 if (ns.fail_on_findings and docs) else 0
 
@@ -308,7 +422,14 @@ def _cmd_export(ns: argparse.Namespace) -> int:
     from collector.log import Log
 
     cfg, _ = _load(ns)
-    sel = Selection(serials=tuple(ns.serial or ()), tenant=ns.tenant, all=ns.all, since_ms=ns.since, until_ms=ns.until)
+    sel = Selection(
+        serials=tuple(ns.serial or ()),
+        tenant=ns.tenant,
+        all=ns.all,
+        since_ms=ns.since,
+        until_ms=ns.until,
+        nodes=tuple(ns.node or ()),
+    )
     previous = read_checkpoint_file(ns.previous_checkpoint) if ns.previous_checkpoint else None
     store = _open_store(cfg)
     try:
@@ -352,7 +473,7 @@ def _cmd_log_public_key(ns: argparse.Namespace) -> int:
         serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo
     )
     sys.stdout.write(pem.decode("ascii"))
-    print(f"log {cfg.log_origin}, key {public.key_id}", file=sys.stderr)
+    print(f"log {cfg.log_origin or '(log_origin not set)'}, key {public.key_id}", file=sys.stderr)
     return 0
 
 
@@ -580,13 +701,72 @@ def build_parser() -> argparse.ArgumentParser:
     fd.add_argument("--json", action="store_true", help="Findings JSON (an array)")
     fd.set_defaults(func=_cmd_findings)
 
-    dt_ = sub.add_parser("detect", help="run the detector offline on a trace (no network, no signing)")
+    dt_ = sub.add_parser(
+        "detect",
+        help="run the detector offline: on a trace, or on the dcgm-exporter history in your Prometheus",
+        description="Run the detector offline and print its findings. Either on a Trace v1 file (--trace), "
+        "or on a span of the dcgm-exporter series a Prometheus already holds (--prometheus URL --start T --end T): "
+        "each host's GPUs become one unsigned usage window per 60 s and go through the same detector as signed "
+        "statements. Findings from Prometheus carry \"source\": \"prometheus\" and a note that the data is "
+        "unsigned and has no process-level attribution; what could not be read (series without a host or UUID "
+        "label, metrics not exported, hosts with gaps) is reported on stderr. See README, 'Try it on your history'.",
+        epilog="exit codes: 0 ok (findings or not, unless --fail-on-findings); 1 findings listed with "
+        "--fail-on-findings; 2 usage or configuration error (bad times, step, rules file, label map); "
+        "3 Prometheus could not be read (unreachable, credentials or TLS refused, query error).",
+    )
     dt_.add_argument("--config", type=Path, help="collector config (its [detect] table is used)")
-    dt_.add_argument("--trace", type=Path, required=True, help="trace v1 file")
-    dt_.add_argument("--tenants", type=Path, help="tenants v1 TOML file")
+    src = dt_.add_mutually_exclusive_group(required=True)
+    src.add_argument("--trace", type=Path, help="trace v1 file")
+    src.add_argument(
+        "--prometheus", metavar="URL", help="Prometheus base URL (http:// or https://, with any path prefix)"
+    )
+    dt_.add_argument("--tenants", type=Path, help="tenants v1 TOML file (KYC facts; required with --prometheus)")
+    dt_.add_argument(
+        "--screening-list",
+        type=Path,
+        metavar="PATH",
+        help="the Consolidated Screening List (trade.gov consolidated.csv or .json) to screen tenants, parents and "
+        "beneficial owners against; overrides screening_list of --config (docs/operator-guide.md, 'Screening list')",
+    )
     dt_.add_argument("--json", action="store_true", help="Findings JSON (an array)")
-    dt_.add_argument("--window-s", type=int, default=60, help="statement window (default 60)")
+    dt_.add_argument("--window-s", type=int, default=60, help="statement window of --trace (default 60)")
     dt_.add_argument("--fail-on-findings", action="store_true", help="exit 1 when there are findings")
+    pg = dt_.add_argument_group("Prometheus history (with --prometheus)")
+    pg.add_argument("--start", type=_rfc3339_ms, help="start of the span, RFC 3339 (2026-03-01T00:00:00Z)")
+    pg.add_argument("--end", type=_rfc3339_ms, help="end of the span, RFC 3339")
+    pg.add_argument(
+        "--step",
+        type=float,
+        metavar="SECONDS",
+        help="query resolution in seconds; must divide 60 (default 30). Each step averages the samples in it; "
+        "30 or less gives every window per-step series for the synchrony tests, 60 one point per window",
+    )
+    pg.add_argument(
+        "--tenant-rules",
+        type=Path,
+        metavar="FILE",
+        help="TOML with the agent's [tenants] table (namespaces, slurm_accounts), or an agent config itself",
+    )
+    pg.add_argument(
+        "--slurm-accounts",
+        type=Path,
+        metavar="FILE",
+        help="hpc_job -> account, as `sacct -a -X -n -P -o JobID,Account` prints it (for [tenants.slurm_accounts])",
+    )
+    pg.add_argument(
+        "--label-map",
+        action="append",
+        metavar="NAME=LABEL",
+        help="a label your relabelling renamed: NAME one of host, uuid, gpu, model, pci_bus_id, namespace, pod, "
+        "container, hpc_job (e.g. host=instance; repeat or comma-separate)",
+    )
+    pg.add_argument(
+        "--bearer-token-file", type=Path, metavar="FILE", help="send the token in this file as a bearer token"
+    )
+    pg.add_argument("--basic-auth-user", metavar="USER", help="basic auth user (with --basic-auth-password-file)")
+    pg.add_argument("--basic-auth-password-file", type=Path, metavar="FILE", help="basic auth password, from a file")
+    pg.add_argument("--ca-file", type=Path, metavar="FILE", help="PEM CA bundle to verify an https:// Prometheus")
+    pg.add_argument("--timeout-s", type=float, default=120.0, help="per request (default 120)")
     dt_.set_defaults(func=_cmd_detect)
 
     ex = sub.add_parser(
@@ -599,6 +779,7 @@ def build_parser() -> argparse.ArgumentParser:
     what = ex.add_mutually_exclusive_group(required=True)
     what.add_argument("--serial", nargs="+", metavar="S", help="statements naming these GPU serials")
     what.add_argument("--tenant", metavar="T", help="statements naming this tenant")
+    what.add_argument("--node", nargs="+", metavar="N", help="statements of these nodes (node ids)")
     what.add_argument("--all", action="store_true", help="every statement")
     ex.add_argument("--since", type=_rfc3339_ms, help="windows ending after this RFC 3339 time")
     ex.add_argument("--until", type=_rfc3339_ms, help="windows starting before this RFC 3339 time")

@@ -36,7 +36,9 @@ def test_agent_bench_reports_cpu_and_memory() -> None:
 def test_ingest_bench_stores_everything_it_sends() -> None:
     out = json.loads(run("bench_ingest.py", "--nodes", "3", "--windows", "3"))
     assert out["statements"] == 9, out
-    assert out["raw_ed25519_verify_per_s_one_core"] > 0 and out["ratio_to_raw_verify"] > 0
+    assert out["raw_ed25519_verify_per_s_one_core"] > 0
+    # Nine statements may take less than one tick of the process clock: unknown, never zero.
+    assert out["ratio_to_raw_verify"] is None or out["ratio_to_raw_verify"] > 0
 
 
 def test_detector_bench_runs() -> None:
@@ -61,3 +63,10 @@ def test_ingest_bench_spreads_a_sustained_rate_over_two_collectors_on_postgres(p
     assert out["collectors"] == 2 and out["store"] == "postgresql"
     assert out["statements"] == out["offered"] > 0, out
     assert out["collector_cpu_us_per_statement"] > 0 and out["client_cpu_share_of_a_core"] >= 0
+
+
+def test_prometheus_bench_runs_the_history_path() -> None:
+    args = ("--nodes", "20", "--hours", "1", "--http-nodes", "4", "--http-hours", "1")
+    out = json.loads(run("bench_prometheus.py", *args))
+    assert out["in_memory"]["gpu_windows"] == 20 * 8 * 60
+    assert "skipped" in out["http"] or out["http"]["gpu_windows"] > 0
