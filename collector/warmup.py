@@ -33,9 +33,9 @@ from typing import Protocol
 from attestation.errors import SchemaError
 from attestation.statement import UsageWindow, parse_statement
 from collector.detect.config import DetectConfig
-from collector.detect.runs import history_span_ms, run_gap_ms
 from collector.detect.findings import KIND_LARGE_TRAINING, Finding, parse_rfc3339_ms, rfc3339_ms
 from collector.detect.opacity import Opacity
+from collector.detect.runs import history_span_ms, run_gap_ms
 from collector.store.base import FindingRecord, Store
 
 _logger = logging.getLogger(__name__)
@@ -48,9 +48,10 @@ _TAIL_LEAVES = 500  # newest leaves read to find the newest window and the windo
 def lookback_ms(config: DetectConfig, window_ms: int) -> int:
     """Event time replayed before the newest stored window's end, for windows of ``window_ms``.
 
-    The detector's history span; plus the gap a run may have (``run_gap_s``), so that a run silent at the start of the span is still known as the same run;
-    plus ``allowed_lateness_s``, since the newest windows had not yet closed when the
-    collector stopped.
+    The detector's history span; plus the gap a run may have (``run_gap_s``), so that a run
+    silent at the start of the span is still known as the same run; plus
+    ``allowed_lateness_s``, since the newest windows had not yet closed when the collector
+    stopped.
     """
     gap_ms = run_gap_ms(config, window_ms)
     return history_span_ms(config, window_ms) + gap_ms + config.allowed_lateness_s * _MS

@@ -1,5 +1,11 @@
 """Labelled sites as Trace v1 records: real training power shapes, a real job mix, our evasions.
 
+``TruthJob`` is the truth record of every evaluation job, here and in the scenario family
+(``collector.evaluate.scenarios``), which ``python -m collector.evaluate`` now runs. The
+site builders below are the first generator (one shape source, 20 s samples), kept for
+reference and for anyone reproducing the figures it gave; the scenario family folds its
+MLPerf replay in as the ``mlperf_replay`` shape.
+
 A site is a list of components on disjoint nodes, played sample by sample (every
 ``sample_interval_s``, coarse on purpose so that the evaluation stays fast) into Trace v1
 records, plus the truth the generator knows: which tenants run which training job on how
@@ -61,6 +67,15 @@ class TruthJob:
     mfu: float
     flop: float = 0.0
     gpu_s: float = 0.0
+    # Added for the scenario families (collector.evaluate.scenarios); defaults keep the old
+    # sites' meaning: every TruthJob there is a training run, any severity allowed.
+    family: str = ""
+    positive: bool = True
+    """False: a negative (inference, fleets, sweeps, small jobs): not a run to find."""
+    max_severity: str = "critical"
+    """The most severe finding allowed on this job's tenants while it runs ("none": no finding)."""
+    transparent: bool = False
+    """Run by a fully transparent tenant: findings on it must be at most ``low``."""
 
     @property
     def peak_gpus(self) -> int:
@@ -85,6 +100,25 @@ class TruthJob:
         d = asdict(self)
         d["peak_gpus"] = self.peak_gpus
         return d
+
+    @classmethod
+    def from_json(cls, d: dict[str, Any]) -> TruthJob:
+        return cls(
+            id=d["id"],
+            kind=d["kind"],
+            tenants=tuple(d["tenants"]),
+            start_s=d["start_s"],
+            end_s=d["end_s"],
+            steps=[(float(t), int(g)) for t, g in d["steps"]],
+            model=d["model"],
+            mfu=d["mfu"],
+            flop=d["flop"],
+            gpu_s=d["gpu_s"],
+            family=d.get("family", ""),
+            positive=d.get("positive", True),
+            max_severity=d.get("max_severity", "critical"),
+            transparent=d.get("transparent", False),
+        )
 
 
 @dataclass

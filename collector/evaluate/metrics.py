@@ -5,6 +5,12 @@ on tiny hand-made inputs. A finding *matches* a job when it names at least one o
 tenants and its time span (started_at .. last window) overlaps the job's. A positive job is
 one of at least ``min_gpus`` GPUs at some point; it is *detected* when a matching finding
 exists, *named* when one matching finding names every account of the job.
+
+Scenario truth (``collector.evaluate.scenarios``) adds three kinds of job: negatives
+(``positive=False``, with the most severe finding allowed on them, ``max_severity``),
+runs of transparent tenants (``transparent=True``: findings on them must be at most
+``low``; they do not count towards recall), and a shape family per job for breakdowns. A
+finding is *false* when it matches no positive run and no negative that allows it.
 """
 
 from __future__ import annotations
@@ -31,6 +37,12 @@ MIN_ELIGIBLE_S = 20 * 60.0
 needs 10 min at size; a shorter run is too small a FLOP total to matter)."""
 FALSE_PER_NODE_DAYS_GOAL = 1.0
 """At most this many false findings per 10,000 node-days of inference and small jobs."""
+SEVERITIES: tuple[str, ...] = ("none", "low", "medium", "high", "critical")
+
+
+def severity_rank(s: str | None) -> int:
+    """Order of a severity (``none`` 0 .. ``critical`` 4); an unknown one ranks as critical."""
+    return SEVERITIES.index(s) if s in SEVERITIES else len(SEVERITIES) - 1
 
 
 def parse_time(s: str) -> float:
@@ -64,6 +76,31 @@ class JobResult:
     extra_tenants: tuple[str, ...]
     flop_estimate: tuple[float, float] | None
     flop_upper: float | None
+    findings: int = 0
+    worst: str = "none"
+
+
+@dataclass
+class NegResult:
+    """A negative (or a transparent tenant's run): the findings on it and the worst severity."""
+
+    job: TruthJob
+    findings: int
+    worst: str
+
+    @property
+    def allowed(self) -> str:
+        return "low" if self.job.transparent else self.job.max_severity
+
+    @property
+    def violated(self) -> bool:
+        return severity_rank(self.worst) > severity_rank(self.allowed)
+
+
+def _allowed_by(f: dict[str, Any], negatives: Sequence[TruthJob]) -> bool:
+    """A finding no positive explains is still not false when a negative it matches allows it."""
+    sev = severity_rank(f.get("severity"))
+    return any(matches(f, n) and sev <= severity_rank(n.max_severity) for n in negatives)
 
 
 @dataclass
@@ -73,23 +110,32 @@ class Report:
     true_findings: int = 0
     false_findings: list[dict[str, Any]] = field(default_factory=list)
     background_node_days: float = 0.0
+    negatives: list[NegResult] = field(default_factory=list)
+    transparent: list[NegResult] = field(default_factory=list)
 
     def add_site(
         self, truth: Sequence[TruthJob], findings: Sequence[dict[str, Any]], node_days: float, min_gpus: int
     ) -> None:
         self.background_node_days += node_days
         self.findings += len(findings)
-        positives = [j for j in truth if j.peak_gpus >= min_gpus]
+        runs = [j for j in truth if j.positive and j.peak_gpus >= min_gpus]
+        positives = [j for j in runs if not j.transparent]
+        negatives = [j for j in truth if not j.positive]
         for f in findings:
-            if any(matches(f, j) for j in positives):
+            if any(matches(f, j) for j in runs) or _allowed_by(f, negatives):
                 self.true_findings += 1
             else:
                 self.false_findings.append(f)
+        for j in negatives + [j for j in runs if j.transparent]:
+            hits = [f for f in findings if matches(f, j)]
+            worst = max((str(f.get("severity")) for f in hits), key=severity_rank, default="none")
+            (self.transparent if j.transparent else self.negatives).append(NegResult(j, len(hits), worst))
         for j in positives:
             hits = [f for f in findings if matches(f, j)]
             if not hits:
                 self.jobs.append(JobResult(j, None, False, (), None, None))
                 continue
+            worst = max((str(f.get("severity")) for f in hits), key=severity_rank, default="none")
             first = min(hits, key=lambda f: parse_time(f["detected_at"]))
             named = any(set(j.tenants) <= _tenants(f) for f in hits)
             extra = tuple(sorted(set().union(*(_tenants(f) for f in hits)) - set(j.tenants)))
@@ -113,6 +159,8 @@ class Report:
                     extra,
                     (lo, hi) if known else None,
                     up if known else None,
+                    len(hits),
+                    worst,
                 )
             )
 
@@ -210,6 +258,13 @@ def summary(rep: Report) -> dict[str, Any]:
             "p95": quantile(ttd, 0.95),
             "max": max(ttd) if ttd else None,
         }
+    every = rep.time_to_detect(0, None)
+    out["time_to_detect_s"]["all"] = {
+        "n": len(every),
+        "median": quantile(every, 0.5),
+        "p95": quantile(every, 0.95),
+        "max": max(every) if every else None,
+    }
     out["goals"] = []
     for gpus, within, target in GOALS:
         r, d, e = rep.recall(gpus, within)
@@ -246,4 +301,34 @@ def summary(rep: Report) -> dict[str, Any]:
         k["detected"] += jr.detected_at_s is not None
         k["named"] += jr.named
         k["wrong_tenants"] += len(jr.extra_tenants)
+    multi = [r for r in rep.jobs if r.findings > 1]
+    out["runs_with_several_findings"] = len(multi)
+    neg_bad = [n for n in rep.negatives if n.violated]
+    tr_bad = [n for n in rep.transparent if n.violated]
+    out["negatives"] = {
+        "jobs": len(rep.negatives),
+        "with_findings": sum(1 for n in rep.negatives if n.findings),
+        "above_allowed": len(neg_bad),
+        "examples": [f"{n.job.kind}: {n.worst} > {n.allowed}" for n in neg_bad[:5]],
+    }
+    out["transparent"] = {
+        "runs": len(rep.transparent),
+        "with_findings": sum(1 for n in rep.transparent if n.findings),
+        "above_low": len(tr_bad),
+    }
+    out["checks"] = [
+        {"check": "no false finding", "value": len(rep.false_findings), "met": not rep.false_findings},
+        {"check": "negatives at most their allowed severity", "value": len(neg_bad), "met": not neg_bad},
+        {"check": "transparent tenants' runs at most low", "value": len(tr_bad), "met": not tr_bad},
+        {"check": "one finding per run", "value": len(multi), "met": not multi},
+    ]
     return out
+
+
+def restrict(rep: Report, family: str) -> Report:
+    """The part of ``rep`` about jobs of one shape family (false findings belong to no family)."""
+    return Report(
+        jobs=[r for r in rep.jobs if r.job.family == family],
+        negatives=[n for n in rep.negatives if n.job.family == family],
+        transparent=[n for n in rep.transparent if n.job.family == family],
+    )

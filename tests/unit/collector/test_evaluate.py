@@ -9,7 +9,15 @@ from typing import Any
 import pytest
 
 from collector.evaluate.generate import TruthJob
-from collector.evaluate.metrics import Report, matches, poisson_upper_95, quantile, summary
+from collector.evaluate.metrics import (
+    Report,
+    matches,
+    poisson_upper_95,
+    quantile,
+    restrict,
+    severity_rank,
+    summary,
+)
 
 T = 1_772_409_600.0
 DATA = Path(__file__).resolve().parents[3].parent / "shared" / "data"
@@ -101,23 +109,105 @@ def test_truth_job_size_steps() -> None:
     assert j.first_at_least(1024) is None
 
 
+def _sev(f: dict[str, Any], severity: str) -> dict[str, Any]:
+    return {**f, "severity": severity}
+
+
+def test_negatives_transparent_runs_and_several_findings_per_run() -> None:
+    rep = Report()
+    run = _job("run", ("t-a",), 256, T, T + 7200)
+    open_run = TruthJob("open", "dp", ("t-o",), T, T + 7200, [(T, 128)], "m", 0.4, 1e21, transparent=True)
+    sweep = TruthJob(
+        "sw",
+        "hp_sweep",
+        ("t-s",),
+        T,
+        T + 7200,
+        [(T, 128)],
+        "",
+        0.0,
+        positive=False,
+        max_severity="low",
+        family="hp_sweep",
+    )
+    serving = TruthJob(
+        "inf",
+        "inference_multi",
+        ("t-i",),
+        T,
+        T + 7200,
+        [(T, 256)],
+        "",
+        0.0,
+        positive=False,
+        max_severity="none",
+        family="inference_multi",
+    )
+    f = _finding(["t-a"], T, T + 600, T + 7200, (0.9e21, 1.1e21), 2e21)
+    findings = [
+        _sev(f, "high"),
+        _sev(f, "medium"),  # a second finding on the same run
+        _sev(_finding(["t-o"], T, T + 600, T + 7200, (1, 2), 3), "medium"),  # transparent: above low
+        _sev(_finding(["t-s"], T, T + 600, T + 7200, (1, 2), 3), "low"),  # allowed on a sweep: not false
+        _sev(_finding(["t-i"], T, T + 600, T + 7200, (1, 2), 3), "low"),  # serving allows none: false
+    ]
+    rep.add_site([run, open_run, sweep, serving], findings, 0.0, 64)
+    s = summary(rep)
+    assert [r.job.id for r in rep.jobs] == ["run"]  # transparent runs do not count towards recall
+    assert s["runs_with_several_findings"] == 1
+    assert s["transparent"] == {"runs": 1, "with_findings": 1, "above_low": 1}
+    assert s["negatives"]["jobs"] == 2 and s["negatives"]["above_allowed"] == 1
+    assert len(rep.false_findings) == 1 and rep.false_findings[0]["tenant"] == "t-i"
+    checks = {c["check"]: c["met"] for c in s["checks"]}
+    assert not any(checks.values())
+    sub = summary(restrict(rep, "hp_sweep"))
+    assert sub["negatives"] == {"jobs": 1, "with_findings": 1, "above_allowed": 0, "examples": []}
+    assert severity_rank("none") < severity_rank("low") < severity_rank("critical") == severity_rank("bogus")
+
+
+def test_truth_job_json_round_trip_keeps_the_scenario_fields() -> None:
+    j = TruthJob(
+        "n",
+        "hp_sweep",
+        ("t",),
+        T,
+        T + 60,
+        [(T, 8)],
+        "",
+        0.0,
+        positive=False,
+        max_severity="low",
+        family="hp_sweep",
+        transparent=False,
+    )
+    assert TruthJob.from_json(j.to_json()) == j
+
+
 @pytest.mark.slow
 @pytest.mark.skipif(not DATA.is_dir(), reason=f"public data not found at {DATA} (a clone has no ../shared/data)")
-def test_quick_evaluation_meets_the_goals() -> None:
-    from collector.evaluate.run import plan, run_site, score
+def test_a_scenario_runs_end_to_end_and_is_scored_by_every_axis() -> None:
+    """Not a goal check (the detector is judged by ``make eval``): the pipeline runs and
+    every axis appears in the breakdown."""
+    from collector.evaluate.run import run_scenario, score
+    from collector.evaluate.scenarios.family import Scenario
 
-    p = plan(True)
-    # Each site in its own worker process: three sites share two cores better than two
-    # workers taking them in turn (124 s instead of about 166 s here).
-    order = sorted(p.sites, key=lambda x: -x[2])
-    with cf.ProcessPoolExecutor(max_workers=len(order)) as pool:
-        results = list(pool.map(run_site, *zip(*[(str(DATA), k, s, h, p, None) for k, s, h in order], strict=True)))
-    results.sort(key=lambda r: r["site"])
-    s = score(results)["all"]
-    for g in s["goals"]:
-        assert g["met"], f"goal missed: {g}; missed jobs: {s['missed']}"
-    assert s["false_findings"] == 0, f"false findings on inference/small jobs: {s['false_finding_examples']}"
-    assert s["flop"]["met"], s["flop"]
-    for kind in ("split", "throttled", "interleaved", "grow_shrink", "declared_inference"):
-        k = s["by_kind"][kind]
-        assert k["named"] == k["jobs"] and k["wrong_tenants"] == 0, f"{kind}: {k}"
+    sc = Scenario(
+        "e2e",
+        1,
+        60,
+        "H100",
+        "storage_stall",
+        60,
+        (("dp", 128, "opaque"), ("rl", 64, "transparent")),
+        (("hp_sweep", 64),),
+        masks=("all", "util_only"),
+        held_out=True,
+    )
+    with cf.ProcessPoolExecutor(max_workers=1) as pool:
+        r = pool.submit(run_scenario, str(DATA), sc, None).result()
+    assert r["node_windows"] > 0 and set(r["findings"]) == {"all", "util_only"}
+    s = score([r])
+    assert s["tuning"]["summary"]["findings"] == 0
+    by = s["held_out"]["by_axis"]
+    assert set(by) == {"interval", "fields", "model", "shock", "shape"}
+    assert set(by["fields"]) == {"all", "util_only"} and set(by["shape"]) == {"dp", "rl", "hp_sweep"}
