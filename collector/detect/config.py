@@ -95,15 +95,24 @@ class DetectConfig:
     """Within windows: windows of tenant-level series pooled for a link test."""
     link_min_points: int = 24
     """Points both sides must have before a correlation is tested."""
-    link_min_corr: float = 0.70
-    """Within windows: correlation of tenant-level series (without the two windows that agree
-    most) for a link. Accounts of one job, each a few nodes, correlate at 0.9-0.99; unrelated training
-    jobs on the same benchmark reach 0.55-0.65 by chance alignment of their evaluation dips."""
-    link_coarse_min_corr: float = 0.70
-    """Across windows: the same, on window means over ``coupling_history_windows``."""
+    link_min_corr: float = 0.25
+    """Within windows: median correlation of node pairs that straddle two accounts (without the
+    episodes of strongest agreement) for a link. One job's nodes show 0.3-0.9 at 10 s buckets
+    whichever account leases them."""
+    link_coarse_min_corr: float = 0.08
+    """Across windows: the same, on window-to-window changes (as ``coupling_min_corr``)."""
+    link_min_ratio: float = 0.5
+    """... and at least this share of the coupling within each account's own nodes: unrelated
+    jobs are coupled within and not across; one job's accounts are coupled both ways."""
+    link_screen_corr: float = 0.4
+    """Tenant-level correlation below which a pair is not tested at node level (cost bound)."""
+    link_sample_nodes: int = 8
+    """Nodes sampled (stably) on each side of a link test: 64 straddling pairs."""
+    link_max_tests_per_tenant: int = 3
+    """Clusters (those that screen best) a tenant is tested against at node level per window."""
     link_min_z: float = 4.5
-    """Fisher z (atanh(r) * sqrt(n - 3)) for a link: unrelated tenants are ~N(0, 1), so 4.5 keeps
-    chance links below ~1e-5 per pair test even with many busy tenants on a site."""
+    """Standard errors of the straddling pairs' median from what unrelated nodes give: 4.5 keeps
+    chance links below ~1e-5 per test even with many busy tenants on a site."""
     link_confirm_windows: int = 3
     """Windows two tenants must test as one job, net of windows they do not, before they are linked."""
     link_ttl_s: int = 3600
@@ -116,7 +125,9 @@ class DetectConfig:
     ib_busy_bytes_per_s: float = 1e9
     """Median InfiniBand/RoCE traffic per node above which a group's nodes talk east-west."""
     ib_idle_bytes_per_s: float = 2e7
-    """... and below which they do not (single-node work): the size fallback is then off."""
+    """... and below which they do not: where most of a group's nodes report the fabric and its
+    median is below this, the group is single-node work (a fleet, a sweep, batch inference)
+    and raises nothing, however its nodes move together."""
     material_share: float = 0.10
     """A member tenant holding at least this share of a run's GPU-seconds sets its severity."""
 

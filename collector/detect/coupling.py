@@ -40,7 +40,9 @@ WINSOR = 2.5
 """Residuals are clipped at this many robust standard deviations."""
 LEAVE_OUT = 2
 """Episodes of strongest agreement left out of the robust statistic: one per four episodes,
-at most this many (leaving out the best of few episodes biases the rest low)."""
+at most this many (leaving out the best of few episodes biases the rest low). A test between
+two accounts (``measure_between``) leaves out one: it also has to show about as much
+coupling across the accounts as within each, which a shock shared by unrelated jobs does not."""
 COMMON_MASK_SD = 3.0
 """A time point whose common component is this many robust SDs from its median is masked."""
 MIN_COMMON_TENANTS = 3
@@ -107,6 +109,20 @@ def deviations(xs: Sequence[float | None]) -> list[float | None]:
     return [None if x is None else x - m for x in xs]
 
 
+def changes(xs: Sequence[float | None]) -> list[float | None]:
+    """Window-to-window changes (None where either side is missing; the first is None).
+
+    The across-windows scale correlates changes, not levels: a level shift that lasts (power
+    capping, a slow diurnal drift, a job's ramp) becomes one or two excursions, which the
+    winsorising and the episodes left out then bound, while the shared step-rate fluctuations
+    of a synchronous job survive differencing unchanged.
+    """
+    out: list[float | None] = [None]
+    for a, b in zip(xs, xs[1:], strict=False):
+        out.append(None if a is None or b is None else b - a)
+    return out[: len(xs)]
+
+
 def common_component(series: Sequence[Sequence[float | None]], length: int) -> list[float | None] | None:
     """Per time point, the median of the given (already centred) series present there.
 
@@ -157,6 +173,126 @@ def _winsorised(x: list[float | None]) -> list[float | None] | None:
     return [None if v is None else v - mean for v in clipped]
 
 
+@dataclass
+class _Prepared:
+    """Units ready for pair correlations: dense rows with and without the episodes left out."""
+
+    names: list[str]
+    dense: list[list[float]]
+    rest: list[list[float]]
+    totals: list[float]
+    rest_totals: list[float]
+    points: int
+    used_eps: int
+    leave: int
+    removed: float | None
+
+    def pair(self, a: int, b: int) -> tuple[float, float]:
+        """(correlation with every episode, without the episodes left out) of units a and b."""
+        den = math.sqrt(self.totals[a] * self.totals[b])
+        r_full = sum(map(operator.mul, self.dense[a], self.dense[b])) / den if den > _TINY else 0.0
+        if self.rest is self.dense:
+            return r_full, (r_full if self.used_eps >= 2 else min(r_full, 0.0))
+        d = math.sqrt(self.rest_totals[a] * self.rest_totals[b])
+        r_rest = sum(map(operator.mul, self.rest[a], self.rest[b])) / d if d > _TINY else 0.0
+        return r_full, r_rest
+
+    def result(self, scale: str, full: list[float], robust_pairs: list[float], units: int) -> Coupling:
+        pairs = len(full)
+        med_all = median(full)
+        robust = min(med_all, median(robust_pairs))
+        # Points left after the episodes left out (what the statistic stands on).
+        support = max(0, self.points - (self.points * self.leave) // max(self.used_eps, 1))
+        if pairs == 1:
+            r = min(max(robust, -0.999999), 0.999999)
+            z = math.atanh(r) * math.sqrt(max(support - 3, 0))
+        else:
+            z = robust * math.sqrt(pairs * max(support - 1, 0) / _MEDIAN_EFFICIENCY)
+        return Coupling(
+            scale=scale,
+            corr=robust,
+            corr_all_episodes=med_all,
+            z=z,
+            points=self.points,
+            units=units,
+            pairs=pairs,
+            episodes=self.used_eps,
+            common_removed=self.removed,
+        )
+
+
+RowCache = dict[int, tuple[list[float | None] | None, int]]
+"""Prepared rows by the id of their series (valid while those series live, and only where no
+common component is masked): the linker tests one tenant's nodes against several clusters."""
+
+
+def _prepare(
+    units: Mapping[str, Sequence[float | None]],
+    episodes: Sequence[int],
+    min_points: int,
+    common: Sequence[float | None] | None,
+    leave_out: int = LEAVE_OUT,
+    cache: RowCache | None = None,
+) -> _Prepared | None:
+    length = len(episodes)
+    mask = [False] * length if common is None else common_mask(list(common[:length]))
+    use_cache = cache is not None and common is None
+    prepared: list[list[float | None]] = []
+    names: list[str] = []
+    points = length
+    for name, xs in units.items():
+        hit = cache.get(id(xs)) if use_cache and cache is not None else None
+        if hit is None:
+            row = list(xs[:length]) + [None] * (length - len(xs))
+            x = deviations([None if m else v for v, m in zip(row, mask, strict=True)])
+            n = sum(1 for v in x if v is not None)
+            w = _winsorised(x) if n >= min_points else None
+            if use_cache and cache is not None:
+                cache[id(xs)] = (w, n)
+        else:
+            w, n = hit
+        if w is None:
+            continue
+        prepared.append(w)
+        names.append(name)
+        points = min(points, n)
+    if len(prepared) < 2:
+        return None
+    removed = None if common is None else sum(mask) / max(1, length)
+    # The robust pair correlation leaves out the ``LEAVE_OUT`` episodes of strongest agreement:
+    # it must hold over the other episodes, so one or two shared excursions (a stall, an
+    # aligned checkpoint) cannot make it. The centring is that of all points: a small bias
+    # that only makes a left-out statistic more conservative.
+    ep_ids = sorted(set(episodes))
+    ep_index = {e: i for i, e in enumerate(ep_ids)}
+    idx = [ep_index[e] for e in episodes]
+    n_ep = len(ep_ids)
+    # Dense rows (a missing point is the unit's mean, zero: it adds nothing to a cross product
+    # or a sum of squares), so each pair costs two dot products in C.
+    dense = [[0.0 if v is None else v for v in x] for x in prepared]
+    occ = [False] * n_ep
+    for x in prepared:
+        for i, v in enumerate(x):
+            if v is not None and v != 0.0:
+                occ[idx[i]] = True
+    occupied = [e for e in range(n_ep) if occ[e]]
+    used_eps = len(occupied)
+    leave = min(leave_out, used_eps // 4)
+    # The episodes left out are the group's, not each pair's: those in which the units agree
+    # most in total (the sum over pairs of their cross products). Choosing per pair would leave
+    # each pair's luckiest episodes out and bias every weak but real coupling below zero.
+    agreement = [0.0] * n_ep
+    for i, column in enumerate(zip(*dense, strict=True)):
+        tot = sum(column)
+        agreement[idx[i]] += tot * tot - sum(map(operator.mul, column, column))
+    top = set(sorted((e for e in occupied if agreement[e] > 0), key=lambda e: -agreement[e])[:leave])
+    keep = [idx[i] not in top for i in range(length)]
+    rest = [[v if k_ else 0.0 for v, k_ in zip(x, keep, strict=True)] for x in dense] if top else dense
+    totals = [sum(map(operator.mul, x, x)) for x in dense]
+    rest_totals = [sum(map(operator.mul, x, x)) for x in rest] if top else totals
+    return _Prepared(names, dense, rest, totals, rest_totals, points, used_eps, leave, removed)
+
+
 def measure(
     units: Mapping[str, Sequence[float | None]],
     episodes: Sequence[int],
@@ -172,93 +308,82 @@ def measure(
     Units with fewer than ``min_points`` values, or flat ones, are left out; None when fewer
     than two units remain.
     """
-    length = len(episodes)
-    mask = [False] * length if common is None else common_mask(list(common[:length]))
-    prepared: list[list[float | None]] = []
-    points = length
-    for xs in units.values():
-        row = list(xs[:length]) + [None] * (length - len(xs))
-        x = deviations([None if m else v for v, m in zip(row, mask, strict=True)])
-        n = sum(1 for v in x if v is not None)
-        if n < min_points:
-            continue
-        w = _winsorised(x)
-        if w is None:
-            continue
-        prepared.append(w)
-        points = min(points, n)
-    k = len(prepared)
-    if k < 2:
+    p = _prepare(units, episodes, min_points, common)
+    if p is None:
         return None
-    removed = None if common is None else sum(mask) / max(1, length)
-
-    # Per unit and episode: sum of squares; per pair and episode: cross products. The robust
-    # pair correlation leaves out the ``LEAVE_OUT`` episodes of strongest agreement: it must
-    # hold over the other episodes, so one or two shared excursions (a stall, an aligned
-    # checkpoint) cannot make it. The centring is that of all
-    # points: a small bias that only makes a left-out statistic more conservative.
-    ep_ids = sorted(set(episodes))
-    ep_index = {e: i for i, e in enumerate(ep_ids)}
-    idx = [ep_index[e] for e in episodes]
-    n_ep = len(ep_ids)
-    # Dense rows (a missing point is the unit's mean, zero: it adds nothing to a cross product
-    # or a sum of squares), so each pair costs two dot products in C.
-    dense = [[0.0 if v is None else v for v in x] for x in prepared]
-    occ = [False] * n_ep
-    for x in prepared:
-        for i, v in enumerate(x):
-            if v is not None and v != 0.0:
-                occ[idx[i]] = True
-    occupied = [e for e in range(n_ep) if occ[e]]
-    used_eps = len(occupied)
-    leave = min(LEAVE_OUT, used_eps // 4)
-    # The episodes left out are the group's, not each pair's: those in which the units agree
-    # most in total (the sum over pairs of their cross products). Choosing per pair would leave
-    # each pair's luckiest episodes out and bias every weak but real coupling below zero.
-    agreement = [0.0] * n_ep
-    for i, column in enumerate(zip(*dense, strict=True)):
-        tot = sum(column)
-        agreement[idx[i]] += tot * tot - sum(map(operator.mul, column, column))
-    top = set(sorted((e for e in occupied if agreement[e] > 0), key=lambda e: -agreement[e])[:leave])
-    keep = [idx[i] not in top for i in range(length)]
-    rest = [[v if k_ else 0.0 for v, k_ in zip(x, keep, strict=True)] for x in dense] if top else dense
-    totals = [sum(map(operator.mul, x, x)) for x in dense]
-    rest_totals = [sum(map(operator.mul, x, x)) for x in rest] if top else totals
+    k = len(p.names)
     full: list[float] = []
     robust_pairs: list[float] = []
     for a in range(k):
-        xa, ra = dense[a], rest[a]
         for b in range(a + 1, k):
-            c = sum(map(operator.mul, xa, dense[b]))
-            den = math.sqrt(totals[a] * totals[b])
-            r_full = c / den if den > _TINY else 0.0
+            r_full, r_rest = p.pair(a, b)
             full.append(r_full)
-            if not top:
-                robust_pairs.append(r_full if used_eps >= 2 else min(r_full, 0.0))
-                continue
-            d = math.sqrt(rest_totals[a] * rest_totals[b])
-            robust_pairs.append(sum(map(operator.mul, ra, rest[b])) / d if d > _TINY else 0.0)
-    pairs = len(full)
-    med_all = median(full)
-    robust = min(med_all, median(robust_pairs))
-    # Points left after the episodes left out (what the statistic stands on).
-    support = max(0, points - (points * leave) // max(used_eps, 1))
-    if pairs == 1:
-        r = min(max(robust, -0.999999), 0.999999)
-        z = math.atanh(r) * math.sqrt(max(support - 3, 0))
-    else:
-        z = robust * math.sqrt(pairs * max(support - 1, 0) / _MEDIAN_EFFICIENCY)
-    return Coupling(
-        scale=scale,
-        corr=robust,
-        corr_all_episodes=med_all,
-        z=z,
-        points=points,
-        units=k,
-        pairs=pairs,
-        episodes=used_eps,
-        common_removed=removed,
-    )
+            robust_pairs.append(r_rest)
+    return p.result(scale, full, robust_pairs, k)
 
 
-__all__ = ["Coupling", "LEAVE_OUT", "MIN_COMMON_TENANTS", "common_component", "deviations", "measure", "median"]
+@dataclass(frozen=True)
+class Between:
+    """Are two sets of units one job? The coupling across them, and within each for scale."""
+
+    cross: Coupling
+    within: float | None
+    """Median robust pair correlation within the sides (pairs inside A and inside B), None
+    when neither side has two units: what one job's units show among themselves."""
+
+    def fired(self, min_corr: float, min_z: float, min_ratio: float) -> bool:
+        """Coupled across, and about as much across as within (unrelated jobs are coupled
+        within and not across; one job's accounts are coupled both ways)."""
+        if not self.cross.fired(min_corr, min_z):
+            return False
+        return self.within is None or self.cross.corr >= min_ratio * self.within
+
+    def to_json(self) -> dict[str, object]:
+        return {**self.cross.to_json(), "within_corr": None if self.within is None else round(self.within, 3)}
+
+
+def measure_between(
+    a: Mapping[str, Sequence[float | None]],
+    b: Mapping[str, Sequence[float | None]],
+    episodes: Sequence[int],
+    *,
+    scale: str,
+    min_points: int,
+    common: Sequence[float | None] | None = None,
+    cache: RowCache | None = None,
+) -> Between | None:
+    """Coupling of the node pairs that straddle ``a`` and ``b``."""
+    units = {("a", n): v for n, v in a.items()} | {("b", n): v for n, v in b.items()}
+    p = _prepare({f"{s}:{n}": v for (s, n), v in units.items()}, episodes, min_points, common, 1, cache)
+    if p is None:
+        return None
+    side = [n.split(":", 1)[0] for n in p.names]
+    k = len(side)
+    full: list[float] = []
+    robust_pairs: list[float] = []
+    within: list[float] = []
+    for i in range(k):
+        for j in range(i + 1, k):
+            r_full, r_rest = p.pair(i, j)
+            if side[i] == side[j]:
+                within.append(min(r_full, r_rest))
+            else:
+                full.append(r_full)
+                robust_pairs.append(r_rest)
+    if not full:
+        return None
+    return Between(p.result(scale, full, robust_pairs, k), median(within) if within else None)
+
+
+__all__ = [
+    "Between",
+    "Coupling",
+    "LEAVE_OUT",
+    "MIN_COMMON_TENANTS",
+    "changes",
+    "common_component",
+    "deviations",
+    "measure",
+    "measure_between",
+    "median",
+]

@@ -623,17 +623,27 @@ class DetectorEngine:
         """Are the run's GPUs one job? Coupling where measured; else one workload id, or size on a
         fabric that is not idle."""
         cfg = self.config
+        last = run.last
+        if last is not None and self._fabric_idle(last):
+            return False  # no east-west traffic: each node works alone, whatever moves together
         if run.coupling_state == "coupled":
             return True
         if run.coupling_state in ("uncoupled", "pending"):
             return False
-        last = run.last
         if last is None:
             return False
         if last.shared_workload_gpus >= cfg.min_gpus:
             return True
         ib_idle = last.ib_bytes_per_s is not None and last.ib_bytes_per_s < cfg.ib_idle_bytes_per_s
         return last.strong >= cfg.size_alone_gpus and not ib_idle
+
+    def _fabric_idle(self, gu: GroupUse) -> bool:
+        """InfiniBand/RoCE reported on most of the group's nodes and idle there (median)."""
+        return (
+            gu.ib_bytes_per_s is not None
+            and 2 * gu.ib_nodes >= len(gu.nodes)
+            and gu.ib_bytes_per_s < self.config.ib_idle_bytes_per_s
+        )
 
     def _material(self, prev: Finding, f: Finding) -> bool:
         cfg = self.config

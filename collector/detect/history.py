@@ -21,7 +21,7 @@ from collections.abc import Collection, Sequence
 from dataclasses import dataclass
 
 from collector.detect.config import DetectConfig
-from collector.detect.coupling import MIN_COMMON_TENANTS, Coupling, common_component, deviations, measure
+from collector.detect.coupling import MIN_COMMON_TENANTS, Coupling, changes, common_component, measure
 from collector.detect.signals import node_series, stable_sample
 from collector.detect.usage import TenantWindow
 
@@ -138,19 +138,31 @@ class History:
         return out
 
     def _reference_without(self, exclude: Collection[str]) -> frozenset[str]:
+        """The tenants left out of a test's common component.
+
+        The tested tenants (and those that move with them) are left out, so that a job split
+        over several accounts does not mask itself. Where that would leave fewer than
+        ``MIN_COMMON_TENANTS`` others, or fewer others than tested ones, nothing is left out:
+        what moves most of the site at once is then the site's, and masking the points where
+        it makes an excursion keeps a real job's steady co-movement (below those excursions)
+        while it removes shocks that would otherwise link every tenant together.
+        """
         ref = self.reference
         excluded = [t for t in ref if t in exclude]
+        others = len(ref) - len(excluded)
+        if others < MIN_COMMON_TENANTS or others < len(excluded):
+            return frozenset()
         if len(excluded) >= _EXACT_COMMON_SHARE * len(ref) or len(ref) < 20:
             return frozenset(excluded)
         return frozenset()
 
     def common_across(self, starts: Sequence[int], exclude: Collection[str]) -> list[float | None] | None:
-        """Per window, the median deviation of the other reference tenants' levels."""
+        """Per window, the median change of the other reference tenants' levels."""
         key = (SCALE_ACROSS + repr(tuple(starts)), self._reference_without(exclude))
         if key in self._common_cache:
             return self._common_cache[key]
         others = [t for t in self.reference if t not in key[1]]
-        series = [deviations(self.tenant_levels(t, starts)) for t in others]
+        series = [changes(self.tenant_levels(t, starts)) for t in others]
         out = common_component(series, len(starts)) if len(others) >= MIN_COMMON_TENANTS else None
         self._common_cache[key] = out
         return out
@@ -170,22 +182,20 @@ class History:
 
     # ------------------------------------------------------------------ a group's coupling
 
-    def group_coupling(self, s: int, members: Sequence[str], exclude: Collection[str]) -> GroupCoupling:
-        """Coupling of the group's sampled nodes, at both scales; ``exclude``: tenants kept out of
-        the common component (the group and the tenants that move with it)."""
-        cfg = self.config
+    def sample_nodes(self, s: int, members: Sequence[str], k: int) -> list[str]:
+        """A stable sample of ``k`` of the nodes the members occupy in window ``s``."""
         now: set[str] = set()
         for m in members:
             now.update(self.levels.get(m, {}).get(s, {}))
             now.update(self.snaps.get(m, {}).get(s, {}))
-        sample = stable_sample(now, cfg.sync_sample_nodes)
-        if len(sample) < 2:
-            return GroupCoupling(None, None, "pending" if len(self.starts) < cfg.coupling_min_windows else "unknown")
+        return stable_sample(now, k)
 
-        # Across windows: one point per window per node.
-        starts = self.across_starts()
+    def node_changes(
+        self, members: Sequence[str], nodes: Sequence[str], starts: Sequence[int]
+    ) -> dict[str, list[float | None]]:
+        """Across windows: per node, the window-to-window change of the members' load there."""
         units: dict[str, list[float | None]] = {}
-        for n in sample:
+        for n in nodes:
             row: list[float | None] = []
             for st in starts:
                 v: float | None = None
@@ -194,7 +204,51 @@ class History:
                     if v is not None:
                         break
                 row.append(v)
+            units[n] = changes(row)
+        return units
+
+    def bucket_lengths(self, members: Sequence[str], starts: Sequence[int]) -> list[int]:
+        lengths = []
+        for st in starts:
+            length = 0
+            for m in members:
+                for series in self.snaps.get(m, {}).get(st, {}).values():
+                    length = max(length, len(series))
+            lengths.append(length)
+        return lengths
+
+    def node_buckets(
+        self, members: Sequence[str], nodes: Sequence[str], starts: Sequence[int], lengths: Sequence[int]
+    ) -> dict[str, list[float | None]]:
+        """Within windows: per node, the members' per-bucket series, each window's mean removed."""
+        units: dict[str, list[float | None]] = {}
+        for n in nodes:
+            row: list[float | None] = []
+            for st, length in zip(starts, lengths, strict=True):
+                ser: list[float | None] | None = None
+                for m in members:
+                    ser = self.snaps.get(m, {}).get(st, {}).get(n)
+                    if ser is not None:
+                        break
+                if ser is None:
+                    row.extend([None] * length)
+                else:
+                    row.extend(ser[:length])
+                    row.extend([None] * (length - len(ser)))
             units[n] = row
+        return units
+
+    def group_coupling(self, s: int, members: Sequence[str], exclude: Collection[str]) -> GroupCoupling:
+        """Coupling of the group's sampled nodes, at both scales; ``exclude``: tenants kept out of
+        the common component (the group and the tenants that move with it)."""
+        cfg = self.config
+        sample = self.sample_nodes(s, members, cfg.sync_sample_nodes)
+        if len(sample) < 2:
+            return GroupCoupling(None, None, "pending" if len(self.starts) < cfg.coupling_min_windows else "unknown")
+
+        # Across windows: one point per window per node (its change since the window before).
+        starts = self.across_starts()
+        units = self.node_changes(members, sample, starts)
         across = measure(
             units,
             self.episodes_across(starts),
@@ -205,24 +259,8 @@ class History:
 
         # Within windows: the buckets of each window, mean-removed, over a shorter history.
         wstarts = self.within_starts(cfg.sync_history_windows)
-        lengths = []
-        for st in wstarts:
-            length = 0
-            for m in members:
-                for series in self.snaps.get(m, {}).get(st, {}).values():
-                    length = max(length, len(series))
-            lengths.append(length)
-        bunits: dict[str, list[float | None]] = {}
-        for n in sample:
-            row = []
-            for st, length in zip(wstarts, lengths, strict=True):
-                ser: list[float | None] | None = None
-                for m in members:
-                    ser = self.snaps.get(m, {}).get(st, {}).get(n)
-                    if ser is not None:
-                        break
-                row.extend([None] * length if ser is None else list(ser) + [None] * (length - len(ser)))
-            bunits[n] = row
+        lengths = self.bucket_lengths(members, wstarts)
+        bunits = self.node_buckets(members, sample, wstarts, lengths)
         eps = [i for i, length in enumerate(lengths) for _ in range(length)]
         within = None
         if eps:

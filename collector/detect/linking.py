@@ -22,8 +22,9 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from collector.detect.config import DetectConfig
-from collector.detect.coupling import Coupling, deviations, measure
+from collector.detect.coupling import Between, RowCache, changes, measure_between
 from collector.detect.history import SCALE_ACROSS, SCALE_WITHIN, History
+from collector.detect.signals import stable_sample
 from collector.detect.usage import TenantWindow
 
 _logger = logging.getLogger(__name__)
@@ -126,7 +127,7 @@ class Linker:
 
     def _vector(self, hist: History, t: str, sc: _Scale) -> list[float | None]:
         if sc.name == SCALE_ACROSS:
-            return deviations(hist.tenant_levels(t, sc.starts))
+            return changes(hist.tenant_levels(t, sc.starts))
         return hist.tenant_buckets(t, sc.starts, self._lengths)
 
     def update(
@@ -134,6 +135,9 @@ class Linker:
     ) -> None:
         """Test which tenants move as one job this window; confirm links that keep testing so."""
         cfg = self.config
+        self._hist, self._s = hist, s
+        self._units: dict[tuple[str, str], dict[str, list[float | None]]] = {}
+        self._rows: dict[str, RowCache] = {}  # prepared node rows per scale, this window
         cands = [t for t, tw in tws.items() if tw.candidate_gpus() >= cfg.link_min_gpus and t in hist.tlevel]
         cands.sort(key=lambda t: (-tws[t].candidate_gpus(), t))
         cands = cands[: max(0, cfg.link_max_tenants)]
@@ -185,26 +189,49 @@ class Linker:
                 del self.links[pair]
                 self.evidence.pop(pair, None)
 
-    def _test(
-        self,
-        t: str,
-        vec: dict[str, list[float | None]],
-        other: dict[str, list[float | None]],
-        scales: list[_Scale],
-        exclude: set[str] | None,
-    ) -> Coupling | None:
-        """The strongest scale at which ``t`` is coupled with ``other`` (a cluster's mean), or None."""
-        best: Coupling | None = None
+    def _node_units(self, tenants: list[str], sc: _Scale) -> dict[str, list[float | None]]:
+        """Node series of ``tenants`` at scale ``sc`` (a stable sample), built once per window each."""
+        k = max(2, self.config.link_sample_nodes)
+        merged: dict[str, list[float | None]] = {}
+        for t in tenants:
+            key = (t, sc.name)
+            units = self._units.get(key)
+            if units is None:
+                nodes = self._hist.sample_nodes(self._s, [t], k)
+                if sc.name == SCALE_ACROSS:
+                    units = self._hist.node_changes([t], nodes, sc.starts)
+                else:
+                    units = self._hist.node_buckets([t], nodes, sc.starts, self._lengths)
+                self._units[key] = units
+            for n, v in units.items():
+                merged.setdefault(n, v)
+        if len(merged) <= k:
+            return merged
+        return {n: merged[n] for n in stable_sample(merged, k)}
+
+    def _test(self, t: str, others: list[str], scales: list[_Scale], exclude: set[str] | None) -> Between | None:
+        """The strongest scale at which ``t``'s nodes are coupled with the nodes of ``others``
+        (about as much as within each side), or None."""
+        cfg = self.config
+        best: Between | None = None
         for sc in scales:
-            c = measure(
-                {t: vec[sc.name], "other": other[sc.name]},
+            ua = self._node_units([t], sc)
+            ub = self._node_units(others, sc)
+            if not ua or not ub:
+                continue
+            b = measure_between(
+                ua,
+                ub,
                 sc.episodes,
                 scale=sc.name,
                 min_points=sc.min_points,
                 common=None if exclude is None else sc.common(exclude),
+                cache=self._rows.setdefault(sc.name, {}),
             )
-            if c is not None and c.fired(sc.min_corr, self.config.link_min_z) and (best is None or c.z > best.z):
-                best = c
+            if b is None or not b.fired(sc.min_corr, cfg.link_min_z, cfg.link_min_ratio):
+                continue
+            if best is None or b.cross.z > best.cross.z:
+                best = b
         return best
 
     def _cluster(
@@ -223,18 +250,25 @@ class Linker:
                 for name, v in vecs[t].items()
             }
             best: tuple[float, _Cluster] | None = None
-            for cl in clusters:
-                # Screen with one dot product per scale (missing points as the mean), then test exactly.
-                if not any(
-                    (tu := units[sc.name]) is not None
-                    and (cu := cl.units.get(sc.name)) is not None
-                    and sum(map(operator.mul, tu, cu)) >= sc.min_corr * 0.8
-                    for sc in scales
-                ):
-                    continue
-                c = self._test(t, vecs[t], {sc.name: cl.mean(sc.name) for sc in scales}, scales, exclude)
-                if c is not None and (best is None or c.z > best[0]):
-                    best = (c.z, cl)
+            # Screen with one dot product per scale (missing points as the mean); test exactly
+            # only the clusters that screen best (a few per tenant: bounds the cost per window).
+            screened: list[tuple[float, int, _Cluster]] = []
+            for i, cl in enumerate(clusters):
+                score = max(
+                    (
+                        sum(map(operator.mul, tu, cu))
+                        for sc in scales
+                        if (tu := units[sc.name]) is not None and (cu := cl.units.get(sc.name)) is not None
+                    ),
+                    default=-1.0,
+                )
+                if score >= self.config.link_screen_corr:
+                    screened.append((score, i, cl))
+            screened.sort(key=lambda x: (-x[0], x[1]))
+            for _, _, cl in screened[: self.config.link_max_tests_per_tenant]:
+                c = self._test(t, cl.members, scales, exclude)
+                if c is not None and (best is None or c.cross.z > best[0]):
+                    best = (c.cross.z, cl)
             if best is None:
                 cl = _Cluster([t])
                 clusters.append(cl)
@@ -256,18 +290,12 @@ class Linker:
             changed = False
             for t in list(kept):
                 rest = [m for m in kept if m != t]
-                other: dict[str, list[float | None]] = {}
-                for sc in scales:
-                    cl = _Cluster(rest)
-                    for m in rest:
-                        cl.add(sc.name, vecs[m][sc.name])
-                    other[sc.name] = cl.mean(sc.name)
-                c = self._test(t, vecs[t], other, scales, exclude)
+                c = self._test(t, rest, scales, exclude)
                 if c is None:
                     kept.remove(t)
                     changed = True
                     break
-                windows = len(next(sc.starts for sc in scales if sc.name == c.scale))
+                windows = len(next(sc.starts for sc in scales if sc.name == c.cross.scale))
                 for m in rest:
                     pair = (m, t) if m < t else (t, m)
                     self.evidence[pair] = {**c.to_json(), "windows": windows}
