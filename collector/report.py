@@ -737,7 +737,7 @@ _SIGNAL_NAMES = {
     "tensor_active_mean": "Mean tensor-core activity",
     "synchrony_corr": "Coupling across nodes (median pair correlation, common shocks removed)",
     "duty_cycle": "Share of the span at size actually at size",
-    "infiniband_bytes_per_s": "InfiniBand/RoCE traffic per node",
+    "infiniband_bytes_per_s": "East-west traffic per node (InfiniBand/RoCE and Ethernet)",
     "memory_footprint_cv": "Spread of GPU memory used across the run's GPUs",
 }
 

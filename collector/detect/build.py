@@ -151,7 +151,7 @@ def _signals(run: Run, cfg: DetectConfig, gpus: int, window_ms: int) -> dict[str
         "synchrony_corr": synchrony,
         "infiniband_bytes_per_s": {
             "value": None if ib is None else round(ib),
-            "unit": "median bytes/s per node (tx + rx)",
+            "unit": "median bytes/s per node, InfiniBand/RoCE and Ethernet, tx + rx",
             "nodes_reporting": 0 if last is None else last.ib_nodes,
             "fired": None if ib is None else ib >= cfg.ib_busy_bytes_per_s,
             "threshold": cfg.ib_busy_bytes_per_s,

@@ -123,7 +123,8 @@ class DetectConfig:
 
     # --- other evidence, each optional --------------------------------------------------
     ib_busy_bytes_per_s: float = 1e9
-    """Median InfiniBand/RoCE traffic per node above which a group's nodes talk east-west."""
+    """Median east-west traffic per node (InfiniBand/RoCE and Ethernet, tx + rx) above which a
+    group's nodes talk to each other."""
     ib_idle_bytes_per_s: float = 2e7
     """... and below which they do not: where most of a group's nodes report the fabric and its
     median is below this, the group is single-node work (a fleet, a sweep, batch inference)

@@ -77,7 +77,8 @@ class TenantWindow:
 
 @dataclass
 class SiteWindow:
-    """Every tenant of one closed window, and each node's InfiniBand rate (None: not reported)."""
+    """Every tenant of one closed window, and each node's east-west traffic (InfiniBand/RoCE and
+    Ethernet, bytes/s; None: not reported)."""
 
     tenants: dict[str, TenantWindow]
     ib_bytes_per_s: dict[str, float | None]
@@ -93,10 +94,15 @@ def aggregate(windows: Iterable[UsageWindow], cfg: DetectConfig) -> SiteWindow:
         gpus_seen += len(w.gpus)
         io = w.node_io
         seconds = max(1e-3, (w.end_ms - w.start_ms) / 1000)
-        if io is not None and (io.ib_tx_bytes is not None or io.ib_rx_bytes is not None):
-            ib[node] = ((io.ib_tx_bytes or 0) + (io.ib_rx_bytes or 0)) / seconds
-        else:
-            ib[node] = None
+        # East-west traffic: InfiniBand/RoCE, plus Ethernet where reported (a job may run its
+        # collectives over TCP), so that a node whose fabric is idle but whose NICs are busy
+        # is never taken for one working alone.
+        counters = (
+            ()
+            if io is None
+            else tuple(v for v in (io.ib_tx_bytes, io.ib_rx_bytes, io.net_tx_bytes, io.net_rx_bytes) if v is not None)
+        )
+        ib[node] = sum(counters) / seconds if counters else None
         for g in w.gpus:
             workloads = g.workloads
             if not workloads:

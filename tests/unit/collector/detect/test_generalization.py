@@ -52,6 +52,7 @@ class Nodes:
     level: Level
     workload: Callable[[int, int], str] = lambda n, k: "wl-job"
     ib_bytes_per_s: float | None = None
+    net_bytes_per_s: float | None = None
 
 
 @dataclass
@@ -102,7 +103,8 @@ class Site:
                     io = None
                     if g.ib_bytes_per_s is not None:
                         b = int(g.ib_bytes_per_s * 30)
-                        io = NodeIo(ib_tx_bytes=b, ib_rx_bytes=b)
+                        e = None if g.net_bytes_per_s is None else int(g.net_bytes_per_s * 30)
+                        io = NodeIo(ib_tx_bytes=b, ib_rx_bytes=b, net_tx_bytes=e, net_rx_bytes=e)
                     out.append(
                         UsageWindow(
                             node_id=node,
@@ -375,3 +377,14 @@ def test_a_sweep_of_independent_jobs_of_one_tenant_is_at_most_low() -> None:
         sample_s=20,
     )
     assert all(f.severity == "low" for f in site.run())
+
+
+def test_nodes_that_exchange_nothing_are_single_node_work_whatever_moves_them_together() -> None:
+    """A sweep of one recipe started together moves in step (same schedule), but each trial
+    keeps to its node: its fabric is idle. Collectives over Ethernet count as traffic."""
+    job = sync_job(seed=91)
+    idle = Site([Nodes("sw", 16, "t-sw", job, ib_bytes_per_s=2e4, net_bytes_per_s=1e5)], windows=30)
+    assert idle.run() == []
+    over_tcp = Site([Nodes("tcp", 16, "t-tcp", job, ib_bytes_per_s=2e4, net_bytes_per_s=3e9)], windows=30)
+    (f,) = over_tcp.run()
+    assert f.evidence["signals"]["infiniband_bytes_per_s"]["fired"] is True
