@@ -22,7 +22,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from collector.evaluate.generate import TruthJob
+from collector.evaluate.truth import TruthJob
 
 # Size classes reported (GPUs, lower bound inclusive) and the goals of issue 6.
 SIZE_CLASSES: tuple[tuple[str, int, int | None], ...] = (

@@ -130,8 +130,8 @@ def _block(reps: dict[str, dict[str, Report]], overall: Report) -> dict[str, Any
 
 
 def score(results: list[dict[str, Any]]) -> dict[str, Any]:
-    from collector.evaluate.generate import TruthJob
     from collector.evaluate.metrics import Report
+    from collector.evaluate.truth import TruthJob
 
     out: dict[str, Any] = {}
     for label, keep in (

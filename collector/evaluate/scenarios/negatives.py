@@ -25,11 +25,11 @@ import math
 import random
 
 from collector.evaluate.data import ItpJob
-from collector.evaluate.generate import TruthJob
 from collector.evaluate.scenarios.clock import JobClock, Recipe, recipe_for, render
 from collector.evaluate.scenarios.physics import GPUS_PER_NODE, Node
 from collector.evaluate.scenarios.shocks import Shocks
 from collector.evaluate.scenarios.site import IB_IDLE_BPS, Component, Proc, Timeline, rid
+from collector.evaluate.truth import TruthJob
 
 NEGATIVES: dict[str, str] = {
     "inference_multi": "none",

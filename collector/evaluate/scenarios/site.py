@@ -20,10 +20,10 @@ from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
-from collector.evaluate.generate import TruthJob
 from collector.evaluate.scenarios import physics
 from collector.evaluate.scenarios.physics import GpuModel, Node
 from collector.evaluate.scenarios.shocks import Shocks
+from collector.evaluate.truth import TruthJob
 
 IB_IDLE_BPS = 2.0e4
 """Background IB traffic of a node running nothing across nodes (subnet management, monitoring)."""

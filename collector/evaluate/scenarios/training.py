@@ -40,11 +40,11 @@ from __future__ import annotations
 import random
 
 from collector.evaluate.data import PowerSource
-from collector.evaluate.generate import TruthJob
 from collector.evaluate.scenarios.clock import FABRIC, SYNC, JobClock, recipe_for, render
 from collector.evaluate.scenarios.physics import GPUS_PER_NODE, Node
 from collector.evaluate.scenarios.shocks import Shocks
 from collector.evaluate.scenarios.site import IB_IDLE_BPS, Component, Proc, Timeline, rid
+from collector.evaluate.truth import TruthJob
 
 SHAPES: tuple[str, ...] = (
     "dp",

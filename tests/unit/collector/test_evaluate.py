@@ -8,7 +8,6 @@ from typing import Any
 
 import pytest
 
-from collector.evaluate.generate import TruthJob
 from collector.evaluate.metrics import (
     Report,
     matches,
@@ -18,6 +17,7 @@ from collector.evaluate.metrics import (
     severity_rank,
     summary,
 )
+from collector.evaluate.truth import TruthJob
 
 T = 1_772_409_600.0
 DATA = Path(__file__).resolve().parents[3].parent / "shared" / "data"
