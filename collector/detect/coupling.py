@@ -41,8 +41,8 @@ WINSOR = 2.5
 LEAVE_OUT = 2
 """Episodes of strongest agreement left out of the robust statistic: one per four episodes,
 at most this many (leaving out the best of few episodes biases the rest low). A test between
-two accounts (``measure_between``) leaves out one: it also has to show about as much
-coupling across the accounts as within each, which a shock shared by unrelated jobs does not."""
+two accounts (``measure_between``) leaves out as many; leaving out one let a second shared
+shock link a transparent tenant's run to unrelated ones on the evaluation's sites."""
 COMMON_MASK_SD = 3.0
 """A time point whose common component is this many robust SDs from its median is masked."""
 MIN_COMMON_TENANTS = 3
@@ -354,7 +354,7 @@ def measure_between(
 ) -> Between | None:
     """Coupling of the node pairs that straddle ``a`` and ``b``."""
     units = {("a", n): v for n, v in a.items()} | {("b", n): v for n, v in b.items()}
-    p = _prepare({f"{s}:{n}": v for (s, n), v in units.items()}, episodes, min_points, common, 1, cache)
+    p = _prepare({f"{s}:{n}": v for (s, n), v in units.items()}, episodes, min_points, common, LEAVE_OUT, cache)
     if p is None:
         return None
     side = [n.split(":", 1)[0] for n in p.names]

@@ -96,13 +96,13 @@ def aggregate(windows: Iterable[UsageWindow], cfg: DetectConfig) -> SiteWindow:
         seconds = max(1e-3, (w.end_ms - w.start_ms) / 1000)
         # East-west traffic: InfiniBand/RoCE, plus Ethernet where reported (a job may run its
         # collectives over TCP), so that a node whose fabric is idle but whose NICs are busy
-        # is never taken for one working alone.
-        counters = (
-            ()
-            if io is None
-            else tuple(v for v in (io.ib_tx_bytes, io.ib_rx_bytes, io.net_tx_bytes, io.net_rx_bytes) if v is not None)
-        )
-        ib[node] = sum(counters) / seconds if counters else None
+        # is never taken for one working alone. Unknown without fabric counters: Ethernet
+        # alone cannot say that an unreported fabric is idle.
+        if io is None or (io.ib_tx_bytes is None and io.ib_rx_bytes is None):
+            ib[node] = None
+        else:
+            counters = (io.ib_tx_bytes, io.ib_rx_bytes, io.net_tx_bytes, io.net_rx_bytes)
+            ib[node] = sum(v for v in counters if v is not None) / seconds
         for g in w.gpus:
             workloads = g.workloads
             if not workloads:
