@@ -66,17 +66,25 @@ def key_path(db: Path) -> Path:
 def load_or_create_key(path: Path) -> bytes:
     """The operator's pseudonym key (64 hex digits in a 0600 file), created on first use."""
     if not path.exists():
+        # Published atomically (written under a temporary name, then link()ed): a collector
+        # started beside this one either creates the key or reads a whole one, never a file
+        # that exists but is still empty.
         path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_name(f".{path.name}.{os.getpid()}.{secrets.token_hex(4)}.tmp")
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
         try:
-            fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-        except FileExistsError:
-            pass  # created concurrently: read it below
-        else:
             with os.fdopen(fd, "w") as fh:
                 fh.write(secrets.token_hex(_KEY_BYTES) + "\n")
                 fh.flush()
                 os.fsync(fh.fileno())
-            _logger.info("created the tenant pseudonym key %s", path)
+            try:
+                os.link(tmp, path)
+            except FileExistsError:
+                pass  # created concurrently: read that one below
+            else:
+                _logger.info("created the tenant pseudonym key %s", path)
+        finally:
+            tmp.unlink(missing_ok=True)
     st = path.stat()
     if st.st_mode & (stat.S_IRWXG | stat.S_IRWXO):
         raise PseudonymKeyError(f"{path} has mode {stat.S_IMODE(st.st_mode):04o}; group/others must have no access")

@@ -479,6 +479,12 @@ class DetectorEngine:
                 return None
             if not self._job_evidence(run):
                 return None
+            # A link of one of its accounts is being confirmed: wait for it (at most the
+            # windows a confirmation takes), so the finding names every account from the
+            # start instead of being raised for one and superseded a minute later.
+            if self._linker.pending(list(run.tenants)) and run.link_waits < cfg.link_confirm_windows:
+                run.link_waits += 1
+                return None
             prior = self._prior_for(run, gap_ms) if self._priors else None
             if prior is not None:
                 self._seed(run, prior)  # some of a stored finding's accounts, not yet re-linked

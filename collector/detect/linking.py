@@ -301,6 +301,11 @@ class Linker:
                     self.evidence[pair] = {**c.to_json(), "windows": windows}
         return kept if len(kept) >= 2 else []
 
+    def pending(self, tenants: Sequence[str]) -> bool:
+        """Is a link of one of ``tenants`` being confirmed (tested as one job, not yet linked)?"""
+        ts = set(tenants)
+        return any((a in ts or b in ts) and (a, b) not in self.links for a, b in self.agree)
+
     def groups(self, tenants: Sequence[str]) -> dict[str, list[str]]:
         """Group key -> sorted members, for every tenant given (a lone tenant is its own group)."""
         parent: dict[str, str] = {}

@@ -76,6 +76,7 @@ class Run:
     finding: Finding | None = None
     emitted: Finding | None = None
     counted_to_ms: int = 0  # warm start: windows ending by then are in a stored finding's totals
+    link_waits: int = 0  # windows a new finding waited for a link being confirmed
 
     def absorb(self, o: Run) -> None:
         """Fold another run of the same (now linked) group into this one."""
