@@ -351,7 +351,17 @@ def test_dashboards_and_rules_against_a_real_prometheus(tmp_path: Path) -> None:
                     got = _query(base, expr)["result"]
                     assert got and float(got[0]["value"][1]) == want, (expr, got)
 
-            await asyncio.to_thread(check)
+            # Rules evaluate on their own clock: a ratio over counters that had not yet moved
+            # between two scrapes reads 0/0 = NaN for a moment. Check again until it holds.
+            deadline = time.monotonic() + 30
+            while True:
+                try:
+                    await asyncio.to_thread(check)
+                    break
+                except AssertionError:
+                    if time.monotonic() >= deadline:
+                        raise
+                    await asyncio.sleep(2)
         finally:
             # Off the event loop: the collector serving the agents' last statements runs on it.
             await asyncio.gather(*(asyncio.to_thread(a.stop) for a in agents))
