@@ -24,7 +24,7 @@ from __future__ import annotations
 
 import base64
 import json
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any, Protocol
 
@@ -209,6 +209,14 @@ def heads_row(row: Sequence[Any]) -> KeyHead:
     key_id, node_id, seq, leaf_index, digest, end_ms, serials = row
     return KeyHead(str(key_id), str(node_id), int(seq), int(leaf_index), str(digest), int(end_ms),
                    tuple(str(s) for s in json.loads(str(serials))))  # fmt: skip
+
+
+def read_committed_heads(query: Callable[[str], list[Any]]) -> tuple[int, list[KeyHead]]:
+    """The heads committed at the latest checkpoint and its tree size (both stores' SQL)."""
+    rows = query("SELECT tree_size FROM log_heads_state WHERE id = 1")
+    size = int(rows[0][0]) if rows else 0
+    heads = query("SELECT key_id, node_id, seq, leaf_index, digest, end_ms, serials FROM log_heads ORDER BY key_id")
+    return size, [heads_row(r) for r in heads]
 
 
 def signatures_to_json(signatures: Sequence[Signature]) -> str:

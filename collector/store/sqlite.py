@@ -53,7 +53,7 @@ from collector.store.base import (
     UsageAggregate,
     contiguous_tile_roots,
     heads_params,
-    heads_row,
+    read_committed_heads,
     signatures_from_json,
     signatures_to_json,
 )
@@ -729,12 +729,7 @@ class SqliteStore:
         return CheckpointRecord(int(size), bytes(root), int(signed_ms), str(note))
 
     def committed_heads(self) -> tuple[int, list[KeyHead]]:
-        rows = self._query("SELECT tree_size FROM log_heads_state WHERE id = 1")
-        size = int(rows[0][0]) if rows else 0
-        heads = self._query(
-            "SELECT key_id, node_id, seq, leaf_index, digest, end_ms, serials FROM log_heads ORDER BY key_id"
-        )
-        return size, [heads_row(r) for r in heads]
+        return read_committed_heads(self._query)
 
     def save_committed_heads(self, tree_size: int, heads: Sequence[KeyHead]) -> bool:
         with self._tx() as conn:

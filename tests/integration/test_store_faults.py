@@ -175,28 +175,22 @@ def _in_process_figures(running: RunningCollector, store: Store) -> dict[str, An
 # -- SQLite: a write lock held from another connection --------------------------------------
 
 
-def test_sqlite_write_lock_held_from_outside_refuses_nothing(tmp_path: Path, run_async: Runner) -> None:
-    db = tmp_path / "collector.db"
-    # The collector waits 300 ms for a lock (10 s by default), so a 3 s lock fails commits.
-    store = SqliteStore(db, busy_timeout_ms=300)
-    episodes: list[tuple[float, float]] = []
+def _lock_scenario(
+    run_async: Runner,
+    tmp_path: Path,
+    store: Store,
+    hold_lock: Callable[[], None],
+    episodes: list[tuple[float, float]],
+    figures_name: str,
+) -> None:
+    """Stream a site through a collector on ``store`` while ``hold_lock`` holds a write lock from
+    outside ``FAULTS`` times; nothing may be refused and everything must be stored once."""
 
     async def scenario() -> None:
         async with _collector(tmp_path, store) as running:
             address = f"127.0.0.1:{running.port}"
             watch = _HealthWatch(address)
             watcher = asyncio.create_task(watch.run())
-
-            def hold_lock() -> None:
-                conn = sqlite3.connect(db, isolation_level=None, timeout=10)
-                try:
-                    conn.execute("BEGIN EXCLUSIVE")
-                    t0 = time.monotonic()
-                    time.sleep(FAULT_S)
-                    conn.execute("ROLLBACK")
-                    episodes.append((t0, time.monotonic()))
-                finally:
-                    conn.close()
 
             async def fault() -> None:
                 for _ in range(FAULTS):
@@ -212,7 +206,7 @@ def test_sqlite_write_lock_held_from_outside_refuses_nothing(tmp_path: Path, run
             figures = _in_process_figures(running, store)
             failed = running.metrics.store_write_failures.labels("locked")._value.get()
             report_figures(
-                "store_sqlite_lock",
+                figures_name,
                 {
                     **figures,
                     "failed_commits": failed,
@@ -230,6 +224,26 @@ def test_sqlite_write_lock_held_from_outside_refuses_nothing(tmp_path: Path, run
         run_async(scenario())
     finally:
         store.close()
+
+
+def test_sqlite_write_lock_held_from_outside_refuses_nothing(tmp_path: Path, run_async: Runner) -> None:
+    db = tmp_path / "collector.db"
+    # The collector waits 300 ms for a lock (10 s by default), so a 3 s lock fails commits.
+    store = SqliteStore(db, busy_timeout_ms=300)
+    episodes: list[tuple[float, float]] = []
+
+    def hold_lock() -> None:
+        conn = sqlite3.connect(db, isolation_level=None, timeout=10)
+        try:
+            conn.execute("BEGIN EXCLUSIVE")
+            t0 = time.monotonic()
+            time.sleep(FAULT_S)
+            conn.execute("ROLLBACK")
+            episodes.append((t0, time.monotonic()))
+        finally:
+            conn.close()
+
+    _lock_scenario(run_async, tmp_path, store, hold_lock, episodes, "store_sqlite_lock")
 
 
 # -- SQLite: a file-size limit on the collector process (writes fail with EFBIG) ------------
@@ -391,41 +405,4 @@ def test_postgres_table_lock_held_from_outside_refuses_nothing(tmp_path: Path, p
             conn.rollback()
             episodes.append((t0, time.monotonic()))
 
-    async def scenario() -> None:
-        async with _collector(tmp_path, store) as running:
-            address = f"127.0.0.1:{running.port}"
-            watch = _HealthWatch(address)
-            watcher = asyncio.create_task(watch.run())
-
-            async def fault() -> None:
-                for _ in range(FAULTS):
-                    await asyncio.to_thread(hold_lock)
-                    await asyncio.sleep(1.5)
-
-            now = time.time_ns() // 1_000_000
-            tokens = [store.create_token(600, now) for _ in range(NODES)]
-            stats, spool, elapsed = await _stream_site(address, tokens, fault)
-            await asyncio.sleep(0.3)
-            watch.stop()
-            await watcher
-            figures = _in_process_figures(running, store)
-            failed = running.metrics.store_write_failures.labels("locked")._value.get()
-            report_figures(
-                "store_postgres_lock",
-                {
-                    **figures,
-                    "failed_commits": failed,
-                    "signed": stats.signed,
-                    "stored": store.statement_count(),
-                    "seconds": round(elapsed, 1),
-                },
-            )
-            assert failed > 0, "no commit failed: the test tested nothing"
-            assert figures["refused_metric"] == 0 and figures["chain_breaks_metric"] == 0, figures
-            _assert_nothing_refused_and_all_stored(store, spool, stats)
-            _assert_health(watch, episodes)
-
-    try:
-        run_async(scenario())
-    finally:
-        store.close()
+    _lock_scenario(run_async, tmp_path, store, hold_lock, episodes, "store_postgres_lock")
