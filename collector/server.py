@@ -21,6 +21,7 @@ from attestation.v1 import collector_pb2_grpc as pb_grpc
 from collector.config import CollectorConfig
 from collector.detect.engine import DetectorEngine
 from collector.detect.findings import KIND_LARGE_TRAINING, Finding
+from collector.errors import StoreError
 from collector.follow import DetectionFollower
 from collector.ingest import Accepted, Ingestor, IngestResult
 from collector.limits import Limits
@@ -94,9 +95,20 @@ class FindingSink:
         self._metrics = metrics
         self._lock = threading.Lock()
         self._known: dict[str, str] = dict(known or {})  # finding id -> severity
+        # Findings the store could not write (full disk, lock): the latest version of each,
+        # written before anything newer at the next batch. A finding is never dropped for a
+        # failed write; the detector does not report an unchanged finding again.
+        self._unsaved: dict[str, Finding] = {}
+        self._failing = False  # warn once per outage, not per batch
+
+    @property
+    def unsaved(self) -> int:
+        return len(self._unsaved)
 
     def __call__(self, results: Sequence[IngestResult]) -> None:
         with self._lock:
+            if self._unsaved:
+                self._flush()
             # Per accepted statement (1,250 a second): the bound methods are looked up once
             # per batch, and save() is called only when the detector returned findings.
             observe_window = self._metrics.observe_window
@@ -115,6 +127,8 @@ class FindingSink:
     def detect(self, window: UsageWindow) -> None:
         """Feed one stored window to the detector (collector.follow, shared stores)."""
         with self._lock:
+            if self._unsaved:
+                self._flush()
             self.save(self._engine.observe(window))
 
     def warm_start(self, records: Sequence[FindingRecord], priors: Sequence[Finding], *, complete: bool) -> None:
@@ -134,7 +148,45 @@ class FindingSink:
         with self._lock:
             found = self._engine.finish()
             self.save(found)
+            if self._unsaved:
+                _logger.error(
+                    "%d finding(s) could not be written to the store at shutdown (%s); the next "
+                    "start replays the stored windows and finds them again",
+                    len(self._unsaved),
+                    ", ".join(sorted(self._unsaved)),
+                )
             return found
+
+    def _flush(self) -> None:
+        pending, self._unsaved = self._unsaved, {}
+        self._write(list(pending.values()))
+        if not self._unsaved and self._failing:
+            self._failing = False
+            _logger.warning("the store took the %d finding(s) it had refused", len(pending))
+
+    def _write(self, findings: Sequence[Finding]) -> None:
+        for i, f in enumerate(findings):
+            try:
+                self._store.save_finding(
+                    f.id,
+                    f.kind,
+                    f.tenant,
+                    f.severity,
+                    f.started_at_ms,
+                    f.detected_at_ms,
+                    json.dumps(f.to_json(), sort_keys=True),
+                )
+            except StoreError as exc:
+                for g in findings[i:]:
+                    self._unsaved[g.id] = g
+                if not self._failing:
+                    self._failing = True
+                    _logger.warning(
+                        "cannot write finding %s to the store (%s); it is kept and written with the next batch",
+                        f.id,
+                        exc,
+                    )
+                return
 
     def save(self, findings: Sequence[Finding]) -> None:
         for f in findings:
@@ -152,15 +204,13 @@ class FindingSink:
                     f.severity,
                 )
             self._known[f.id] = f.severity
-            self._store.save_finding(
-                f.id,
-                f.kind,
-                f.tenant,
-                f.severity,
-                f.started_at_ms,
-                f.detected_at_ms,
-                json.dumps(f.to_json(), sort_keys=True),
-            )
+        if self._unsaved:
+            # Keep the order: an older version of a finding must not overwrite a newer one.
+            for f in findings:
+                self._unsaved[f.id] = f
+            self._flush()
+        else:
+            self._write(findings)
 
 
 @dataclass
