@@ -1,6 +1,6 @@
 """NvmlSource on MIG GPUs, NVLink counters without GPM, and kernel-thread PIDs.
 
-The fake NVML of test_nvml_source.py raises the real ``pynvml.NVMLError`` codes and returns
+The fake NVML (agent.sources.nvml.fake) raises the real ``pynvml.NVMLError`` codes and returns
 the real ctypes structures (``c_nvmlDeviceAttributes``, ``c_nvmlFieldValue_t``,
 ``c_nvmlGpuInstanceProfileInfo_v2_t``). MIG behaviour follows nvml.h: utilisation rates are
 not supported on MIG-enabled GPUs, ``nvmlDeviceGetAttributes`` only answers on MIG device
@@ -15,10 +15,11 @@ from typing import Any
 
 import pynvml
 import pytest
-from test_nvml_source import GIB, MIB, FakeGpu, FakeMig, FakeNvml, FakeProcessInfo, _gpu, _h100, _source
+from test_nvml_source import GIB, MIB, _gpu, _h100, _source
 
 from agent.sources.base import MigSample
 from agent.sources.nvml import NvmlSource
+from agent.sources.nvml.fake import FakeGpu, FakeMig, FakeNvml, FakeProcessInfo
 
 TX = pynvml.NVML_FI_DEV_NVLINK_THROUGHPUT_DATA_TX
 RX = pynvml.NVML_FI_DEV_NVLINK_THROUGHPUT_DATA_RX
