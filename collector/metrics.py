@@ -7,7 +7,10 @@ node_exporter follow them): base units in the name (``_seconds``, ``_joules``, `
 Labels are bounded: ``node`` (enrolled nodes), ``gpu`` (GPU UUIDs of those nodes),
 ``tenant`` (at most ``max_tenants`` distinct values, the rest folded into ``"_other"``),
 ``reason``, ``kind``, ``severity``, ``level``, ``bound`` and ``collector`` (fixed sets). Never a PID,
-a job or workload id, a key id or a sequence number: those belong in the store.
+a job or workload id, a key id or a sequence number: those belong in the store. The one
+exception is ``finding_open``: one series per detector finding whose run goes on (a handful
+on a site: each holds at least ``min_gpus`` GPUs), removed once it ends, so that an alert can
+name the finding.
 
 Series that alerts take ``increase()`` of are created at 0 before their first event
 (refusal reasons, findings by severity, chain breaks per node once the node is known):
@@ -56,6 +59,8 @@ findings_end_use{kind,level}                                   gauge    none, el
                                                                         not_assessed
 findings_screening_hit{kind}                                   gauge    a material member's
                                                                         name is on the list
+finding_open{finding_id,kind,severity,tenant_pseudonym}        gauge    1 while its run goes
+                                                                        on (detector findings)
 screening_list_date_timestamp_seconds                          gauge    the list's date (only
                                                                         with screening_list)
 screening_list_entries                                         gauge    (only with
@@ -69,6 +74,17 @@ screening_list_entries                                         gauge    (only wi
 findings ingest raises (``equivocation``, ``rollback``, ``unexplained_reboot``,
 ``energy_reset``; collector/integrity.py, always severity ``high``), counted as the store
 records them (``Ingestor(on_finding=CollectorMetrics.observe_integrity_finding)``).
+
+``finding_open`` (``observe_finding_open``): a detector finding is open while the detector
+keeps updating it. A run that goes on is updated at least once every history span of event
+time (collector/detect/runs.py, ``history_span_ms``; 33 minutes at 60 s windows), later by
+at most a pause of ``run_gap_s`` and the windows' ``allowed_lateness_s``; a finding not
+updated for that long, counted in event time (the newest window end accepted), has ended and
+its series is removed, as is one another finding supersedes (``evidence.supersedes``). While
+no statement arrives at all, event time stands still and open findings stay open
+(GpuauditNodeDark says why). ``tenant_pseudonym`` is the finding's tenant as the signed
+statements name it when that is a pseudonym (``tp-``, collector/pseudonyms.py); a site whose
+agents name tenants by their own ids gets ``not_pseudonymised`` instead, never the id.
 """
 
 from __future__ import annotations
@@ -79,7 +95,8 @@ import os
 import platform
 import threading
 import time
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -92,11 +109,14 @@ from prometheus_client.registry import Collector
 
 from attestation.statement import UNATTRIBUTED, UsageWindow
 from collector.detect import flops
-from collector.detect.findings import KIND_LARGE_TRAINING, SEVERITIES
+from collector.detect.config import DetectConfig
+from collector.detect.findings import KIND_LARGE_TRAINING, SEVERITIES, parse_rfc3339_ms
+from collector.detect.runs import history_span_ms, run_gap_ms
 from collector.ingest import STORE_FAULT_REASONS, Accepted, IngestResult
 from collector.integrity import KINDS as INTEGRITY_KINDS
 from collector.integrity import SEVERITY as INTEGRITY_SEVERITY
 from collector.integrity import IntegrityFinding
+from collector.pseudonyms import is_pseudonym
 
 if TYPE_CHECKING:
     from collector.detect.findings import Finding
@@ -141,6 +161,10 @@ BATCH_SECONDS_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5
 BATCH_SIZE_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128, 256, 512, 1024, 2048)
 
 OTHER_TENANTS = "_other"
+# ``tenant_pseudonym`` of a finding whose tenant the statements name by something other than a pseudonym.
+NOT_PSEUDONYMISED = "not_pseudonymised"
+# Window length assumed for the open-finding horizon until a statement has been accepted.
+_DEFAULT_WINDOW_MS = 60_000
 # The ``level`` label of the findings-by-axis gauges (collector/detect/build.py, evidence.levels).
 OPACITY_LEVELS = ("transparent", "partly_opaque", "opaque")
 END_USE_LEVELS = ("none", "elevated", "high", "not_assessed")
@@ -168,6 +192,32 @@ class _NodesReporting(Collector):
             "Nodes with at least one accepted statement (in the store when the collector started, or since).",
             value=len(self.known),
         )
+
+
+@dataclass
+class _OpenFinding:
+    kind: str
+    severity: str
+    tenant_pseudonym: str
+    updated_ms: int  # event time: the end of the last window the detector updated it at
+
+
+class _OpenFindings(Collector):
+    """``gpuaudit_finding_open``: the findings ``open()`` returns (labels), read at scrape time."""
+
+    def __init__(self, open_: Callable[[], list[tuple[str, str, str, str]]]) -> None:
+        self._open = open_
+
+    def collect(self) -> Iterator[Metric]:
+        g = GaugeMetricFamily(
+            "gpuaudit_finding_open",
+            "1 for each detector finding whose run goes on (updated within a history span and a run gap "
+            "of event time); the series ends with the run. For alerts that name the finding.",
+            labels=["finding_id", "kind", "severity", "tenant_pseudonym"],
+        )
+        for labels in self._open():
+            g.add_metric(labels, 1.0)
+        yield g
 
 
 class _StoreFiles(Collector):
@@ -322,6 +372,7 @@ class CollectorMetrics:
         store_files: Sequence[Path] = (),
         mfu: tuple[float, float] = (0.25, 0.55),
         max_tenants: int = 2000,
+        detect: DetectConfig | None = None,
     ) -> None:
         r = CollectorRegistry(auto_describe=True)
         self.registry = CollectorRegistry()  # what /metrics serves
@@ -331,6 +382,12 @@ class CollectorMetrics:
         self._max_tenants = max_tenants
         self._tenants: set[str] = set()
         self._last_end_ms: dict[str, int] = {}
+        # Event time as the collector knows it (the newest window end accepted) and the longest
+        # window seen: how long a finding may go without an update and still be open.
+        self._newest_end_ms = -1
+        self._window_ms = 0
+        self._detect = detect or DetectConfig()
+        self._open: dict[str, _OpenFinding] = {}  # finding id -> its open series
         ProcessCollector(registry=r)
         PlatformCollector(registry=r)
         GCCollector(registry=r)
@@ -501,6 +558,7 @@ class CollectorMetrics:
             registry=r,
         )
         self._levels: dict[str, tuple[str, str, bool]] = {}  # finding id -> levels counted
+        r.register(_OpenFindings(self.open_findings))
         self._registry = r
         self._nodes = _NodesReporting(nodes_horizon_s)
         r.register(self._nodes)
@@ -548,19 +606,31 @@ class CollectorMetrics:
                 if end_ms > self._last_end_ms.get(node, -1):
                     self._last_end_ms[node] = end_ms
                     self.node_last_end.values[(node,)] = end_ms / 1000.0
+                self._newest_end_ms = max(self._newest_end_ms, end_ms)
         known: dict[str, str] = {}
+        superseded: set[str] = set()
         for f in store.findings():
             known[f.finding_id] = f.severity
             self.findings_open.labels(f.kind, f.severity).inc()
             if f.kind == KIND_LARGE_TRAINING:
                 try:
-                    levels = (json.loads(f.json_text).get("evidence") or {}).get("levels")
+                    evidence = json.loads(f.json_text).get("evidence")
                 except (ValueError, AttributeError):
-                    levels = None
-                self._observe_levels(f.finding_id, f.kind, levels)
+                    evidence = None
+                if not isinstance(evidence, dict):
+                    evidence = {}
+                self._observe_levels(f.finding_id, f.kind, evidence.get("levels"))
+                updated_ms = _updated_ms(evidence, f.detected_ms)
+                with self._lock:
+                    self._open[f.finding_id] = _OpenFinding(f.kind, f.severity, _pseudonym(f.tenant), updated_ms)
+                superseded.update(str(s) for s in evidence.get("supersedes") or ())
             if f.kind in INTEGRITY_KINDS:
                 with self._lock:
                     self._integrity_seen.add(f.finding_id)
+        with self._lock:
+            for fid in superseded:
+                self._open.pop(fid, None)
+            self._prune_open()
         return known
 
     def observe_integrity_finding(self, f: IntegrityFinding) -> None:
@@ -625,6 +695,10 @@ class CollectorMetrics:
         if end_ms > self._last_end_ms.get(node, -1):
             self._last_end_ms[node] = end_ms
             self.node_last_end.values[key] = end_ms / 1000.0
+            if end_ms > self._newest_end_ms:
+                self._newest_end_ms = end_ms
+            if end_ms - w.start_ms > self._window_ms:
+                self._window_ms = end_ms - w.start_ms
         self.node_gpus.values[key] = float(len(w.gpus))
         util_values = self.gpu_util.values
         power_values = self.gpu_power.values
@@ -719,6 +793,35 @@ class CollectorMetrics:
         if before is None or _rank(severity) > _rank(before):
             self.findings_raised.labels(kind, severity).inc()
 
+    def observe_finding_open(self, f: Finding) -> None:
+        """Detector finding ``f`` (raised or updated) is open, as of its ``updated_at_ms``; the
+        findings it supersedes are not (``gpuaudit_finding_open``)."""
+        with self._lock:
+            was = self._open.get(f.id)
+            if was is None or f.updated_at_ms >= was.updated_ms:
+                self._open[f.id] = _OpenFinding(f.kind, f.severity, _pseudonym(f.tenant), f.updated_at_ms)
+            for fid in f.evidence.get("supersedes") or ():
+                self._open.pop(str(fid), None)
+            self._prune_open()
+
+    def open_findings(self) -> list[tuple[str, str, str, str]]:
+        """(finding id, kind, severity, tenant pseudonym) of each open finding, by id."""
+        with self._lock:
+            self._prune_open()
+            return sorted((fid, o.kind, o.severity, o.tenant_pseudonym) for fid, o in self._open.items())
+
+    def finding_open_ms(self) -> int:
+        """How long in event time a finding may go without an update and still be open."""
+        cfg = self._detect
+        window_ms = self._window_ms or _DEFAULT_WINDOW_MS
+        return history_span_ms(cfg, window_ms) + run_gap_ms(cfg, window_ms) + cfg.allowed_lateness_s * 1000
+
+    def _prune_open(self) -> None:
+        """Drop the findings not updated within ``finding_open_ms`` of event time (lock held)."""
+        oldest = self._newest_end_ms - self.finding_open_ms()
+        for fid in [fid for fid, o in self._open.items() if o.updated_ms < oldest]:
+            del self._open[fid]
+
     def observe_finding_axes(self, f: Finding) -> None:
         """Count finding ``f`` (raised or updated) by its level on each axis (``evidence.levels``)."""
         self._observe_levels(f.id, f.kind, f.evidence.get("levels"))
@@ -751,6 +854,20 @@ class CollectorMetrics:
     def watch_screening(self, source: ScreeningSource) -> None:
         """Export the screening list's date and size (``gpuaudit_screening_list_*``)."""
         self._registry.register(_ScreeningList(source))
+
+
+def _pseudonym(tenant: str) -> str:
+    """The ``tenant_pseudonym`` label of a finding of ``tenant``: never a tenant's own id."""
+    return tenant if is_pseudonym(tenant) else NOT_PSEUDONYMISED
+
+
+def _updated_ms(evidence: dict[str, object], detected_ms: int) -> int:
+    """A stored finding's ``updated_at_ms`` (its ``evidence.last_window_end``), as collector/warmup.py reads it."""
+    last = evidence.get("last_window_end")
+    try:
+        return parse_rfc3339_ms(last) if isinstance(last, str) else detected_ms
+    except ValueError:
+        return detected_ms
 
 
 def _rank(severity: str) -> int:

@@ -193,6 +193,7 @@ class FindingSink:
             before = self._known.get(f.id)
             self._metrics.observe_finding(f.kind, before, f.severity)
             self._metrics.observe_finding_axes(f)
+            self._metrics.observe_finding_open(f)
             if before is None:
                 _logger.warning(
                     "finding %s: %s by %s, %d GPUs on %d nodes, severity %s",
@@ -246,6 +247,7 @@ async def start_collector(
         __version__,
         store_files=store_paths(config.db) if config.db_url is None else (),
         mfu=(engine.config.mfu_low, engine.config.mfu_high),
+        detect=engine.config,
     )
     known_findings = await asyncio.to_thread(metrics.load_store, store)
     sink = FindingSink(store, engine, metrics, known_findings)

@@ -1,11 +1,18 @@
 """Generate deploy/grafana/*.json: the gpuaudit Grafana dashboards.
 
 Run ``python tools/grafana_dashboards.py`` after changing a panel; a test checks that the
-committed JSON is what this script writes, and a real Prometheus runs every panel's query
-(tests/integration/test_prometheus_dashboards.py). Dashboards use a ``datasource``
-variable (any Prometheus that scrapes the collector and loads deploy/prometheus/rules.yml);
-the Agents dashboard also needs the agents scraped as job ``gpuaudit-agent``
-(deploy/prometheus/prometheus.yml).
+committed JSON is what this script writes, and a real Prometheus runs every panel's and
+annotation's query (tests/integration/test_prometheus_dashboards.py). Dashboards use a
+``datasource`` variable (any Prometheus that scrapes the collector and loads
+deploy/prometheus/rules.yml); the Agents dashboard also needs the agents scraped as job
+``gpuaudit-agent`` (deploy/prometheus/prometheus.yml).
+
+The dashboards are built with Grafana's Foundation SDK (``grafana-foundation-sdk``, generated
+from Grafana's own schemas; pinned in pyproject.toml's dev extra, since another version may
+write other JSON). ``_Board.panel`` is the one place a panel's shape is decided: stat, table and
+bar-gauge panels query an instant, time series a range; the SDK lays panels out left to right
+in rows of 24 columns. Dashboards link to each other by their ``gpuaudit`` tag, which Grafana
+resolves to URLs itself, so the links work when Grafana is served under a sub-path.
 """
 
 from __future__ import annotations
@@ -13,51 +20,138 @@ from __future__ import annotations
 import json
 import sys
 from pathlib import Path
-from typing import Any
+from typing import TypeVar
+
+from grafana_foundation_sdk.builders import bargauge, dashboard, prometheus, stat, table, timeseries
+from grafana_foundation_sdk.cog import builder as cogbuilder
+from grafana_foundation_sdk.cog.encoder import JSONEncoder
+from grafana_foundation_sdk.models import dashboard as model
+from grafana_foundation_sdk.models.prometheus import PromQueryFormat
 
 OUT = Path(__file__).resolve().parents[1] / "deploy" / "grafana"
-DS = {"type": "prometheus", "uid": "${datasource}"}
+DS = model.DataSourceRef(type_val="prometheus", uid="${datasource}")
+TAG = "gpuaudit"
+# How many series a per-node panel shows: sites have thousands of nodes and GPUs.
+TOP = "$top"
+
+_T = TypeVar("_T")
+_PanelBuilder = stat.Panel | timeseries.Panel | table.Panel | bargauge.Panel
+_PANELS: dict[str, type[_PanelBuilder]] = {
+    "stat": stat.Panel,
+    "timeseries": timeseries.Panel,
+    "table": table.Panel,
+    "bargauge": bargauge.Panel,
+}
+_INSTANT = ("stat", "table", "bargauge")
 
 
-def _var_datasource() -> dict[str, Any]:
-    return {
-        "name": "datasource",
-        "label": "Prometheus",
-        "type": "datasource",
-        "query": "prometheus",
-        "current": {},
-        "hide": 0,
-    }
+class _Built(cogbuilder.Builder[_T]):
+    """A model the SDK has no builder for, handed to a builder that takes one."""
+
+    def __init__(self, value: _T) -> None:
+        self._value = value
+
+    def build(self) -> _T:
+        return self._value
 
 
-def _var_query(name: str, label: str, metric: str) -> dict[str, Any]:
-    return {
-        "name": name,
-        "label": label,
-        "type": "query",
-        "datasource": DS,
-        "query": {"query": f"label_values({metric}, {name})", "refId": f"{name}-values"},
-        "definition": f"label_values({metric}, {name})",
-        "refresh": 2,
-        "includeAll": True,
-        "multi": True,
-        "allValue": ".*",
-        "current": {"selected": True, "text": ["All"], "value": ["$__all"]},
-        "sort": 1,
-        "hide": 0,
-    }
+class _PrometheusAnnotation(model.AnnotationQuery):
+    """An annotation from a Prometheus query: one region per series, for as long as it is
+    present. Grafana's Prometheus data source reads titleFormat, textFormat, tagKeys and step
+    beside the fields of the dashboard schema, which the SDK's model does not carry."""
+
+    def __init__(self, name: str, expr: str, *, title: str, text: str, tag_keys: str, color: str) -> None:
+        super().__init__(name=name, datasource=DS, enable=True, hide=False, icon_color=color, expr=expr)
+        self.title_format = title
+        self.text_format = text
+        self.tag_keys = tag_keys
+
+    def to_json(self) -> dict[str, object]:
+        return super().to_json() | {
+            "titleFormat": self.title_format,
+            "textFormat": self.text_format,
+            "tagKeys": self.tag_keys,
+            "step": "1m",
+            "useValueForTime": False,
+        }
+
+
+def _var_query(name: str, label: str, metric: str) -> dashboard.QueryVariable:
+    return (
+        dashboard.QueryVariable(name)
+        .label(label)
+        .datasource(DS)
+        .query({"query": f"label_values({metric}, {name})", "refId": f"{name}-values"})
+        .refresh(model.VariableRefresh.ON_TIME_RANGE_CHANGED)
+        .include_all(True)
+        .multi(True)
+        .all_value(".*")
+        .current(model.VariableOption(selected=True, text=["All"], value=["$__all"]))
+        .sort(model.VariableSort.ALPHABETICAL_ASC)
+    )
+
+
+def _var_top() -> dashboard.CustomVariable:
+    return (
+        dashboard.CustomVariable("top")
+        .label("Top")
+        .values("10,25,100")
+        .current(model.VariableOption(selected=True, text="10", value="10"))
+    )
+
+
+def _findings_annotation(selector: str = "") -> _Built[model.AnnotationQuery]:
+    """Each open detector finding as a region over the dashboard's graphs (gpuaudit_finding_open)."""
+    return _Built(
+        _PrometheusAnnotation(
+            "Open findings",
+            f"max by (finding_id, kind, severity, tenant_pseudonym) (gpuaudit_finding_open{selector})",
+            title="Finding {{finding_id}} ({{severity}})",
+            text="{{kind}}, tenant {{tenant_pseudonym}}",
+            tag_keys="kind,severity,tenant_pseudonym",
+            color="red",
+        )
+    )
 
 
 class _Board:
-    def __init__(self, uid: str, title: str, description: str, variables: list[dict[str, Any]]) -> None:
+    def __init__(
+        self,
+        uid: str,
+        title: str,
+        description: str,
+        variables: list[cogbuilder.Builder[model.VariableModel]],
+        annotations: list[cogbuilder.Builder[model.AnnotationQuery]] | None = None,
+    ) -> None:
         self.uid = uid
-        self.title = title
-        self.description = description
-        self.variables = [_var_datasource(), *variables]
-        self.panels: list[dict[str, Any]] = []
-        self._x = 0
-        self._y = 0
-        self._row_h = 0
+        self._board = (
+            dashboard.Dashboard(title)
+            .uid(uid)
+            .description(description)
+            .tags([TAG])
+            .timezone("utc")
+            .version(1)
+            .editable()
+            .refresh("1m")
+            .time("now-6h", "now")
+            .with_variable(dashboard.DatasourceVariable("datasource").label("Prometheus").type("prometheus"))
+            # The other gpuaudit dashboards, found by tag: Grafana builds their URLs (a fixed
+            # "/d/uid" would miss a sub-path such as /grafana/).
+            .link(
+                dashboard.DashboardLink("gpuaudit")
+                .type(model.DashboardLinkType.DASHBOARDS)
+                .tags([TAG])
+                .as_dropdown(False)
+                .keep_time(True)
+                .include_vars(False)
+                .target_blank(False)
+            )
+        )
+        for v in variables:
+            self._board.with_variable(v)
+        for a in annotations or ():
+            self._board.annotation(a)
+        self._panels = 0
 
     def panel(
         self,
@@ -73,69 +167,64 @@ class _Board:
         decimals: int | None = None,
         no_value: str | None = None,
     ) -> None:
-        if self._x + w > 24:
-            self._x = 0
-            self._y += self._row_h
-            self._row_h = 0
-        defaults: dict[str, Any] = {"unit": unit}
+        self._panels += 1
+        is_instant = instant or kind in _INSTANT
+        p = _PANELS[kind]().id(self._panels).title(title).description(description).datasource(DS).unit(unit)
+        p.span(w).height(h)
         if decimals is not None:
-            defaults["decimals"] = decimals
+            p.decimals(decimals)
         if no_value is not None:  # what an empty result means, said in words rather than as a 0
-            defaults["noValue"] = no_value
-        p: dict[str, Any] = {
-            "id": len(self.panels) + 1,
-            "type": kind,
-            "title": title,
-            "description": description,
-            "datasource": DS,
-            "gridPos": {"x": self._x, "y": self._y, "w": w, "h": h},
-            "fieldConfig": {"defaults": defaults, "overrides": []},
-            "options": {},
-            "targets": [
-                {
-                    "refId": chr(ord("A") + i),
-                    "datasource": DS,
-                    "expr": expr,
-                    "legendFormat": legend,
-                    "instant": instant or kind in ("stat", "table", "bargauge"),
-                    "range": not (instant or kind in ("stat", "table", "bargauge")),
-                }
-                for i, (expr, legend) in enumerate(targets)
-            ],
-        }
+            p.no_value(no_value)
+        for i, (expr, legend) in enumerate(targets):
+            q = prometheus.Dataquery().ref_id(chr(ord("A") + i)).datasource(DS).expr(expr).legend_format(legend)
+            p.with_target(q.instant() if is_instant else q.range())
         if kind == "table":
-            p["transformations"] = [{"id": "labelsToFields", "options": {}}]
-        self.panels.append(p)
-        self._x += w
-        self._row_h = max(self._row_h, h)
+            p.with_transformation(model.DataTransformerConfig(id_val="labelsToFields", options={}))
+        self._board.with_panel(p)
 
-    def json(self) -> dict[str, Any]:
-        return {
-            "uid": self.uid,
-            "title": self.title,
-            "description": self.description,
-            "tags": ["gpuaudit"],
-            "timezone": "utc",
-            "schemaVersion": 39,
-            "version": 1,
-            "editable": True,
-            "refresh": "1m",
-            "time": {"from": "now-6h", "to": "now"},
-            "templating": {"list": self.variables},
-            "annotations": {"list": []},
-            "links": [
-                {"title": t, "type": "link", "url": f"/d/{u}"}
-                for u, t in (
-                    ("gpuaudit-fleet", "Fleet"),
-                    ("gpuaudit-tenants", "Tenant usage"),
-                    ("gpuaudit-findings", "Findings"),
-                    ("gpuaudit-trust", "Trust health"),
-                    ("gpuaudit-agents", "Agents"),
-                )
-                if u != self.uid
-            ],
-            "panels": self.panels,
+    def open_findings_table(self) -> None:
+        """The open detector findings, one row each (gpuaudit_finding_open), as the alert names them."""
+        self._panels += 1
+        q = (
+            prometheus.Dataquery()
+            .ref_id("A")
+            .datasource(DS)
+            .expr('max by (finding_id, kind, severity, tenant_pseudonym) (gpuaudit_finding_open{kind=~"$kind"})')
+            .legend_format("{{finding_id}}")
+            .format(PromQueryFormat.TABLE)
+            .instant()
+        )
+        organize = {
+            "excludeByName": {"Time": True, "Value": True},
+            "indexByName": {"finding_id": 0, "severity": 1, "kind": 2, "tenant_pseudonym": 3},
+            "renameByName": {
+                "finding_id": "Finding",
+                "severity": "Severity",
+                "kind": "Kind",
+                "tenant_pseudonym": "Tenant",
+            },
         }
+        self._board.with_panel(
+            table.Panel()
+            .id(self._panels)
+            .title("Open findings (runs going on)")
+            .description(
+                "One row per detector finding whose run goes on; the row goes when the run ends. Each open "
+                "high or critical large_training finding is also a GpuauditLargeTrainingByOpaqueTenant alert "
+                "and a region on the graphs (the Open findings annotation). Details: `gpuaudit-collector "
+                "findings --json`, `gpuaudit-collector report FINDING_ID --out FILE.html`."
+            )
+            .datasource(DS)
+            .span(24)
+            .height(6)
+            .no_value("no open finding")
+            .with_target(q)
+            .with_transformation(model.DataTransformerConfig(id_val="organize", options=organize))
+        )
+
+    def json(self) -> dict[str, object]:
+        doc: dict[str, object] = json.loads(JSONEncoder().encode(self._board.build()))
+        return doc
 
 
 RATE = "$__rate_interval"
@@ -146,7 +235,8 @@ def fleet() -> _Board:
         "gpuaudit-fleet",
         "gpuaudit / Fleet",
         "GPU nodes reporting signed usage statements, and what their GPUs are doing.",
-        [_var_query("node", "Node", "gpuaudit_node_gpus")],
+        [_var_query("node", "Node", "gpuaudit_node_gpus"), _var_top()],
+        [_findings_annotation()],
     )
     b.panel("stat", "Nodes reporting", [("gpuaudit_collector_nodes_reporting", "reporting")], w=4, h=4)
     b.panel("stat", "Nodes known", [("gpuaudit_collector_nodes_known", "known")], w=4, h=4)
@@ -171,28 +261,34 @@ def fleet() -> _Board:
     )
     b.panel(
         "timeseries",
-        "GPU utilization by node",
-        [('avg by (node) (gpuaudit_gpu_utilization_ratio{node=~"$node"})', "{{node}}")],
+        f"GPU utilization by node (top {TOP})",
+        [(f'topk({TOP}, avg by (node) (gpuaudit_gpu_utilization_ratio{{node=~"$node"}}))', "{{node}}")],
         unit="percentunit",
     )
     b.panel(
         "timeseries",
-        "GPU power by node",
-        [('sum by (node) (gpuaudit_gpu_power_watts{node=~"$node"})', "{{node}}")],
+        f"GPU power by node (top {TOP})",
+        [(f'topk({TOP}, sum by (node) (gpuaudit_gpu_power_watts{{node=~"$node"}}))', "{{node}}")],
         unit="watt",
     )
     b.panel(
         "timeseries",
-        "Energy by node (power from the energy counters)",
-        [(f'sum by (node) (rate(gpuaudit_node_energy_joules_total{{node=~"$node"}}[{RATE}]))', "{{node}}")],
+        f"Energy by node (power from the energy counters, top {TOP})",
+        [
+            (
+                f'topk({TOP}, sum by (node) (rate(gpuaudit_node_energy_joules_total{{node=~"$node"}}[{RATE}])))',
+                "{{node}}",
+            )
+        ],
         unit="watt",
     )
     b.panel(
         "table",
-        "GPUs (latest window)",
-        [('gpuaudit_gpu_utilization_ratio{node=~"$node"}', "{{node}} {{gpu}}")],
+        f"GPUs (latest window, top {TOP})",
+        [(f'topk({TOP}, gpuaudit_gpu_utilization_ratio{{node=~"$node"}})', "{{node}} {{gpu}}")],
         unit="percentunit",
-        description="Mean utilization of each GPU in its latest signed window.",
+        description="Mean utilization of each GPU in its latest signed window, the busiest first; narrow it "
+        "with the Node variable.",
     )
     b.panel(
         "timeseries",
@@ -224,7 +320,8 @@ def tenants() -> _Board:
         "gpuaudit-tenants",
         "gpuaudit / Tenant usage",
         "GPU-hours, energy and estimated FLOP by tenant, from signed statements (event time).",
-        [_var_query("tenant", "Tenant", "gpuaudit_tenant_gpu_seconds_total")],
+        [_var_query("tenant", "Tenant", "gpuaudit_tenant_gpu_seconds_total"), _var_top()],
+        [_findings_annotation()],
     )
     sel = '{tenant=~"$tenant"}'
     b.panel(
@@ -284,8 +381,8 @@ def tenants() -> _Board:
     )
     b.panel(
         "timeseries",
-        "Unattributed GPUs by node",
-        [(f"sum by (node) (rate(gpuaudit_unattributed_gpu_seconds_total[{RATE}]))", "{{node}}")],
+        f"Unattributed GPUs by node (top {TOP})",
+        [(f"topk({TOP}, sum by (node) (rate(gpuaudit_unattributed_gpu_seconds_total[{RATE}])))", "{{node}}")],
         decimals=1,
         description="Busy GPU time no tenant rule claimed. Add the rule to the node's agent config.",
     )
@@ -315,6 +412,7 @@ def findings() -> _Board:
         "Large training runs and other findings of the collector's detector. Details: "
         "`gpuaudit-collector findings --json`.",
         [_var_query("kind", "Kind", "gpuaudit_findings")],
+        [_findings_annotation('{kind=~"$kind"}')],
     )
     b.panel(
         "stat",
@@ -369,6 +467,7 @@ def findings() -> _Board:
         h=4,
         description="The highest opacity among each finding's material members.",
     )
+    b.open_findings_table()
     b.panel(
         "table",
         "gpuaudit alerts (firing and pending)",
@@ -390,7 +489,7 @@ def trust() -> _Board:
         "gpuaudit-trust",
         "gpuaudit / Trust health",
         "Is the record complete and intact? Refusals by reason, chain breaks, dark nodes, the store.",
-        [_var_query("node", "Node", "gpuaudit_node_last_statement_end_timestamp_seconds")],
+        [_var_query("node", "Node", "gpuaudit_node_last_statement_end_timestamp_seconds"), _var_top()],
     )
     b.panel("stat", "Statements stored", [("gpuaudit_collector_statements_stored", "stored")], w=4, h=4)
     b.panel(
@@ -446,8 +545,13 @@ def trust() -> _Board:
     )
     b.panel(
         "table",
-        "Chain gaps and forks by node",
-        [('sum by (node, reason) (gpuaudit_collector_chain_breaks_total{node=~"$node"}) > 0', "{{node}} {{reason}}")],
+        f"Chain gaps and forks by node (top {TOP})",
+        [
+            (
+                f'topk({TOP}, sum by (node, reason) (gpuaudit_collector_chain_breaks_total{{node=~"$node"}}) > 0)',
+                "{{node}} {{reason}}",
+            )
+        ],
         w=8,
         description="seq_gap, prev_mismatch: a statement is missing. seq_replay, equivocation: the chain forked.",
     )
@@ -459,10 +563,11 @@ def trust() -> _Board:
     )
     b.panel(
         "table",
-        "Statement lag by node (event time)",
+        f"Statement lag by node (event time, top {TOP})",
         [
             (
-                'sort_desc(time() - max by (node) (gpuaudit_node_last_statement_end_timestamp_seconds{node=~"$node"}))',
+                f"sort_desc(topk({TOP}, time() - max by (node) "
+                '(gpuaudit_node_last_statement_end_timestamp_seconds{node=~"$node"})))',
                 "{{node}}",
             )
         ],
@@ -471,11 +576,11 @@ def trust() -> _Board:
     )
     b.panel(
         "table",
-        "Last statement received by node (wall clock)",
+        f"Last statement received by node (wall clock, top {TOP})",
         [
             (
-                "sort_desc(time() - max by (node) "
-                '(gpuaudit_node_last_statement_received_timestamp_seconds{node=~"$node"}))',
+                f"sort_desc(topk({TOP}, time() - max by (node) "
+                '(gpuaudit_node_last_statement_received_timestamp_seconds{node=~"$node"})))',
                 "{{node}}",
             )
         ],

@@ -40,7 +40,7 @@ from collector.config import CollectorConfig
 from collector.detect.config import DetectConfig
 from collector.detect.engine import DetectorEngine
 from collector.integrity import KINDS as INTEGRITY_KINDS
-from collector.metrics import CHAIN_BREAK_REASONS, REFUSAL_REASONS
+from collector.metrics import CHAIN_BREAK_REASONS, NOT_PSEUDONYMISED, REFUSAL_REASONS
 from collector.server import start_collector
 from collector.store.base import FindingRecord
 from collector.store.sqlite import SqliteStore
@@ -50,6 +50,9 @@ GOLDEN = Path(__file__).resolve().parents[1] / "fixtures" / "metrics" / "collect
 # Labels a gpuaudit series may carry; anything else (a pid, a job, a key, a seq) is unbounded.
 ALLOWED_LABELS = {"node", "gpu", "tenant", "reason", "kind", "severity", "level", "bound", "collector", "le"}
 INFO_LABELS = {"version", "python_version"}
+# One series per open detector finding (a handful on a site, gone when the run ends), so that
+# an alert can name it: the one place a finding id is a label (collector/metrics.py).
+FINDING_LABELS = {"finding_id", "tenant_pseudonym"}
 
 
 def _scrape(port: int) -> str:
@@ -165,7 +168,10 @@ def test_only_bounded_labels_and_counters_end_in_total(scraped: Scraped) -> None
             continue
         for s in fam.samples:
             extra = (
-                set(s.labels) - ALLOWED_LABELS - (INFO_LABELS if fam.name == "gpuaudit_collector_build_info" else set())
+                set(s.labels)
+                - ALLOWED_LABELS
+                - (INFO_LABELS if fam.name == "gpuaudit_collector_build_info" else set())
+                - (FINDING_LABELS if fam.name == "gpuaudit_finding_open" else set())
             )
             assert not extra, f"{s.name} has label(s) {extra}: only bounded labels belong in Prometheus"
             if fam.type == "counter":
@@ -272,6 +278,20 @@ def test_values_match_what_the_agents_signed(scraped: Scraped) -> None:
     assert v("gpuaudit_findings_raised_total", kind="equivocation", severity="high") == 1
     open_total = sum(val for (n, _), val in m.items() if n == "gpuaudit_findings")
     assert open_total == 2, "two findings recorded, each counted once at its current severity"
+    # The detector's finding is open (its run went on to the end of the feed), named by id; the
+    # feed's tenants are not pseudonyms, so the label says so rather than carrying the tenant id.
+    open_findings = {labels: val for (n, labels), val in m.items() if n == "gpuaudit_finding_open"}
+    assert open_findings == {
+        frozenset(
+            {
+                "finding_id": detected[0].finding_id,
+                "kind": "large_training",
+                "severity": sev,
+                "tenant_pseudonym": NOT_PSEUDONYMISED,
+            }.items()
+        ): 1
+    }, open_findings
+    assert DEMO_OPAQUE_TENANT not in "".join(str(k) for k in open_findings)
 
 
 @pytest.mark.skipif(shutil.which("promtool") is None, reason="promtool absent (Debian package prometheus)")

@@ -1,6 +1,6 @@
 """A real Prometheus scrapes a real collector fed by simulated agents, and real agent
 processes (``gpuaudit-agent run`` with the simulated source); every Grafana panel's query,
-every dashboard variable and every rule in deploy/ is run against it.
+every dashboard variable and annotation and every rule in deploy/ is run against it.
 
 The agents are staged as an operator would meet them: one healthy, one whose key the
 collector revokes while it streams (a refused statement, a stopped stream, a spool that
@@ -36,6 +36,8 @@ from attestation.keys import load_key_file
 from collector.config import CollectorConfig
 from collector.detect.config import DetectConfig
 from collector.detect.engine import DetectorEngine
+from collector.detect.findings import Finding
+from collector.detect.opacity import Opacity
 from collector.server import start_collector
 from collector.store.sqlite import SqliteStore
 from collector.tenants import TenantDirectory
@@ -53,6 +55,7 @@ GRAFANA_VARS = {
     "$tenant": ".*",
     "$kind": ".*",
     "$instance": ".*",
+    "$top": "10",
 }
 AGENT_OK = "kl1-agent-ok"  # streams to the collector throughout
 AGENT_REFUSED = "kl1-agent-refused"  # its key is revoked while it streams
@@ -69,6 +72,30 @@ EMPTY_ALLOWED = {
 # The refused agent's spool bound: about four of its statements (8 GPUs, 1 s windows: about
 # 9 kB each), so that once its stream stops it reaches the bound within seconds and drops.
 REFUSED_SPOOL_MAX_BYTES = 40_000
+
+FINDING_ID = "f-0a1b2c3d4e5f6071"
+PSEUDONYM = "tp-0123456789abcdef"
+
+
+def _open_finding(now_ms: int) -> Finding:
+    """A critical large_training finding of pseudonymous tenant PSEUDONYM, updated now."""
+    return Finding(
+        id=FINDING_ID,
+        kind="large_training",
+        tenant=PSEUDONYM,
+        tenants=(PSEUDONYM,),
+        severity="critical",
+        started_at_ms=now_ms - 3_600_000,
+        detected_at_ms=now_ms - 3_000_000,
+        updated_at_ms=now_ms,
+        gpus=256,
+        nodes=32,
+        gpu_hours=256.0,
+        flop_estimate=None,
+        score=0.9,
+        opacity=Opacity(0.9, ("beneficial owners not disclosed",)),
+    )
+
 
 pytestmark = pytest.mark.skipif(
     not Path(PROMETHEUS).exists(), reason="prometheus absent (Debian package prometheus; .ci/run installs it)"
@@ -106,6 +133,14 @@ def _panels() -> list[tuple[str, str, str]]:
         for p in board["panels"]:
             for t in p["targets"]:
                 out.append((path.name, p["title"], t["expr"]))
+    return out
+
+
+def _annotations() -> list[tuple[str, str, str]]:
+    out = []
+    for path in sorted(GRAFANA.glob("*.json")):
+        for a in json.loads(path.read_text()).get("annotations", {}).get("list", []):
+            out.append((path.name, a["name"], a["expr"]))
     return out
 
 
@@ -278,6 +313,11 @@ def test_dashboards_and_rules_against_a_real_prometheus(tmp_path: Path) -> None:
             tokens = [store.create_token(600, now_ms) for _ in range(SITE_NODES + 2)]
             fed = await feed(f"127.0.0.1:{running.port}", tokens)
             assert fed.stats.rejected == []
+            # A large-training run going on now. The fed site's run is months old by the wall
+            # clock that the live agents' windows carry, so the detector rightly has none open;
+            # the finding is handed to the collector's metrics as FindingSink hands the
+            # detector's (tests/integration/test_metrics_golden.py sees the detector's own).
+            running.metrics.observe_finding_open(_open_finding(time.time_ns() // 1_000_000))
             deadline = time.monotonic() + 20
             while not _query(base, f'gpuaudit_agent_rejects_total{{instance="{refused.node}"}}')["result"]:
                 assert time.monotonic() < deadline, (
@@ -303,6 +343,12 @@ def test_dashboards_and_rules_against_a_real_prometheus(tmp_path: Path) -> None:
                     if (not data["result"] or not _finite(data)) and (board, title) not in EMPTY_ALLOWED:
                         empty.append(f"{board} / {title}: {expr} -> {data['result']}")
                 assert not empty, "panels without data from a fed collector and live agents:\n" + "\n".join(empty)
+                # The open-findings annotation marks the large-training run going on.
+                annotations = _annotations()
+                assert {b for b, _, _ in annotations} == {"findings.json", "fleet.json", "tenants.json"}, annotations
+                for board, name, expr in annotations:
+                    result = _query(base, _substitute(expr))["result"]
+                    assert [r["metric"]["finding_id"] for r in result] == [FINDING_ID], (board, name, expr, result)
                 for board, q in _variables():
                     metric, label = q[len("label_values(") : -1].split(", ")
                     assert _query(base, f"count by ({label}) ({metric})")["result"], (board, q)
@@ -312,6 +358,16 @@ def test_dashboards_and_rules_against_a_real_prometheus(tmp_path: Path) -> None:
                 assert len(rules) == len(in_file), f"Prometheus loaded {len(rules)} rules, rules.yml has {len(in_file)}"
                 bad = [(r["name"], r.get("lastError")) for r in rules if r["health"] != "ok"]
                 assert not bad, f"rules failing in a real Prometheus: {bad}"
+                # The large-training alert names the finding and the tenant's pseudonym.
+                training = [
+                    a
+                    for a in _get(f"{base}/api/v1/alerts")["data"]["alerts"]
+                    if a["labels"]["alertname"] == "GpuauditLargeTrainingByOpaqueTenant"
+                ]
+                assert [(a["state"], a["labels"]["finding_id"], a["labels"]["tenant_pseudonym"]) for a in training] == [
+                    ("firing", FINDING_ID, PSEUDONYM)
+                ], training
+                assert FINDING_ID in training[0]["annotations"]["summary"], training
                 alerts = {
                     (
                         a["labels"]["alertname"],

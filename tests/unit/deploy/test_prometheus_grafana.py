@@ -85,6 +85,14 @@ def test_rules_are_valid_and_pass_their_unit_tests() -> None:
             "sum by (instance, job, reason) (increase(gpuaudit_agent_rejects_total[15m])) > 0",
         ),
         ("dropped_by_agents_total[1h])) > 0", "dropped_by_agents_total[5m])) > 0"),
+        # The large-training alert names the finding and its tenant's pseudonym, and fires for
+        # the whole run: not only the hour after the finding was raised.
+        ("max by (finding_id, kind, severity, tenant_pseudonym) (", "max by (kind, severity) ("),
+        (
+            '{kind="large_training",severity=~"high|critical"}\n          ) == 1',
+            '{kind="large_training",severity=~"high|critical"}\n          ) == 1\n'
+            "          unless max by (finding_id, kind, severity, tenant_pseudonym) (gpuaudit_finding_open offset 1h)",
+        ),
         # A clock step and a spool drop are seen for an hour, by direction and by reason, and an
         # agent restart (counters back to 0) is neither.
         ("increase(gpuaudit_agent_clock_jumps_total[1h]) > 0", "increase(gpuaudit_agent_clock_jumps_total[5m]) > 0"),
@@ -156,6 +164,12 @@ def test_dashboards_are_generated_and_well_formed() -> None:
             assert all(t["expr"].strip() for t in p["targets"]), (name, p["title"])
             g = p["gridPos"]
             assert g["x"] + g["w"] <= 24, (name, p["title"])
+        # Links between the dashboards: by tag, resolved by Grafana, so they work under a
+        # sub-path (root_url .../grafana/); a fixed "/d/uid" URL would not.
+        assert board["links"] and all(
+            link["type"] == "dashboards" and link["tags"] == ["gpuaudit"] for link in board["links"]
+        ), (name, board["links"])
+        assert not re.search(r'"url": "/', text), f"{name}: an absolute URL breaks under a sub-path"
     titles = {json.loads(t)["title"] for t in rendered.values()}
     assert titles == {
         "gpuaudit / Fleet",
@@ -164,6 +178,43 @@ def test_dashboards_are_generated_and_well_formed() -> None:
         "gpuaudit / Trust health",
         "gpuaudit / Agents",
     }
+
+
+def test_per_node_panels_show_the_top_k_only() -> None:
+    """A site has thousands of nodes and GPUs: a panel with one series per node or GPU shows the
+    top $top (or top 10), never all of them. (The Agents dashboard's per-agent panels are top 10
+    or list only agents at fault.)"""
+    per_node = 0
+    for path in sorted(GRAFANA.glob("*.json")):
+        board = json.loads(path.read_text())
+        for p in board["panels"]:
+            for t in p["targets"]:
+                expr = t["expr"]
+                if not re.search(r"by \(node\b", expr) and not re.search(r"(?<![(\w])gpuaudit_gpu_\w+\{", expr):
+                    continue
+                if expr.startswith(("count(", "sum(", "max(", "avg(")) or " > 0" in expr or "> on (" in expr:
+                    continue  # one number over all nodes, or only the nodes at fault
+                per_node += 1
+                assert re.search(r"\b(topk|bottomk)\((\$top|10), ", expr), (path.name, p["title"], expr)
+        variables = {v["name"]: v for v in board["templating"]["list"]}
+        if "$top" in path.read_text():
+            assert variables["top"]["type"] == "custom" and variables["top"]["current"]["value"] == "10", path.name
+    assert per_node >= 7, f"found {per_node} per-node queries; the dashboards have 7"
+
+
+def test_findings_dashboard_lists_open_findings_and_marks_them_on_the_graphs() -> None:
+    board = json.loads((GRAFANA / "findings.json").read_text())
+    (table,) = [p for p in board["panels"] if p["title"].startswith("Open findings")]
+    (target,) = table["targets"]
+    assert "gpuaudit_finding_open" in target["expr"] and target["format"] == "table" and target["instant"]
+    organize = table["transformations"][0]["options"]
+    assert set(organize["indexByName"]) == {"finding_id", "severity", "kind", "tenant_pseudonym"}
+    for name in ("findings.json", "fleet.json", "tenants.json"):
+        (annotation,) = json.loads((GRAFANA / name).read_text())["annotations"]["list"]
+        assert "gpuaudit_finding_open" in annotation["expr"], name
+        assert annotation["titleFormat"] == "Finding {{finding_id}} ({{severity}})", name
+        assert "{{tenant_pseudonym}}" in annotation["textFormat"], name
+        assert annotation["datasource"]["uid"] == "${datasource}" and annotation["enable"], name
 
 
 def _yaml(text: str) -> Any:
