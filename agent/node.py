@@ -17,6 +17,7 @@ from agent import __version__
 from agent.attribution import Attributor, ScontrolSlurmResolver, TenantRules
 from agent.clock import ClockWatch
 from agent.config import AgentConfig
+from agent.configfile import ConfigError
 from agent.metrics import AgentMetrics
 from agent.reconcile import Reconciler
 from agent.rotation import RotationSchedule, finish_rotation, resume_rotation, start_streams, switch_stream
@@ -154,7 +155,7 @@ async def ensure_enrolled(channel: grpc.aio.Channel, cfg: AgentConfig, signer: S
         return
     token = join_token(cfg)
     if token is None:
-        raise RuntimeError(
+        raise ConfigError(
             "this node's key is not enrolled yet: give a one-time join token (join_token_file in the config, "
             "or GPUAUDIT_JOIN_TOKEN) created with `gpuaudit-collector token create`"
         )

@@ -14,6 +14,7 @@ import gzip
 import io
 import json
 import math
+import zlib
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -294,10 +295,30 @@ def parse_lines(lines: Iterable[str], name: str = "<trace>") -> Iterator[TraceRe
         raise TraceError(f"{name}: empty trace (no header line)")
 
 
+class TraceUnreadableError(TraceError):
+    """The trace file cannot be read at all (missing, a folder, no permission)."""
+
+
 def read_trace(path: Path | str) -> Iterator[TraceRecord]:
+    """Records of the trace at ``path``. A file that cannot be read raises
+    TraceUnreadableError; one that is not what its name says (a plain file named .gz, a
+    truncated gzip stream, bytes that are not UTF-8) raises TraceError."""
     p = Path(path)
-    with _open_text(p) as fh:
-        yield from parse_lines(fh, str(p))
+    try:
+        fh = _open_text(p)
+    except OSError as exc:
+        raise TraceUnreadableError(f"cannot read {p}: {exc.strerror or exc}") from exc
+    with fh:
+        try:
+            yield from parse_lines(fh, str(p))
+        except gzip.BadGzipFile as exc:
+            raise TraceError(f"{p}: not a gzip file, though its name ends in .gz ({exc})") from exc
+        except (EOFError, zlib.error) as exc:
+            raise TraceError(f"{p}: the gzip stream is truncated or corrupt ({exc})") from exc
+        except UnicodeDecodeError as exc:
+            raise TraceError(f"{p}: not UTF-8 text at byte {exc.start} (compressed? name it .gz)") from exc
+        except OSError as exc:
+            raise TraceUnreadableError(f"cannot read {p}: {exc.strerror or exc}") from exc
 
 
 def header() -> dict[str, Any]:

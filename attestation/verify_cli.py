@@ -1,7 +1,9 @@
 """gpuaudit-verify: verify a vendor bundle offline (docs/vendor-guide.md).
 
-Exit codes: 0 everything verifies; 1 verification failed (every failure is listed with
-its reason); 2 usage error (bad arguments, unreadable file).
+Exit codes (attestation/exitcodes.py, the same for every gpuaudit command): 0 everything
+verifies; 1 verification failed (every failure is listed with its reason); 2 usage (bad
+arguments, a log key or checkpoint file that is not one); 3 a file cannot be read (missing,
+no permission); 4 unexpected error. Every error is one ``error:`` line on stderr.
 """
 
 from __future__ import annotations
@@ -16,6 +18,7 @@ from typing import Any
 
 from cryptography.hazmat.primitives import serialization
 
+from attestation import exitcodes
 from attestation.cc import NVIDIA_DEVICE_ROOT_SHA256, load_cc_root
 from attestation.coverage import Coverage
 from attestation.errors import KeyFileError, SchemaError
@@ -301,9 +304,9 @@ def build_parser() -> argparse.ArgumentParser:
         "windows, energy counters, inclusion in the log's signed checkpoint and, given an earlier checkpoint, "
         "the log's consistency with it, and what the bundle proves about what it leaves out (committed heads). "
         "Prints a summary per tenant and per GPU serial (GPU-hours, energy, coverage of the period, gaps, "
-        "problems) and the log key's fingerprint and how it was trusted; --details for every serial and node. "
-        "Exit 0: verified; 1: verification failed; 2: usage error.",
+        "problems) and the log key's fingerprint and how it was trusted; --details for every serial and node.",
     )
+    ap.add_argument("-v", "--verbose", action="store_true", help="the traceback of an unexpected error")
     ap.add_argument("bundle", type=Path, metavar="FILE", help="bundle from gpuaudit-collector export")
     ap.add_argument("--json", action="store_true", help="print the report as JSON (everything, per serial and node)")
     ap.add_argument(
@@ -333,64 +336,70 @@ def build_parser() -> argparse.ArgumentParser:
         help="trust anchor (one certificate, PEM or DER) for GPU confidential-computing attestation reports, "
         "instead of the pinned NVIDIA Device Identity CA (SHA-256 " + NVIDIA_DEVICE_ROOT_SHA256[:16] + "…)",
     )
+    exitcodes.add_epilogs(
+        ap,
+        exitcodes.epilog(
+            "Here: 1 is a bundle that does not verify, a malformed one included (every failure is listed); "
+            "3 a file that cannot be read."
+        ),
+    )
     return ap
 
 
 def main(argv: list[str] | None = None) -> int:
     ns = build_parser().parse_args(argv)
+    return exitcodes.run_command(lambda: _verify(ns), verbose=ns.verbose)
+
+
+def _unreadable(what: str, exc: OSError) -> exitcodes.CliError:
+    return exitcodes.unavailable(f"cannot read {what}: {exc.strerror or exc}")
+
+
+def _verify(ns: argparse.Namespace) -> int:
     try:
         with open(ns.bundle, "rb"):
             pass
     except OSError as exc:
-        print(f"error: cannot read {ns.bundle}: {exc.strerror or exc}", file=sys.stderr)
-        return 2
+        raise _unreadable(str(ns.bundle), exc) from exc
     previous = None
     pins: list[PinnedLogKey] = []
     if ns.log_key is not None:
         try:
             pins.append(PinnedLogKey(read_log_key(ns.log_key), f"--log-key {ns.log_key}"))
         except OSError as exc:
-            print(f"error: cannot read the log key {ns.log_key}: {exc.strerror or exc}", file=sys.stderr)
-            return 2
+            raise _unreadable(f"the log key {ns.log_key}", exc) from exc
         except ValueError as exc:
-            print(f"error: cannot read the log key {ns.log_key}: {exc}", file=sys.stderr)
-            return 2
+            raise exitcodes.usage(f"the log key {ns.log_key}: {exc}") from exc
     if ns.previous_checkpoint is not None:
         try:
             previous = read_previous(ns.previous_checkpoint)
         except OSError as exc:
-            print(f"error: cannot read the previous checkpoint {ns.previous_checkpoint}: {exc.strerror or exc}",
-                  file=sys.stderr)  # fmt: skip
-            return 2
-        except UnicodeDecodeError:
-            print(f"error: the previous checkpoint {ns.previous_checkpoint} is not UTF-8 text", file=sys.stderr)
-            return 2
+            raise _unreadable(f"the previous checkpoint {ns.previous_checkpoint}", exc) from exc
+        except UnicodeDecodeError as exc:
+            raise exitcodes.usage(f"the previous checkpoint {ns.previous_checkpoint} is not UTF-8 text") from exc
         except ValueError as exc:
-            print(f"error: cannot read the previous checkpoint {ns.previous_checkpoint}: {exc}", file=sys.stderr)
-            return 2
+            raise exitcodes.usage(f"the previous checkpoint {ns.previous_checkpoint}: {exc}") from exc
         if ns.previous_checkpoint.read_bytes().lstrip().startswith(b"{"):  # an earlier bundle: its key too
             try:
                 pins.append(
                     PinnedLogKey(read_log_key(ns.previous_checkpoint), f"the earlier bundle {ns.previous_checkpoint}")
                 )
-            except (OSError, ValueError) as exc:
-                print(f"error: cannot read the log key of {ns.previous_checkpoint}: {exc}", file=sys.stderr)
-                return 2
+            except OSError as exc:
+                raise _unreadable(f"the log key of {ns.previous_checkpoint}", exc) from exc
+            except ValueError as exc:
+                raise exitcodes.usage(f"the log key of {ns.previous_checkpoint}: {exc}") from exc
     cc_root = None
     if ns.cc_root is not None:
         try:
             cc_root = load_cc_root(ns.cc_root.read_bytes())
         except OSError as exc:
-            print(f"error: cannot read the CC root {ns.cc_root}: {exc.strerror or exc}", file=sys.stderr)
-            return 2
+            raise _unreadable(f"the CC root {ns.cc_root}", exc) from exc
         except SchemaError as exc:
-            print(f"error: the CC root {ns.cc_root} is not a certificate: {exc}", file=sys.stderr)
-            return 2
+            raise exitcodes.usage(f"the CC root {ns.cc_root} is not a certificate: {exc}") from exc
     try:
         report = verify_bundle_file(ns.bundle, previous, cc_root=cc_root, pinned_log_keys=tuple(pins))
     except OSError as exc:
-        print(f"error: cannot read {ns.bundle}: {exc.strerror or exc}", file=sys.stderr)
-        return 2
+        raise _unreadable(str(ns.bundle), exc) from exc
     if ns.json:
         print(json.dumps(report.to_json(), indent=2))
     else:

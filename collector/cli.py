@@ -1,9 +1,10 @@
 """gpuaudit-collector: the collector's command line.
 
-Exit codes: 0 ok; 1 findings were listed or raised where that is the point (``detect``
-with ``--fail-on-findings``), or a command failed; 2 usage or configuration error; 3
-(``detect --prometheus``) Prometheus could not be read: unreachable, refused the
-credentials or the TLS certificate, or answered an error.
+Exit codes (attestation/exitcodes.py, the same for every gpuaudit command): 0 ok; 1 the
+answer is no (findings with ``--fail-on-findings``, a log audit that does not match, a
+finding or key that is not there); 2 usage or configuration; 3 environment (a file or
+folder missing, a port in use, Prometheus or the store unreachable); 4 unexpected error;
+130 interrupted. Every error is one ``error:`` line on stderr.
 """
 
 from __future__ import annotations
@@ -23,6 +24,8 @@ from typing import Any
 
 from agent import __version__
 from agent.configfile import ConfigError
+from attestation import exitcodes
+from attestation.exitcodes import CliError, unavailable, usage
 
 _logger = logging.getLogger(__name__)
 
@@ -75,11 +78,11 @@ def _tenants(path: Path | None) -> Any:
     return TenantDirectory.load(path) if path is not None else TenantDirectory()
 
 
-def _screened(directory: Any, cfg: Any) -> Any:
-    """``directory`` screened against the configured list (``screening_list``, ``--screening-list``);
-    a list older than ``screening_max_age_days`` is a warning."""
+def _screening(cfg: Any) -> Any:
+    """The configured screening list (``screening_list``, ``--screening-list``), or None; a list
+    older than ``screening_max_age_days`` is a warning."""
     if cfg.screening_list is None:
-        return directory
+        return None
     from datetime import UTC, datetime
 
     from collector.screening import ScreeningSource
@@ -88,14 +91,33 @@ def _screened(directory: Any, cfg: Any) -> Any:
     warning = source.staleness(datetime.now(UTC).date())
     if warning:
         _logger.warning("%s", warning)
-    return directory.with_screening(source)
+    return source
 
 
-def _site_tenants(cfg: Any) -> Any:
-    """The tenants file, each tenant also under its pseudonym (statements name pseudonyms)."""
+def _screened(directory: Any, cfg: Any) -> Any:
+    """``directory`` screened against the configured list."""
+    source = _screening(cfg)
+    return directory if source is None else directory.with_screening(source)
+
+
+def _site_tenants(cfg: Any, directory: Any = None) -> Any:
+    """The tenants file (or ``directory``, read from it already), each tenant also under its
+    pseudonym (statements name pseudonyms)."""
     from collector.pseudonyms import key_path, load_or_create_key, with_pseudonyms
 
-    return with_pseudonyms(_tenants(cfg.tenants), load_or_create_key(key_path(cfg.db)))
+    directory = _tenants(cfg.tenants) if directory is None else directory
+    return with_pseudonyms(directory, load_or_create_key(key_path(cfg.db)))
+
+
+def _check_out(path: Path, flag: str = "--out") -> None:
+    """Before a command reads or writes anything: the file ``path`` can be written."""
+    folder = path.parent
+    if path.is_dir():
+        raise usage(f"{flag} {path} is a folder: give a file name in it")
+    if not folder.is_dir():
+        raise unavailable(f"{flag} {path}: the folder {folder} does not exist; create it first (mkdir -p {folder})")
+    if not os.access(folder, os.W_OK | os.X_OK):
+        raise unavailable(f"{flag} {path}: cannot write in {folder} (permission denied)")
 
 
 def _cmd_tenant(ns: argparse.Namespace) -> int:
@@ -168,7 +190,7 @@ def _open_store(cfg: Any, *, create: bool = False) -> Any:
     from collector.store.sqlite import SqliteStore
 
     if not create and not Path(cfg.db).exists():
-        raise ConfigError(f"no store at {cfg.db}: give the collector's --db (or --config)")
+        raise unavailable(f"no store at {cfg.db}: give the collector's --db (or --config)")
     return SqliteStore(cfg.db)
 
 
@@ -193,14 +215,40 @@ def _write_ready_file(path: Path, ports: dict[str, int | None]) -> None:
     os.replace(tmp, path)
 
 
+def _check_serve(cfg: Any) -> None:
+    """What ``serve`` needs from the machine, checked before it creates a store, a key or a
+    checkpoint: TLS settings whose files can be read and belong together, and free ports."""
+    from collector.server import InsecureRefusedError
+
+    if cfg.tls_cert is None:
+        if not cfg.insecure:
+            raise InsecureRefusedError("refusing to serve plaintext gRPC without insecure = true")
+    else:
+        exitcodes.read_tls_files(
+            ("tls_client_ca", cfg.tls_client_ca), ("tls_cert", cfg.tls_cert), ("tls_key", cfg.tls_key)
+        )
+    exitcodes.check_port_free(cfg.listen, "gRPC address (listen)")
+    if cfg.metrics_listen:
+        exitcodes.check_port_free(cfg.metrics_listen, "metrics address (metrics_listen)")
+
+
 def _cmd_serve(ns: argparse.Namespace) -> int:
+    import errno
+
     from collector.detect.engine import DetectorEngine
-    from collector.log import LogIdentityError
-    from collector.server import InsecureRefusedError, start_collector
+    from collector.server import start_collector
 
     cfg, dcfg = _load(ns)
+    _check_serve(cfg)
+    directory = _tenants(cfg.tenants)  # a bad tenants file or screening list stops it here, before the store
+    screening = _screening(cfg)
     store = _open_store(cfg, create=True)
-    engine = DetectorEngine(dcfg, _screened(_site_tenants(cfg), cfg))
+    try:
+        tenants = _site_tenants(cfg, directory)
+        engine = DetectorEngine(dcfg, tenants if screening is None else tenants.with_screening(screening))
+    except BaseException:
+        store.close()
+        raise
 
     async def main() -> None:
         # Handlers first: a SIGTERM that arrives as soon as the ready file exists (or during
@@ -227,9 +275,11 @@ def _cmd_serve(ns: argparse.Namespace) -> int:
 
     try:
         asyncio.run(main())
-    except (InsecureRefusedError, LogIdentityError) as exc:
-        print(f"error: {exc.diagnostics()}", file=sys.stderr)
-        return 2
+    except OSError as exc:
+        if exc.errno != errno.EADDRINUSE:
+            raise
+        # Taken between the check and the start.
+        raise unavailable(f"a port of {cfg.listen} or {cfg.metrics_listen} is in use by another process") from exc
     finally:
         store.close()
     return 0
@@ -239,6 +289,8 @@ def _cmd_token(ns: argparse.Namespace) -> int:
     import time
 
     cfg, _ = _load(ns)
+    if ns.out:
+        _check_out(Path(ns.out))
     store = _open_store(cfg, create=True)
     try:
         ttl = ns.ttl_s if ns.ttl_s is not None else cfg.token_ttl_s
@@ -313,7 +365,7 @@ def format_findings(docs: list[dict[str, Any]]) -> str:
 
 def _cmd_detect(ns: argparse.Namespace) -> int:
     from agent.pipeline import windows_from_trace
-    from agent.trace import TraceError
+    from agent.trace import TraceError, TraceUnreadableError
     from collector.detect.engine import run_offline
 
     if ns.prometheus is not None:
@@ -326,9 +378,10 @@ def _cmd_detect(ns: argparse.Namespace) -> int:
     try:
         tenants = _screened(_tenants(ns.tenants), cfg)
         findings = run_offline(windows_from_trace(ns.trace, window_s=ns.window_s), dcfg, tenants)
+    except TraceUnreadableError as exc:
+        raise unavailable(f"{exc}: give --trace a trace v1 file (.jsonl or .jsonl.gz)") from exc
     except TraceError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
+        raise usage(f"{exc} (trace v1: docs/formats.md)") from exc
     docs = [f.to_json() for f in findings]
     if ns.json:
         print(json.dumps(docs, indent=2))
@@ -418,10 +471,13 @@ def _rfc3339_ms(text: str) -> int:
 def _cmd_export(ns: argparse.Namespace) -> int:
     import time
 
+    from attestation.errors import CheckpointError
     from collector.export import Selection, export_bundle, read_checkpoint_file
     from collector.log import Log
 
     cfg, _ = _load(ns)
+    # What it was given, checked before it opens the store and signs a checkpoint there.
+    _check_out(ns.out)
     sel = Selection(
         serials=tuple(ns.serial or ()),
         tenant=ns.tenant,
@@ -431,17 +487,26 @@ def _cmd_export(ns: argparse.Namespace) -> int:
         nodes=tuple(ns.node or ()),
     )
     previous = read_checkpoint_file(ns.previous_checkpoint) if ns.previous_checkpoint else None
+    tenants = _tenants(cfg.tenants)
     store = _open_store(cfg)
     try:
+        log = Log.open(cfg, store)
+        if previous is not None:
+            try:
+                log.verify_own(previous)
+            except CheckpointError as exc:
+                raise usage(
+                    f"--previous-checkpoint {ns.previous_checkpoint} was not signed by this log ({log.origin}): {exc}"
+                ) from exc
         # Streamed to the file (collector/export.py): memory stays bounded whatever the selection.
         summary = export_bundle(
             ns.out,
             store,
-            Log.open(cfg, store),
+            log,
             sel,
             time.time_ns() // 1_000_000,
             previous,
-            tenants=_site_tenants(cfg),
+            tenants=_site_tenants(cfg, tenants),
         )
     finally:
         store.close()
@@ -462,13 +527,13 @@ def _cmd_log_public_key(ns: argparse.Namespace) -> int:
     cfg, _ = _load(ns)
     path = cfg.log_key_path()
     if not path.exists():
-        print(f"error: no log key at {path} yet: it is created when the collector first starts", file=sys.stderr)
-        return 1
+        raise unavailable(
+            f"no log key at {path} yet: it is created when the collector first starts (or give its --config)"
+        )
     try:
         public = load_key_file(path).public_key()
     except KeyFileError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 1
+        raise usage(f"the log key {path}: {exc}") from exc
     pem = serialization.load_der_public_key(public.spki_der).public_bytes(
         serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo
     )
@@ -618,6 +683,7 @@ def _cmd_report(ns: argparse.Namespace) -> int:
     from collector.report import build_report, from_detect_config, tenant_facts, write_report
 
     cfg, dcfg = _load(ns)
+    _check_out(ns.out)
     store_args = f"--db {ns.db}" if ns.db else (f"--config {ns.config}" if ns.config else "")
     store = _open_store(cfg)
     try:
@@ -662,7 +728,7 @@ def _cmd_demo(ns: argparse.Namespace) -> int:
 def build_parser() -> argparse.ArgumentParser:
     ap = argparse.ArgumentParser(prog="gpuaudit-collector", description="gpuaudit collector")
     ap.add_argument("--version", action="version", version=f"gpuaudit-collector {__version__}")
-    ap.add_argument("-v", "--verbose", action="store_true", help="debug logging")
+    ap.add_argument("-v", "--verbose", action="store_true", help="debug logging; the traceback of an unexpected error")
     ap.add_argument("-q", "--quiet", action="store_true", help="errors only")
     sub = ap.add_subparsers(dest="cmd", required=True)
 
@@ -707,12 +773,13 @@ def build_parser() -> argparse.ArgumentParser:
         description="Run the detector offline and print its findings. Either on a Trace v1 file (--trace), "
         "or on a span of the dcgm-exporter series a Prometheus already holds (--prometheus URL --start T --end T): "
         "each host's GPUs become one unsigned usage window per 60 s and go through the same detector as signed "
-        "statements. Findings from Prometheus carry \"source\": \"prometheus\" and a note that the data is "
+        'statements. Findings from Prometheus carry "source": "prometheus" and a note that the data is '
         "unsigned and has no process-level attribution; what could not be read (series without a host or UUID "
         "label, metrics not exported, hosts with gaps) is reported on stderr. See README, 'Try it on your history'.",
-        epilog="exit codes: 0 ok (findings or not, unless --fail-on-findings); 1 findings listed with "
-        "--fail-on-findings; 2 usage or configuration error (bad times, step, rules file, label map); "
-        "3 Prometheus could not be read (unreachable, credentials or TLS refused, query error).",
+        epilog="Here: 0 whether there are findings or not, unless --fail-on-findings; 1 findings listed with "
+        "--fail-on-findings; 2 a bad trace, time, step, rules file, label map or tenants file; 3 the trace or "
+        "another file cannot be read, or Prometheus cannot be (unreachable, credentials or TLS refused, query "
+        "error).",
     )
     dt_.add_argument("--config", type=Path, help="collector config (its [detect] table is used)")
     src = dt_.add_mutually_exclusive_group(required=True)
@@ -906,24 +973,49 @@ def build_parser() -> argparse.ArgumentParser:
     dm.add_argument("--workdir", type=Path, help="keep the demo's files here (default: a temporary directory)")
     dm.add_argument("--keep", action="store_true", help="leave the collector running at the end (Ctrl-C stops)")
     dm.set_defaults(func=_cmd_demo)
+    exitcodes.add_epilogs(ap, exitcodes.epilog())
     return ap
+
+
+def _classify(exc: BaseException) -> CliError | None:
+    """The exit code and line of an error a command let through (attestation/exitcodes.py)."""
+    from collector.ca import CaError
+    from collector.errors import StoreError
+    from collector.log import LogIdentityError
+    from collector.prometheus.client import PrometheusError
+    from collector.pseudonyms import PseudonymKeyError
+    from collector.screening import ScreeningError
+    from collector.server import InsecureRefusedError
+    from collector.tenants import TenantsError
+
+    missing = isinstance(exc.__cause__, OSError)
+    if isinstance(exc, ConfigError):  # a config file that is not there is missing, not wrong
+        return CliError(exitcodes.UNAVAILABLE if missing else exitcodes.USAGE, f"configuration: {exc}")
+    if isinstance(exc, TenantsError):
+        # Offline commands read the file once: nothing to restart, only to fix and run again.
+        return CliError(
+            exitcodes.UNAVAILABLE if missing else exitcodes.USAGE,
+            f"tenants file: {exc}" + ("" if missing else "; fix the file (format: Tenants v1.1, docs/formats.md)"),
+        )
+    if isinstance(exc, ScreeningError):
+        return CliError(exitcodes.UNAVAILABLE if missing else exitcodes.USAGE, exc.diagnostics())
+    if isinstance(exc, (InsecureRefusedError, LogIdentityError, PseudonymKeyError, CaError)):
+        return usage(exc.diagnostics())
+    if isinstance(exc, (StoreError, PrometheusError)):
+        return unavailable(exc.diagnostics())
+    if isinstance(exc, RuntimeError) and "Failed to bind to address" in str(exc):  # gRPC's port in use
+        return unavailable(f"{str(exc).split(';')[0]}: the port is in use by another process; choose another")
+    diag = getattr(exc, "diagnostics", None)
+    if callable(diag):  # the collector's own errors: a command that failed on its merits
+        return CliError(exitcodes.UNAVAILABLE if missing else exitcodes.FAILED, str(diag()))
+    return None
 
 
 def main(argv: list[str] | None = None) -> int:
     ns = build_parser().parse_args(argv)
     # The demo prints its own story; library INFO lines would only clutter it.
     _setup_logging(ns.verbose, ns.quiet or (ns.cmd == "demo" and not ns.verbose))
-    try:
-        return int(ns.func(ns))
-    except ConfigError as exc:
-        print(f"error: configuration: {exc}", file=sys.stderr)
-        return 2
-    except Exception as exc:
-        diag = getattr(exc, "diagnostics", None)
-        if callable(diag):
-            print(f"error: {diag()}", file=sys.stderr)
-            return 1
-        raise
+    return exitcodes.run_command(lambda: ns.func(ns), verbose=ns.verbose, classify=_classify)
 
 
 if __name__ == "__main__":

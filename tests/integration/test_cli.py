@@ -94,7 +94,7 @@ def test_agent_run_without_a_gpu_driver_says_so(tmp_path: Path) -> None:
         'collector = "127.0.0.1:1"\n'
     )
     p = run("agent.cli", "run", "--config", str(cfg))
-    assert p.returncode == 1, (p.returncode, p.stderr)
+    assert p.returncode == 3, f"no driver is the environment's problem (exit 3), got {p.returncode}: {p.stderr}"
     assert "nvidia-smi" in p.stderr or "NVIDIA driver" in p.stderr, p.stderr
 
 
@@ -105,7 +105,7 @@ def test_reading_commands_do_not_create_a_store(tmp_path: Path, cmd: list[str]) 
     """A mistyped --db must be an error, not a fresh empty database that hides the real one."""
     db = tmp_path / "typo.db"
     p = run("collector.cli", *cmd, "--db", str(db))
-    assert p.returncode == 2, (p.returncode, p.stderr)
+    assert p.returncode == 3, f"a missing store is a missing file (exit 3), got {p.returncode}: {p.stderr}"
     assert "no store at" in p.stderr
     assert not db.exists(), "a reading command created a database"
 

@@ -321,7 +321,7 @@ def test_cli_cc_root(pki: Pki, tmp_path: Path, capsys: pytest.CaptureFixture[str
     bad.write_text("not a certificate")
     assert verify_main([str(bundle), "--cc-root", str(bad)]) == 2
     assert "is not a certificate" in capsys.readouterr().err
-    assert verify_main([str(bundle), "--cc-root", str(tmp_path / "missing.pem")]) == 2
+    assert verify_main([str(bundle), "--cc-root", str(tmp_path / "missing.pem")]) == 3  # a missing file
 
 
 # -- from the agent's signer to the verifier ------------------------------------------------

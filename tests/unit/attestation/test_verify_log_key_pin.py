@@ -142,7 +142,8 @@ def test_an_unusable_log_key_file_is_a_usage_error(
     if content is not None:
         key.write_bytes(content)
     capsys.readouterr()
-    assert verify_main([str(tmp_path / "b.json"), "--log-key", str(key)]) == 2
+    # A file that is not there is the environment's problem (3); one that is not a log key, usage (2).
+    assert verify_main([str(tmp_path / "b.json"), "--log-key", str(key)]) == (3 if content is None else 2)
     assert message in capsys.readouterr().err
 
 
@@ -150,5 +151,5 @@ def test_public_key_refuses_a_collector_without_a_log_key(tmp_path: Path, capsys
     db = _collector(tmp_path)
     assert not (tmp_path / "collector.db.log-key.pem").exists()
     capsys.readouterr()
-    assert collector_main(["log", "public-key", "--db", str(db)]) == 1
+    assert collector_main(["log", "public-key", "--db", str(db)]) == 3  # a missing file
     assert "no log key" in capsys.readouterr().err

@@ -216,7 +216,7 @@ def test_cli_export_then_verify(tmp_path: Path, capsys: pytest.CaptureFixture[st
     capsys.readouterr()
     assert verify_main([str(out2), "--json", "--previous-checkpoint", str(out1)]) == 0
     assert json.loads(capsys.readouterr().out)["ok"] is True
-    assert verify_main([str(tmp_path / "missing.json")]) == 2
+    assert verify_main([str(tmp_path / "missing.json")]) == 3  # a missing file
     with pytest.raises(SystemExit) as exc:
         collector_main(["export", "--db", str(db), "--out", str(out2)])  # no selection
     assert exc.value.code == 2
