@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 from cryptography.hazmat.primitives.asymmetric import ed25519
 
-import collector.store.sqlite
+import collector.store.sql
 from attestation import dsse
 from attestation.keys import Ed25519Signer
 from attestation.statement import (
@@ -202,7 +202,7 @@ def _peak_export_bytes(tmp_path: Path, statements_per_node: int) -> tuple[int, i
 
 
 def test_peak_memory_does_not_grow_with_the_envelopes_exported(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(collector.store.sqlite, "_PAGE_ROWS", 50)
+    monkeypatch.setattr(collector.store.sql, "PAGE_ROWS", 50)
     small_peak, small_size = _peak_export_bytes(tmp_path, 100)
     large_peak, large_size = _peak_export_bytes(tmp_path, 400)
     assert large_size > 3.5 * small_size

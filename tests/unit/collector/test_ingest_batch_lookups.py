@@ -17,7 +17,7 @@ from attestation.dsse import Envelope
 from attestation.keys import Ed25519Signer
 from collector.errors import StoreConflictError
 from collector.ingest import Accepted, Ingestor, IngestResult, Refused
-from collector.store import postgres, sqlite
+from collector.store import sql, sqlite
 from collector.store.base import ConflictRecord, KeyRecord, RefusalRecord, StatementRecord, Store
 
 NodeChain = Any
@@ -112,8 +112,7 @@ def test_batched_lookups_with_small_chunks(
     store: Any, site: tuple[list[str], list[str]], chunk: int, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     keys, missing = site
-    monkeypatch.setattr(sqlite, "_LOOKUP_CHUNK", chunk)
-    monkeypatch.setattr(postgres, "_LOOKUP_CHUNK", chunk)
+    monkeypatch.setattr(sql, "LOOKUP_CHUNK", chunk)  # both backends' batched lookups
     asked = [keys[3], *missing, keys[0], keys[3], keys[1], keys[2], missing[0]]
     assert store.keys_by_id(asked) == _single_keys(store, asked)
     assert store.heads(asked) == _single_heads(store, asked)
