@@ -87,6 +87,10 @@ class DetectConfig:
     0 +- 0.02 over 24 sampled nodes."""
     coupling_min_z: float = 4.0
     """Standard errors from what independent nodes give, for coupling at either scale."""
+    coupling_confirm_windows: int = 2
+    """A run's coupling is job evidence once its tests found it coupled in this many more
+    windows than uncoupled (a test runs every window: one that passes once by chance, or on
+    one shared event, in a long quiet history is not a job)."""
 
     # --- linking tenant accounts that run one job ---------------------------------------
     link_min_gpus: int = 8

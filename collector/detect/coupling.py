@@ -261,8 +261,7 @@ def _prepare(
     removed = None if common is None else sum(mask) / max(1, length)
     # The robust pair correlation leaves out the ``LEAVE_OUT`` episodes of strongest agreement:
     # it must hold over the other episodes, so one or two shared excursions (a stall, an
-    # aligned checkpoint) cannot make it. The centring is that of all points: a small bias
-    # that only makes a left-out statistic more conservative.
+    # aligned checkpoint) cannot make it.
     ep_ids = sorted(set(episodes))
     ep_index = {e: i for i, e in enumerate(ep_ids)}
     idx = [ep_index[e] for e in episodes]
@@ -287,9 +286,30 @@ def _prepare(
         agreement[idx[i]] += tot * tot - sum(map(operator.mul, column, column))
     top = set(sorted((e for e in occupied if agreement[e] > 0), key=lambda e: -agreement[e])[:leave])
     keep = [idx[i] not in top for i in range(length)]
-    rest = [[v if k_ else 0.0 for v, k_ in zip(x, keep, strict=True)] for x in dense] if top else dense
+    rest = dense
+    if top:
+        # Centred again on the points kept: a unit flat outside the episodes left out is then
+        # zero there (no information), not a constant offset that every such unit shares.
+        rest = []
+        for x in prepared:
+            kept = [v for v, k_ in zip(x, keep, strict=True) if k_ and v is not None]
+            m = sum(kept) / len(kept) if kept else 0.0
+            rest.append([v - m if k_ and v is not None else 0.0 for v, k_ in zip(x, keep, strict=True)])
     totals = [sum(map(operator.mul, x, x)) for x in dense]
     rest_totals = [sum(map(operator.mul, x, x)) for x in rest] if top else totals
+    if top:
+        # A unit that moved only in the episodes left out says nothing about the rest of the
+        # history (a job at its power limit is flat between its checkpoints): it is left out,
+        # and with fewer than two units left the data cannot tell (None), which is not zero.
+        keep_units = [i for i, t in enumerate(rest_totals) if t > _TINY]
+        if len(keep_units) < 2:
+            return None
+        if len(keep_units) < len(names):
+            names = [names[i] for i in keep_units]
+            dense = [dense[i] for i in keep_units]
+            rest = [rest[i] for i in keep_units]
+            totals = [totals[i] for i in keep_units]
+            rest_totals = [rest_totals[i] for i in keep_units]
     return _Prepared(names, dense, rest, totals, rest_totals, points, used_eps, leave, removed)
 
 

@@ -65,6 +65,7 @@ from collector.detect.history import GroupCoupling, History
 from collector.detect.linking import Linker
 from collector.detect.opacity import Opacity, opacity
 from collector.detect.runs import GroupUse, ModelUse, Run, history_span_ms, run_gap_ms
+from collector.detect.trail import Trail
 from collector.detect.usage import SiteWindow, aggregate
 from collector.tenants import TenantDirectory
 
@@ -107,6 +108,7 @@ class DetectorEngine:
         self._pending_for: int | None = None
         self._history = History(config)
         self._linker = Linker(config)
+        self._trail = Trail(config)
         # tenant -> training workload id -> start of the last window it was training-shaped
         self._train_wl: dict[str, dict[str, int]] = {}
         self._run_key_of: dict[str, str] = {}  # tenant -> key of the run it belongs to
@@ -219,10 +221,11 @@ class DetectorEngine:
         self._pending_for = None
         site = aggregate([windows[n] for n in sorted(windows)], self.config)
         self.stats.gpus_processed += site.gpus_seen
+        end = max(w.end_ms for w in windows.values())
         self._history.record(s, site.tenants)
+        self._trail.record(s, end, site.tenants, history_span_ms(self.config, end - s))
         self._linker.update(s, site.tenants, self._history, self._same_live_run)
         groups = self._linker.groups(list(site.tenants))
-        end = max(w.end_ms for w in windows.values())
         return self._update_runs(s, end, groups, site)
 
     # ------------------------------------------------------------------ per window
@@ -231,8 +234,12 @@ class DetectorEngine:
         key = self._run_key_of.get(a)
         return key is not None and key == self._run_key_of.get(b) and key in self._runs
 
-    def _merge_runs(self, key: str, members: list[str]) -> Run | None:
-        """Fold the runs of a newly linked group's members into one run under ``key``."""
+    def _merge_runs(self, key: str, members: list[str], s: int, gap_ms: int) -> Run | None:
+        """Fold the runs of a newly linked group's members into one run under ``key``; where the
+        group has no finding yet, rebuild its span at size from its accounts' recent windows
+        (collector/detect/trail.py)."""
+        fresh = [m for m in members if self._run_key_of.get(m) != key]
+        no_run = {m for m in members if self._run_key_of.get(m) not in self._runs}
         keys = {self._run_key_of.get(m) for m in members}
         keys.discard(None)
         run = self._runs.get(key)
@@ -247,6 +254,8 @@ class DetectorEngine:
                 run.absorb(other)
             for fid in run.merged_from:
                 self._findings.pop(fid, None)  # superseded by the group's finding
+        if fresh and (run is None or run.finding is None):
+            run = self._trail.backfill(run, key, members, no_run, s, gap_ms)
         if run is not None:
             self._runs[key] = run
             for m in members:
@@ -348,7 +357,7 @@ class DetectorEngine:
         for key in sorted(groups):
             members = groups[key]
             if len(members) > 1:
-                self._merge_runs(key, members)
+                self._merge_runs(key, members, s, gap_ms)
         for key in sorted(set(groups) | set(self._runs)):
             members = groups.get(key, [key])
             run = self._runs.get(key)
@@ -447,6 +456,10 @@ class DetectorEngine:
                 run.coupled_windows += 1
         else:
             run.coupling_state = coupling.state
+        if coupling.state == "coupled":
+            run.coupling_votes = min(run.coupling_votes + 1, 2 * self.config.coupling_confirm_windows)
+        elif coupling.state == "uncoupled":
+            run.coupling_votes = max(run.coupling_votes - 1, 0)
 
     def _end_run(self, key: str) -> None:
         run = self._runs.pop(key, None)
@@ -632,9 +645,9 @@ class DetectorEngine:
         last = run.last
         if last is not None and self._fabric_idle(last):
             return False  # no east-west traffic: each node works alone, whatever moves together
-        if run.coupling_state == "coupled":
-            return True
-        if run.coupling_state in ("uncoupled", "pending"):
+        if run.coupling_votes >= cfg.coupling_confirm_windows:
+            return True  # coupled in more windows than not, lately
+        if run.coupling_state in ("coupled", "uncoupled", "pending"):
             return False
         if last is None:
             return False

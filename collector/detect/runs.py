@@ -67,6 +67,7 @@ class Run:
     coupling: dict[str, object] | None = None  # the last coupling test (JSON), any state
     coupling_state: str = "unknown"
     coupled_windows: int = 0
+    coupling_votes: int = 0  # +1 per window tested coupled, -1 per window tested uncoupled, >= 0
     sync: float | None = None  # statistic of the last coupling test that counted
     sync_max: float | None = None
     weak_counted_windows: int = 0
@@ -105,6 +106,7 @@ class Run:
         if o.sync_max is not None:
             self.sync_max = o.sync_max if self.sync_max is None else max(self.sync_max, o.sync_max)
         self.coupled_windows = max(self.coupled_windows, o.coupled_windows)
+        self.coupling_votes = max(self.coupling_votes, o.coupling_votes)
         self.weak_counted_windows = max(self.weak_counted_windows, o.weak_counted_windows)
         self.counted_to_ms = max(self.counted_to_ms, o.counted_to_ms)
         # The earliest finding survives (its id and detected_at); the other is superseded.

@@ -22,6 +22,10 @@ from attestation.statement import GpuWindow, UsageWindow
 from collector.detect.config import DetectConfig
 from collector.detect.signals import STRONG, WEAK, classify
 
+_MAX_DRAW = 1.3
+"""A window mean above this multiple of the power limit is not one (boards exceed their limit
+only briefly)."""
+
 
 @dataclass(slots=True)
 class WorkloadUse:
@@ -54,6 +58,7 @@ class TenantWindow:
     strong: float = 0.0
     weak: float = 0.0
     occupied: float = 0.0
+    window_s: float = 60.0  # the window's length (energy counters turn into mean power with it)
 
     def candidate_gpus(self) -> float:
         """Training-shaped GPUs, strong and weak."""
@@ -61,12 +66,29 @@ class TenantWindow:
 
     def node_level(self, node: str) -> float | None:
         """Mean load of the GPUs the tenant occupies on ``node``: power / limit where known, else
-        utilisation (computed on demand: only the tenants the coupling tests keep need it)."""
+        utilisation (computed on demand: only the tenants the coupling tests keep need it).
+
+        Power is the energy counter's change over the window where the window carries both
+        readings: the exact mean over the window, where the mean of a few instantaneous
+        readings (two at 30 s, one at 60 s) mostly says at which point of a training step each
+        reading fell. A change that is negative (a counter reset), above what the board can
+        draw, or more than twice off the readings' mean (a reading carried over a gap, a counter
+        that does not move) is not a mean: the readings' mean is used instead.
+        """
         total = 0.0
         n = 0
         for g in self.by_node.get(node, ()):
             lim = g.power_limit_mw
-            if g.power_mean_mw is not None and lim:
+            e0, e1 = g.energy_start_mj, g.energy_end_mj
+            # mJ over the window's seconds: mean power in mW.
+            mean_mw = None if e0 is None or e1 is None or e1 < e0 else (e1 - e0) / self.window_s
+            sampled = g.power_mean_mw
+            if mean_mw is not None and sampled is not None and not sampled / 2 <= mean_mw <= 2 * sampled:
+                mean_mw = None  # readings carried over a gap, or a counter that does not move
+            if lim and mean_mw is not None and mean_mw <= _MAX_DRAW * lim:
+                total += mean_mw / lim
+                n += 1
+            elif g.power_mean_mw is not None and lim:
                 total += g.power_mean_mw / lim
                 n += 1
             elif g.util_mean_permille is not None:
@@ -122,7 +144,7 @@ def aggregate(windows: Iterable[UsageWindow], cfg: DetectConfig) -> SiteWindow:
                     continue
                 tw = tenants.get(wl.tenant)
                 if tw is None:
-                    tw = tenants[wl.tenant] = TenantWindow()
+                    tw = tenants[wl.tenant] = TenantWindow(window_s=seconds)
                 use = tw.workloads.get(wl.workload)
                 if use is None:
                     use = tw.workloads[wl.workload] = WorkloadUse()

@@ -61,7 +61,7 @@ def _gpu(i: int, node: str, model: str, util: list[int], power: list[int], tenan
         power_limit_mw=LIMIT_MW,
         samples=BUCKETS,
         energy_start_mj=0,
-        energy_end_mj=1,
+        energy_end_mj=sum(power) // len(power) * 60,  # mean mW over the 60 s window
         power_mean_mw=sum(power) // len(power),
         power_max_mw=max(power),
         util_mean_permille=sum(util) // len(util),
@@ -419,7 +419,17 @@ def _flat(ws: list[UsageWindow], shared_workload: bool) -> list[UsageWindow]:
             wls = g.workloads
             if shared_workload:
                 wls = tuple(replace(wl, workload="one-slurm-job") for wl in wls)
-            gpus.append(replace(g, series=None, util_mean_permille=950, power_mean_mw=500_000, workloads=wls))
+            gpus.append(
+                replace(
+                    g,
+                    series=None,
+                    util_mean_permille=950,
+                    power_mean_mw=500_000,
+                    energy_start_mj=0,
+                    energy_end_mj=500_000 * 60,
+                    workloads=wls,
+                )
+            )
         out.append(replace(w, gpus=tuple(gpus)))
     return out
 

@@ -11,6 +11,9 @@ import random
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
+import msgspec
+import pytest
+
 from attestation.statement import Chain, GpuWindow, NodeIo, Series, UsageWindow, Workload
 from collector.detect.config import DetectConfig
 from collector.detect.coupling import measure
@@ -139,6 +142,7 @@ def _gpu(
         )  # fmt: skip
     us = [u for u in util if u is not None]
     ps = [p for p in power if p is not None]
+    mean_mw = int(sum(ps) / len(ps) * LIMIT_MW)
     return GpuWindow(
         index=i,
         uuid=f"GPU-{node}-{i}",
@@ -147,9 +151,10 @@ def _gpu(
         mem_total_bytes=80 << 30,
         power_limit_mw=LIMIT_MW,
         samples=len(us),
+        # The counter moves by the window's mean power (mW) times its 60 s: what the board drew.
         energy_start_mj=0,
-        energy_end_mj=1,
-        power_mean_mw=int(sum(ps) / len(ps) * LIMIT_MW),
+        energy_end_mj=mean_mw * WINDOW_MS // 1000,
+        power_mean_mw=mean_mw,
         power_max_mw=int(max(ps) * LIMIT_MW),
         util_mean_permille=int(sum(us) / len(us) * 1000),
         mem_used_max_bytes=60 << 30,
@@ -222,6 +227,14 @@ def test_one_shared_excursion_is_not_coupling_but_agreement_over_episodes_is() -
     coupled = {f"u{i}": [common[t] + rng.gauss(0, 0.05) for t in range(n)] for i in range(12)}
     c = measure(coupled, eps, scale="across_windows", min_points=8)
     assert c is not None and c.fired(0.1, 4.0) and c.corr > 0.3, c
+
+
+def test_units_that_move_only_in_the_episodes_left_out_cannot_tell() -> None:
+    """A job at its power limit is flat but for its checkpoints: once those are left out
+    nothing is left to correlate, and that is "cannot tell" (None), not "uncoupled" (0)."""
+    n = 30
+    flat = {f"u{i}": [(-0.5 if t in (7, 8, 19, 20) else 0.0) for t in range(n)] for i in range(8)}
+    assert measure(flat, [t // 3 for t in range(n)], scale="across_windows", min_points=8) is None
 
 
 def test_clusters_that_move_apart_are_not_one_job() -> None:
@@ -388,3 +401,42 @@ def test_nodes_that_exchange_nothing_are_single_node_work_whatever_moves_them_to
     over_tcp = Site([Nodes("tcp", 16, "t-tcp", job, ib_bytes_per_s=2e4, net_bytes_per_s=3e9)], windows=30)
     (f,) = over_tcp.run()
     assert f.evidence["signals"]["infiniband_bytes_per_s"]["fired"] is True
+
+
+def test_a_run_split_over_one_node_accounts_is_found_from_its_true_start() -> None:
+    """Ten accounts of one node each run one job (80 GPUs, none of them near a finding's size
+    alone), sampled every 30 s. Their links come only after the link test's history; the run
+    they make is then dated from the accounts' first windows together, not from the link."""
+    job = sync_job(seed=101, start=2)
+    accounts = [Nodes(f"acct{i}", 1, f"t-acct{i}", job) for i in range(10)]
+    noise = [
+        Nodes("inf", 6, "t-inf", lambda n, k, t, rng: (rng.uniform(0.2, 0.8), rng.uniform(0.25, 0.5))),
+        Nodes("solo", 4, "t-solo", independent_jobs(seed=102)),
+    ]
+    (f,) = Site(accounts + noise, windows=45, sample_s=30).run()
+    assert set(f.tenants) == {f"t-acct{i}" for i in range(10)}
+    assert f.gpus == 80
+    started_min = (f.started_at_ms - T0_MS) // WINDOW_MS
+    assert started_min <= 4, f"dated from the link ({started_min} min), not from the accounts' start"
+    assert f.evidence["gpu_seconds"] >= 80 * 60 * 30, "the accounts' GPU-seconds before the link are counted"
+
+
+def test_window_means_come_from_the_energy_counter_where_it_is_consistent() -> None:
+    """One reading per minute says where in a step it fell; the energy counter says what the
+    board drew over the minute. A counter that does not move, or a reading carried over a
+    gap, falls back to the readings' mean."""
+    from collector.detect.usage import TenantWindow
+
+    def level(energy_mj: int | None, sampled_mw: int) -> float | None:
+        g = _gpu(0, "n", [0.9], [sampled_mw / LIMIT_MW], Workload("t", "k8s_pod", "w", 1, 1, 1000, 0))
+        g = msgspec.structs.replace(
+            g,
+            energy_start_mj=None if energy_mj is None else 1_000,
+            energy_end_mj=None if energy_mj is None else 1_000 + energy_mj,
+        )
+        return TenantWindow(by_node={"n": [g]}, window_s=60.0).node_level("n")
+
+    assert level(420_000 * 60, 300_000) == pytest.approx(0.6)  # the counter's mean, not the reading's
+    assert level(None, 300_000) == pytest.approx(300_000 / LIMIT_MW, abs=1e-3)
+    assert level(1, 300_000) == pytest.approx(300_000 / LIMIT_MW, abs=1e-3)  # a counter that does not move
+    assert level(5 * LIMIT_MW * 60, 600_000) == pytest.approx(600_000 / LIMIT_MW, abs=1e-3)  # above any draw
