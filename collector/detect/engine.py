@@ -223,8 +223,8 @@ class DetectorEngine:
         self.stats.gpus_processed += site.gpus_seen
         end = max(w.end_ms for w in windows.values())
         self._history.record(s, site.tenants)
-        self._trail.record(s, end, site.tenants, history_span_ms(self.config, end - s))
         self._linker.update(s, site.tenants, self._history, self._same_live_run)
+        self._trail.record(s, end, site.tenants, self._linker.candidates, history_span_ms(self.config, end - s))
         groups = self._linker.groups(list(site.tenants))
         return self._update_runs(s, end, groups, site)
 

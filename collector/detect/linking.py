@@ -92,6 +92,7 @@ class Linker:
         self.links: dict[tuple[str, str], int] = {}  # pair -> last window start it was confirmed
         self.evidence: dict[tuple[str, str], dict[str, Any]] = {}  # pair -> the test that linked it
         self.cluster_of: dict[str, frozenset[str]] = {}  # this window: tenants that move together
+        self.candidates: list[str] = []
 
     def _scales(self, hist: History) -> list[_Scale]:
         cfg = self.config
@@ -141,6 +142,7 @@ class Linker:
         cands = [t for t, tw in tws.items() if tw.candidate_gpus() >= cfg.link_min_gpus and t in hist.tlevel]
         cands.sort(key=lambda t: (-tws[t].candidate_gpus(), t))
         cands = cands[: max(0, cfg.link_max_tenants)]
+        self.candidates = cands  # the tenants that could be linked this window (trail.py keeps them)
         together: set[tuple[str, str]] = set()
         self.cluster_of = {}
         if len(cands) >= 2:

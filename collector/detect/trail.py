@@ -33,12 +33,11 @@ class Trail:
         self.config = config
         self._by_tenant: dict[str, dict[int, _Slot]] = {}
 
-    def record(self, s: int, end_ms: int, tws: dict[str, TenantWindow], keep_ms: int) -> None:
-        """Keep window ``s`` of every account that could be linked; forget what is older than ``keep_ms``."""
-        floor = self.config.link_min_gpus
-        for t, tw in tws.items():
-            if tw.candidate_gpus() < floor:
-                continue
+    def record(self, s: int, end_ms: int, tws: dict[str, TenantWindow], tenants: Sequence[str], keep_ms: int) -> None:
+        """Keep window ``s`` of ``tenants`` (the accounts the linker compared this window: no
+        other can be linked); forget what is older than ``keep_ms``."""
+        for t in tenants:
+            tw = tws[t]
             models: dict[str, list[float]] = {}
             for use in tw.workloads.values():
                 if use.strong <= 0 and use.weak <= 0:
