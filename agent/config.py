@@ -68,6 +68,13 @@ class AgentConfig:
     tls_key: Path | None = None
     # Expected name in the collector's certificate when it differs from the host dialled.
     tls_server_name: str | None = None
+    # Kubernetes: the pod's projected service-account token (audience gpuaudit-collector),
+    # which enrolls this node's key without a join token and gets the node's client
+    # certificate (tls_cert, tls_key) from the collector, over the shared bootstrap
+    # certificate (tls_bootstrap_cert, tls_bootstrap_key; common name gpuaudit-bootstrap).
+    k8s_token_file: Path | None = None
+    tls_bootstrap_cert: Path | None = None
+    tls_bootstrap_key: Path | None = None
     # Plaintext gRPC, for development only (must be set explicitly).
     insecure: bool = False
     # Spool bounds: bytes of unacknowledged envelopes, and age of the oldest. When one is hit
@@ -152,6 +159,10 @@ def load_agent_config(
     tls = (cfg.tls_ca, cfg.tls_cert, cfg.tls_key)
     if any(t is not None for t in tls) and not all(t is not None for t in tls):
         raise ConfigError("tls_ca, tls_cert and tls_key must be given together")
+    if (cfg.tls_bootstrap_cert is None) != (cfg.tls_bootstrap_key is None):
+        raise ConfigError("tls_bootstrap_cert and tls_bootstrap_key must be given together")
+    if cfg.tls_bootstrap_cert is not None and (cfg.k8s_token_file is None or cfg.tls_ca is None):
+        raise ConfigError("tls_bootstrap_cert needs k8s_token_file and tls_ca/tls_cert/tls_key (Kubernetes enrollment)")
     if cfg.source not in ("nvml", "sim"):
         raise ConfigError(f"source: {cfg.source!r} is not one of nvml, sim")
     if cfg.source == "sim" and cfg.sim_trace is None:

@@ -150,8 +150,122 @@ def join_token(cfg: AgentConfig) -> str | None:
     return None
 
 
+# Under this much validity left, a Kubernetes agent asks the collector for a new certificate at start.
+RENEW_CERT_BEFORE = dt.timedelta(days=10)
+
+
+def _k8s_token(cfg: AgentConfig) -> str:
+    assert cfg.k8s_token_file is not None
+    try:
+        return cfg.k8s_token_file.read_text().strip()
+    except OSError as exc:
+        raise ConfigError(
+            f"cannot read k8s_token_file {cfg.k8s_token_file}: {exc.strerror or exc} "
+            "(the DaemonSet projects the service-account token there)"
+        ) from exc
+
+
+def _needs_certificate(cfg: AgentConfig) -> bool:
+    if cfg.tls_cert is None or cfg.tls_key is None or not cfg.tls_cert.exists() or not cfg.tls_key.exists():
+        return True
+    return not_after(cfg.tls_cert.read_bytes()) - dt.datetime.now(dt.UTC) < RENEW_CERT_BEFORE
+
+
+async def enroll_k8s(channel: grpc.aio.Channel, cfg: AgentConfig, signer: Signer, *, csr_der: bytes = b"") -> bytes:
+    """Enroll with the pod's projected token (and ask for a client certificate); returns its PEM."""
+    from attestation.v1 import collector_pb2 as pb
+    from attestation.v1 import collector_pb2_grpc as pb_grpc
+
+    stub = pb_grpc.CollectorStub(channel)  # type: ignore[no-untyped-call]
+    request = pb.EnrollRequest(
+        node_id=cfg.resolved_node_id(),
+        k8s_token=_k8s_token(cfg),
+        public_key_spki=signer.public_key().spki_der,
+        key_assurance=signer.assurance,
+        tls_csr_der=csr_der,
+    )
+    delay = 0.25
+    for attempt in range(1, 9):
+        try:
+            resp = await stub.Enroll(request, timeout=10.0)
+            break
+        except grpc.aio.AioRpcError as exc:
+            if exc.code() not in (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED) or attempt == 8:
+                raise
+            _logger.warning("Kubernetes enrollment failed (%s); retrying", exc.code().name)
+            await asyncio.sleep(delay)
+            delay = min(delay * 2, 10.0)
+    if resp.key_id != signer.key_id:
+        raise RuntimeError(f"collector registered key {resp.key_id}, expected {signer.key_id}")
+    return bytes(resp.tls_cert_pem)
+
+
+async def bootstrap_k8s(cfg: AgentConfig, signer: Signer, spool: Spool) -> None:
+    """In Kubernetes: over the shared bootstrap certificate, enroll this node's key with the
+    pod's projected token and get the node's own client certificate, when it has none or it
+    is about to expire. Nothing to do when neither is needed."""
+    if cfg.k8s_token_file is None or cfg.tls_bootstrap_cert is None or cfg.tls_bootstrap_key is None:
+        return
+    if spool.get_meta("enrolled_key_id") == signer.key_id and not _needs_certificate(cfg):
+        return
+    from cryptography import x509
+    from cryptography.hazmat.primitives import hashes, serialization
+    from cryptography.hazmat.primitives.asymmetric import ec
+    from cryptography.x509.oid import NameOID
+
+    assert cfg.tls_ca is not None and cfg.tls_cert is not None and cfg.tls_key is not None
+    node_id = cfg.resolved_node_id()
+    key = ec.generate_private_key(ec.SECP256R1())
+    csr = (
+        x509.CertificateSigningRequestBuilder()
+        .subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, node_id)]))
+        .sign(key, hashes.SHA256())
+    )
+    channel = tls_channel(
+        cfg.collector,
+        cfg.tls_ca.read_bytes(),
+        cfg.tls_bootstrap_cert.read_bytes(),
+        cfg.tls_bootstrap_key.read_bytes(),
+        cfg.tls_server_name,
+    )
+    try:
+        cert = await enroll_k8s(channel, cfg, signer, csr_der=csr.public_bytes(serialization.Encoding.DER))
+    finally:
+        await channel.close()
+    spool.set_meta("enrolled_key_id", signer.key_id)
+    if not cert:
+        raise ConfigError(
+            "the collector enrolled this node but issued no client certificate: set issue_ca_cert "
+            "and issue_ca_key in its config"
+        )
+    key_pem = key.private_bytes(
+        serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
+    )
+    _write_atomic(cfg.tls_key, key_pem, 0o600)
+    _write_atomic(cfg.tls_cert, cert, 0o644)
+    _logger.info("enrolled key %s for node %s; client certificate until %s", signer.key_id, node_id, not_after(cert))
+
+
+def _write_atomic(path: Path, data: bytes, mode: int) -> None:
+    import os
+
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(path.name + ".tmp")
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, mode)
+    with os.fdopen(fd, "wb") as fh:
+        fh.write(data)
+        fh.flush()
+        os.fsync(fh.fileno())
+    os.replace(tmp, path)
+
+
 async def ensure_enrolled(channel: grpc.aio.Channel, cfg: AgentConfig, signer: Signer, spool: Spool) -> None:
     if spool.get_meta("enrolled_key_id") == signer.key_id:
+        return
+    if cfg.k8s_token_file is not None and not cfg.join_token and cfg.join_token_file is None:
+        await enroll_k8s(channel, cfg, signer)
+        spool.set_meta("enrolled_key_id", signer.key_id)
+        _logger.info("enrolled key %s for node %s (Kubernetes token)", signer.key_id, cfg.resolved_node_id())
         return
     token = join_token(cfg)
     if token is None:
@@ -205,6 +319,7 @@ async def run_agent(
     pods = make_pod_resolver(cfg)
     attributor = make_attributor(cfg, pods)
     reconciler = make_reconciler(cfg, devices, pods)
+    await bootstrap_k8s(cfg, signer, spool)
     channel = open_channel(cfg)
     streamer: asyncio.Task[None] | None = None
     try:

@@ -42,6 +42,21 @@ class CollectorConfig:
     # Plaintext gRPC, for development on loopback only: without TLS settings the collector
     # refuses to start unless this is set explicitly.
     insecure: bool = False
+    # Plaintext gRPC health (only grpc.health.v1) for the kubelet's probes, which cannot
+    # speak mTLS; "" turns it off.
+    health_listen: str = ""
+    # Kubernetes enrollment without a human per node (collector/enroll_k8s.py): the cluster's
+    # service-account issuer and its public keys (a JWKS file, from /openid/v1/jwks), the
+    # audience the agents' projected tokens are for, and the service account they run as.
+    k8s_issuer: str | None = None
+    k8s_jwks: Path | None = None
+    k8s_audience: str = "gpuaudit-collector"
+    k8s_service_account: str = "system:serviceaccount:gpuaudit:gpuaudit-agent"
+    # The CA whose key signs the client certificates of nodes that enroll with a Kubernetes
+    # token (ca init's ca.crt and ca.key), and their validity in days.
+    issue_ca_cert: Path | None = None
+    issue_ca_key: Path | None = None
+    issue_cert_days: int = 30
     # Identifies this collector in enrollment responses.
     collector_id: str = "collector-1"
     # The transparency log's origin: the first line of its checkpoints and the name of its
@@ -96,6 +111,12 @@ def load_collector_config(
     tls = (cfg.tls_cert, cfg.tls_key, cfg.tls_client_ca)
     if any(t is not None for t in tls) and not all(t is not None for t in tls):
         raise ConfigError("tls_cert, tls_key and tls_client_ca must be given together")
+    if (cfg.k8s_issuer is None) != (cfg.k8s_jwks is None):
+        raise ConfigError("k8s_issuer and k8s_jwks must be given together (Kubernetes enrollment)")
+    if (cfg.issue_ca_cert is None) != (cfg.issue_ca_key is None):
+        raise ConfigError("issue_ca_cert and issue_ca_key must be given together")
+    if cfg.issue_cert_days < 1:
+        raise ConfigError("issue_cert_days: must be at least 1")
     if cfg.max_batch < 1:
         raise ConfigError("max_batch: must be at least 1")
     if cfg.db_url is not None and not cfg.db_url.startswith(("postgresql://", "postgres://")):

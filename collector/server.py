@@ -18,9 +18,11 @@ from prometheus_client import start_http_server
 from agent import __version__
 from attestation.statement import UsageWindow
 from attestation.v1 import collector_pb2_grpc as pb_grpc
+from collector.ca import IssuingCa
 from collector.config import CollectorConfig
 from collector.detect.engine import DetectorEngine
 from collector.detect.findings import KIND_LARGE_TRAINING, Finding
+from collector.enroll_k8s import K8sEnrollment, K8sTokenVerifier
 from collector.errors import StoreError
 from collector.follow import DetectionFollower
 from collector.ingest import Accepted, Ingestor, IngestResult
@@ -225,9 +227,13 @@ class RunningCollector:
     _http: Any = None
     checkpointer: Checkpointer | None = None
     follower: DetectionFollower | None = None
+    # The plaintext health-only server (health_listen), if any.
+    health_server: grpc.aio.Server | None = None
 
     async def stop(self, grace_s: float = 2.0) -> None:
         await self.server.stop(grace_s)
+        if self.health_server is not None:
+            await self.health_server.stop(0)
         await self.batcher.stop()
         if self.follower is not None:
             await self.follower.stop()
@@ -309,6 +315,7 @@ async def start_collector(
                 enroll_timeout_s=config.enroll_timeout_s,
                 max_queued=config.max_queued,
             ),
+            k8s=k8s_enrollment(config, store, metrics),
         ),
         server,
     )
@@ -322,6 +329,14 @@ async def start_collector(
     if port == 0:
         raise OSError(f"cannot listen on {config.listen}")
     await server.start()
+    health_server = None
+    if config.health_listen:
+        # The kubelet's gRPC probes cannot present a client certificate: health only, plaintext.
+        health_server = grpc.aio.server()
+        health_pb2_grpc.add_HealthServicer_to_server(health_servicer, health_server)
+        if health_server.add_insecure_port(config.health_listen) == 0:
+            raise OSError(f"cannot listen on {config.health_listen} (health_listen)")
+        await health_server.start()
     await health_servicer.set(SERVICE_NAME, health_pb2.HealthCheckResponse.SERVING)
     await health_servicer.set("", health_pb2.HealthCheckResponse.SERVING)
 
@@ -341,7 +356,30 @@ async def start_collector(
     _logger.info("collector listening on port %d (metrics on %s)", port, metrics_port)
     running = RunningCollector(server, port, metrics_port, batcher, sink, metrics, http, checkpointer)
     running.follower = follower
+    running.health_server = health_server
     return running
+
+
+def k8s_enrollment(config: CollectorConfig, store: Store, metrics: CollectorMetrics) -> K8sEnrollment | None:
+    """Enrollment by a pod's projected service-account token, when k8s_issuer is set."""
+    if config.k8s_issuer is None or config.k8s_jwks is None:
+        return None
+    issuing = None
+    if config.issue_ca_cert is not None and config.issue_ca_key is not None:
+        issuing = IssuingCa.load(config.issue_ca_cert, config.issue_ca_key)
+    verifier = K8sTokenVerifier.from_files(
+        config.k8s_issuer, config.k8s_jwks, config.k8s_audience, config.k8s_service_account
+    )
+    return K8sEnrollment(
+        verifier,
+        store,
+        metrics,
+        issuing_ca=issuing,
+        cert_days=config.issue_cert_days,
+        require_peer_identity=config.tls_cert is not None,
+        timeout_s=config.enroll_timeout_s,
+        collector_id=config.collector_id,
+    )
 
 
 async def serve_forever(running: RunningCollector) -> None:

@@ -29,6 +29,7 @@ from attestation.errors import Error
 from attestation.v1 import collector_pb2 as pb
 from attestation.v1 import collector_pb2_grpc as pb_grpc
 from attestation.wire import envelope_from_proto
+from collector.enroll_k8s import K8sEnrollment
 from collector.errors import StoreError
 from collector.ingest import (
     CANNOT_WRITE_REASONS,
@@ -316,7 +317,10 @@ class CollectorService(pb_grpc.CollectorServicer):
         require_peer_identity: bool = False,
         checkpoints: Callable[[], pb.LogCheckpoint | None] | None = None,
         limits: Limits | None = None,
+        k8s: K8sEnrollment | None = None,
     ) -> None:
+        # Kubernetes enrollment (collector/enroll_k8s.py): a pod's projected token instead of a join token.
+        self._k8s = k8s
         # Flood limits (collector/limits.py): streams open now, and a token bucket per key.
         self._limits = limits or Limits()
         self._streams = 0
@@ -346,6 +350,8 @@ class CollectorService(pb_grpc.CollectorServicer):
     async def Enroll(  # noqa: N802 - gRPC method name
         self, request: pb.EnrollRequest, context: grpc.aio.ServicerContext
     ) -> pb.EnrollResponse:
+        if request.k8s_token and self._k8s is not None:
+            return await self._k8s.enroll(request, context)
         await self._check_peer(request.node_id, context)
         try:
             key_id = await asyncio.wait_for(

@@ -25,24 +25,30 @@ class Signature(_message.Message):
     def __init__(self, sig: _Optional[bytes] = ..., keyid: _Optional[str] = ...) -> None: ...
 
 class EnrollRequest(_message.Message):
-    __slots__ = ("node_id", "join_token", "public_key_spki", "key_assurance")
+    __slots__ = ("node_id", "join_token", "public_key_spki", "key_assurance", "k8s_token", "tls_csr_der")
     NODE_ID_FIELD_NUMBER: _ClassVar[int]
     JOIN_TOKEN_FIELD_NUMBER: _ClassVar[int]
     PUBLIC_KEY_SPKI_FIELD_NUMBER: _ClassVar[int]
     KEY_ASSURANCE_FIELD_NUMBER: _ClassVar[int]
+    K8S_TOKEN_FIELD_NUMBER: _ClassVar[int]
+    TLS_CSR_DER_FIELD_NUMBER: _ClassVar[int]
     node_id: str
     join_token: str
     public_key_spki: bytes
     key_assurance: str
-    def __init__(self, node_id: _Optional[str] = ..., join_token: _Optional[str] = ..., public_key_spki: _Optional[bytes] = ..., key_assurance: _Optional[str] = ...) -> None: ...
+    k8s_token: str
+    tls_csr_der: bytes
+    def __init__(self, node_id: _Optional[str] = ..., join_token: _Optional[str] = ..., public_key_spki: _Optional[bytes] = ..., key_assurance: _Optional[str] = ..., k8s_token: _Optional[str] = ..., tls_csr_der: _Optional[bytes] = ...) -> None: ...
 
 class EnrollResponse(_message.Message):
-    __slots__ = ("key_id", "collector_id")
+    __slots__ = ("key_id", "collector_id", "tls_cert_pem")
     KEY_ID_FIELD_NUMBER: _ClassVar[int]
     COLLECTOR_ID_FIELD_NUMBER: _ClassVar[int]
+    TLS_CERT_PEM_FIELD_NUMBER: _ClassVar[int]
     key_id: str
     collector_id: str
-    def __init__(self, key_id: _Optional[str] = ..., collector_id: _Optional[str] = ...) -> None: ...
+    tls_cert_pem: bytes
+    def __init__(self, key_id: _Optional[str] = ..., collector_id: _Optional[str] = ..., tls_cert_pem: _Optional[bytes] = ...) -> None: ...
 
 class Hello(_message.Message):
     __slots__ = ("node_id", "key_id")

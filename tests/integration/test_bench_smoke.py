@@ -70,3 +70,15 @@ def test_prometheus_bench_runs_the_history_path() -> None:
     out = json.loads(run("bench_prometheus.py", *args))
     assert out["in_memory"]["gpu_windows"] == 20 * 8 * 60
     assert "skipped" in out["http"] or out["http"]["gpu_windows"] > 0
+
+
+def test_storage_bench_measures_both_stores_before_and_after_retention(pg_url: str) -> None:
+    out = json.loads(run("bench_storage.py", "--nodes", "2", "--hours", "0.5", "--postgres", pg_url))
+    for backend in ("sqlite", "postgresql"):
+        b = out[backend]
+        assert b["statements"] == 2 * 30 and b["checkpoints"] == 30, (backend, b)
+        # A signed 8-GPU statement is several KB: a node-day is megabytes, and ageing keeps far less.
+        assert b["bytes_per_statement"] > 1000, (backend, b)
+        assert 0 < b["bytes_per_node_day_aged"] < b["bytes_per_node_day"], (backend, b)
+        assert b["compacted_bytes"] < b["ingested_bytes"], (backend, b)
+        assert b["per_1000_gpus"]["full_gb_per_year"] > b["per_1000_gpus"]["aged_gb_per_year"] > 0

@@ -1,6 +1,8 @@
 """deploy/kubernetes: every manifest parses, carries what its kind needs, refers only to
-objects that exist, validates against the Kubernetes schemas (kubernetes-validate, offline),
-and its embedded configs load with the real loaders."""
+objects that exist (or that kustomization.yaml generates), validates against the Kubernetes
+schemas (kubernetes-validate, offline), and its embedded configs load with the real loaders;
+both sides speak mTLS, agents enroll with their pod's projected token, and the image is the
+one the Dockerfile builds."""
 
 from __future__ import annotations
 
@@ -49,7 +51,6 @@ def test_every_manifest_has_the_basics_and_is_in_the_kustomization() -> None:
         "Namespace",
         "ServiceAccount",
         "ConfigMap",
-        "Secret",
         "DaemonSet",
         "StatefulSet",
         "Service",
@@ -72,10 +73,33 @@ def _pod(workload: dict[str, Any]) -> dict[str, Any]:
     return dict(spec["template"]["spec"])
 
 
+def _kustomization() -> dict[str, Any]:
+    return dict(yaml.safe_load((K8S / "kustomization.yaml").read_text()))
+
+
+def _generated() -> set[tuple[str, str]]:
+    k = _kustomization()
+    assert k["generatorOptions"]["disableNameSuffixHash"] is True, "manifests name the generated objects as is"
+    return {("Secret", g["name"]) for g in k["secretGenerator"]} | {
+        ("ConfigMap", g["name"]) for g in k["configMapGenerator"]
+    }
+
+
+def _generated_files(kind: str, name: str) -> set[str]:
+    """The keys of a generated Secret or ConfigMap (``key=path`` or a path's file name)."""
+    gens = _kustomization()["secretGenerator" if kind == "Secret" else "configMapGenerator"]
+    (gen,) = [g for g in gens if g["name"] == name]
+    return {f.split("=", 1)[0] if "=" in f else f.rsplit("/", 1)[-1] for f in gen["files"]}
+
+
 def _refs_exist(pod: dict[str, Any], where: str, claims: tuple[str, ...] = ()) -> None:
-    names = {(d["kind"], d["metadata"]["name"]) for d in _docs()}
+    names = {(d["kind"], d["metadata"]["name"]) for d in _docs()} | _generated()
     assert ("ServiceAccount", pod["serviceAccountName"]) in names, where
     assert pod.get("automountServiceAccountToken") is False, f"{where}: no API token is needed"
+    for v in pod.get("volumes", []):
+        for src in v.get("projected", {}).get("sources", []):
+            token = src.get("serviceAccountToken")
+            assert token is None or token.get("audience"), f"{where}: a projected token must not be for the API"
     for v in pod.get("volumes", []):
         if "configMap" in v:
             assert ("ConfigMap", v["configMap"]["name"]) in names, (where, v)
@@ -128,7 +152,12 @@ def test_agent_configmap_loads_and_points_at_the_mounts(tmp_path: Path) -> None:
     assert cfg.collector == f"gpuaudit-collector.gpuaudit.svc:{grpc_port}"
     c = _pod(_one("DaemonSet", "gpuaudit-agent"))["containers"][0]
     mounts = [m["mountPath"] for m in c["volumeMounts"]]
-    assert str(cfg.spool.parent) in mounts and str(cfg.join_token_file.parent) in mounts  # type: ignore[union-attr]
+    assert str(cfg.spool.parent) in mounts
+    # Key, spool and the node's issued client certificate live on the node's state directory.
+    assert cfg.tls_cert is not None and cfg.tls_key is not None
+    assert str(cfg.tls_cert.parent.parent) in mounts and str(cfg.tls_key.parent.parent) in mounts
+    for path in (cfg.k8s_token_file, cfg.tls_ca, cfg.tls_bootstrap_cert, cfg.tls_bootstrap_key):
+        assert path is not None and str(path.parent) in mounts, f"{path} is not on a mounted volume"
     # Prometheus finds the agent's /metrics by the container port named "metrics"
     # (deploy/prometheus/prometheus-kubernetes.yml) or by the pod's prometheus.io annotations.
     ports = {p["name"]: p["containerPort"] for p in c.get("ports", [])}
@@ -152,7 +181,7 @@ def test_collector_statefulset_service_and_storage(tmp_path: Path) -> None:
     # The detector's warm-up runs before the collector listens (minutes on a large site): a
     # startup probe must hold the liveness probe off longer than the liveness probe would wait.
     start, live = c["startupProbe"], c["livenessProbe"]
-    assert start["grpc"]["port"] == container_ports["grpc"]
+    assert start["grpc"]["port"] == container_ports["health"]
     assert start["periodSeconds"] * start["failureThreshold"] >= 600
     assert start["periodSeconds"] * start["failureThreshold"] > live["periodSeconds"] * live["failureThreshold"]
     (claim,) = sts["spec"]["volumeClaimTemplates"]
@@ -203,3 +232,92 @@ def test_schema_validation_catches_a_mistake() -> None:
     ds["spec"]["template"]["spec"]["hostPid"] = True  # a typo of hostPID
     with pytest.raises(kv.ValidationError):
         kv.validate(ds, K8S_VERSION, strict=True)
+
+
+def _configs(tmp_path: Path) -> tuple[Any, Any]:
+    (tmp_path / "agent.toml").write_text(_one("ConfigMap", "gpuaudit-agent")["data"]["agent.toml"])
+    (tmp_path / "collector.toml").write_text(_one("ConfigMap", "gpuaudit-collector")["data"]["collector.toml"])
+    agent = load_agent_config(tmp_path / "agent.toml", {"GPUAUDIT_NODE_ID": "gpu-node-1"})
+    collector, _ = load_collector_config(tmp_path / "collector.toml", {})
+    return agent, collector
+
+
+def _mounted_from(pod: dict[str, Any], path: Path) -> dict[str, Any]:
+    """The volume a file path of the container is on, and the key inside it."""
+    (c,) = pod["containers"]
+    m = next(m for m in c["volumeMounts"] if str(path.parent) == m["mountPath"])
+    return next(v for v in pod["volumes"] if v["name"] == m["name"])
+
+
+def test_mtls_on_both_sides_and_nobody_runs_insecure(tmp_path: Path) -> None:
+    agent, collector = _configs(tmp_path)
+    assert agent.insecure is False and collector.insecure is False, "the shipped configs must not be plaintext"
+    assert None not in (agent.tls_ca, agent.tls_cert, agent.tls_key), "the agent must speak mTLS"
+    assert None not in (collector.tls_cert, collector.tls_key, collector.tls_client_ca)
+    # Every TLS file the configs name comes from a generated Secret key that exists.
+    sts_pod = _pod(_one("StatefulSet", "gpuaudit-collector"))
+    for path in (collector.tls_cert, collector.tls_key, collector.tls_client_ca, collector.issue_ca_key):
+        vol = _mounted_from(sts_pod, path)
+        assert path.name in _generated_files("Secret", vol["secret"]["secretName"]), path
+    jwks = _mounted_from(sts_pod, collector.k8s_jwks)
+    assert collector.k8s_jwks.name in _generated_files("ConfigMap", jwks["configMap"]["name"])
+    ds_pod = _pod(_one("DaemonSet", "gpuaudit-agent"))
+    for path in (agent.tls_ca, agent.tls_bootstrap_cert, agent.tls_bootstrap_key):
+        vol = _mounted_from(ds_pod, path)
+        assert path.name in _generated_files("Secret", vol["secret"]["secretName"]), path
+    # The server certificate must name the address agents dial.
+    assert "--host gpuaudit-collector.gpuaudit.svc" in (K8S / "kustomization.yaml").read_text()
+    assert agent.collector.split(":")[0] == "gpuaudit-collector.gpuaudit.svc"
+
+
+def test_each_agent_pod_enrolls_with_its_own_projected_token(tmp_path: Path) -> None:
+    from collector.enroll_k8s import MAX_LIFETIME_S
+
+    agent, collector = _configs(tmp_path)
+    assert agent.join_token is None and agent.join_token_file is None, "no shared single-use join token"
+    pod = _pod(_one("DaemonSet", "gpuaudit-agent"))
+    vol = _mounted_from(pod, agent.k8s_token_file)
+    (src,) = vol["projected"]["sources"]
+    token = src["serviceAccountToken"]
+    assert token["path"] == agent.k8s_token_file.name
+    assert token["audience"] == collector.k8s_audience, "the collector accepts only its own audience"
+    assert 600 <= token["expirationSeconds"] <= MAX_LIFETIME_S, "the kubelet's minimum is 600 s"
+    ns = _one("DaemonSet", "gpuaudit-agent")["metadata"]["namespace"]
+    assert collector.k8s_service_account == f"system:serviceaccount:{ns}:{pod['serviceAccountName']}"
+    assert collector.k8s_issuer and collector.issue_ca_cert == collector.tls_client_ca, (
+        "issued client certificates must chain to the CA the collector trusts"
+    )
+
+
+def test_probes_use_the_plaintext_health_port(tmp_path: Path) -> None:
+    _, collector = _configs(tmp_path)
+    (c,) = _pod(_one("StatefulSet", "gpuaudit-collector"))["containers"]
+    port = int(collector.health_listen.rsplit(":", 1)[1])
+    assert {p["name"]: p["containerPort"] for p in c["ports"]}["health"] == port
+    for probe in ("startupProbe", "readinessProbe", "livenessProbe"):
+        assert c[probe]["grpc"]["port"] == port, f"{probe}: the kubelet cannot speak mTLS to the gRPC port"
+
+
+def test_the_image_is_the_one_the_dockerfile_builds() -> None:
+    import re
+    import tomllib
+
+    version = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]["version"]
+    dockerfile = (ROOT / "Dockerfile").read_text()
+    assert f'org.opencontainers.image.version="{version}"' in dockerfile
+    assert f"docker build -t gpuaudit:{version} ." in dockerfile
+    (image,) = _kustomization()["images"]
+    assert image == {"name": "gpuaudit", "newTag": version}
+    for kind, name in (("DaemonSet", "gpuaudit-agent"), ("StatefulSet", "gpuaudit-collector")):
+        (c,) = _pod(_one(kind, name))["containers"]
+        assert c["image"] == f"gpuaudit:{version}", f"{kind} {name}: {c['image']}"
+    # Multi-stage, non-root, pinned base, and only the built wheel installed into the runtime.
+    stages = re.findall(r"^FROM (\S+)", dockerfile, flags=re.M)
+    assert len(stages) == 2, stages
+    base = re.search(r"^ARG BASE=(\S+)", dockerfile, flags=re.M)
+    assert base and re.fullmatch(r"python:\d+\.\d+\.\d+-slim-\w+(@sha256:[0-9a-f]{64})?", base.group(1))
+    assert re.search(r"^USER 65532:65532$", dockerfile, flags=re.M), "the image must not run as root by default"
+    assert "pip install /dist/gpuaudit-*.whl" in dockerfile
+    assert "COPY --from=build /opt/gpuaudit /opt/gpuaudit" in dockerfile
+    final = dockerfile.split("FROM ${BASE}\n", 1)[1]
+    assert "COPY agent" not in final and "pip " not in final, "the runtime stage gets no source and runs no pip"

@@ -20,6 +20,8 @@ ROOT = Path(__file__).resolve().parents[3]
 SYSTEMD = ROOT / "deploy" / "systemd"
 CONFIG = ROOT / "deploy" / "config"
 UNITS = ("gpuaudit-agent.service", "gpuaudit-collector.service")
+# Started by its timer, not at boot: no [Install] section of its own.
+RETENTION = ("gpuaudit-retention.service", "gpuaudit-retention.timer")
 
 
 def _unit(name: str) -> dict[str, list[str]]:
@@ -39,7 +41,7 @@ def _unit(name: str) -> dict[str, list[str]]:
     return out
 
 
-@pytest.mark.parametrize("name", UNITS)
+@pytest.mark.parametrize("name", [*UNITS, RETENTION[0]])
 def test_units_are_hardened(name: str) -> None:
     u = _unit(name)
     for key, value in {
@@ -68,8 +70,9 @@ def test_agent_reaches_nvidia_devices_and_the_hosts_proc_only() -> None:
     assert u["ProcSubset"] == ["all"], "attribution reads every process's /proc entry"
 
 
-def test_collector_has_no_capabilities() -> None:
-    u = _unit("gpuaudit-collector.service")
+@pytest.mark.parametrize("name", ["gpuaudit-collector.service", RETENTION[0]])
+def test_collector_has_no_capabilities(name: str) -> None:
+    u = _unit(name)
     assert u["CapabilityBoundingSet"] == [""]
     assert u["PrivateDevices"] == ["yes"]
 
@@ -84,9 +87,10 @@ def test_systemd_analyze_verify(tmp_path: Path) -> None:
         exe = bindir / name.replace(".service", "")
         exe.write_text("#!/bin/sh\n")
         exe.chmod(exe.stat().st_mode | stat.S_IXUSR)
+    for name in (*UNITS, *RETENTION):
         (tmp_path / name).write_text((SYSTEMD / name).read_text().replace("/opt/gpuaudit/bin/", f"{bindir}/"))
     p = subprocess.run(
-        ["systemd-analyze", "verify", "--man=no", *(str(tmp_path / n) for n in UNITS)],
+        ["systemd-analyze", "verify", "--man=no", *(str(tmp_path / n) for n in (*UNITS, *RETENTION))],
         capture_output=True,
         text=True,
         timeout=60,
@@ -97,6 +101,46 @@ def test_systemd_analyze_verify(tmp_path: Path) -> None:
     bad.write_text((tmp_path / UNITS[1]).read_text().replace("ProtectSystem=strict", "ProtectSystem=stricter"))
     p = subprocess.run(["systemd-analyze", "verify", "--man=no", str(bad)], capture_output=True, text=True, timeout=60)
     assert "stricter" in p.stderr, p.stderr
+    # ... and on a timer whose schedule does not parse.
+    bad_timer = tmp_path / "gpuaudit-bad.timer"
+    bad_timer.write_text((tmp_path / RETENTION[1]).read_text().replace("03:30:00", "25:99:00"))
+    p = subprocess.run(
+        ["systemd-analyze", "verify", "--man=no", str(bad_timer)], capture_output=True, text=True, timeout=60
+    )
+    assert p.returncode != 0 and "calendar" in p.stderr, p.stderr
+
+
+def _sections(name: str) -> configparser.ConfigParser:
+    cp = configparser.ConfigParser(strict=False, interpolation=None)
+    cp.optionxform = str  # type: ignore[assignment,method-assign]
+    cp.read_string("\n".join(x for x in (SYSTEMD / name).read_text().splitlines() if not x.startswith("#")))
+    return cp
+
+
+def test_retention_runs_daily_from_its_timer_with_the_collectors_config() -> None:
+    service, timer = (_sections(n) for n in RETENTION)
+    assert service["Service"]["Type"] == "oneshot", "retention runs to the end and exits"
+    assert "Install" not in service, "the timer starts it, not boot"
+    assert timer["Timer"]["Unit"] == RETENTION[0]
+    assert timer["Timer"]["Persistent"] == "true", "a run missed while the host was down must happen at boot"
+    assert timer["Install"]["WantedBy"] == "timers.target"
+    # A daily calendar spec: systemd-analyze normalises it and names the next elapse.
+    if shutil.which("systemd-analyze") is not None:
+        p = subprocess.run(
+            ["systemd-analyze", "calendar", timer["Timer"]["OnCalendar"]], capture_output=True, text=True, timeout=60
+        )
+        assert p.returncode == 0 and "Normalized form: *-*-* 03:30:00" in p.stdout, p.stdout + p.stderr
+    # The command it runs is the collector's own retention subcommand, with the collector's
+    # config (its store) and a default age that a drop-in can override.
+    argv = service["Service"]["ExecStart"].split()
+    assert argv[:2] == ["/opt/gpuaudit/bin/gpuaudit-collector", "retention"], argv
+    assert argv[argv.index("--config") + 1] == "/etc/gpuaudit/collector.toml"
+    assert argv[argv.index("--older-than") + 1] == "${RETENTION_DAYS}"
+    assert "RETENTION_DAYS=90" in _unit(RETENTION[0])["Environment"]
+    from collector.cli import build_parser
+
+    ns = build_parser().parse_args([a.replace("${RETENTION_DAYS}", "90") for a in argv[1:]])
+    assert ns.cmd == "retention" and ns.older_than == 90.0 and str(ns.config) == "/etc/gpuaudit/collector.toml"
 
 
 def test_install_sections() -> None:
