@@ -288,6 +288,20 @@ def _cmd_serve(ns: argparse.Namespace) -> int:
 def _cmd_token(ns: argparse.Namespace) -> int:
     import time
 
+    nodes: list[str] = []
+    if ns.nodes is not None:
+        from collector.ca import read_node_list
+
+        if ns.out:
+            raise usage("--nodes writes one join-token file per node: give --out-dir DIR, not --out")
+        if ns.out_dir is None:
+            raise usage("--nodes needs --out-dir DIR (DIR/<node>/join-token, as /etc/gpuaudit/join-token)")
+        nodes = read_node_list(ns.nodes)
+        taken = [ns.out_dir / n / "join-token" for n in nodes if (ns.out_dir / n / "join-token").exists()]
+        if taken:
+            raise usage(f"{taken[0]} already exists ({len(taken)} node(s) have a token file): move them away first")
+    elif ns.out_dir is not None:
+        raise usage("--out-dir goes with --nodes FILE (one node id a line)")
     cfg, _ = _load(ns)
     if ns.out:
         _check_out(Path(ns.out))
@@ -295,9 +309,18 @@ def _cmd_token(ns: argparse.Namespace) -> int:
     try:
         ttl = ns.ttl_s if ns.ttl_s is not None else cfg.token_ttl_s
         now = time.time_ns() // 1_000_000
-        tokens = [store.create_token(ttl, now) for _ in range(ns.count)]
+        tokens = [store.create_token(ttl, now) for _ in range(len(nodes) or ns.count)]
     finally:
         store.close()
+    if nodes:
+        out_dir = Path(str(ns.out_dir))
+        for node, token in zip(nodes, tokens, strict=True):
+            (out_dir / node).mkdir(parents=True, exist_ok=True)
+            fd = os.open(out_dir / node / "join-token", os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+            with os.fdopen(fd, "w") as fh:
+                fh.write(token + "\n")
+        print(f"{len(nodes)} join tokens in {ns.out_dir}/<node>/join-token (mode 0600), valid {ttl} s")
+        return 0
     out = "\n".join(tokens) + "\n"
     if ns.out:
         fd = os.open(ns.out, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
@@ -669,8 +692,18 @@ def _cmd_ca_init(ns: argparse.Namespace) -> int:
 
 
 def _cmd_ca_issue(ns: argparse.Namespace) -> int:
-    from collector.ca import issue
+    from collector.ca import issue, issue_nodes, read_node_list
 
+    if ns.nodes is not None:
+        if not ns.client or ns.out is None:
+            raise usage("--nodes issues client certificates: give --client and --out DIR (DIR/<node>/tls/)")
+        done = issue_nodes(ns.dir, read_node_list(ns.nodes), ns.out, days=ns.days)
+        until = min(i.not_after for i in done)
+        print(
+            f"{len(done)} client certificates in {ns.out}/<node>/tls/ (ca.crt, node.crt, node.key 0600), "
+            f"valid until {until:%Y-%m-%d}"
+        )
+        return 0
     issued = issue(ns.dir, ns.name, server=ns.server, hosts=tuple(ns.host or ()), days=ns.days, out=ns.out)
     kind = "server" if ns.server else "client"
     print(f"{kind} certificate {issued.cert}, key {issued.key}, valid until {issued.not_after:%Y-%m-%d}")
@@ -680,14 +713,23 @@ def _cmd_ca_issue(ns: argparse.Namespace) -> int:
 def _cmd_report(ns: argparse.Namespace) -> int:
     import time
 
-    from collector.report import build_report, from_detect_config, tenant_facts, write_report
+    from collector.report import (
+        build_report,
+        from_detect_config,
+        log_key_fingerprint,
+        store_args_for,
+        tenant_facts,
+        write_report,
+    )
 
     cfg, dcfg = _load(ns)
     _check_out(ns.out)
-    store_args = f"--db {ns.db}" if ns.db else (f"--config {ns.config}" if ns.config else "")
+    store_args = store_args_for(ns.db, ns.config)
     store = _open_store(cfg)
     try:
-        options = from_detect_config(dcfg, store_args, tenant_facts(_tenants(cfg.tenants)))
+        options = from_detect_config(
+            dcfg, store_args, tenant_facts(_tenants(cfg.tenants)), log_key_fingerprint(cfg.log_key_path())
+        )
         now_ms = time.time_ns() // 1_000_000
         text, data = build_report(store, ns.finding_id, options, generated_ms=now_ms, version=__version__)
     finally:
@@ -715,6 +757,41 @@ def _cmd_retention(ns: argparse.Namespace) -> int:
     print(
         f"aged {report.statements} statement payloads into hourly per-GPU, per-tenant aggregates "
         f"({report.aggregate_rows} aggregate rows written); log leaves and checkpoints unchanged"
+    )
+    return 0
+
+
+def _cmd_backup(ns: argparse.Namespace) -> int:
+    from collector.backup import backup
+
+    cfg, _ = _load(ns)
+    if cfg.db_url is None and not Path(cfg.db).exists():
+        raise unavailable(f"no store at {cfg.db}: give the collector's --db (or --config)")
+    if ns.out.exists() and (not ns.out.is_dir() or any(ns.out.iterdir())):
+        raise usage(f"--out {ns.out} exists and is not an empty folder: give a new folder for each backup")
+    manifest = backup(cfg, ns.out)
+    log = manifest["log"]
+    print(
+        f"backed up the {manifest['backend']} store ({log['statements']} statements, log size {log['log_size']}, "
+        f"latest checkpoint at size {log['checkpoint_size']}) and {len(manifest['files']) - 1} key file(s) to "
+        f"{ns.out}; it holds the log's private key: keep it as safe as the collector's state"
+    )
+    return 0
+
+
+def _cmd_restore(ns: argparse.Namespace) -> int:
+    from collector.backup import restore
+
+    cfg, _ = _load(ns)
+    if not ns.src.is_dir():
+        raise unavailable(f"--from {ns.src}: no such folder")
+    if cfg.db_url is None and Path(cfg.db).exists():
+        raise usage(f"a store exists at {cfg.db}: restore into a new path (or move that store away first)")
+    report = restore(cfg, ns.src)
+    print(
+        f"restored {', '.join(report.files)}: {report.state.statements} statements, log size "
+        f"{report.state.log_size}; {report.leaves_audited} leaves audited against the stored tile roots and the "
+        f"latest checkpoint (size {report.state.checkpoint_size}), which the log key verifies"
     )
     return 0
 
@@ -758,6 +835,15 @@ def build_parser() -> argparse.ArgumentParser:
     tc = tksub.add_parser("create", help="create one-time join tokens (printed once; only their hash is kept)")
     common(tc)
     tc.add_argument("--count", type=int, default=1, help="how many tokens (one per node)")
+    tc.add_argument(
+        "--nodes",
+        type=Path,
+        metavar="FILE",
+        help="one token per node id listed in FILE (one a line, # comments), written to --out-dir",
+    )
+    tc.add_argument(
+        "--out-dir", type=Path, help="with --nodes: DIR/<node>/join-token (0600), to copy to /etc/gpuaudit/join-token"
+    )
     tc.add_argument("--ttl-s", type=int, help="seconds until the tokens expire (default from config: 86400)")
     tc.add_argument("--out", help="write the tokens to this file (mode 0600) instead of stdout")
     tc.set_defaults(func=_cmd_token)
@@ -934,7 +1020,15 @@ def build_parser() -> argparse.ArgumentParser:
     ci.set_defaults(func=_cmd_ca_init)
     cs = casub.add_parser("issue", help="issue a server certificate, or a client certificate for one node")
     cs.add_argument("--dir", type=Path, required=True, help="the CA's directory")
-    cs.add_argument("--name", required=True, help="common name: the collector's host name, or the node id")
+    who = cs.add_mutually_exclusive_group(required=True)
+    who.add_argument("--name", help="common name: the collector's host name, or the node id")
+    who.add_argument(
+        "--nodes",
+        type=Path,
+        metavar="FILE",
+        help="client certificates for every node id in FILE (one a line): --out DIR/<node>/tls/{ca.crt,node.crt,"
+        "node.key}, the paths deploy/config/agent.toml names under /etc/gpuaudit",
+    )
     role = cs.add_mutually_exclusive_group(required=True)
     role.add_argument("--server", action="store_true", help="a certificate for the collector")
     role.add_argument("--client", action="store_true", help="a certificate for the agent of node NAME")
@@ -968,9 +1062,37 @@ def build_parser() -> argparse.ArgumentParser:
     rt.add_argument("--older-than", type=float, required=True, metavar="DAYS", help="age in days (may be fractional)")
     rt.set_defaults(func=_cmd_retention)
 
+    bk = sub.add_parser(
+        "backup",
+        help="copy the store and the log and pseudonym keys into a new folder, with a checked manifest",
+        description="Back up the store (SQLite: the online backup API, safe while the collector runs; PostgreSQL: "
+        "pg_dump of one snapshot) and the keys beside it (log key, pseudonym key) into a new folder, with a "
+        "manifest of each file's SHA-256 and the log's size and latest checkpoint. The folder holds the log's "
+        "private key. Restore with `gpuaudit-collector restore` (docs/operator-guide.md, 'Backup and restore').",
+    )
+    common(bk)
+    bk.add_argument("--out", type=Path, required=True, metavar="DIR", help="a new (or empty) folder")
+    bk.set_defaults(func=_cmd_backup)
+    rs = sub.add_parser(
+        "restore",
+        help="restore a backup into a new store and key paths, then check its log",
+        description="Restore a `gpuaudit-collector backup` folder into the configured store, which must not exist "
+        "(SQLite) or be an empty database (PostgreSQL: pg_restore), and the configured key paths. Every file is "
+        "checked against the manifest first; afterwards the log is audited from its leaves, its latest checkpoint "
+        "must verify under the restored log key, and its size and checkpoint must be the backup's (exit 1 if not).",
+    )
+    common(rs)
+    rs.add_argument("--from", dest="src", type=Path, required=True, metavar="DIR", help="the backup folder")
+    rs.set_defaults(func=_cmd_restore)
+
     dm = sub.add_parser("demo", help="the demo site: opaque 2,400-GPU training run among ordinary tenants")
     dm.add_argument("--hours", type=float, default=2.0, help="hours of event time to replay (default 2)")
-    dm.add_argument("--workdir", type=Path, help="keep the demo's files here (default: a temporary directory)")
+    dm.add_argument(
+        "--workdir",
+        type=Path,
+        help="keep the demo's store and files here (default: $XDG_CACHE_HOME/gpuaudit/demo, i.e. "
+        "~/.cache/gpuaudit/demo); they stay after the demo, and the next run in the same folder replaces them",
+    )
     dm.add_argument("--keep", action="store_true", help="leave the collector running at the end (Ctrl-C stops)")
     dm.set_defaults(func=_cmd_demo)
     exitcodes.add_epilogs(ap, exitcodes.epilog())

@@ -96,7 +96,11 @@ def test_the_report_says_what_was_found_and_how_to_verify_it(report: tuple[Path,
     for reason in finding["opacity"]["reasons"]:
         assert reason.replace("'", "&#x27;") in text, f"opacity reason {reason!r} is not in the report"
     assert f"gpuaudit-collector export --db {path.parent / 'collector.db'} --tenant {DEMO_OPAQUE_TENANT}" in text
-    assert "gpuaudit-verify bundle-" in text
+    assert f"gpuaudit-collector log public-key --db {path.parent / 'collector.db'} &gt; log-key.pem" in text
+    assert f"gpuaudit-verify --log-key log-key.pem bundle-{DEMO_OPAQUE_TENANT}.json" in text
+    assert "must be <code class=digest>sha256:" in text, "the report does not name its log key's fingerprint"
+    # The site's first statement is 10 minutes before the run, the report starts 30 before it.
+    assert "No node signed any statement from" in text and "It is not zero" in text
     assert not re.search(r"""(src|href)\s*=|@import|url\(|<script""", text, re.I), "the report must fetch nothing"
     assert len(text) < 2_000_000, f"the report is {len(text):,} bytes: too big to forward"
 
@@ -110,6 +114,9 @@ def test_the_charts_render_in_chromium(report: tuple[Path, dict[str, Any]], tmp_
         m = re.search(rf'<svg id="{chart}".*?</svg>', dom.stdout, re.S)
         assert m, f"Chromium's DOM has no <svg id={chart!r}>: the chart is missing from the report"
         assert m.group(0).count("<path") + m.group(0).count("<rect") + m.group(0).count("<polygon") >= 3, chart
+    for chart in ("chart-gpus", "chart-heatmap", "chart-flop"):
+        m = re.search(rf'<svg id="{chart}".*?</svg>', dom.stdout, re.S)
+        assert m and m.group(0).count('class="nodata"') >= 2, f"{chart}: the time before any statement is not hatched"
     heat = re.search(r'<svg id="chart-heatmap".*?</svg>', dom.stdout, re.S)
     assert heat is not None and heat.group(0).count("<rect") >= 12 * 10, "the heat map has too few cells"
 
@@ -127,7 +134,7 @@ def test_the_charts_render_in_chromium(report: tuple[Path, dict[str, Any]], tmp_
                     n += 1
         return n * 4
 
-    # Each chart has colours of its own (collector/report.py's CSS and palette).
+    # Each chart has colours of its own (collector/report/page.py's CSS, fmt.py's palette).
     area = matching(lambda r, g, b: abs(r - 202) < 12 and abs(g - 226) < 12 and abs(b - 239) < 12)
     heat_dark = matching(lambda r, g, b: r < 60 and g < 110 and b > 90 and b - r > 60)
     band = matching(lambda r, g, b: r > 240 and 180 < g < 225 and 130 < b < 190)

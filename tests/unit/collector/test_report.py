@@ -7,13 +7,14 @@ import json
 import re
 from collections.abc import Iterator
 from dataclasses import dataclass, field
+from pathlib import Path
 
 import pytest
 
 from attestation.statement import Chain, GpuWindow, UsageWindow, Workload, statement_bytes
 from collector.detect import flops
 from collector.detect.findings import rfc3339_ms
-from collector.report import ReportError, ReportOptions, build_report, collect
+from collector.report import ReportError, ReportOptions, build_report, chart_heatmap, collect, store_args_for
 from collector.store.base import FindingRecord, StatementRecord
 
 T0 = 1_772_424_000_000  # 2026-03-02T04:00:00Z, a multiple of 60 s
@@ -141,9 +142,10 @@ def test_counts_only_the_tenants_statements_and_recomputes_flop() -> None:
     assert data.statements == 40 and len(data.keys) == 2 and data.nodes == 2
     assert data.statements_scanned == 60, "the bystander's statements are read but not counted"
     assert all(k.count == 20 and k.contiguous and (k.first_seq, k.last_seq) == (0, 19) for k in data.keys)
-    # 5 lead-in buckets of no use, then 16 GPUs busy.
+    # 5 lead-in buckets before any statement (no data, not 0 GPUs), then 16 GPUs busy.
     assert data.bucket_ms == WINDOW
-    assert data.gpus_in_use[:5] == [0.0] * 5
+    assert data.gpus_in_use[:5] == [None] * 5 and data.covered[:5] == [False] * 5
+    assert data.no_data_runs() == [(0, 4)]
     assert data.gpus_in_use[5:25] == [pytest.approx(16.0)] * 20
     assert data.gpu_equivalents[5] == pytest.approx(16.0)
     peak = flops.lookup(MODEL)
@@ -192,7 +194,17 @@ def test_html_is_self_contained_and_escapes_what_nodes_sent() -> None:
     for chart in ("chart-gpus", "chart-heatmap", "chart-flop"):
         assert f'id="{chart}"' in text
     assert "gpuaudit-collector export --db /srv/c.db --tenant" in text
-    assert "gpuaudit-verify bundle-" in text
+    assert "gpuaudit-collector log public-key --db /srv/c.db &gt; log-key.pem" in text
+    verify = re.search(r'<pre id="verify-commands">(.*?)</pre>', text, re.S)
+    assert verify, "the report has no verify commands"
+    assert verify.group(1).startswith("gpuaudit-verify --log-key log-key.pem bundle-"), verify.group(1)
+    assert "/srv" not in verify.group(1), "the verifier's command must not carry the operator's paths"
+    assert "gpuaudit-verify</code> prints its fingerprint" not in text, "no fingerprint was given"
+    fp = "sha256:" + "ab" * 32
+    text, _ = build_report(
+        store, "f-0123456789abcdef", ReportOptions(log_key_fingerprint=fp), generated_ms=T0, version="9.9"
+    )
+    assert f"must be <code class=digest>{fp}</code>" in text
     assert "nominee directors" in text and "1.0&#8239;×&#8239;10<sup>20</sup>" in text
 
 
@@ -209,3 +221,77 @@ def test_other_kinds_of_finding_are_refused_with_a_reason() -> None:
     store.finding_records = [FindingRecord("f-1", "equivocation", "", "high", T0, T0, json.dumps(doc))]
     with pytest.raises(ReportError, match="cover large_training findings"):
         collect(store, "f-1", ReportOptions())
+
+
+def test_time_before_any_statement_is_no_data_and_time_without_the_tenant_is_not_in_use() -> None:
+    store = _site()
+    # n1 signs statements of another tenant 3 windows before the run (a second key of the node);
+    # before that no node signed anything.
+    for i in range(3):
+        store.add("n1", "sha256:0b", i, T0 - (3 - i) * WINDOW, "t-other", gpus=2)
+    data = collect(store, "f-0123456789abcdef", ReportOptions(lead_in_ms=5 * WINDOW))
+    assert data.gpus_in_use[:5] == [None, None, 0.0, 0.0, 0.0], "no statement: None; statements without it: 0"
+    assert data.gpu_equivalents[:5] == [None, None, 0.0, 0.0, 0.0]
+    assert data.no_data_runs() == [(0, 1)]
+    (n1, u1), (n2, u2) = data.heat_rows
+    assert (n1, n2) == ("n1", "n2")
+    assert u1[:5] == [None] * 5 and data.heat_covered[0][:5] == [False, False, True, True, True]
+    assert data.heat_covered[1][:5] == [False] * 5, "n2 signed nothing before the run: no data, not idle"
+
+    svg = chart_heatmap(data, [])
+    # Not in use (grey) only where the node signed statements without the tenant: 3 cells of n1.
+    assert svg.count('fill="#eeeeee"') == 3 + 1, "3 grey cells and the legend's swatch"
+    assert svg.count('class="nodata"') == 2 + 1, "one hatched run per row and the legend's swatch"
+    assert ">no data</text>" in svg
+
+    text, _ = build_report(
+        store, "f-0123456789abcdef", ReportOptions(lead_in_ms=5 * WINDOW), generated_ms=T0, version="9.9"
+    )
+    gpus = re.search(r'<svg id="chart-gpus".*?</svg>', text, re.S)
+    assert gpus and 'class="nodata"' in gpus.group(0) and ">no data</text>" in gpus.group(0)
+    assert "No node signed any statement from 2026-03-02 03:55 UTC to 2026-03-02 03:57 UTC" in text
+
+
+def test_a_report_with_statements_throughout_draws_no_no_data() -> None:
+    store = _site()
+    for i in range(5):
+        store.add("n3", "sha256:8", i, T0 - (5 - i) * WINDOW, "t-other")
+    data = collect(store, "f-0123456789abcdef", ReportOptions(lead_in_ms=5 * WINDOW))
+    assert data.gpus_in_use[:5] == [0.0] * 5 and data.no_data_runs() == []
+    text, _ = build_report(
+        store, "f-0123456789abcdef", ReportOptions(lead_in_ms=5 * WINDOW), generated_ms=T0, version="9.9"
+    )
+    gpus = re.search(r'<svg id="chart-gpus".*?</svg>', text, re.S)
+    assert gpus and gpus.group(0).count('class="nodata"') == 1, "only the legend's swatch is hatched"
+    assert "No node signed any statement" not in text
+
+
+@pytest.mark.parametrize(
+    ("db", "config", "expected"),
+    [
+        ("/srv/c.db", None, "--db /srv/c.db"),
+        ("/srv/my store/c.db", None, "--db '/srv/my store/c.db'"),
+        (
+            "postgresql://audit:s3cret@db.internal:5432/gpuaudit",
+            None,
+            "--db postgresql://audit@db.internal:5432/gpuaudit",
+        ),
+        (None, Path("/etc/gpuaudit/collector.toml"), "--config /etc/gpuaudit/collector.toml"),
+        (None, None, ""),
+    ],
+)
+def test_the_store_is_named_as_a_shell_reads_it_and_without_a_password(
+    db: str | None, config: Path | None, expected: str
+) -> None:
+    assert store_args_for(db, config) == expected
+
+
+def test_a_bucket_partly_without_data_is_averaged_over_the_time_with_data() -> None:
+    store = _site()  # 16 GPUs busy from T0
+    # 2 windows of lead-in before any statement, buckets of 4 windows: the first bucket has
+    # data for half its time, all of it with 16 GPUs in use.
+    data = collect(store, "f-0123456789abcdef", ReportOptions(lead_in_ms=2 * WINDOW, max_time_buckets=6))
+    assert data.bucket_ms == 4 * WINDOW and data.bucket_starts[0] == T0 - 2 * WINDOW
+    assert data.covered[0] and data.no_data_runs() == []
+    assert data.gpus_in_use[0] == pytest.approx(16.0), "half a bucket of no data must not halve the GPUs"
+    assert data.gpus_in_use[1] == pytest.approx(16.0)
