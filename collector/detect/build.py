@@ -298,6 +298,16 @@ def _severity(
     return m.severity, value, why, set_by
 
 
+def _job_basis(run: Run, cfg: DetectConfig) -> str:
+    """What says the run is one job: "coupling" (its nodes were tested coupled), "one workload
+    id" (one pod or Slurm job spans ``min_gpus``), else "size alone"."""
+    if run.coupled_windows >= cfg.coupling_confirm_windows:
+        return "coupling"
+    if run.last is not None and run.last.shared_workload_gpus >= cfg.min_gpus:
+        return "one workload id"
+    return "size alone"
+
+
 def build_finding(
     run: Run,
     cfg: DetectConfig,
@@ -321,6 +331,15 @@ def build_finding(
     window_ms = int(run.last_window_s * 1000)
     flop_estimate, flop_upper, flop_reason, peaks = _flop(run, cfg)
     sev, sev_opacity, why, set_by = _severity(cfg, gpus, flop_estimate, material)
+    basis = _job_basis(run, cfg)
+    if basis == "size alone" and sev > 0 and not set_by["end_use"]["floor"]:
+        # Size is what a batch-inference fleet or a sweep at full load shows too: without a
+        # measured coupling or one workload id across nodes, the finding says "look", not more.
+        sev = 0  # low
+        why += (
+            "; at most low: coupling could not be measured (flat or missing series) and no one "
+            "workload id spans the nodes, so only size says it is one job"
+        )
     primary = set_by["tenant"]
     op = ops[primary]
     risk: EndUseRisk | None = risks[primary] if risk_of is not None else None
@@ -343,6 +362,7 @@ def build_finding(
     typical = statistics.median(run.at_size_gpus) if run.at_size_gpus else None
     evidence: dict[str, Any] = {
         "signals": _signals(run, cfg, gpus, window_ms),
+        "job_evidence": basis,
         "severity_reason": why,
         "severity_set_by": set_by,
         "levels": _levels(cfg, op, risk),

@@ -439,8 +439,11 @@ def test_where_coupling_cannot_be_measured_size_or_one_workload_id_stand_in() ->
     (f,) = eng.findings()
     assert f.evidence["signals"]["synchrony_corr"]["state"] == "unknown"
     assert f.evidence["signals"]["size_alone"]["fired"] is True
+    # Size is all that says it is one job: the finding asks for a look, it does not accuse.
+    assert f.evidence["job_evidence"] == "size alone" and f.severity == "low", f.evidence["severity_reason"]
     _, eng = run(_flat(stream([Group("mid", 10, "t-mid", "train")], 20), shared_workload=False))
     assert eng.findings() == [], "80 flat GPUs, one workload id per node: no job evidence"
     _, eng = run(_flat(stream([Group("mid", 10, "t-mid", "train")], 20), shared_workload=True))
     (f,) = eng.findings()
     assert f.evidence["signals"]["shared_workload_gpus"]["fired"] is True and f.gpus == 80
+    assert f.evidence["job_evidence"] == "one workload id" and f.severity in ("medium", "high")
