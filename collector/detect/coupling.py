@@ -39,10 +39,11 @@ from dataclasses import dataclass
 WINSOR = 2.5
 """Residuals are clipped at this many robust standard deviations."""
 LEAVE_OUT = 2
-"""Episodes of strongest agreement left out of the robust statistic: one per four episodes,
-at most this many (leaving out the best of few episodes biases the rest low). A test between
-two accounts (``measure_between``) leaves out as many; leaving out one let a second shared
-shock link a transparent tenant's run to unrelated ones on the evaluation's sites."""
+"""Episodes of strongest agreement left out of the robust statistic: two wherever there are at
+least four episodes (one with two or three). Leaving out one per four episodes left a single
+shared excursion in a short history (jobs started together, one stall the mask missed) and
+raised coupling there; the bias of leaving out the best of few episodes only delays weak real
+coupling. A test between two accounts (``measure_between``) leaves out as many."""
 COMMON_MASK_SD = 3.0
 """A time point whose common component is this many robust SDs from its median is masked."""
 MIN_COMMON_TENANTS = 3
@@ -276,7 +277,7 @@ def _prepare(
                 occ[idx[i]] = True
     occupied = [e for e in range(n_ep) if occ[e]]
     used_eps = len(occupied)
-    leave = min(leave_out, used_eps // 4)
+    leave = min(leave_out, used_eps // 2)
     # The episodes left out are the group's, not each pair's: those in which the units agree
     # most in total (the sum over pairs of their cross products). Choosing per pair would leave
     # each pair's luckiest episodes out and bias every weak but real coupling below zero.
