@@ -22,6 +22,7 @@ from typing import Any
 from collector.detect import flops
 from collector.report.fmt import MINUTE_MS, MS, parse_ms, utc
 from collector.report.options import ReportError, ReportOptions, ReportStore
+from collector.store.base import FindingAction, WorkflowState, workflow_state
 
 _logger = logging.getLogger(__name__)
 
@@ -72,6 +73,10 @@ class ReportData:
     covered: list[bool] = field(default_factory=list)
     # Per heat-map row and bucket: whether one of the row's nodes signed a statement covering it.
     heat_covered: list[list[bool]] = field(default_factory=list)
+    # The finding's workflow (acknowledge, assign, close, reopen), in recorded order, and the
+    # state it leaves the finding in (collector.store.base.workflow_state).
+    actions: list[FindingAction] = field(default_factory=list)
+    workflow: WorkflowState = field(default_factory=WorkflowState)
 
     def no_data_runs(self) -> list[tuple[int, int]]:
         """The [first, last] bucket indexes of each run of buckets without data."""
@@ -286,7 +291,12 @@ def collect(store: ReportStore, finding_id: str, options: ReportOptions) -> Repo
         n,
         bucket_ms // MS,
     )
+    # A store without the workflow (a fake, an older interface) reports the finding open.
+    read_actions = getattr(store, "finding_actions", None)
+    actions: list[FindingAction] = list(read_actions(finding_id)) if callable(read_actions) else []
     return ReportData(
+        actions=actions,
+        workflow=workflow_state(actions),
         finding=doc,
         tenants=tenants,
         span_from_ms=span_from,

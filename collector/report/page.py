@@ -8,7 +8,13 @@ from typing import Any
 from collector.report.data import ReportData
 from collector.report.fmt import duration, esc, parse_ms, sci, utc
 from collector.report.options import ReportOptions
-from collector.report.sections import end_use_section, set_by_section, statements_section, verify_section
+from collector.report.sections import (
+    end_use_section,
+    set_by_section,
+    statements_section,
+    verify_section,
+    workflow_section,
+)
 from collector.report.svg import chart_flop, chart_gpus, chart_heatmap
 
 _CSS = """
@@ -233,6 +239,7 @@ def render(data: ReportData, options: ReportOptions, generated_ms: int, version:
         *(f'<div class="fact"><div class="v">{v}</div><div class="k">{esc(k)}</div></div>' for v, k in facts),
         "</div>",
         *set_by_section(ev.get("severity_set_by")),
+        *workflow_section(data),
         "<h2>Why the tenant counts as opaque</h2>",
     ]
     if reasons:

@@ -1,4 +1,5 @@
-"""Sections of the page: what set the severity, end-use risk, how to verify, the statements appendix."""
+"""Sections of the page: what set the severity, end-use risk, the workflow, how to verify, the
+statements appendix."""
 
 from __future__ import annotations
 
@@ -34,6 +35,29 @@ def set_by_section(set_by: Any) -> list[str]:
     )
     if set_by.get("reasons"):
         out.append("<ul>" + "".join(f"<li>{esc(r)}</li>" for r in set_by["reasons"]) + "</ul>")
+    return out
+
+
+def workflow_section(data: ReportData) -> list[str]:
+    """The finding's workflow: its state and assignee, and who acknowledged, assigned, closed
+    or reopened it, when and why (the store's finding actions, oldest first)."""
+    wf = data.workflow
+    out = [
+        "<h2>Workflow</h2>",
+        f"<p>State: <strong>{esc(wf.state)}</strong>"
+        + (f", assigned to <strong>{esc(wf.assignee)}</strong>" if wf.assignee else "")
+        + ("" if data.actions else " (nobody has acted on this finding yet)")
+        + ".</p>",
+    ]
+    if data.actions:
+        out.append("<table><thead><tr><th>When (UTC)</th><th>Action</th><th>By</th><th>Why</th></tr></thead><tbody>")
+        for a in data.actions:
+            what = a.action + (f" to {a.assignee}" if a.assignee else "")
+            out.append(
+                f"<tr><td>{esc(utc(a.at_ms))}</td><td>{esc(what)}</td><td>{esc(a.actor)}</td>"
+                f"<td>{esc(a.reason)}</td></tr>"
+            )
+        out.append("</tbody></table>")
     return out
 
 

@@ -20,14 +20,21 @@ Contract for every backend:
   same transaction: leaf indices count 0, 1, 2, ... in commit order, without gaps, and
   the leaf hash is SHA-256(0x00 || PAE) (``attestation.merkle``). Leaves and signed
   checkpoints are never changed or deleted.
-- Errors are ``collector.errors.StoreError`` (or ``EnrollmentError`` from ``enroll``).
+- A finding's workflow (``record_finding_action``) is append-only history beside the
+  detector's row, which it never changes; the finding's state is derived from it
+  (``workflow_state``). A backend checks the transition and appends in one transaction,
+  with the finding's row locked, so two people closing the same finding cannot both succeed.
+- Errors are ``collector.errors.StoreError`` (or ``EnrollmentError`` from ``enroll``,
+  ``FindingWorkflowError`` from ``record_finding_action``).
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Sequence
-from typing import Protocol
+from collections.abc import Iterable, Iterator, Sequence
+from dataclasses import dataclass
+from typing import ClassVar, Protocol
 
+from collector.errors import CollectorError
 from collector.store.records import (
     ChainHead,
     CheckpointRecord,
@@ -52,10 +59,13 @@ __all__ = [
     "ChainHead",
     "CheckpointRecord",
     "ConflictRecord",
+    "FINDING_ACTIONS",
     "DetectionLease",
     "EnrollmentStore",
+    "FindingAction",
     "FindingRecord",
     "FindingStore",
+    "FindingWorkflowError",
     "KeyHead",
     "KeyRecord",
     "LogLeafRecord",
@@ -69,13 +79,110 @@ __all__ = [
     "Store",
     "TokenRecord",
     "UsageAggregate",
+    "WorkflowState",
+    "check_finding_action",
     "contiguous_tile_roots",
     "heads_params",
     "heads_row",
     "read_committed_heads",
     "signatures_from_json",
     "signatures_to_json",
+    "workflow_state",
 ]
+
+# -- the findings workflow: records and rules (both backends check them the same way) -------
+
+FINDING_ACTIONS = ("acknowledge", "assign", "close", "reopen")
+
+
+@dataclass(frozen=True)
+class FindingAction:
+    """One step of a finding's workflow, as recorded: who did what, to whom, why and when."""
+
+    finding_id: str
+    action: str  # one of FINDING_ACTIONS
+    actor: str
+    assignee: str | None  # "assign" only
+    reason: str  # "" only for an "assign" given no reason
+    at_ms: int
+
+
+@dataclass(frozen=True)
+class WorkflowState:
+    """Where a finding stands: "open", "acknowledged" or "closed", and who it is assigned to."""
+
+    state: str = "open"
+    assignee: str | None = None
+
+
+class FindingWorkflowError(CollectorError):
+    """A finding action refused: the finding is not there, or the action does not fit its state."""
+
+    reason = "finding_workflow"
+
+    _REMEDIES: ClassVar[dict[str, str]] = {
+        "unknown_finding": "List the recorded findings with `gpuaudit-collector findings`, naming the same "
+        "--config or --db as the collector that recorded them.",
+        "bad_transition": "See the finding's state and history with `gpuaudit-collector findings --json`.",
+        "bad_action": "Name who acts (--by) and why (--reason); an assign names whom (--to).",
+    }
+
+    def diagnostics(self) -> str:
+        remedy = self._REMEDIES.get(self.reason, "")
+        return f"{self}" + (f"\n{remedy}" if remedy else "")
+
+
+def _apply(current: WorkflowState, action: FindingAction) -> WorkflowState:
+    if action.action == "acknowledge":
+        return WorkflowState("acknowledged", current.assignee)
+    if action.action == "assign":  # assigning someone acknowledges an open finding
+        return WorkflowState("acknowledged", action.assignee)
+    if action.action == "close":
+        return WorkflowState("closed", current.assignee)
+    if action.action == "reopen":  # the assignee stays, to pick it up again
+        return WorkflowState("open", current.assignee)
+    return current
+
+
+def workflow_state(actions: Iterable[FindingAction]) -> WorkflowState:
+    """The state a finding's actions (in recorded order) leave it in: open -> acknowledged
+    (acknowledge, or assign) -> closed; reopen -> open. No actions: open, unassigned."""
+    state = WorkflowState()
+    for action in actions:
+        state = _apply(state, action)
+    return state
+
+
+def check_finding_action(current: WorkflowState, action: FindingAction) -> WorkflowState:
+    """The state after ``action``, or FindingWorkflowError if it does not fit ``current``:
+    acknowledge an open finding; assign or close one not closed; reopen a closed one."""
+    fid = action.finding_id
+    if action.action not in FINDING_ACTIONS:
+        raise FindingWorkflowError(
+            f"finding action {action.action!r} is not one of {', '.join(FINDING_ACTIONS)}", reason="bad_action"
+        )
+    if not action.actor.strip():
+        raise FindingWorkflowError(f"finding {fid}: {action.action} needs who does it", reason="bad_action")
+    if action.action == "assign":
+        if not (action.assignee or "").strip():
+            raise FindingWorkflowError(f"finding {fid}: assign needs whom to assign it to", reason="bad_action")
+    elif action.assignee is not None:
+        raise FindingWorkflowError(f"finding {fid}: only assign names an assignee", reason="bad_action")
+    elif not action.reason.strip():
+        raise FindingWorkflowError(f"finding {fid}: {action.action} needs a reason", reason="bad_action")
+    allowed = {
+        "acknowledge": ("open",),
+        "assign": ("open", "acknowledged"),
+        "close": ("open", "acknowledged"),
+        "reopen": ("closed",),
+    }[action.action]
+    if current.state not in allowed:
+        raise FindingWorkflowError(
+            f"finding {fid} is {current.state}: cannot {action.action} it"
+            + ("; reopen it first" if current.state == "closed" else ""),
+            reason="bad_transition",
+        )
+    return _apply(current, action)
 
 
 class EnrollmentStore(Protocol):
@@ -263,6 +370,26 @@ class FindingStore(Protocol):
         ...
 
     def findings(self, tenant: str | None = None) -> list[FindingRecord]: ...
+
+    def record_finding_action(
+        self,
+        finding_id: str,
+        action: str,
+        actor: str,
+        reason: str,
+        at_ms: int,
+        *,
+        assignee: str | None = None,
+    ) -> FindingAction:
+        """Append one workflow action to a finding (``FINDING_ACTIONS``), after checking it
+        fits the finding's state (``check_finding_action``), in one transaction; return it.
+        Raises FindingWorkflowError ("unknown_finding", "bad_transition", "bad_action"),
+        storing nothing. The finding's own row is never changed."""
+        ...
+
+    def finding_actions(self, finding_id: str | None = None) -> list[FindingAction]:
+        """The actions recorded on one finding (or on all), in the order they were recorded."""
+        ...
 
 
 class RevealStore(Protocol):

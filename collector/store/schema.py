@@ -175,6 +175,25 @@ SQLITE_MIGRATIONS: tuple[str, ...] = (
     ) STRICT;
     INSERT INTO log_heads_state (id, tree_size) VALUES (1, 0);
     """,
+    # 7: the findings workflow (issue 17): who acknowledged, assigned, closed or reopened a
+    # finding, and why. Append-only history; the detector's findings rows are never changed by
+    # it, and a finding's workflow state is derived from its actions (collector.store.base).
+    """
+    CREATE TABLE finding_actions (
+        id          INTEGER PRIMARY KEY,        -- the order actions were recorded in
+        finding_id  TEXT NOT NULL REFERENCES findings (finding_id),
+        action      TEXT NOT NULL CHECK (action IN ('acknowledge', 'assign', 'close', 'reopen')),
+        actor       TEXT NOT NULL,              -- who did it
+        assignee    TEXT,                       -- 'assign' only: to whom
+        reason      TEXT NOT NULL,              -- why ('' only for an assign given none)
+        at_ms       INTEGER NOT NULL
+    ) STRICT;
+    CREATE INDEX finding_actions_finding ON finding_actions (finding_id, id);
+    CREATE TRIGGER finding_actions_no_update BEFORE UPDATE ON finding_actions
+    BEGIN SELECT RAISE(ABORT, 'finding actions are append-only'); END;
+    CREATE TRIGGER finding_actions_no_delete BEFORE DELETE ON finding_actions
+    BEGIN SELECT RAISE(ABORT, 'finding actions are append-only'); END;
+    """,
 )
 
 # Script i brings the schema from version i to version i + 1, mirroring SQLite's script i
@@ -334,5 +353,25 @@ POSTGRES_MIGRATIONS: tuple[str, ...] = (
         tree_size   BIGINT NOT NULL
     );
     INSERT INTO log_heads_state (id, tree_size) VALUES (1, 0);
+    """,
+    # 7: the findings workflow (sqlite 7), append-only.
+    """
+    CREATE TABLE finding_actions (
+        id          BIGINT GENERATED ALWAYS AS IDENTITY PRIMARY KEY,
+        finding_id  TEXT NOT NULL REFERENCES findings (finding_id),
+        action      TEXT NOT NULL CHECK (action IN ('acknowledge', 'assign', 'close', 'reopen')),
+        actor       TEXT NOT NULL,
+        assignee    TEXT,
+        reason      TEXT NOT NULL,
+        at_ms       BIGINT NOT NULL
+    );
+    CREATE INDEX finding_actions_finding ON finding_actions (finding_id, id);
+    CREATE FUNCTION finding_actions_append_only() RETURNS trigger LANGUAGE plpgsql AS $$
+    BEGIN
+        RAISE EXCEPTION 'finding actions are append-only';
+    END;
+    $$;
+    CREATE TRIGGER finding_actions_no_change BEFORE UPDATE OR DELETE ON finding_actions
+        FOR EACH ROW EXECUTE FUNCTION finding_actions_append_only();
     """,
 )

@@ -20,6 +20,7 @@ from attestation.errors import KeyFileError
 from attestation.keys import PublicKey, key_id_of
 from collector.errors import EnrollmentError
 from collector.store import sql
+from collector.store.base import FindingAction, FindingWorkflowError, check_finding_action, workflow_state
 from collector.store.records import (
     CheckpointRecord,
     ConflictRecord,
@@ -509,6 +510,51 @@ class SqlStore:
         rows = self._query(self.dialect.q(f"{query} ORDER BY started_ms, finding_id{self.dialect.collate_c}"), params)
         return [FindingRecord(*row) for row in rows]
 
+    # -- the findings workflow: append-only actions beside the detector's rows --------
+
+    _ACTION_COLUMNS = "finding_id, action, actor, assignee, reason, at_ms"
+
+    def record_finding_action(
+        self,
+        finding_id: str,
+        action: str,
+        actor: str,
+        reason: str,
+        at_ms: int,
+        *,
+        assignee: str | None = None,
+    ) -> FindingAction:
+        d = self.dialect
+        record = FindingAction(d.text(finding_id), action, d.text(actor), d.opt_text(assignee), d.text(reason), at_ms)
+        with self._tx() as conn:
+            # The finding's row, locked (PostgreSQL; SQLite's BEGIN IMMEDIATE excludes other
+            # writers) and only read: two people closing one finding cannot both succeed.
+            found = conn.execute(
+                d.q(f"SELECT 1 FROM findings WHERE finding_id = ?{d.for_update}"), (record.finding_id,)
+            ).fetchone()
+            if found is None:
+                raise FindingWorkflowError(f"no finding {finding_id!r} in the store", reason="unknown_finding")
+            rows = conn.execute(
+                d.q(f"SELECT {self._ACTION_COLUMNS} FROM finding_actions WHERE finding_id = ? ORDER BY id"),
+                (record.finding_id,),
+            ).fetchall()
+            check_finding_action(workflow_state(_finding_action(r) for r in rows), record)
+            conn.execute(
+                d.q(f"INSERT INTO finding_actions ({self._ACTION_COLUMNS}) VALUES (?, ?, ?, ?, ?, ?)"),
+                (record.finding_id, record.action, record.actor, record.assignee, record.reason, record.at_ms),
+            )
+        _logger.info("finding %s: %s by %s", finding_id, action, actor)
+        return record
+
+    def finding_actions(self, finding_id: str | None = None) -> list[FindingAction]:
+        query = f"SELECT {self._ACTION_COLUMNS} FROM finding_actions"
+        params: list[object] = []
+        if finding_id is not None:
+            query += " WHERE finding_id = ?"
+            params.append(self.dialect.text(finding_id))
+        rows = self._query(self.dialect.q(query + " ORDER BY id"), params)
+        return [_finding_action(r) for r in rows]
+
     # -- tenant pseudonyms revealed (collector/pseudonyms.py) -------------------------
 
     def record_reveal(self, at_ms: int, pseudonym: str, tenant: str | None, operator: str, reason: str) -> None:
@@ -524,3 +570,10 @@ class SqlStore:
         """(at_ms, pseudonym, tenant, operator, reason), oldest first."""
         rows = self._query("SELECT at_ms, pseudonym, tenant, operator, reason FROM reveal_audit ORDER BY id")
         return [(int(a), str(p), None if t is None else str(t), str(o), str(r)) for a, p, t, o, r in rows]
+
+
+def _finding_action(row: Any) -> FindingAction:
+    finding_id, action, actor, assignee, reason, at_ms = row
+    return FindingAction(
+        str(finding_id), str(action), str(actor), None if assignee is None else str(assignee), str(reason), int(at_ms)
+    )
