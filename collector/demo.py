@@ -265,6 +265,14 @@ def run_demo(
         accepted = _metric_values(metrics_text, "gpuaudit_collector_statements_accepted_total").get("", 0)
         refused = sum(_metric_values(metrics_text, "gpuaudit_collector_statements_refused_total").values())
         gpu_s = _metric_values(metrics_text, "gpuaudit_tenant_gpu_seconds_total")
+        if not keep:
+            # A collector that stops stores the latest state of every finding: what the demo
+            # prints, `findings`, the report and offline `detect` then say the same.
+            collector.send_signal(signal.SIGTERM)
+            try:
+                collector.wait(timeout=60)
+            except subprocess.TimeoutExpired:
+                collector.kill()
         store = SqliteStore(db)
         try:
             findings = [json.loads(r.json_text) for r in store.findings()]

@@ -237,6 +237,10 @@ class RunningCollector:
         await self.batcher.stop()
         if self.follower is not None:
             await self.follower.stop()
+        # Close what is buffered and store every finding's latest state: what is stored is what
+        # this collector saw (offline `detect` on the same statements says the same). The next
+        # start replays the stored look-back, so statements that arrive later are not lost.
+        await asyncio.to_thread(self.sink.finish)
         if self.checkpointer is not None:
             await self.checkpointer.stop()
         if self._http is not None:

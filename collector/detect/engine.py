@@ -378,10 +378,10 @@ class DetectorEngine:
             gu = self._group_use(s, members, site, coupling.state == "coupled")
             if gu.gpus < cfg.run_floor_gpus:
                 if run is not None and s - run.last_hit_end_ms >= gap_ms:
-                    self._end_run(key)
+                    out.extend(self._end_run(key))
                 continue
             if run is not None and s - run.last_hit_end_ms >= gap_ms:
-                self._end_run(key)
+                out.extend(self._end_run(key))
                 run = None
             if run is None:
                 run = self._runs[key] = Run(group=key, start_ms=s, last_hit_end_ms=end)
@@ -461,12 +461,19 @@ class DetectorEngine:
         elif coupling.state == "uncoupled":
             run.coupling_votes = max(run.coupling_votes - 1, 0)
 
-    def _end_run(self, key: str) -> None:
+    def _end_run(self, key: str) -> list[Finding]:
+        """Forget the run of ``key``; its finding's final state if that was not reported yet
+        (an update too small to report while the run went on is reported when it ends)."""
         run = self._runs.pop(key, None)
         for t in [t for t, k in self._run_key_of.items() if k == key]:
             del self._run_key_of[t]
-        if run is not None and run.finding is not None:
-            _logger.info("run %s of %s ended at %s", run.finding.id, key, rfc3339_ms(run.last_hit_end_ms))
+        if run is None or run.finding is None:
+            return []
+        _logger.info("run %s of %s ended at %s", run.finding.id, key, rfc3339_ms(run.last_hit_end_ms))
+        if run.finding is run.emitted:
+            return []
+        run.emitted = run.finding
+        return [run.finding]
 
     # ------------------------------------------------------------------ findings
 

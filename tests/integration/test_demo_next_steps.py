@@ -147,6 +147,33 @@ def test_the_report_prints_a_verify_command_that_works_as_printed(demo: tuple[Pa
     assert f"fingerprint {fp.group(1)}" in r.stdout, f"gpuaudit-verify printed another log key:\n{r.stdout[-2000:]}"
 
 
+def test_the_stored_finding_says_what_offline_detect_says_on_the_same_trace(demo: tuple[Path, str]) -> None:
+    """A collector that stops stores each finding's latest state: `findings` on the demo's store
+    and offline `detect` on the demo's trace give the same id, start, size, GPU-hours and FLOP."""
+    work, _ = demo
+    run = {"capture_output": True, "text": True, "timeout": 300}
+    stored = subprocess.run([*_collector(), "findings", "--db", str(work / "collector.db"), "--json"], **run)
+    offline = subprocess.run(
+        [
+            *_collector(),
+            "detect",
+            "--trace",
+            str(work / "site.jsonl"),
+            "--tenants",
+            str(work / "tenants.toml"),
+            "--json",
+        ],
+        **run,
+    )
+    assert stored.returncode == 0 and offline.returncode in (0, 1), stored.stderr + offline.stderr
+    big = [f for f in json.loads(stored.stdout) if f["kind"] == "large_training"]
+    off = [f for f in json.loads(offline.stdout) if f["kind"] == "large_training"]
+    assert len(big) == len(off) == 1, (big, off)
+    a, b = big[0], off[0]
+    for key in ("id", "tenant", "tenants", "started_at", "gpus", "nodes", "severity", "gpu_hours", "flop_estimate"):
+        assert a[key] == b[key], f"{key}: stored {a[key]!r}, offline detect {b[key]!r}"
+
+
 def _collector() -> list[str]:
     return [sys.executable, "-m", "collector.cli"]
 
