@@ -279,7 +279,10 @@ def render(data: ReportData, options: ReportOptions, generated_ms: int, version:
         f'<p class="caption">Estimated floating-point operations of the tenant’s GPUs since '
         f"{esc(utc(data.span_from_ms))}, recomputed from the statements in this report: peak dense BF16 "
         "throughput of the GPU model × measured activity × attributed GPU time × model FLOP utilization "
-        f"{options.mfu[0]:g} to {options.mfu[1]:g}. Now {sci(lo_cum)} to {sci(hi_cum)} FLOP.</p>",
+        f"{options.mfu[0]:g} to {options.mfu[1]:g}. Now {sci(lo_cum)} to {sci(hi_cum)} FLOP. "
+        "This counts every GPU the tenant used over the report’s span; the run’s estimate in the summary "
+        "counts only the run’s training workloads from the run’s start, so the two differ by the tenant’s "
+        "other work (serving, small jobs) and by what ran before the run.</p>",
         chart_flop(data, options, marks),
     ]
     if data.flop_unavailable_gpu_s > 0:

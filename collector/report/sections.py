@@ -194,8 +194,9 @@ def verify_section(data: ReportData, options: ReportOptions) -> list[str]:
         "operator exports them as a bundle (the envelopes exactly as signed, the nodes’ enrolled public keys, a "
         "signed checkpoint of the transparency log and an inclusion proof for every statement), and "
         "<code>gpuaudit-verify</code> checks it offline: every signature, every chain, every window, the energy "
-        "counters and the inclusion proofs. It prints GPU-hours and energy per GPU serial and tenant, which "
-        "should match this report. Exit status 0 means verified.</p>",
+        "counters and the inclusion proofs. It prints GPU-hours and energy per GPU serial and tenant over the "
+        "bundle’s period: every workload the tenant ran, so at least the run’s GPU-hours in this report, which "
+        "count only the run’s training workloads from its start. Exit status 0 means verified.</p>",
         "<p>The operator, where the collector’s store is, writes the bundle and the log’s public key:</p>",
         f'<pre id="export-commands">{esc(export)}</pre>',
         "<p>Anyone given those files checks them, on any machine with gpuaudit installed and nothing else. "

@@ -198,6 +198,10 @@ def test_html_is_self_contained_and_escapes_what_nodes_sent() -> None:
     verify = re.search(r'<pre id="verify-commands">(.*?)</pre>', text, re.S)
     assert verify, "the report has no verify commands"
     assert verify.group(1).startswith("gpuaudit-verify --log-key log-key.pem bundle-"), verify.group(1)
+    # Two sums of different things are never presented as one: the chart's tenant-wide FLOP and
+    # the verifier's tenant-wide GPU-hours say how they differ from the run's figures.
+    assert "counts only the run’s training workloads from the run’s start" in text
+    assert "at least the run’s GPU-hours in this report" in text
     assert "/srv" not in verify.group(1), "the verifier's command must not carry the operator's paths"
     assert "gpuaudit-verify</code> prints its fingerprint" not in text, "no fingerprint was given"
     fp = "sha256:" + "ab" * 32
