@@ -58,7 +58,7 @@ def _site(nodes: int, rng: random.Random) -> list[dict[str, object]]:
     shared = [0.0]
     for _ in range(PATTERN - 1):
         shared.append(0.8 * shared[-1] + rng.gauss(0.0, 0.045) * math.sqrt(1 - 0.64))
-    out = []
+    out: list[dict[str, object]] = []
     for n in range(nodes):
         f = n / nodes
         role = "train" if f < 0.4 else "infer" if f < 0.8 else "small"
@@ -106,8 +106,8 @@ def _chunk_results(site: list[dict[str, object]], chunk: Chunk, train_from_ms: i
         idle = node["role"] == "train" and chunk.start_ms < train_from_ms
         pw = node["idle_power" if idle else "power"]
         ut = ["0"] * PATTERN if idle else node["util"]
-        p = (pw[off:] + pw[:off])[:n]  # type: ignore[index, operator]
-        u = (ut[off:] + ut[:off])[:n]  # type: ignore[index, operator]
+        p = (pw[off:] + pw[:off])[:n]  # type: ignore[index]
+        u = (ut[off:] + ut[:off])[:n]  # type: ignore[index]
         energy = [str(int(chunk.start_ms + k * 21_000_000)) for k in range(n)]
         for idle_labels, busy_labels in node["gpus"]:  # type: ignore[attr-defined]
             labels = idle_labels if idle else busy_labels
@@ -162,6 +162,75 @@ def in_memory(nodes: int, hours: float) -> dict[str, object]:
         "detector_s": round(detect_s, 1),
         "measured_s": round(build_s + detect_s, 1),
         "us_per_gpu_window": round((build_s + detect_s) / max(1, gpu_windows) * 1e6, 2),
+        "week_extrapolated_windows_s": round(build_s * 168 / hours),
+        "week_extrapolated_detector_s": round(detect_s * 168 / hours),
+        "findings": [(f.tenant, f.gpus, f.nodes) for f in findings],
+    }
+
+
+def in_memory_pipelined(nodes: int, hours: float) -> dict[str, object]:
+    """The same as ``in_memory``, as ``detect --prometheus`` runs it by default: a worker
+    process makes (here: generates) and computes each chunk one ahead, the main process
+    assembles the windows and runs the detector. Wall and CPU of each process."""
+    from collector.prometheus.pipeline import RunAhead
+
+    rng = random.Random(3)
+    site = _site(nodes, rng)
+    end = T0_MS + int(hours * 3_600_000)
+    chunks = plan_chunks(T0_MS, end, window_ms=60_000, step_ms=STEP_MS, chunk_ms=3_600_000)
+    builder = WindowBuilder(
+        TenantRules(namespaces={f"ns-t-{x}": f"t-{x}" for x in ("opaque", "inf-0", "inf-1", "inf-2", "inf-3")}),
+        step_ms=STEP_MS,
+    )
+    engine = DetectorEngine(DetectConfig(), TenantDirectory())
+    spent = {"generate_s": 0.0, "compute_s": 0.0}
+
+    def produce():  # type: ignore[no-untyped-def]
+        for chunk in chunks:
+            t = time.process_time()
+            results = _chunk_results(site, chunk, T0_MS + 3_600_000)
+            t1 = time.process_time()
+            rows = builder.compute(chunk, results)
+            del results
+            spent["generate_s"] += t1 - t
+            spent["compute_s"] += time.process_time() - t1
+            yield rows
+
+    ahead = RunAhead(produce, lambda: spent)
+    assemble_s = detect_s = 0.0
+    wall, main_cpu = time.monotonic(), time.process_time()
+    children = resource.getrusage(resource.RUSAGE_CHILDREN)
+    for rows in ahead:
+        t = time.process_time()
+        ws = builder.assemble(rows)
+        del rows
+        t1 = time.process_time()
+        for w in ws:
+            engine.observe(w)
+        detect_s += time.process_time() - t1
+        assemble_s += t1 - t
+    t = time.process_time()
+    engine.finish()
+    findings = engine.findings()
+    detect_s += time.process_time() - t
+    wall = time.monotonic() - wall
+    main_cpu = time.process_time() - main_cpu
+    after = resource.getrusage(resource.RUSAGE_CHILDREN)
+    worker_cpu = (after.ru_utime + after.ru_stime) - (children.ru_utime + children.ru_stime)
+    worker: dict[str, float] = ahead.finished
+    return {
+        "nodes": nodes,
+        "hours": hours,
+        "gpu_windows": builder.coverage.gpu_windows,
+        "wall_s": round(wall, 1),
+        "main_cpu_s": round(main_cpu, 1),
+        "main_assemble_and_unpickle_s": round(main_cpu - detect_s, 1),
+        "main_assemble_s": round(assemble_s, 1),
+        "main_detector_s": round(detect_s, 1),
+        "worker_cpu_s": round(worker_cpu, 1),
+        "worker_generate_s": round(worker["generate_s"], 1),
+        "worker_compute_s": round(worker["compute_s"], 1),
+        "week_extrapolated_wall_s": round(wall * 168 / hours),
         "findings": [(f.tenant, f.gpus, f.nodes) for f in findings],
     }
 
@@ -268,15 +337,30 @@ def main() -> int:
     ap.add_argument("--http-nodes", type=int, default=40)
     ap.add_argument("--http-hours", type=float, default=6.0)
     ap.add_argument("--skip-http", action="store_true")
+    ap.add_argument(
+        "--pipeline",
+        choices=("both", "on", "off"),
+        default="both",
+        help="in memory: the pipelined path (detect --prometheus's default), the sequential one, or both",
+    )
     args = ap.parse_args()
-    t = time.monotonic()
-    mem = in_memory(args.nodes, args.hours)
-    mem["wall_s"] = round(time.monotonic() - t, 1)
     out: dict[str, object] = {
         "machine": f"{platform.machine()}, {os.cpu_count()} CPUs, Python {platform.python_version()}",
-        "in_memory": mem,
-        "max_rss_mb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1),
     }
+    mem: dict[str, object] = {}
+    if args.pipeline in ("both", "off"):
+        t = time.monotonic()
+        mem = in_memory(args.nodes, args.hours)
+        mem["wall_s"] = round(time.monotonic() - t, 1)
+        out["in_memory"] = mem
+    if args.pipeline in ("both", "on"):
+        piped = in_memory_pipelined(args.nodes, args.hours)
+        out["in_memory_pipelined"] = piped
+        if mem:
+            piped["findings_same_as_sequential"] = piped["findings"] == mem["findings"]
+        mem = mem or piped
+    out["max_rss_mb_main"] = round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1)
+    out["max_rss_mb_worker"] = round(resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024, 1)
     if not args.skip_http:
         out["http"] = http_path(args.http_nodes, args.http_hours, int(mem["gpu_windows"]))  # type: ignore[call-overload]
     print(json.dumps(out, indent=2))

@@ -544,7 +544,7 @@ def _cmd_detect_prometheus(ns: argparse.Namespace) -> int:
     )
     history = PrometheusHistory(client, builder, Span(ns.start, ns.end, step_ms))
     try:
-        findings = detect(history, dcfg, _screened(_tenants(ns.tenants), cfg))
+        findings = detect(history, dcfg, _screened(_tenants(ns.tenants), cfg), pipeline=not ns.no_pipeline)
     except PrometheusError as exc:
         print(f"error: {exc.diagnostics()}", file=sys.stderr)
         return 3
@@ -1040,6 +1040,12 @@ def build_parser() -> argparse.ArgumentParser:
     pg.add_argument("--basic-auth-password-file", type=Path, metavar="FILE", help="basic auth password, from a file")
     pg.add_argument("--ca-file", type=Path, metavar="FILE", help="PEM CA bundle to verify an https:// Prometheus")
     pg.add_argument("--timeout-s", type=float, default=120.0, help="per request (default 120)")
+    pg.add_argument(
+        "--no-pipeline",
+        action="store_true",
+        help="read and window every chunk in the detector's own process (by default, with fork and two or more "
+        "CPUs, a second process reads and windows the next chunk while the detector runs; the findings are the same)",
+    )
     dt_.set_defaults(func=_cmd_detect)
 
     ex = sub.add_parser(

@@ -62,6 +62,10 @@ class PrometheusError(Exception):
     def diagnostics(self) -> str:
         return f"{self}" + (f"\n{self.remedy}" if self.remedy else "")
 
+    def __reduce__(self) -> tuple[type[PrometheusError], tuple[str, str]]:
+        # With its remedy, from a pipeline's worker process (collector/prometheus/pipeline.py).
+        return (type(self), (str(self), self.remedy))
+
 
 class TooLargeError(PrometheusError):
     """The server refused a request as too large (too many samples, or it timed out)."""

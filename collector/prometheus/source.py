@@ -2,8 +2,9 @@
 
 The span is read one chunk (an hour by default) at a time, every query of the chunk, split
 by host where one request would be too large (collector/prometheus/client.py); the chunk's
-windows go to the detector in event-time order before the next chunk is read, so memory is
-bounded by a chunk, not by the span.
+windows go to the detector in event-time order, so memory is bounded by a chunk or two, not
+by the span. With ``pipeline`` a second process reads and windows the next chunk while the
+detector runs on this one (collector/prometheus/pipeline.py).
 """
 
 from __future__ import annotations
@@ -29,7 +30,8 @@ from collector.prometheus.client import (
     quote,
     regex_alternation,
 )
-from collector.prometheus.windows import METRICS, Coverage, MetricQuery, WindowBuilder
+from collector.prometheus.pipeline import RunAhead, usable
+from collector.prometheus.windows import METRICS, ChunkRows, Coverage, MetricQuery, WindowBuilder
 from collector.tenants import TenantDirectory
 
 _logger = logging.getLogger(__name__)
@@ -110,8 +112,8 @@ class PrometheusHistory:
                 q, label, batch[half:], start_s, end_s, step_s, r
             )
 
-    def windows(self) -> Iterator[list[UsageWindow]]:
-        """Each chunk's windows, sorted by (start, host), in time order."""
+    def rows(self) -> Iterator[ChunkRows]:
+        """Each chunk's rows (``WindowBuilder.compute``), in time order."""
         hosts_by_label = self._hosts()
         total_hosts = sum(len(v) for _, v in hosts_by_label)
         points = (self.chunks[0].end_ms - self.chunks[0].start_ms) // self.span.step_ms
@@ -124,9 +126,24 @@ class PrometheusHistory:
             results = {q.key: self._query(q, chunk, batches) for q in METRICS}
             self.coverage.requests = self.client.requests
             self.coverage.bytes_read = self.client.bytes_read
-            ws = self.builder.build(chunk, results)
-            _logger.debug("chunk %d/%d %s: %d windows", i + 1, len(self.chunks), rfc3339_ms(chunk.start_ms), len(ws))
-            yield ws
+            rows = self.builder.compute(chunk, results)
+            del results
+            _logger.debug("chunk %d/%d %s read", i + 1, len(self.chunks), rfc3339_ms(chunk.start_ms))
+            yield rows
+            del rows  # not held while the next chunk is read
+
+    def windows(self, *, pipeline: bool = False) -> Iterator[list[UsageWindow]]:
+        """Each chunk's windows, sorted by (start, host), in time order. With ``pipeline``
+        (where ``pipeline.usable()``), a second process reads and computes the next chunk
+        while the caller works on this one; the windows and the coverage are the same."""
+        if not (pipeline and usable()):
+            for rows in self.rows():
+                yield self.builder.assemble(rows)
+            return
+        ahead: RunAhead[ChunkRows] = RunAhead(self.rows, lambda: self.coverage)
+        for rows in ahead:
+            yield self.builder.assemble(rows)
+        self.coverage.merge_read(ahead.finished)
 
 
 def wrap_finding(doc: dict[str, Any], context: dict[str, Any]) -> dict[str, Any]:
@@ -134,10 +151,13 @@ def wrap_finding(doc: dict[str, Any], context: dict[str, Any]) -> dict[str, Any]
     return {**doc, "source": SOURCE, "note": NOTE, "prometheus": context}
 
 
-def detect(history: PrometheusHistory, config: DetectConfig, tenants: TenantDirectory) -> list[Any]:
-    """Every window of the span through one detector; its findings in their final state."""
+def detect(
+    history: PrometheusHistory, config: DetectConfig, tenants: TenantDirectory, *, pipeline: bool = False
+) -> list[Any]:
+    """Every window of the span through one detector; its findings in their final state.
+    ``pipeline``: read and window the next chunk in a second process meanwhile."""
     engine = DetectorEngine(config, tenants)
-    for ws in history.windows():
+    for ws in history.windows(pipeline=pipeline):
         for w in ws:
             engine.observe(w)
     engine.finish()

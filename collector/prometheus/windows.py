@@ -53,6 +53,7 @@ from __future__ import annotations
 
 import functools
 import math
+import operator
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -64,6 +65,7 @@ from attestation.chain import ENERGY_RESET_EVENT
 from attestation.statement import UNATTRIBUTED, Chain, Event, GpuWindow, Series, UsageWindow, Workload
 from collector.detect.flops import normalise
 from collector.prometheus.client import Chunk, RangeSeries
+from collector.prometheus.pipeline import no_gc
 
 # The placeholder chain of every window built here: nothing signed it.
 UNSIGNED_CHAIN = Chain(key_id="unsigned:prometheus", seq=0, prev=None)
@@ -78,6 +80,7 @@ NOT_EXPORTED = "not_exported_by_dcgm_exporter"
 _MIB = 1 << 20
 _EXPORTER_POD_PREFIXES = ("dcgm-exporter", "nvidia-dcgm-exporter")
 _NO_VISIBLE_PROCESS = (UNATTRIBUTED, "process", "no-visible-process")
+_VALUE = operator.itemgetter(1)
 
 
 @dataclass(frozen=True)
@@ -252,6 +255,18 @@ class Coverage:
     bytes_read: int = 0
     splits: int = 0
 
+    def merge_read(self, other: Coverage) -> None:
+        """Take what ``other`` counted while reading (``WindowBuilder.compute`` and the
+        client, in a pipeline's worker process); what ``assemble`` counted stays."""
+        self.series = other.series
+        self.points = other.points
+        self.skipped_series = other.skipped_series
+        self.nonfinite_points = other.nonfinite_points
+        self.host_gpus = other.host_gpus
+        self.requests = other.requests
+        self.bytes_read = other.bytes_read
+        self.splits = other.splits
+
     def skip(self, reason: str, n: int = 1) -> None:
         self.skipped_series[reason] = self.skipped_series.get(reason, 0) + n
 
@@ -318,6 +333,30 @@ class _Gpu:
         self.vals: dict[str, list[float | None]] = {}
         # Per step: the workloads the utilisation series named at that step (None: no series there).
         self.atts: list[tuple[tuple[str, str, str], ...] | None] = [None] * n
+
+
+# One GPU-window as plain values (cheap to pickle), in this order: samples, mem_total_bytes,
+# power_limit_mw, energy_start_mj, energy_end_mj, power_mean_mw, power_max_mw,
+# util_mean_permille, mem_used_max_bytes, sm_active_mean_permille, tensor_active_mean_permille,
+# the series' util and power tuples (None: no series), split_method, workloads, unavailable, events.
+_Row = tuple[Any, ...]
+# One GPU of a chunk: index, UUID, model, identity, and its row per window (None: absent).
+_GpuRows = tuple[int, str, str, dict[str, str], list[_Row | None]]
+
+
+class ChunkRows:
+    """The windows of one chunk as plain values: what ``WindowBuilder.compute`` gives and
+    ``WindowBuilder.assemble`` turns into records. ``hosts``: (host, its GPUs), sorted."""
+
+    __slots__ = ("start_ms", "windows", "hosts")
+
+    def __init__(self, start_ms: int, windows: int, hosts: list[tuple[str, list[_GpuRows]]]) -> None:
+        self.start_ms = start_ms
+        self.windows = windows
+        self.hosts = hosts
+
+    def __reduce__(self) -> tuple[type[ChunkRows], tuple[int, int, list[tuple[str, list[_GpuRows]]]]]:
+        return (ChunkRows, (self.start_ms, self.windows, self.hosts))
 
 
 def _shares(weights: Mapping[tuple[str, str, str], float]) -> dict[tuple[str, str, str], int]:
@@ -404,6 +443,17 @@ class WindowBuilder:
     def build(self, chunk: Chunk, results: Mapping[str, Iterable[RangeSeries]]) -> list[UsageWindow]:
         """The windows of ``chunk`` from the range-query results by metric key (``METRICS``),
         sorted by (window start, host)."""
+        with no_gc():
+            return self._assemble(self._compute(chunk, results))
+
+    def compute(self, chunk: Chunk, results: Mapping[str, Iterable[RangeSeries]]) -> ChunkRows:
+        """Every value of the windows of ``chunk`` as plain rows (``ChunkRows``); ``assemble``
+        makes the records. Call it for the chunks in time order (the energy counter carries
+        over); ``assemble`` may run in another process (collector/prometheus/pipeline.py)."""
+        with no_gc():
+            return self._compute(chunk, results)
+
+    def _compute(self, chunk: Chunk, results: Mapping[str, Iterable[RangeSeries]]) -> ChunkRows:
         step = self.step_ms
         n = (chunk.end_ms - chunk.start_ms) // step
         grid0 = chunk.start_ms - 1  # ms of step -1's end; point k ends at grid0 + (k + 1) * step
@@ -456,7 +506,7 @@ class WindowBuilder:
                     and round((vs[-1][0] * 1000 - grid0) / step) == n
                 ):
                     # Every step of the chunk (the common case): one pass in C, no index arithmetic.
-                    dense: list[float | None] = [float(raw) for _, raw in vs]
+                    dense: list[float | None] = list(map(float, map(_VALUE, vs)))
                     if all(map(math.isfinite, dense)):  # type: ignore[arg-type]
                         g.vals[key] = dense
                         npoints += n
@@ -489,34 +539,87 @@ class WindowBuilder:
         for q in METRICS:
             cov.series.setdefault(q.key, 0)
 
-        by_window: dict[tuple[int, str], list[GpuWindow]] = {}
-        windows = (chunk.end_ms - chunk.start_ms) // self.window_ms
-        for (host, uuid), g in gpus.items():
-            cov.host_gpus.setdefault(host, set()).add(uuid)
-            const = self._constants(g)
-            for w in range(windows):
-                gw = self._gpu_window(g, w, const)
-                if gw is not None:
-                    by_window.setdefault((chunk.start_ms + w * self.window_ms, host), []).append(gw)
-        out = []
-        for (start, host), gws in sorted(by_window.items()):
-            cov.host_windows[host] = cov.host_windows.get(host, 0) + 1
-            cov.gpu_windows += len(gws)
-            gws.sort(key=lambda x: (x.index, x.uuid))
-            out.append(
-                UsageWindow(
-                    node_id=host,
-                    boot_id=BOOT_ID,
-                    agent_version=AGENT_VERSION,
-                    start_ms=start,
-                    end_ms=start + self.window_ms,
-                    sample_interval_ms=step,
-                    chain=UNSIGNED_CHAIN,
-                    gpus=tuple(gws),
-                    unavailable=dict(NODE_UNAVAILABLE),
+        return ChunkRows(chunk.start_ms, (chunk.end_ms - chunk.start_ms) // self.window_ms, self._hosts_rows(gpus))
+
+    def assemble(self, rows: ChunkRows) -> list[UsageWindow]:
+        """The ``UsageWindow`` records of a chunk's rows, sorted by (window start, host)."""
+        with no_gc():
+            return self._assemble(rows)
+
+    def _assemble(self, rows: ChunkRows) -> list[UsageWindow]:
+        cov = self.coverage
+        host_windows = cov.host_windows
+        step = self.step_ms
+        window_ms = self.window_ms
+        out: list[UsageWindow] = []
+        gpu_windows = 0
+        for w in range(rows.windows):
+            start = rows.start_ms + w * window_ms
+            for host, gpus in rows.hosts:
+                gws = []
+                for index, uuid, model, identity, per_window in gpus:
+                    r = per_window[w]
+                    if r is None:
+                        continue
+                    gws.append(
+                        GpuWindow(
+                            index=index,
+                            uuid=uuid,
+                            serial=None,
+                            model=model,
+                            mem_total_bytes=r[1],
+                            power_limit_mw=r[2],
+                            samples=r[0],
+                            energy_start_mj=r[3],
+                            energy_end_mj=r[4],
+                            power_mean_mw=r[5],
+                            power_max_mw=r[6],
+                            util_mean_permille=r[7],
+                            mem_used_max_bytes=r[8],
+                            sm_active_mean_permille=r[9],
+                            tensor_active_mean_permille=r[10],
+                            series=None if r[11] is None else Series(step, r[11], r[12]),
+                            split_method=r[13],
+                            workloads=r[14],
+                            unavailable=dict(r[15]),
+                            events=r[16],
+                            identity=identity,
+                        )
+                    )
+                if not gws:
+                    continue
+                host_windows[host] = host_windows.get(host, 0) + 1
+                gpu_windows += len(gws)
+                out.append(
+                    UsageWindow(
+                        node_id=host,
+                        boot_id=BOOT_ID,
+                        agent_version=AGENT_VERSION,
+                        start_ms=start,
+                        end_ms=start + window_ms,
+                        sample_interval_ms=step,
+                        chain=UNSIGNED_CHAIN,
+                        gpus=tuple(gws),
+                        unavailable=dict(NODE_UNAVAILABLE),
+                    )
                 )
-            )
+        cov.gpu_windows += gpu_windows
         return out
+
+    def _hosts_rows(self, gpus: Mapping[tuple[str, str], _Gpu]) -> list[tuple[str, list[_GpuRows]]]:
+        """Per host (sorted), its GPUs sorted by (index, UUID) as a window lists them, with their rows."""
+        cov = self.coverage
+        windows_of: dict[str, list[tuple[tuple[int, str], _GpuRows]]] = {}
+        for host, uuid in gpus:
+            cov.host_gpus.setdefault(host, set()).add(uuid)
+        for (host, uuid), g in gpus.items():
+            index = g.index if g.index is not None else 0
+            reasons, limit, identity = self._constants(g)
+            per_window = self._gpu_rows(g, reasons, limit)
+            windows_of.setdefault(host, []).append(
+                ((index, uuid), (index, uuid, g.model or "unknown", identity, per_window))
+            )
+        return [(host, [r for _, r in sorted(items)]) for host, items in sorted(windows_of.items())]
 
     def _constants(self, g: _Gpu) -> tuple[dict[str, str], int | None, dict[str, str]]:
         """What is the same in every window of the chunk for ``g``: reasons for what this
@@ -542,107 +645,212 @@ class WindowBuilder:
             identity["index"] = "no gpu label: index 0 is a placeholder"
         return reasons, limit, identity
 
-    def _gpu_window(
-        self, g: _Gpu, w: int, const: tuple[dict[str, str], int | None, dict[str, str]]
-    ) -> GpuWindow | None:
+    def _gpu_rows(self, g: _Gpu, base: dict[str, str], table_limit: int | None) -> list[_Row | None]:
+        """The rows of every window of the chunk for ``g`` (None: no point in that window).
+
+        Each aggregate is computed for all windows at once, key by key, on the slices a
+        window's points are in, with the same arithmetic as window by window (the values
+        are the same to the bit: tests/unit/collector/prometheus/test_windows.py keeps the
+        window-by-window builder this replaced and compares the two)."""
         p = self.per_window
-        lo = w * p
-        hi = lo + p
         vals = g.vals
-        cols = [vals[k][lo:hi] for k in _PRESENCE if k in vals]
-        samples = 0
-        for j in range(p):
-            for c in cols:
-                if c[j] is not None:
-                    samples += 1
-                    break
-        if not samples:
-            return None
-        base, table_limit, identity = const
-        reasons = dict(base)
-        got: dict[str, list[float]] = {}
-        slices: dict[str, list[float | None]] = {}
-        for key in _READ_KEYS:
-            arr = vals.get(key)
+        n = len(g.atts) // p * p
+        windows = n // p
+        starts = range(0, n, p)
+        pres = [vals[k] for k in _PRESENCE if k in vals]
+        if not pres:
+            return [None] * windows
+        if all(None not in a for a in pres):
+            samples = [p] * windows
+        else:
+            if len(pres) == 1:
+                flags = [v is not None for v in pres[0]]
+            else:
+                flags = [any(v is not None for v in col) for col in zip(*pres, strict=True)]
+            samples = [sum(flags[i : i + p]) for i in starts]
+            if not any(samples):
+                return [None] * windows
+        reads = {k: _reads(arr, starts, p) for k, arr in vals.items()}
+        none_w: list[Any] = [None] * windows
+        r = reads.get("util")
+        util = (
+            none_w if r is None else [None if x is None else max(0, min(1000, round(sum(x) / len(x) * 10))) for x in r]
+        )
+        r = reads.get("power")
+        power_mean: list[int | None] = none_w
+        power_max: list[int | None] = none_w
+        if r is not None:
+            power_mean = [None if x is None else max(0, round(sum(x) / len(x) * 1000)) for x in r]
+            rmax = reads.get("power_max") or none_w
+            power_max = [None if x is None else max(0, round(max(y or x) * 1000)) for x, y in zip(r, rmax, strict=True)]
+        r = reads.get("mem_used")
+        mem_used = none_w if r is None else [None if x is None else max(0, round(max(x) * _MIB)) for x in r]
+        r = reads.get("mem_total")
+        mem_total = none_w if r is None else [None if x is None else max(0, round(max(x) * _MIB)) for x in r]
+        r = reads.get("sm")
+        sm = (
+            none_w
+            if r is None
+            else [None if x is None else max(0, min(1000, round(sum(x) / len(x) * 1000))) for x in r]
+        )
+        r = reads.get("tensor")
+        tensor = (
+            none_w
+            if r is None
+            else [None if x is None else max(0, min(1000, round(sum(x) / len(x) * 1000))) for x in r]
+        )
+        r = reads.get("power_limit")
+        limits: list[int | None] = (
+            [table_limit] * windows
+            if r is None
+            else [round(x[-1] * 1000) if x is not None and x[-1] > 0 else table_limit for x in r]
+        )
+        e_start, e_end, events = self._energy(g, reads.get("energy"), vals.get("energy"), starts, p)
+        # Series: per step, where the step gives >= 2 points a window.
+        if p >= 2:
+            arr = vals.get("util")
             if arr is None:
+                s_util: list[tuple[int | None, ...]] = [p * (None,)] * windows
+            else:
+                u = [None if v is None else max(0, min(1000, round(v * 10))) for v in arr[:n]]
+                s_util = [tuple(u[i : i + p]) for i in starts]
+            arr = vals.get("power")
+            if arr is None:
+                s_power: list[tuple[int | None, ...]] = [p * (None,)] * windows
+            else:
+                pw = [None if v is None else max(0, round(v * 1000)) for v in arr[:n]]
+                s_power = [tuple(pw[i : i + p]) for i in starts]
+        else:
+            s_util = s_power = [None] * windows  # type: ignore[list-item]
+        workloads = self._workloads_by_window(g.atts, vals.get("util"), starts, p)
+        # Reasons: the chunk's, and per window what it had no point of.
+        field_reads = [(f, key, reads[key]) for f, key in _FIELD_KEYS if key in reads]
+        gappy = [x for _, _, x in field_reads if None in x]
+        missing = [False] * windows if not gappy else [None in col for col in zip(*gappy, strict=True)]
+        clean = dict(base)
+        clean.pop("energy_start_mj", None)
+        clean.pop("energy_end_mj", None)
+        limit_reason = "power_limit_mw" not in base
+        rows: list[_Row | None] = []
+        for w in range(windows):
+            s = samples[w]
+            if not s:
+                rows.append(None)
                 continue
-            sl = arr[lo:hi]
-            slices[key] = sl
-            read = [v for v in sl if v is not None]
-            if read:
-                got[key] = read
-        for fieldname, key in _FIELD_KEYS:
-            if key in vals and key not in got:
-                reasons[fieldname] = f"{METRIC_OF[key]}: no point in window"
-        pts: list[float] | None = got.get("util")
-        util = None if pts is None else max(0, min(1000, round(sum(pts) / len(pts) * 10)))
-        pts = got.get("power")
-        power_mean = power_max = None
-        if pts is not None:
-            power_mean = max(0, round(sum(pts) / len(pts) * 1000))
-            power_max = max(0, round(max(got.get("power_max") or pts) * 1000))
-        pts = got.get("mem_used")
-        mem_used = None if pts is None else max(0, round(max(pts) * _MIB))
-        pts = got.get("mem_total")
-        mem_total = None if pts is None else max(0, round(max(pts) * _MIB))
-        pts = got.get("sm")
-        sm = None if pts is None else max(0, min(1000, round(sum(pts) / len(pts) * 1000)))
-        pts = got.get("tensor")
-        tensor = None if pts is None else max(0, min(1000, round(sum(pts) / len(pts) * 1000)))
-        pts = got.get("power_limit")
-        power_limit = round(pts[-1] * 1000) if pts is not None and pts[-1] > 0 else table_limit
-        if power_limit is None and "power_limit_mw" not in reasons:
-            reasons["power_limit_mw"] = (
-                f"{METRIC_OF['power_limit']}: no point in window, and model {g.model or 'unknown'!r} not in the "
-                "table of default limits"
+            pl = limits[w]
+            es, ee = e_start[w], e_end[w]
+            reasons = clean
+            if (pl is None and limit_reason) or es is None or ee is None or missing[w]:
+                reasons = dict(base)
+                for fieldname, key, x in field_reads:
+                    if x[w] is None:
+                        reasons[fieldname] = f"{METRIC_OF[key]}: no point in window"
+                if pl is None and limit_reason:
+                    reasons["power_limit_mw"] = (
+                        f"{METRIC_OF['power_limit']}: no point in window, and model {g.model or 'unknown'!r} not in "
+                        "the table of default limits"
+                    )
+                if es is None or ee is None:
+                    es = ee = None
+                    why = reasons.get("energy_start_mj") or f"{METRIC_OF['energy']}: no point yet"
+                    reasons["energy_start_mj"] = reasons["energy_end_mj"] = why
+                else:
+                    reasons.pop("energy_start_mj", None)
+                    reasons.pop("energy_end_mj", None)
+            split, wl = workloads[w]
+            rows.append(
+                (
+                    s,
+                    mem_total[w],
+                    pl,
+                    es,
+                    ee,
+                    power_mean[w],
+                    power_max[w],
+                    util[w],
+                    mem_used[w],
+                    sm[w],
+                    tensor[w],
+                    s_util[w],
+                    s_power[w],
+                    split,
+                    wl,
+                    reasons,
+                    events[w],
+                )
             )
-        # Energy: carried over from the last reading before the window, as on the agent.
-        events: tuple[Event, ...] = ()
+        return rows
+
+    def _energy(
+        self,
+        g: _Gpu,
+        reads: list[list[float] | None] | None,
+        arr: list[float | None] | None,
+        starts: range,
+        p: int,
+    ) -> tuple[list[int | None], list[int | None], list[tuple[Event, ...]]]:
+        """Per window (energy_start_mj, energy_end_mj, events): carried over from the last
+        reading before the window, as on the agent; a counter that goes back is an event."""
+        windows = len(starts)
         ckey = (g.host, g.uuid)
         carry = self._energy_carry.get(ckey)
-        e_start = e_end = carry
-        pts = got.get("energy")
-        if pts is not None:
+        no_events: list[tuple[Event, ...]] = [()] * windows
+        if reads is None or arr is None:
+            return [carry] * windows, [carry] * windows, no_events
+        n = windows * p
+        if None not in arr[:n]:
+            e = [round(v) for v in arr[:n]]  # type: ignore[arg-type]
+            if e and min(e) >= 0 and (carry is None or carry <= e[0]) and e == sorted(e):
+                # The common case: a counter that only rises, a reading at every step.
+                first = e[0] if carry is None else carry
+                e_start: list[int | None] = [first, *(e[i - 1] for i in starts[1:])]
+                e_end: list[int | None] = [e[i + p - 1] for i in starts]
+                self._energy_carry[ckey] = e[n - 1]
+                return e_start, e_end, no_events
+        e_start, e_end, events = [], [], []
+        for pts in reads:
+            es: int | None = carry
             last = carry
-            evs = []
-            for v in pts:
-                e = round(v)
-                if e < 0:
-                    continue
-                if last is not None and e < last:
-                    evs.append(Event(ENERGY_RESET_EVENT, f"counter went from {last} to {e} mJ"))
-                if e_start is None:
-                    e_start = e
-                last = e
-            e_end = last
-            if last is not None:
-                self._energy_carry[ckey] = last
-            events = tuple(evs)
-        if e_start is None or e_end is None:
-            e_start = e_end = None
-            why = reasons.get("energy_start_mj") or f"{METRIC_OF['energy']}: no point yet"
-            reasons["energy_start_mj"] = reasons["energy_end_mj"] = why
-        else:
-            reasons.pop("energy_start_mj", None)
-            reasons.pop("energy_end_mj", None)
-        util_w = slices.get("util")
-        series = None
-        if p >= 2:
-            power_w = slices.get("power")
-            series = Series(
-                self.step_ms,
-                (p * (None,))
-                if util_w is None
-                else tuple(None if v is None else max(0, min(1000, round(v * 10))) for v in util_w),
-                (p * (None,))
-                if power_w is None
-                else tuple(None if v is None else max(0, round(v * 1000)) for v in power_w),
-            )
-        # Workloads: per step with a utilisation point, who its series named (shared equally).
+            evs: list[Event] = []
+            if pts is not None:
+                for v in pts:
+                    x = round(v)
+                    if x < 0:
+                        continue
+                    if last is not None and x < last:
+                        evs.append(Event(ENERGY_RESET_EVENT, f"counter went from {last} to {x} mJ"))
+                    if es is None:
+                        es = x
+                    last = x
+                carry = last
+            e_start.append(es)
+            e_end.append(last)
+            events.append(tuple(evs))
+        if carry is not None:
+            self._energy_carry[ckey] = carry
+        return e_start, e_end, events
+
+    def _workloads_by_window(
+        self,
+        atts: list[tuple[tuple[str, str, str], ...] | None],
+        util: list[float | None] | None,
+        starts: range,
+        p: int,
+    ) -> list[tuple[str, tuple[Workload, ...]]]:
+        """Per window (split_method, workloads): per step with a utilisation point, who its
+        series named (shared equally); busy with no workload label is ``no-visible-process``."""
+        windows = len(starts)
+        a0 = atts[0] if atts else None
+        if atts.count(a0) == len(atts) and (a0 is None or a0):
+            # The same workloads at every step (the common case): the same in every window.
+            return [self._workloads(atts[:p], None if util is None else util[:p])] * windows
+        return [self._workloads(atts[i : i + p], None if util is None else util[i : i + p]) for i in starts]
+
+    def _workloads(
+        self, atts: list[tuple[tuple[str, str, str], ...] | None], util_w: list[float | None] | None
+    ) -> tuple[str, tuple[Workload, ...]]:
         weights: dict[tuple[str, str, str], float] = {}
-        atts = g.atts
-        for j in range(p):
-            a = atts[lo + j]
+        for j, a in enumerate(atts):
             if a is None:
                 continue
             if len(a) == 1:
@@ -656,45 +864,32 @@ class WindowBuilder:
                 u = util_w[j]
                 if u is not None and u > 0:
                     weights[_NO_VISIBLE_PROCESS] = weights.get(_NO_VISIBLE_PROCESS, 0.0) + 1.0
-        workloads: tuple[Workload, ...] = ()
-        split = "exclusive"
         if len(weights) == 1:
             ((k3, wt),) = weights.items()
-            workloads = (Workload(k3[0], k3[1], k3[2], 0, None, 1000, round(wt * self.step_ms)),)
-        elif weights:
+            return "exclusive", (Workload(k3[0], k3[1], k3[2], 0, None, 1000, round(wt * self.step_ms)),)
+        if weights:
             shares = _shares(weights)
-            split = "equal"
-            workloads = tuple(
+            return "equal", tuple(
                 Workload(k3[0], k3[1], k3[2], 0, None, shares[k3], round(wt * self.step_ms))
                 for k3, wt in sorted(weights.items())
             )
-        return GpuWindow(
-            index=g.index if g.index is not None else 0,
-            uuid=g.uuid,
-            serial=None,
-            model=g.model or "unknown",
-            mem_total_bytes=mem_total,
-            power_limit_mw=power_limit,
-            samples=samples,
-            energy_start_mj=e_start,
-            energy_end_mj=e_end,
-            power_mean_mw=power_mean,
-            power_max_mw=power_max,
-            util_mean_permille=util,
-            mem_used_max_bytes=mem_used,
-            sm_active_mean_permille=sm,
-            tensor_active_mean_permille=tensor,
-            series=series,
-            split_method=split,
-            workloads=workloads,
-            unavailable=reasons,
-            events=events,
-            identity=identity,
-        )
+        return "exclusive", ()
+
+
+def _reads(arr: list[float | None], starts: range, p: int) -> list[list[float] | None]:
+    """Per window, the points read in it (None: none)."""
+    if None not in arr:
+        return [arr[i : i + p] for i in starts]  # type: ignore[misc]
+    out: list[list[float] | None] = []
+    for i in starts:
+        got = [v for v in arr[i : i + p] if v is not None]
+        out.append(got or None)
+    return out
 
 
 __all__ = [
     "METRICS",
+    "ChunkRows",
     "POWER_LIMITS_W",
     "UNSIGNED_CHAIN",
     "Coverage",
