@@ -332,13 +332,15 @@ def build_finding(
     flop_estimate, flop_upper, flop_reason, peaks = _flop(run, cfg)
     sev, sev_opacity, why, set_by = _severity(cfg, gpus, flop_estimate, material)
     basis = _job_basis(run, cfg)
-    if basis == "size alone" and sev > 0 and not set_by["end_use"]["floor"]:
+    end_use_sev = SEVERITIES.index(set_by["end_use"]["severity"])
+    if basis == "size alone" and sev > end_use_sev:
         # Size is what a batch-inference fleet or a sweep at full load shows too: without a
-        # measured coupling or one workload id across nodes, the finding says "look", not more.
-        sev = 0  # low
+        # measured coupling or one workload id across nodes, opacity alone does not raise the
+        # finding above low. Who the tenant is (the end-use axis, its floors) still counts.
+        sev = end_use_sev
         why += (
-            "; at most low: coupling could not be measured (flat or missing series) and no one "
-            "workload id spans the nodes, so only size says it is one job"
+            f"; at most {SEVERITIES[sev]} (its end-use severity): coupling could not be measured (flat or "
+            "missing series) and no one workload id spans the nodes, so only size says it is one job"
         )
     primary = set_by["tenant"]
     op = ops[primary]
