@@ -50,10 +50,14 @@ from collector.store.sql import DEFAULT_MAX_REFUSAL_ROWS, Dialect, utf8
 
 _logger = logging.getLogger(__name__)
 
-# Advisory lock keys (pg_advisory_lock's bigint space is shared by the whole database).
-MIGRATION_LOCK = 0x67707561_00000001
-DETECTION_LOCK = 0x67707561_00000002
-RETENTION_LOCK = 0x67707561_00000003
+# Advisory lock keys. pg_advisory_lock's key space is shared by the whole database, so each
+# lock is the pair (purpose, hash of the store's schema): stores in different schemas of one
+# database (a staging and a production collector, parallel test workers) never block each
+# other, and every collector of one store takes the same lock.
+MIGRATION_LOCK = 0x67707561
+DETECTION_LOCK = 0x67707562
+RETENTION_LOCK = 0x67707563
+_SCHEMA_KEY = "hashtext(current_schema())"
 
 _CREATE_MIGRATIONS_TABLE = (
     "CREATE TABLE IF NOT EXISTS schema_migrations (version INTEGER PRIMARY KEY, applied_ms BIGINT NOT NULL)"
@@ -93,7 +97,7 @@ def migrate(conn: psycopg.Connection[Any], migrations: Sequence[str], now_ms: in
         try:
             with conn.transaction():
                 # Collectors starting together: one migrates, the others wait and see it done.
-                conn.execute("SELECT pg_advisory_xact_lock(%s)", (MIGRATION_LOCK,))
+                conn.execute(f"SELECT pg_advisory_xact_lock(%s, {_SCHEMA_KEY})", (MIGRATION_LOCK,))
                 conn.execute(_CREATE_MIGRATIONS_TABLE)
                 now_at = schema_version(conn)
                 if now_at > known:
@@ -252,7 +256,7 @@ class PostgresStore(SqlStore):
                     self._lease_conn.execute("SELECT 1")
                     return True
                 conn = self._connect()
-                row = conn.execute("SELECT pg_try_advisory_lock(%s)", (DETECTION_LOCK,)).fetchone()
+                row = conn.execute(f"SELECT pg_try_advisory_lock(%s, {_SCHEMA_KEY})", (DETECTION_LOCK,)).fetchone()
                 if row and row[0]:
                     self._lease_conn = conn
                     _logger.info("store %s: this collector now runs detection", self._where)
@@ -283,7 +287,7 @@ class PostgresStore(SqlStore):
     def _drop_payloads(self, cur: Any, keys: Sequence[tuple[str, int]], now_ms: int) -> int:
         """Raises StoreConflictError (nothing changed) when one of ``keys`` is already pruned
         or unknown, so that an aggregate is never counted twice."""
-        cur.execute("SELECT pg_advisory_xact_lock(%s)", (RETENTION_LOCK,))
+        cur.execute(f"SELECT pg_advisory_xact_lock(%s, {_SCHEMA_KEY})", (RETENTION_LOCK,))
         cur.executemany(
             "UPDATE statements SET payload = '\\x'::bytea, signatures = '[]', pruned_ms = %s "
             "WHERE key_id = %s AND seq = %s AND pruned_ms IS NULL",
