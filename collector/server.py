@@ -240,7 +240,10 @@ class RunningCollector:
         # Close what is buffered and store every finding's latest state: what is stored is what
         # this collector saw (offline `detect` on the same statements says the same). The next
         # start replays the stored look-back, so statements that arrive later are not lost.
-        await asyncio.to_thread(self.sink.finish)
+        # On a shared store only the collector that detects does so: another one's detector is
+        # stale (it lost the lease, or never had it) and would write findings back in time.
+        if self.follower is None or self.follower.leader:
+            await asyncio.to_thread(self.sink.finish)
         if self.checkpointer is not None:
             await self.checkpointer.stop()
         if self._http is not None:
