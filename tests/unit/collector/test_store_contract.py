@@ -78,6 +78,7 @@ def test_token_is_random_urlsafe_and_stored_only_as_its_hash(store: SqliteStore)
     token = store.create_token(600, NOW_MS)
     other = store.create_token(600, NOW_MS)
     assert token != other and len(token) >= 43
+    assert token.startswith("gpa_"), "a token must never start with '-' (a command line reads it as an option)"
     assert set(token) <= set("ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_")
     if isinstance(store, SqliteStore):
         dump = "\n".join(store._c().iterdump())
