@@ -2,7 +2,7 @@
 valid usage-window statement.
 
 Parsing is the costliest step of ingest after the signature check, and the part of it
-that holds the interpreter. The reference parser (``statement._parse_doc`` over the
+that holds the interpreter. The reference parser (``attestation.statement.parse`` over the
 standard library's ``json``) checks each field in Python; here ``msgspec`` decodes the
 bytes straight into the statement's own records (``GpuWindow``, ``Workload``, ``Series``,
 ``Event``, ``NodeIo``, ``LogCheckpointRef``: msgspec structs), checking types, presence,
@@ -49,8 +49,8 @@ from typing import TYPE_CHECKING, Any, NotRequired, TypedDict
 import msgspec
 from msgspec import UNSET, UnsetType
 
-from attestation.statement import (
-    _GPU_INTS,
+from attestation.statement.fields import GPU_INTS
+from attestation.statement.records import (
     PREDICATE_TYPE,
     SHARING_MODES,
     STATEMENT_TYPE,
@@ -71,7 +71,7 @@ _HEX = frozenset("0123456789abcdef")
 _SPLITS = frozenset(("exclusive", "process_sm", "memory", "equal"))
 _KINDS = frozenset(WORKLOAD_KINDS)
 # The core readings a GPU's type lets be null (index and samples never are): null only with a reason.
-_NULLABLE_CORE = tuple(name for name, nullable, optional in _GPU_INTS if nullable and not optional)
+_NULLABLE_CORE = tuple(name for name, nullable, optional in GPU_INTS if nullable and not optional)
 
 
 class _Struct(msgspec.Struct, kw_only=True, gc=False, forbid_unknown_fields=True):
@@ -216,7 +216,7 @@ def _common_gpu(g: GpuWindow) -> bool:
         return False
     unavailable = g.unavailable
     if "readings" not in unavailable:
-        # A null core reading must say why (attestation.statement._parse_gpu).
+        # A null core reading must say why (attestation.statement.gpu.parse_gpu).
         for name in _NULLABLE_CORE:
             if getattr(g, name) is None and name not in unavailable:
                 return False

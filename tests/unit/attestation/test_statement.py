@@ -281,7 +281,7 @@ VIOLATIONS: list[tuple[str, str, Any, str]] = [
 ]
 
 
-# Cases that fail today because of a statement.py bug reported to the lead (strict: they
+# Cases that fail today because of a bug in attestation/statement/ reported to the lead (strict: they
 # start failing loudly once fixed, so the marker gets removed).
 KNOWN_BUGS: dict[str, str] = {}
 

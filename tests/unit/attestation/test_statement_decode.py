@@ -1,6 +1,6 @@
 """``parse_statement`` first asks the fast recogniser (attestation/statement_fast.py, msgspec)
 and leaves everything it cannot vouch for to the reference parser (the standard library's
-``json`` and ``statement._parse_doc``). These tests hold the two paths to one answer: for
+``json`` and ``attestation.statement.parse``). These tests hold the two paths to one answer: for
 any payload, the same ``UsageWindow`` or the same error as the reference alone, and the
 fast path really taken for the statements agents sign."""
 
@@ -21,11 +21,12 @@ from attestation import statement as st
 from attestation import statement_fast
 from attestation.errors import SchemaError
 from attestation.statement import Dropped, LogCheckpointRef, Rotation, parse_statement, statement_bytes
+from attestation.statement import parse as reference
 
 
 def _reference(payload: bytes) -> st.UsageWindow:
     """The parse with the standard library's decoder only."""
-    return st._parse_doc(st._reference_decode(payload))
+    return reference._parse_doc(reference._reference_decode(payload))
 
 
 def _outcome(fn: Any, payload: bytes) -> tuple[str, Any]:
@@ -234,7 +235,7 @@ def test_common_statements_take_the_fast_path(window: st.UsageWindow, monkeypatc
     def no_reference(payload: bytes) -> Any:
         raise AssertionError("the reference parser was used for a common valid statement")
 
-    monkeypatch.setattr(st, "_reference_decode", no_reference)
+    monkeypatch.setattr(reference, "_reference_decode", no_reference)
     assert parse_statement(statement_bytes(window)) == window
 
 

@@ -1,4 +1,4 @@
-"""The statement's records (attestation/statement.py) are msgspec structs that the fast
+"""The statement's records (attestation/statement/records.py) are msgspec structs that the fast
 parser decodes into directly: immutable values, untracked by the cyclic garbage collector,
 whose annotated integer bounds are the reference parser's."""
 
@@ -13,6 +13,7 @@ from test_statement import full_gpu, full_window
 
 from attestation import statement as st
 from attestation.statement import Event, GpuWindow, Mig, MigInstance, Series, UsageWindow, Workload
+from attestation.statement.fields import GPU_INTS, WORKLOAD_INTS
 
 RECORDS = [Workload, Series, Event, MigInstance, Mig, GpuWindow, st.NodeIo, st.Chain, st.Rotation, st.Dropped]
 
@@ -58,7 +59,7 @@ def _gpu_json(**changes: Any) -> dict[str, Any]:
     return doc
 
 
-@pytest.mark.parametrize(("name", "nullable", "optional"), st._GPU_INTS, ids=[n for n, _, _ in st._GPU_INTS])
+@pytest.mark.parametrize(("name", "nullable", "optional"), GPU_INTS, ids=[n for n, _, _ in GPU_INTS])
 def test_gpu_integer_bounds_in_the_types_are_the_reference_parsers(name: str, nullable: bool, optional: bool) -> None:
     """The reference's table of GPU integers (name, nullable, optional) and the bounds it
     applies (>= 0; <= 1000 for *_permille) are what the record's annotations say."""
@@ -84,7 +85,7 @@ def test_gpu_integer_bounds_in_the_types_are_the_reference_parsers(name: str, nu
     assert absent_ok == optional
 
 
-@pytest.mark.parametrize(("name", "nullable", "optional"), st._WORKLOAD_INTS, ids=[n for n, _, _ in st._WORKLOAD_INTS])
+@pytest.mark.parametrize(("name", "nullable", "optional"), WORKLOAD_INTS, ids=[n for n, _, _ in WORKLOAD_INTS])
 def test_workload_integer_bounds_in_the_types_are_the_reference_parsers(
     name: str, nullable: bool, optional: bool
 ) -> None:
