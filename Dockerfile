@@ -16,6 +16,8 @@ COPY pyproject.toml README.md ./
 COPY agent ./agent
 COPY collector ./collector
 COPY attestation ./attestation
+COPY core ./core
+COPY demo ./demo
 # Only the built wheel goes into the environment, never the source tree.
 RUN pip wheel --no-deps --wheel-dir /dist . \
     && python -m venv /opt/gpuaudit \

@@ -41,8 +41,8 @@ test: $(STAMP)
 	$(BIN)/python -m pytest -q -n auto --maxprocesses 4 --dist loadfile
 
 lint: $(STAMP)
-	$(BIN)/ruff check agent collector attestation tools tests
-	$(BIN)/mypy agent collector attestation tools
+	$(BIN)/ruff check agent collector attestation core demo tools tests bench
+	$(BIN)/mypy agent collector attestation core demo tools
 
 demo: $(STAMP)
 	$(BIN)/gpuaudit-collector demo

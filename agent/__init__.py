@@ -1,3 +1,4 @@
-"""gpuaudit node agent: reads GPU telemetry, attributes it to tenants, signs usage windows."""
+"""gpuaudit node agent: reads GPU telemetry, attributes it to tenants, signs usage windows.
 
-__version__ = "0.1.0"
+Its version is gpuaudit's, ``core.__version__`` (from the package metadata).
+"""

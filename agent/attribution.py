@@ -3,12 +3,12 @@
 NVML reports host PIDs (NVIDIA/nvidia-docker#1483), so attribution reads the host's
 ``/proc/<pid>/cgroup`` (through :mod:`agent.sources.procfs`) and recognises the shapes that
 Kubernetes, container runtimes, Slurm and systemd give it. A workload is mapped to a tenant
-by the operator's :class:`TenantRules`. Nothing is ever dropped: a process no rule matches is
+by the operator's :class:`~core.tenantrules.TenantRules`. Nothing is ever dropped: a process no rule matches is
 attributed to ``UNATTRIBUTED`` with the best workload id known for it.
 
 Order of precedence in :meth:`Attributor.resolve`:
 
-1. an active :class:`Lease` at time ``t`` gives the whole node to one tenant;
+1. an active :class:`~core.tenantrules.Lease` at time ``t`` gives the whole node to one tenant;
 2. a Kubernetes pod (tenant by namespace, through a :class:`PodResolver`);
 3. a Slurm job (tenant by account, then by the job owner's uid);
 4. a container outside Kubernetes (tenant by container-id prefix);
@@ -30,12 +30,13 @@ import re
 import subprocess
 from collections import OrderedDict
 from collections.abc import Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Protocol
 
 from agent.sources import procfs
-from agent.sources.base import Attribution
 from attestation.statement import UNATTRIBUTED
+from core.samples import Attribution
+from core.tenantrules import TenantRules
 
 _logger = logging.getLogger(__name__)
 
@@ -194,91 +195,6 @@ def parse_cgroup_path(path: str) -> WorkloadRef | None:
     except Exception:  # a parser bug must not take the agent down; say so once per path
         _logger.exception("cannot parse cgroup path %r", path[:200] if isinstance(path, str) else path)
         return None
-
-
-# ---------------------------------------------------------------------------
-# Tenant rules
-
-
-def _covers(start: float | None, end: float | None, t: float) -> bool:
-    return (start is None or start <= t) and (end is None or t < end)
-
-
-@dataclass(frozen=True)
-class Lease:
-    """The whole node belongs to ``tenant`` for Unix seconds in [start, end). None: unbounded."""
-
-    tenant: str
-    start: float | None = None
-    end: float | None = None
-
-    def __post_init__(self) -> None:
-        if not self.tenant or self.tenant == UNATTRIBUTED:
-            raise ValueError(f"lease tenant must be a tenant name, got {self.tenant!r}")
-        if self.start is not None and self.end is not None and not self.start < self.end:
-            raise ValueError(f"lease for {self.tenant!r}: start {self.start} is not before end {self.end}")
-
-    def active(self, t: float) -> bool:
-        """Whether the lease covers Unix time ``t`` (seconds)."""
-        return _covers(self.start, self.end, t)
-
-
-def _overlap(a: Lease, b: Lease) -> bool:
-    lo = max(x for x in (a.start, b.start, float("-inf")) if x is not None)
-    hi = min(x for x in (a.end, b.end, float("inf")) if x is not None)
-    return lo < hi
-
-
-@dataclass(frozen=True)
-class TenantRules:
-    """The operator's mapping from workloads to tenants (built once from the agent config).
-
-    ``namespaces``: Kubernetes namespace -> tenant. ``slurm_accounts``: Slurm account ->
-    tenant. ``uids``: host uid -> tenant (user slices, Slurm jobs, bare processes).
-    ``containers``: container-id prefix -> tenant (the longest matching prefix wins; names
-    would need a runtime resolver, which this agent does not have yet). ``leases``: whole-node
-    leases; they must not overlap.
-    """
-
-    namespaces: dict[str, str] = field(default_factory=dict)
-    slurm_accounts: dict[str, str] = field(default_factory=dict)
-    uids: dict[int, str] = field(default_factory=dict)
-    containers: dict[str, str] = field(default_factory=dict)
-    leases: tuple[Lease, ...] = ()
-
-    def __post_init__(self) -> None:
-        for name, table in (
-            ("namespaces", self.namespaces),
-            ("slurm_accounts", self.slurm_accounts),
-            ("uids", self.uids),
-            ("containers", self.containers),
-        ):
-            for key, tenant in table.items():
-                if not tenant or tenant == UNATTRIBUTED:
-                    raise ValueError(f"tenant rule {name}[{key!r}]: {tenant!r} is not a tenant name")
-        for key in self.containers:
-            if not key:
-                raise ValueError("tenant rule containers: an empty prefix would match every container")
-        for i, a in enumerate(self.leases):
-            for b in self.leases[i + 1 :]:
-                if _overlap(a, b):
-                    raise ValueError(
-                        f"leases overlap: {a.tenant!r} [{a.start}, {a.end}) and {b.tenant!r} [{b.start}, {b.end})"
-                    )
-
-    def lease_at(self, t: float) -> Lease | None:
-        """The lease active at Unix time ``t`` (seconds), if any."""
-        for lease in self.leases:
-            if lease.active(t):
-                return lease
-        return None
-
-    def container_tenant(self, container_id: str) -> str | None:
-        best: tuple[int, str] | None = None
-        for prefix, tenant in self.containers.items():
-            if container_id.startswith(prefix) and (best is None or len(prefix) > best[0]):
-                best = (len(prefix), tenant)
-        return best[1] if best else None
 
 
 # ---------------------------------------------------------------------------

@@ -20,10 +20,10 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from agent import __version__
-from agent.configfile import ConfigError
 from attestation import exitcodes
 from attestation.exitcodes import CliError, unavailable, usage
+from core import __version__
+from core.errors import ConfigError
 
 if TYPE_CHECKING:
     import grpc
@@ -54,8 +54,8 @@ def _check_certificate_names(
 
 
 def _cmd_run(ns: argparse.Namespace) -> int:
-    from agent.config import load_agent_config
     from agent.node import run_agent
+    from core.agentconfig import load_agent_config
 
     cfg = load_agent_config(ns.config, os.environ, {"insecure": True if ns.insecure else None})
     ns.collector = cfg.collector  # for the error line
@@ -320,8 +320,8 @@ def _known_agent_error(exc: BaseException, collector: str | None) -> CliError | 
     from agent.replay import CollectorUnreachableError, EnrollmentRefusedError, TokensExhaustedError
     from agent.sources.base import SourceError
     from agent.stream import RejectedError
-    from agent.trace import TraceError, TraceUnreadableError
     from attestation.errors import Error, KeyFileError
+    from core.errors import TraceError, TraceUnreadableError
 
     where = collector or "the configured address"
     reach = (

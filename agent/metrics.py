@@ -6,7 +6,7 @@ collector acknowledge, how much waits in the spool. Usage per tenant is the coll
 business (its metrics come from signed statements); the agent exports only the GPUs' latest
 readings, as dcgm-exporter does.
 
-Conventions as the collector's (collector/metrics.py): base units in names, ``_total`` on
+Conventions as the collector's (collector/metrics/): base units in names, ``_total`` on
 counters, ``_timestamp_seconds`` on times, bounded labels only: ``source`` (a fixed set),
 ``gpu`` (this node's GPU UUIDs), ``field`` and ``reason`` (NVML field names and error names;
 at most ``max_unavailable_series`` pairs, the rest counted under ``"_other"``), ``reason`` of
@@ -64,9 +64,11 @@ from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metri
 from prometheus_client.registry import Collector
 
 from agent.spool import DROP_REASONS, Backlog
+from core.prometheus import WithoutCreated
 
 if TYPE_CHECKING:
-    from agent.sources.base import DeviceInfo, GpuSource, NodeSample
+    from agent.sources.base import GpuSource
+    from core.samples import DeviceInfo, NodeSample
 
 _logger = logging.getLogger(__name__)
 
@@ -193,26 +195,13 @@ class _Live(Collector):
         )
 
 
-class _WithoutCreated(Collector):
-    """The inner registry without client_python's ``*_created`` samples (as the collector's)."""
-
-    def __init__(self, inner: CollectorRegistry) -> None:
-        self._inner = inner
-
-    def collect(self) -> Iterator[Metric]:
-        for m in self._inner.collect():
-            if m.type in ("counter", "histogram", "summary"):
-                m.samples = [s for s in m.samples if not s.name.endswith("_created")]
-            yield m
-
-
 class AgentMetrics:
     """All agent metrics. Updated by the run loop; scraped from the HTTP server's thread."""
 
     def __init__(self, version: str, *, max_unavailable_series: int = 100) -> None:
         r = CollectorRegistry(auto_describe=True)
         self.registry = CollectorRegistry()
-        self.registry.register(_WithoutCreated(r))
+        self.registry.register(WithoutCreated(r))
         self.port: int | None = None
         self._http: Any = None
         self._lock = threading.Lock()

@@ -13,22 +13,24 @@ from typing import TYPE_CHECKING
 
 import grpc
 
-from agent import __version__
-from agent.attribution import Attributor, ScontrolSlurmResolver, TenantRules
+from agent.attribution import Attributor, ScontrolSlurmResolver
 from agent.clock import ClockWatch
-from agent.config import AgentConfig
-from agent.configfile import ConfigError
 from agent.metrics import AgentMetrics
 from agent.reconcile import Reconciler
 from agent.rotation import RotationSchedule, finish_rotation, resume_rotation, start_streams, switch_stream
 from agent.signing import ChainSigner, SpoolFullError, WindowOverlapError
-from agent.sources.base import Attribution, DeviceInfo, GpuSample, GpuSource, NodeSample, ProcessSample
+from agent.sources.base import GpuSource
 from agent.spool import Spool
 from agent.stream import RejectedError, enroll, insecure_channel, tls_channel
-from agent.window import WindowAggregator
 from attestation.keys import Signer, open_signer
 from attestation.statement import UNATTRIBUTED
 from attestation.x509util import not_after
+from core import __version__
+from core.agentconfig import AgentConfig
+from core.errors import ConfigError
+from core.samples import Attribution, DeviceInfo, GpuSample, NodeSample, ProcessSample
+from core.tenantrules import TenantRules
+from core.window import WindowAggregator
 
 if TYPE_CHECKING:
     from agent.sources.kubelet import PodResourcesResolver

@@ -49,16 +49,8 @@ from collections.abc import Callable, Iterable, Mapping
 from typing import Protocol
 
 from agent.sources import procfs
-from agent.sources.base import (
-    Attribution,
-    DeviceInfo,
-    GpuSample,
-    MigInstanceSample,
-    MigSample,
-    NodeSample,
-    ProcessSample,
-)
 from agent.sources.kubelet import DeviceOwner, MigPlacement, UnmappedDevice
+from core.samples import Attribution, DeviceInfo, GpuSample, MigInstanceSample, MigSample, NodeSample, ProcessSample
 
 UNALLOCATED_USE = "unallocated_use"
 FOREIGN_POD_USE = "foreign_pod_use"

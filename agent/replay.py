@@ -22,12 +22,12 @@ from pathlib import Path
 
 import grpc
 
-from agent.pipeline import windows_from_trace
 from agent.signing import ChainSigner
 from agent.spool import Spool
 from agent.stream import NodeStream, enroll, insecure_channel
 from attestation.keys import Ed25519Signer
 from attestation.statement import UsageWindow
+from core.pipeline import windows_from_trace
 
 _logger = logging.getLogger(__name__)
 

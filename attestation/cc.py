@@ -208,6 +208,14 @@ def parse_cert_chain(data: bytes) -> list[x509.Certificate]:
             _ = (cert.not_valid_before_utc, cert.not_valid_after_utc)
         except (ValueError, TypeError, UnsupportedAlgorithm, x509.DuplicateExtension) as exc:
             raise SchemaError(f"certificate {k} of the chain does not parse: {exc}") from exc
+        # The signature is the certificate's last field, a BIT STRING of whole octets: the
+        # octet before its value counts unused bits and is 0 in DER. The parser tolerates
+        # another count (and verifies the same signature), which would let one certificate
+        # be carried in several encodings, with several fingerprints.
+        der = cert.public_bytes(Encoding.DER)
+        unused = der[-len(cert.signature) - 1]
+        if unused != 0:
+            raise SchemaError(f"certificate {k} of the chain is not DER: its signature declares {unused} unused bits")
     return certs
 
 

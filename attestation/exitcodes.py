@@ -58,7 +58,12 @@ def epilog(extra: str = "") -> str:
 
 class HelpFormatter(argparse.HelpFormatter):
     """argparse's formatter, except that a paragraph with line breaks (the exit-code table)
-    keeps them; paragraphs are separated by a blank line."""
+    keeps them; paragraphs are separated by a blank line; and a subcommand that may be left
+    out shows in brackets in the usage line (``[ACTION ...]``; argparse shows it as required)."""
+
+    def _format_args(self, action: argparse.Action, default_metavar: str) -> str:
+        text = super()._format_args(action, default_metavar)
+        return f"[{text}]" if action.nargs == argparse.PARSER and not action.required else text
 
     def _fill_text(self, text: str, width: int, indent: str) -> str:
         return "\n\n".join(

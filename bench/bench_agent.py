@@ -24,16 +24,17 @@ import time
 from pathlib import Path
 from typing import Any
 
-from agent.attribution import Attributor, TenantRules
+from agent.attribution import Attributor
 from agent.node import attribute
 from agent.reconcile import Reconciler
 from agent.signing import ChainSigner
-from agent.sim.scenarios import demo_site
 from agent.sources.sim import SimulatedSource
 from agent.spool import Spool
-from agent.trace import write_trace
-from agent.window import WindowAggregator
 from attestation.keys import Ed25519Signer
+from core.sim.scenarios import demo_site
+from core.tenantrules import TenantRules
+from core.trace import write_trace
+from core.window import WindowAggregator
 
 ROOT = Path(__file__).resolve().parents[1]
 

@@ -43,15 +43,15 @@ import grpc
 import msgspec
 import psutil
 
-from agent.pipeline import windows_from_records
 from agent.signing import ChainSigner
-from agent.sim.scenarios import demo_site
 from agent.spool import Spool
 from agent.stream import NodeStream, enroll
-from agent.trace import parse_lines
 from attestation.keys import Ed25519Signer
 from attestation.v1 import collector_pb2 as pb
 from collector.store.sqlite import SqliteStore
+from core.pipeline import windows_from_records
+from core.sim.scenarios import demo_site
+from core.trace import parse_lines
 
 
 def raw_verify_rate(pae: bytes, n: int = 4000) -> float:

@@ -9,7 +9,7 @@ Two measurements (docs/benchmarks.md):
    total, energy): a 960-GPU synchronised training run of one tenant from the second hour
    on, inference fleets of four tenants, and nodes of small jobs. Times the window builder
    and the detector; building the synthetic query results is timed apart.
-2. **the HTTP path**: a smaller site (agent/sim scenarios, ``--http-nodes`` nodes for
+2. **the HTTP path**: a smaller site (core/sim scenarios, ``--http-nodes`` nodes for
    ``--http-hours`` hours at 30 s) written as OpenMetrics, backfilled with ``promtool tsdb
    create-blocks-from openmetrics`` and served by a real Prometheus on loopback; times the
    whole ``detect --prometheus`` path (requests, JSON decoding, windows, detector), and
@@ -39,13 +39,13 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from agent.attribution import TenantRules  # noqa: E402
 from collector.detect.config import DetectConfig  # noqa: E402
 from collector.detect.engine import DetectorEngine  # noqa: E402
 from collector.prometheus.client import Chunk, ClientConfig, PrometheusClient, RangeSeries, plan_chunks  # noqa: E402
 from collector.prometheus.source import PrometheusHistory, Span  # noqa: E402
 from collector.prometheus.windows import WindowBuilder  # noqa: E402
 from collector.tenants import TenantDirectory  # noqa: E402
+from core.tenantrules import TenantRules  # noqa: E402
 
 T0_MS = 1_772_409_600_000  # 2026-03-02T00:00:00Z
 STEP_MS = 30_000
@@ -170,9 +170,11 @@ def in_memory(nodes: int, hours: float) -> dict[str, object]:
 
 def in_memory_pipelined(nodes: int, hours: float) -> dict[str, object]:
     """The same as ``in_memory``, as ``detect --prometheus`` runs it by default: a worker
-    process makes (here: generates) and computes each chunk one ahead, the main process
-    assembles the windows and runs the detector. Wall and CPU of each process."""
-    from collector.prometheus.pipeline import RunAhead
+    process makes (here: generates) and computes each chunk's rows one ahead; the main
+    process aggregates its windows as the detector does (collector/prometheus/sites.py) and
+    runs the detector on the whole windows (``observe_site``). Wall and CPU of each process."""
+    from collector.prometheus.pipeline import RunAhead, no_gc
+    from collector.prometheus.sites import aggregate_rows
 
     rng = random.Random(3)
     site = _site(nodes, rng)
@@ -182,7 +184,8 @@ def in_memory_pipelined(nodes: int, hours: float) -> dict[str, object]:
         TenantRules(namespaces={f"ns-t-{x}": f"t-{x}" for x in ("opaque", "inf-0", "inf-1", "inf-2", "inf-3")}),
         step_ms=STEP_MS,
     )
-    engine = DetectorEngine(DetectConfig(), TenantDirectory())
+    config = DetectConfig()
+    engine = DetectorEngine(config, TenantDirectory())
     spent = {"generate_s": 0.0, "compute_s": 0.0}
 
     def produce():  # type: ignore[no-untyped-def]
@@ -197,18 +200,20 @@ def in_memory_pipelined(nodes: int, hours: float) -> dict[str, object]:
             yield rows
 
     ahead = RunAhead(produce, lambda: spent)
-    assemble_s = detect_s = 0.0
+    aggregate_s = detect_s = 0.0
     wall, main_cpu = time.monotonic(), time.process_time()
     children = resource.getrusage(resource.RUSAGE_CHILDREN)
     for rows in ahead:
         t = time.process_time()
-        ws = builder.assemble(rows)
+        with no_gc():
+            sites = aggregate_rows(rows, config, builder.window_ms, builder.coverage)
         del rows
         t1 = time.process_time()
-        for w in ws:
-            engine.observe(w)
+        for at in sites:
+            engine.observe_site(at.start_ms, at.end_ms, at.nodes, at.site)
+        del sites
         detect_s += time.process_time() - t1
-        assemble_s += t1 - t
+        aggregate_s += t1 - t
     t = time.process_time()
     engine.finish()
     findings = engine.findings()
@@ -224,12 +229,15 @@ def in_memory_pipelined(nodes: int, hours: float) -> dict[str, object]:
         "gpu_windows": builder.coverage.gpu_windows,
         "wall_s": round(wall, 1),
         "main_cpu_s": round(main_cpu, 1),
-        "main_assemble_and_unpickle_s": round(main_cpu - detect_s, 1),
-        "main_assemble_s": round(assemble_s, 1),
+        "main_unpickle_s": round(main_cpu - detect_s - aggregate_s, 1),
+        "main_aggregate_s": round(aggregate_s, 1),
         "main_detector_s": round(detect_s, 1),
         "worker_cpu_s": round(worker_cpu, 1),
         "worker_generate_s": round(worker["generate_s"], 1),
         "worker_compute_s": round(worker["compute_s"], 1),
+        "week_extrapolated_main_cpu_s": round(main_cpu * 168 / hours),
+        "week_extrapolated_worker_cpu_s": round(worker_cpu * 168 / hours),
+        "week_extrapolated_worker_cpu_without_generation_s": round((worker_cpu - worker["generate_s"]) * 168 / hours),
         "week_extrapolated_wall_s": round(wall * 168 / hours),
         "findings": [(f.tenant, f.gpus, f.nodes) for f in findings],
     }
@@ -245,8 +253,8 @@ def http_path(nodes: int, hours: float, week_gpu_windows: int) -> dict[str, obje
     prometheus, promtool = shutil.which("prometheus"), shutil.which("promtool")
     if prometheus is None or promtool is None:
         return {"skipped": "prometheus/promtool absent (Debian package prometheus)"}
-    from agent.sim.scenarios import DEMO_START_S, InferenceFleet, TrainingJob, _names, site_records
     from collector.prometheus.sim import write_openmetrics_file
+    from core.sim.scenarios import DEMO_START_S, InferenceFleet, TrainingJob, _names, site_records
 
     rng = random.Random(5)
     start = float(DEMO_START_S)

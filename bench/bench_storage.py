@@ -46,17 +46,17 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from agent.pipeline import windows_from_records  # noqa: E402
 from agent.signing import ChainSigner  # noqa: E402
-from agent.sim.scenarios import demo_site  # noqa: E402
 from agent.spool import Spool  # noqa: E402
-from agent.trace import parse_lines  # noqa: E402
 from attestation.dsse import Envelope  # noqa: E402
 from attestation.keys import Ed25519Signer  # noqa: E402
 from collector.ingest import Ingestor  # noqa: E402
 from collector.log import Log  # noqa: E402
 from collector.retention import age_statements  # noqa: E402
 from collector.store.sqlite import SqliteStore  # noqa: E402
+from core.pipeline import windows_from_records  # noqa: E402
+from core.sim.scenarios import demo_site  # noqa: E402
+from core.trace import parse_lines  # noqa: E402
 
 GPUS_PER_NODE = 8
 WINDOWS_PER_DAY = 1440

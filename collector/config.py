@@ -7,7 +7,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from agent.configfile import ConfigError, load
+from core.config import load
+from core.errors import ConfigError
 
 # The host of the placeholder log origin (collector.log.resolve_origin warns about it).
 PLACEHOLDER_LOG_HOST = "log.example.com"

@@ -80,3 +80,20 @@ class StoreConflictError(StoreError):
     """Another writer stored a statement with the same key and seq first (concurrent collectors)."""
 
     reason = "concurrent_write"
+
+
+class FindingWorkflowError(CollectorError):
+    """A finding action refused: the finding is not there, or the action does not fit its state."""
+
+    reason = "finding_workflow"
+
+    _REMEDIES: ClassVar[dict[str, str]] = {
+        "unknown_finding": "List the recorded findings with `gpuaudit-collector findings`, naming the same "
+        "--config or --db as the collector that recorded them.",
+        "bad_transition": "See the finding's state and history with `gpuaudit-collector findings --json`.",
+        "bad_action": "Name who acts (--by) and why (--reason); an assign names whom (--to).",
+    }
+
+    def diagnostics(self) -> str:
+        remedy = self._REMEDIES.get(self.reason, "")
+        return f"{self}" + (f"\n{remedy}" if remedy else "")

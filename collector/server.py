@@ -15,7 +15,6 @@ import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from prometheus_client import start_http_server
 
-from agent import __version__
 from attestation.statement import UsageWindow
 from attestation.v1 import collector_pb2_grpc as pb_grpc
 from collector.ca import IssuingCa
@@ -33,6 +32,7 @@ from collector.metrics import CollectorMetrics, store_paths
 from collector.service import CollectorService, IngestBatcher
 from collector.store.base import FindingRecord, Store
 from collector.warmup import warm_up
+from core import __version__
 
 _logger = logging.getLogger(__name__)
 

@@ -49,6 +49,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from collector.errors import CollectorError
+
 if TYPE_CHECKING:
     from collector.screening import ScreeningSource
 
@@ -68,8 +70,10 @@ _KNOWN_KEYS = frozenset(("id", "registered", "kyc_level", *_STRING_KEYS, *_BOOL_
 VERSIONS = ("1", "1.0", "1.1")
 
 
-class TenantsError(Exception):
+class TenantsError(CollectorError):
     """The tenants file cannot be used. ``diagnostics()`` says what to fix."""
+
+    reason = "bad_tenants"
 
     def diagnostics(self) -> str:
         return f"tenants file: {self}\nFix the file (format: Tenants v1.1, docs/formats.md) and restart."

@@ -26,7 +26,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from agent.sources.base import NodeIoSample
+from core.samples import NodeIoSample
 
 _logger = logging.getLogger(__name__)
 

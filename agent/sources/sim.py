@@ -15,8 +15,9 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
-from agent.sources.base import DeviceInfo, NodeSample, SourceError
-from agent.trace import NodeRecord, SampleRecord, read_trace
+from agent.sources.base import SourceError
+from core.samples import DeviceInfo, NodeSample
+from core.trace import NodeRecord, SampleRecord, read_trace
 
 
 class SimulatedSource:

@@ -52,7 +52,7 @@ import logging
 import math
 import statistics
 from collections import deque
-from collections.abc import Iterable
+from collections.abc import Collection, Iterable
 from dataclasses import dataclass
 
 from attestation.statement import UsageWindow
@@ -157,6 +157,35 @@ class DetectorEngine:
         if self._pending_for is not None and s >= self._pending_for:
             self._pending.discard(w.node_id)
         return self._drain(final=False)
+
+    def observe_site(self, start_ms: int, end_ms: int, nodes: Collection[str], site: SiteWindow) -> list[Finding]:
+        """Take one whole window already aggregated (``usage.aggregate`` over every node's
+        window of it, sorted by node): for a source that holds complete windows in event-time
+        order (Prometheus history, collector/prometheus/sites.py). The window closes at once;
+        one that starts at or before the last closed window is late and dropped."""
+        out = self._drain(final=True)  # windows buffered by ``observe`` close first
+        self.stats.statements += len(nodes)
+        if self._last_closed_start is not None and start_ms <= self._last_closed_start:
+            self.stats.late_dropped += len(nodes)
+            return out
+        for n in nodes:
+            self._node_latest[n] = start_ms
+        self._max_event_ms = max(self._max_event_ms, end_ms)
+        s = start_ms
+        self._last_closed_start = s
+        self.stats.windows_closed += 1
+        if self._hold_new or self._priors:
+            self._warm_progress(s, end_ms)
+        self._recent_nodes.append(frozenset(nodes))
+        self._expected = frozenset().union(*self._recent_nodes)
+        self._pending_for = None
+        self.stats.gpus_processed += site.gpus_seen
+        self._history.record(s, site.tenants)
+        self._linker.update(s, site.tenants, self._history, self._same_live_run)
+        self._trail.record(s, end_ms, site.tenants, self._linker.candidates, history_span_ms(self.config, end_ms - s))
+        groups = self._linker.groups(list(site.tenants))
+        out.extend(self._update_runs(s, end_ms, groups, site))
+        return out
 
     def finish(self) -> list[Finding]:
         """End of input: close every buffered window; return what was raised or updated."""

@@ -258,12 +258,15 @@ class History:
         )
 
         # Within windows: the buckets of each window, mean-removed, over a shorter history.
+        # Where the history holds fewer buckets than a node needs (``sync_min_points``: at a
+        # 30 s step, 2 buckets a window over 10 windows), no node can count and ``measure``
+        # would give None: the series are not built.
         wstarts = self.within_starts(cfg.sync_history_windows)
         lengths = self.bucket_lengths(members, wstarts)
-        bunits = self.node_buckets(members, sample, wstarts, lengths)
-        eps = [i for i, length in enumerate(lengths) for _ in range(length)]
         within = None
-        if eps:
+        if lengths and sum(lengths) >= max(1, cfg.sync_min_points):
+            bunits = self.node_buckets(members, sample, wstarts, lengths)
+            eps = [i for i, length in enumerate(lengths) for _ in range(length)]
             common = self.common_within(wstarts, lengths, exclude)
             within = measure(bunits, eps, scale=SCALE_WITHIN, min_points=cfg.sync_min_points, common=common)
 

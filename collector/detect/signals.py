@@ -13,9 +13,13 @@ import math
 import operator
 import zlib
 from collections.abc import Iterable, Sequence
+from typing import TYPE_CHECKING
 
 from attestation.statement import GpuWindow
 from collector.detect.config import DetectConfig
+
+if TYPE_CHECKING:
+    from collector.detect.usage import GpuLoad
 
 _logger = logging.getLogger(__name__)
 
@@ -30,17 +34,35 @@ _MIN_VARIANCE = 1e-8
 
 def classify(g: GpuWindow, cfg: DetectConfig) -> int:
     """NOT_TRAINING, WEAK or STRONG from the signals present; absent signals are unknown."""
+    s = g.series
+    return classify_values(
+        g.util_mean_permille,
+        g.power_mean_mw,
+        g.power_limit_mw,
+        g.sm_active_mean_permille,
+        None if s is None else s.util_permille,
+        cfg,
+    )
+
+
+def classify_values(
+    u: int | None,
+    p: int | None,
+    lim: int | None,
+    sm: int | None,
+    util_buckets: Sequence[int | None] | None,
+    cfg: DetectConfig,
+) -> int:
+    """``classify`` on a GPU window's values: mean utilisation, mean power, power limit, mean
+    SM activity and the per-bucket utilisation (None: no series)."""
     strong = True
     known = False
-    u = g.util_mean_permille
     if u is not None:
         if u < cfg.weak_util_permille:
             return NOT_TRAINING
         known = True
         if u < cfg.strong_util_permille:
             strong = False
-    p = g.power_mean_mw
-    lim = g.power_limit_mw
     if p is not None and lim:
         pf = p * 1000 // lim
         if pf < cfg.weak_power_permille:
@@ -50,14 +72,12 @@ def classify(g: GpuWindow, cfg: DetectConfig) -> int:
             strong = False
     if not known:
         return NOT_TRAINING
-    sm = g.sm_active_mean_permille
     if sm is not None and sm < cfg.min_sm_active_permille:
         return NOT_TRAINING
-    s = g.series
-    if s is not None and u is not None and u > 0:
+    if util_buckets is not None and u is not None and u > 0:
         half = u // 2
         n = busy = 0
-        for b in s.util_permille:
+        for b in util_buckets:
             if b is not None:
                 n += 1
                 if b >= half:
@@ -67,7 +87,7 @@ def classify(g: GpuWindow, cfg: DetectConfig) -> int:
     return STRONG if strong else WEAK
 
 
-def node_series(gpus: Sequence[GpuWindow]) -> list[float | None] | None:
+def node_series(gpus: Sequence[GpuLoad]) -> list[float | None] | None:
     """One node's per-bucket load for a group, mean-removed within the window.
 
     Load is power / power limit where both are known (the signal the MLPerf logs show moving

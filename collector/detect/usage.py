@@ -15,12 +15,13 @@ training ones).
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
+from typing import Protocol
 
-from attestation.statement import GpuWindow, UsageWindow
+from attestation.statement import UsageWindow
 from collector.detect.config import DetectConfig
-from collector.detect.signals import STRONG, WEAK, classify
+from collector.detect.signals import STRONG, WEAK, classify_values
 
 _MAX_DRAW = 1.3
 """A window mean above this multiple of the power limit is not one (boards exceed their limit
@@ -49,12 +50,39 @@ class WorkloadUse:
     mem_n: int = 0
 
 
+class Buckets(Protocol):
+    """A GPU window's per-bucket series, as ``node_series`` reads it (``attestation.statement.Series``)."""
+
+    @property
+    def util_permille(self) -> Sequence[int | None]: ...
+    @property
+    def power_mw(self) -> Sequence[int | None]: ...
+
+
+class GpuLoad(Protocol):
+    """What the coupling tests read of a GPU window (``node_level``, ``signals.node_series``):
+    a ``GpuWindow``, or the same values made without the record (collector/prometheus/sites.py)."""
+
+    @property
+    def power_limit_mw(self) -> int | None: ...
+    @property
+    def energy_start_mj(self) -> int | None: ...
+    @property
+    def energy_end_mj(self) -> int | None: ...
+    @property
+    def power_mean_mw(self) -> int | None: ...
+    @property
+    def util_mean_permille(self) -> int | None: ...
+    @property
+    def series(self) -> Buckets | None: ...
+
+
 @dataclass(slots=True)
 class TenantWindow:
     """One tenant in one window."""
 
     workloads: dict[str, WorkloadUse] = field(default_factory=dict)
-    by_node: dict[str, list[GpuWindow]] = field(default_factory=dict)  # occupied GPUs per node
+    by_node: dict[str, list[GpuLoad]] = field(default_factory=dict)  # occupied GPUs per node
     strong: float = 0.0
     weak: float = 0.0
     occupied: float = 0.0
@@ -129,11 +157,13 @@ def aggregate(windows: Iterable[UsageWindow], cfg: DetectConfig) -> SiteWindow:
             workloads = g.workloads
             if not workloads:
                 continue
-            cls = classify(g, cfg)
             u = g.util_mean_permille
             lim = g.power_limit_mw
-            pf = g.power_mean_mw / lim if (g.power_mean_mw is not None and lim) else None
+            pm = g.power_mean_mw
             sm = g.sm_active_mean_permille
+            s = g.series
+            cls = classify_values(u, pm, lim, sm, None if s is None else s.util_permille, cfg)
+            pf = pm / lim if (pm is not None and lim) else None
             tc = g.tensor_active_mean_permille
             activity = sm / 1000 if sm is not None else (u / 1000 if u is not None else 1.0)
             mem = g.mem_used_max_bytes
@@ -188,4 +218,4 @@ def aggregate(windows: Iterable[UsageWindow], cfg: DetectConfig) -> SiteWindow:
     return SiteWindow(tenants, ib, gpus_seen)
 
 
-__all__ = ["SiteWindow", "TenantWindow", "WorkloadUse", "aggregate"]
+__all__ = ["Buckets", "GpuLoad", "SiteWindow", "TenantWindow", "WorkloadUse", "aggregate"]

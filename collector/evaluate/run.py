@@ -2,7 +2,7 @@
 
 Each scenario (``collector.evaluate.scenarios.family.plan``) is built into a site, sampled as
 Trace v1 text (written to ``--out`` as ``.jsonl.gz`` when given, else kept in memory),
-parsed back with ``agent.trace.parse_lines``, windowed by ``agent.pipeline`` (the agent's
+parsed back with ``core.trace.parse_lines``, windowed by ``core.pipeline`` (the agent's
 own code: 60 s windows, 10 s buckets), masked to each telemetry field set of the scenario
 (``scenarios.masks``) and fed to one ``DetectorEngine`` per mask. Sites run in parallel
 worker processes.
@@ -41,7 +41,7 @@ COST_PER_SAMPLE = {1: 60.0, 10: 6.0, 20: 3.0, 30: 2.0, 60: 1.0}
 
 
 def _lines(records: Iterator[dict[str, Any]]) -> Iterator[str]:
-    from agent.trace import header
+    from core.trace import header
 
     yield json.dumps(header())
     for r in records:
@@ -57,13 +57,13 @@ def _data(data_dir: str) -> PublicData:
 
 def run_scenario(data_dir: str, sc: Scenario, out: str | None) -> dict[str, Any]:
     """Build one site, detect on it once per field mask, return truth, findings and timings (worker)."""
-    from agent.pipeline import windows_from_records
-    from agent.trace import parse_lines
     from collector.detect.config import DetectConfig
     from collector.detect.engine import DetectorEngine
     from collector.evaluate.scenarios.family import build
     from collector.evaluate.scenarios.masks import apply
     from collector.tenants import TenantDirectory
+    from core.pipeline import windows_from_records
+    from core.trace import parse_lines
 
     t0 = time.perf_counter()
     site = build(sc, _data(data_dir))

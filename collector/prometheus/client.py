@@ -36,8 +36,8 @@ from pathlib import Path
 
 import msgspec
 
-from agent import __version__
-from agent.configfile import ConfigError
+from core import __version__
+from core.errors import ConfigError
 
 _logger = logging.getLogger(__name__)
 

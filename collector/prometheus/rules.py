@@ -2,8 +2,9 @@
 
 ``--tenant-rules FILE`` is a TOML file holding the ``[tenants]`` table exactly as the agent
 config has it (docs/operator-guide.md, "Tenant rules"), parsed by the agent's own parser
-(``agent.config.parse_tenant_rules``). The file may be an agent config itself
-(``/etc/gpuaudit/agent.toml``): its other keys are then checked as the agent checks them.
+(``core.tenantrules.parse_tenant_rules``). The file may be an agent config itself
+(``/etc/gpuaudit/agent.toml``): its other keys are then checked as the agent checks them
+(``core.agentconfig``).
 
 What applies to dcgm-exporter's labels:
 
@@ -26,15 +27,15 @@ import logging
 import tomllib
 from pathlib import Path
 
-from agent.attribution import TenantRules
-from agent.configfile import ConfigError
+from core.errors import ConfigError
+from core.tenantrules import TenantRules, parse_tenant_rules
 
 _logger = logging.getLogger(__name__)
 
 
 def load_tenant_rules(path: Path | None) -> TenantRules:
     """The ``[tenants]`` table of ``path`` (none: no rules, everything unattributed)."""
-    from agent.config import load_agent_config, parse_tenant_rules
+    from core.agentconfig import load_agent_config
 
     if path is None:
         return TenantRules()

@@ -10,7 +10,7 @@ detector runs on this one (collector/prometheus/pipeline.py).
 from __future__ import annotations
 
 import logging
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from typing import Any
 
@@ -30,7 +30,8 @@ from collector.prometheus.client import (
     quote,
     regex_alternation,
 )
-from collector.prometheus.pipeline import RunAhead, usable
+from collector.prometheus.pipeline import RunAhead, no_gc, usable
+from collector.prometheus.sites import SiteAt, aggregate_rows
 from collector.prometheus.windows import METRICS, ChunkRows, Coverage, MetricQuery, WindowBuilder
 from collector.tenants import TenantDirectory
 
@@ -145,6 +146,26 @@ class PrometheusHistory:
             yield self.builder.assemble(rows)
         self.coverage.merge_read(ahead.finished)
 
+    def sites(self, config: DetectConfig, *, pipeline: bool = False) -> Iterator[list[SiteAt]]:
+        """Each chunk's windows as the detector aggregates them (collector/prometheus/sites.py),
+        in time order, for ``DetectorEngine.observe_site``; no records are made. With
+        ``pipeline`` (where ``pipeline.usable()``) a second process reads and computes the
+        next chunk's rows while the caller aggregates this one and runs the detector on it
+        (the rows pickle cheaply; the aggregate, a record per workload, does not). The
+        coverage is the same either way."""
+        window_ms = self.span.window_ms
+        ahead: Iterable[ChunkRows] = self.rows()
+        finished: RunAhead[ChunkRows] | None = None
+        if pipeline and usable():
+            ahead = finished = RunAhead(self.rows, lambda: self.coverage)
+        for rows in ahead:
+            with no_gc():
+                sites = aggregate_rows(rows, config, window_ms, self.coverage)
+            del rows
+            yield sites
+        if finished is not None:
+            self.coverage.merge_read(finished.finished)
+
 
 def wrap_finding(doc: dict[str, Any], context: dict[str, Any]) -> dict[str, Any]:
     """A Findings JSON object from this source: ``source``, the note, and what was read."""
@@ -155,11 +176,15 @@ def detect(
     history: PrometheusHistory, config: DetectConfig, tenants: TenantDirectory, *, pipeline: bool = False
 ) -> list[Any]:
     """Every window of the span through one detector; its findings in their final state.
-    ``pipeline``: read and window the next chunk in a second process meanwhile."""
+    ``pipeline``: read and aggregate the next chunk in a second process meanwhile.
+
+    Each window goes to the detector whole (``observe_site``): Prometheus holds every node's
+    window of it at once, so there is nothing to wait for."""
     engine = DetectorEngine(config, tenants)
-    for ws in history.windows(pipeline=pipeline):
-        for w in ws:
-            engine.observe(w)
+    for sites in history.sites(config, pipeline=pipeline):
+        for at in sites:
+            engine.observe_site(at.start_ms, at.end_ms, at.nodes, at.site)
+        del sites
     engine.finish()
     return engine.findings()
 

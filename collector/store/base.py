@@ -32,13 +32,14 @@ from __future__ import annotations
 
 from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
-from typing import ClassVar, Protocol
+from typing import Protocol
 
-from collector.errors import CollectorError
+from collector.errors import FindingWorkflowError
 from collector.store.records import (
     ChainHead,
     CheckpointRecord,
     ConflictRecord,
+    FindingAction,
     FindingRecord,
     KeyHead,
     KeyRecord,
@@ -65,7 +66,6 @@ __all__ = [
     "FindingAction",
     "FindingRecord",
     "FindingStore",
-    "FindingWorkflowError",
     "KeyHead",
     "KeyRecord",
     "LogLeafRecord",
@@ -90,21 +90,9 @@ __all__ = [
     "workflow_state",
 ]
 
-# -- the findings workflow: records and rules (both backends check them the same way) -------
+# -- the findings workflow: its rules (both backends check them the same way) -------------
 
 FINDING_ACTIONS = ("acknowledge", "assign", "close", "reopen")
-
-
-@dataclass(frozen=True)
-class FindingAction:
-    """One step of a finding's workflow, as recorded: who did what, to whom, why and when."""
-
-    finding_id: str
-    action: str  # one of FINDING_ACTIONS
-    actor: str
-    assignee: str | None  # "assign" only
-    reason: str  # "" only for an "assign" given no reason
-    at_ms: int
 
 
 @dataclass(frozen=True)
@@ -113,23 +101,6 @@ class WorkflowState:
 
     state: str = "open"
     assignee: str | None = None
-
-
-class FindingWorkflowError(CollectorError):
-    """A finding action refused: the finding is not there, or the action does not fit its state."""
-
-    reason = "finding_workflow"
-
-    _REMEDIES: ClassVar[dict[str, str]] = {
-        "unknown_finding": "List the recorded findings with `gpuaudit-collector findings`, naming the same "
-        "--config or --db as the collector that recorded them.",
-        "bad_transition": "See the finding's state and history with `gpuaudit-collector findings --json`.",
-        "bad_action": "Name who acts (--by) and why (--reason); an assign names whom (--to).",
-    }
-
-    def diagnostics(self) -> str:
-        remedy = self._REMEDIES.get(self.reason, "")
-        return f"{self}" + (f"\n{remedy}" if remedy else "")
 
 
 def _apply(current: WorkflowState, action: FindingAction) -> WorkflowState:

@@ -20,6 +20,7 @@ __all__ = [
     "ChainHead",
     "CheckpointRecord",
     "ConflictRecord",
+    "FindingAction",
     "FindingRecord",
     "KeyHead",
     "KeyRecord",
@@ -125,6 +126,18 @@ class FindingRecord:
     started_ms: int
     detected_ms: int
     json_text: str
+
+
+@dataclass(frozen=True)
+class FindingAction:
+    """One step of a finding's workflow, as recorded: who did what, to whom, why and when."""
+
+    finding_id: str
+    action: str  # one of collector.store.base.FINDING_ACTIONS
+    actor: str
+    assignee: str | None  # "assign" only
+    reason: str  # "" only for an "assign" given no reason
+    at_ms: int
 
 
 @dataclass(frozen=True)

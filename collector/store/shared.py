@@ -18,9 +18,9 @@ from typing import Any, ClassVar
 from attestation.chain import ChainHead
 from attestation.errors import KeyFileError
 from attestation.keys import PublicKey, key_id_of
-from collector.errors import EnrollmentError
+from collector.errors import EnrollmentError, FindingWorkflowError
 from collector.store import sql
-from collector.store.base import FindingAction, FindingWorkflowError, check_finding_action, workflow_state
+from collector.store.base import FindingAction, check_finding_action, workflow_state
 from collector.store.records import (
     CheckpointRecord,
     ConflictRecord,

@@ -27,16 +27,17 @@ from typing import Any
 
 import pytest
 
-from agent.attribution import Attributor, Lease, StaticPodResolver, TenantRules, parse_cgroup_path
+from agent.attribution import Attributor, StaticPodResolver, parse_cgroup_path
 from agent.node import attribute
 from agent.signing import ChainSigner
 from agent.sources import procfs
 from agent.sources.base import SourceError
 from agent.spool import Spool
-from agent.window import WindowAggregator
 from attestation import dsse
 from attestation.keys import Ed25519Signer
 from attestation.statement import UsageWindow, parse_statement
+from core.tenantrules import Lease, TenantRules
+from core.window import WindowAggregator
 
 pytestmark = pytest.mark.gpu
 

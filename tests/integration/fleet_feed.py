@@ -16,17 +16,17 @@ from typing import Any
 import grpc
 import msgspec
 
-from agent.pipeline import windows_from_records
 from agent.replay import ReplayStats, TokenPool, replay
-from agent.sim.scenarios import DEMO_START_S, H100_LIMIT_W, H100_MEM_BYTES, H100_SXM, demo_site
 from agent.stream import enroll
-from agent.trace import parse_lines
 from attestation import dsse
 from attestation.keys import Ed25519Signer
 from attestation.statement import Chain, GpuWindow, UsageWindow, Workload, statement_bytes
 from attestation.v1 import collector_pb2 as pb
 from attestation.v1 import collector_pb2_grpc as pb_grpc
 from attestation.wire import envelope_to_proto
+from core.pipeline import windows_from_records
+from core.sim.scenarios import DEMO_START_S, H100_LIMIT_W, H100_MEM_BYTES, H100_SXM, demo_site
+from core.trace import parse_lines
 
 SHADOW_NODE = "kl1-shadow"  # unattributed GPU use; stops reporting after SHADOW_MINUTES
 SHADOW_MINUTES = 15

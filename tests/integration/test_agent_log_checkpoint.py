@@ -17,14 +17,12 @@ from pathlib import Path
 from typing import Any
 
 import grpc
+from agent_harness import agent_config, start_agent, write_agent_config
 
-from agent.config import AgentConfig, load_agent_config
-from agent.node import run_agent
-from agent.sim.scenarios import demo_site
-from agent.trace import write_trace
 from attestation.keys import key_id_of
 from attestation.v1 import collector_pb2 as pb
 from attestation.v1 import collector_pb2_grpc as pb_grpc
+from core.agentconfig import AgentConfig
 
 Runner = Callable[[Any], Any]
 ORIGIN = "collector.test/log"
@@ -76,29 +74,7 @@ class FakeCollector(pb_grpc.CollectorServicer):
 
 
 def _config(tmp_path: Path) -> AgentConfig:
-    trace = tmp_path / "node.jsonl"
-    write_trace(
-        trace, demo_site(seed=5, hours=0.2, sample_interval_s=10, training_nodes=1, inference_nodes=0, slurm_nodes=0)
-    )
-    cfg_file = tmp_path / "agent.toml"
-    cfg_file.write_text(
-        "\n".join(
-            [
-                'node_id = "kl1-n0001"',
-                f'key = "file:{tmp_path}/agent.key"',
-                f'spool = "{tmp_path}/spool.db"',
-                'source = "sim"',
-                f'sim_trace = "{trace}"',
-                "window_s = 1",
-                "bucket_s = 1",
-                "sample_interval_s = 0.1",
-                "insecure = true",
-                'metrics_listen = ""',
-                'join_token = "any"',
-            ]
-        )
-    )
-    return load_agent_config(cfg_file, {})
+    return agent_config(write_agent_config(tmp_path, 'metrics_listen = ""', 'join_token = "any"'))
 
 
 async def _run(cfg: AgentConfig, fake: FakeCollector, statements: int) -> None:
@@ -107,15 +83,13 @@ async def _run(cfg: AgentConfig, fake: FakeCollector, statements: int) -> None:
     port = server.add_insecure_port("127.0.0.1:0")
     await server.start()
     try:
-        stop = asyncio.Event()
-        task = asyncio.create_task(run_agent(dataclasses.replace(cfg, collector=f"127.0.0.1:{port}"), stop=stop))
+        agent = start_agent(dataclasses.replace(cfg, collector=f"127.0.0.1:{port}"))
         deadline = time.monotonic() + 30
         while len(fake.statements) < statements:
-            assert not task.done(), f"the agent stopped: {task.exception() if task.done() else ''}"
+            assert not agent.task.done(), f"the agent stopped: {agent.task.exception() if agent.task.done() else ''}"
             assert time.monotonic() < deadline, f"only {len(fake.statements)} statements within 30 s"
             await asyncio.sleep(0.1)
-        stop.set()
-        await asyncio.wait_for(task, timeout=20)
+        await agent.stop()
     finally:
         await server.stop(0.5)
 

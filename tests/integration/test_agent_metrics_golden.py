@@ -8,7 +8,6 @@ what the agent did.
 from __future__ import annotations
 
 import asyncio
-import dataclasses
 import shutil
 import subprocess
 import time
@@ -18,17 +17,14 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from agent_harness import agent_config, start_agent, write_agent_config
 from collector_harness import collector
 from prometheus_client.parser import text_string_to_metric_families
 
-from agent import __version__
-from agent.config import load_agent_config
 from agent.metrics import AgentMetrics
-from agent.node import run_agent
-from agent.sim.scenarios import demo_site
 from agent.spool import Spool
-from agent.trace import write_trace
 from attestation.keys import load_key_file
+from core import __version__
 
 GOLDEN = Path(__file__).resolve().parents[1] / "fixtures" / "metrics" / "agent_series.txt"
 ALLOWED_LABELS = {"source", "gpu", "field", "reason", "direction"}
@@ -64,36 +60,15 @@ def _value(text: str, name: str, **labels: str) -> float | None:
 @pytest.fixture(scope="module")
 def scraped(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
     tmp = tmp_path_factory.mktemp("agent-metrics")
-    trace = tmp / "node.jsonl"
-    write_trace(
-        trace, demo_site(seed=5, hours=0.2, sample_interval_s=10, training_nodes=1, inference_nodes=0, slurm_nodes=0)
-    )
-    cfg_file = tmp / "agent.toml"
-    cfg_file.write_text(
-        "\n".join(
-            [
-                'node_id = "kl1-n0001"',
-                f'key = "file:{tmp}/agent.key"',
-                f'spool = "{tmp}/spool.db"',
-                'source = "sim"',
-                f'sim_trace = "{trace}"',
-                "window_s = 1",
-                "bucket_s = 1",
-                "sample_interval_s = 0.1",
-                "insecure = true",
-                'metrics_listen = "127.0.0.1:0"',
-            ]
-        )
-    )
+    cfg_file = write_agent_config(tmp, 'metrics_listen = "127.0.0.1:0"')
 
     async def scenario() -> dict[str, Any]:
         async with collector(tmp) as h:
             (token,) = h.tokens(1)
-            cfg = dataclasses.replace(load_agent_config(cfg_file, {"GPUAUDIT_JOIN_TOKEN": token}), collector=h.address)
+            cfg = agent_config(cfg_file, token, h.address)
             metrics = AgentMetrics(__version__)
             started_s = time.time()
-            stop = asyncio.Event()
-            task = asyncio.create_task(run_agent(cfg, stop=stop, metrics=metrics))
+            agent = start_agent(cfg, metrics=metrics)
             for _ in range(100):  # until the agent has signed and been acknowledged
                 await asyncio.sleep(0.1)
                 if metrics.port is not None and (metrics.registry.get_sample_value(SIGNED) or 0) >= 3:
@@ -103,8 +78,7 @@ def scraped(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
             before_s = time.time()
             text = await asyncio.to_thread(_scrape, metrics.port)
             after_s = time.time()
-            stop.set()
-            await asyncio.wait_for(task, timeout=20)
+            await agent.stop()
             return {
                 "text": text,
                 "stored": h.store.statement_count(),

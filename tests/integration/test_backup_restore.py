@@ -23,11 +23,8 @@ from typing import Any
 
 import pytest
 
-from agent.pipeline import windows_from_records
 from agent.signing import ChainSigner
-from agent.sim.scenarios import demo_site
 from agent.spool import Spool
-from agent.trace import parse_lines
 from attestation import verify_cli
 from attestation.keys import Ed25519Signer
 from collector import cli
@@ -35,6 +32,9 @@ from collector.config import load_collector_config
 from collector.ingest import Ingestor
 from collector.log import Log
 from collector.pseudonyms import key_path, load_or_create_key
+from core.pipeline import windows_from_records
+from core.sim.scenarios import demo_site
+from core.trace import parse_lines
 
 NODES, WINDOWS = 3, 8
 

@@ -12,9 +12,10 @@ from pathlib import Path
 
 import pytest
 
-from agent.sim.scenarios import DEMO_OPAQUE_TENANT, demo_site, demo_tenants_toml
-from agent.trace import write_trace
 from collector import cli as collector_cli
+from collector.cli.serve import write_ready_file
+from core.sim.scenarios import DEMO_OPAQUE_TENANT, demo_site, demo_tenants_toml
+from core.trace import write_trace
 
 
 def run(*args: str) -> subprocess.CompletedProcess[str]:
@@ -174,7 +175,7 @@ def test_the_ready_file_is_never_seen_half_written(tmp_path: Path, monkeypatch: 
 
     monkeypatch.setattr(Path, "write_text", recording)
     ready = tmp_path / "ready"
-    collector_cli._write_ready_file(ready, {"port": 50051, "metrics_port": None})
+    write_ready_file(ready, {"port": 50051, "metrics_port": None})
     assert ready not in written and written, written
     assert json.loads(ready.read_text()) == {"port": 50051, "metrics_port": None}
     assert [p.name for p in tmp_path.iterdir()] == ["ready"]

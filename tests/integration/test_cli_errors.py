@@ -21,14 +21,15 @@ from pathlib import Path
 
 import pytest
 
-from agent.sim.scenarios import demo_site
 from agent.stream import enroll, tls_channel
-from agent.trace import write_trace
 from attestation import exitcodes
 from attestation.keys import Ed25519Signer
 from collector import cli as collector_cli
 from collector.ca import init_ca, issue
+from collector.cli import findings as collector_cli_findings
 from collector.store.sqlite import SqliteStore
+from core.sim.scenarios import demo_site
+from core.trace import write_trace
 
 MODULES = {"agent": "agent.cli", "collector": "collector.cli", "verify": "attestation.verify_cli"}
 LOG_LINE = re.compile(r"^\d{4}-\d\d-\d\d \d\d:\d\d:\d\d,\d{3} (DEBUG|INFO|WARNING) ")
@@ -519,7 +520,7 @@ def test_an_unexpected_error_is_one_line_and_verbose_shows_the_traceback(
     def broken(ns: object) -> int:
         raise KeyError("wat")
 
-    monkeypatch.setattr(collector_cli, "_cmd_findings", broken)
+    monkeypatch.setattr(collector_cli_findings, "_cmd_findings", broken)
     assert collector_cli.main(["findings", "--db", str(tmp_path / "x.db")]) == exitcodes.INTERNAL
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and err.startswith("error: unexpected KeyError"), err

@@ -18,8 +18,8 @@ from pathlib import Path
 
 import pytest
 
-from agent.sim.scenarios import DEMO_OPAQUE_TENANT
-from collector.demo import DemoSite, ProgressBar, default_workdir, run_demo
+from core.sim.scenarios import DEMO_OPAQUE_TENANT
+from demo.site import DemoSite, ProgressBar, default_workdir, run_demo
 
 pytestmark = pytest.mark.slow
 

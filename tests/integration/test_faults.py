@@ -19,20 +19,21 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+from agent_harness import agent_config, start_agent, start_agent_process, write_agent_config
 from collector_harness import collector
 from tcp_proxy import TcpProxy
 
-from agent.pipeline import windows_from_records
 from agent.replay import ReplayStats, TokenPool, replay
-from agent.sim.scenarios import demo_site
 from agent.spool import Spool
 from agent.stream import insecure_channel
-from agent.trace import parse_lines
 from attestation.verify import verify_bundle
 from collector.config import CollectorConfig
 from collector.export import Selection, build_bundle
 from collector.log import Log
 from collector.store.sqlite import SqliteStore
+from core.pipeline import windows_from_records
+from core.sim.scenarios import demo_site
+from core.trace import parse_lines
 
 Runner = Callable[[Any], Any]
 NODES = 12
@@ -222,50 +223,6 @@ def report_figures(name: str, figures: dict[str, Any]) -> None:
         (Path(where) / f"{name}.json").write_text(line + "\n")
 
 
-def _agent_config(tmp: Path, address: str, extra: list[str] | None = None) -> Path:
-    from agent.sim.scenarios import demo_site as _site
-    from agent.trace import write_trace
-
-    trace = tmp / "node.jsonl"
-    if not trace.exists():
-        write_trace(
-            trace, _site(seed=5, hours=0.2, sample_interval_s=10, training_nodes=1, inference_nodes=0, slurm_nodes=0)
-        )
-    cfg = tmp / "agent.toml"
-    cfg.write_text(
-        "\n".join(
-            [
-                'node_id = "kl1-n0001"',
-                f'collector = "{address}"',
-                f'key = "file:{tmp}/agent.key"',
-                f'spool = "{tmp}/spool.db"',
-                'source = "sim"',
-                f'sim_trace = "{trace}"',
-                "window_s = 1",
-                "bucket_s = 1",
-                "sample_interval_s = 0.1",
-                "insecure = true",
-                *(extra or []),
-            ]
-        )
-        + "\n"
-    )
-    return cfg
-
-
-def _start_agent(cfg: Path, token: str) -> subprocess.Popen[bytes]:
-    return subprocess.Popen(
-        [sys.executable, "-m", "agent.cli", "run", "--config", str(cfg)],
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.PIPE,
-        env={
-            **os.environ,
-            "GPUAUDIT_JOIN_TOKEN": token,
-            "PYTHONPATH": str(Path(__file__).resolve().parents[2]),
-        },
-    )
-
-
 def _stored_chain(store: SqliteStore) -> tuple[str, list[int], list[bytes]]:
     (key,) = store.keys()
     records = list(store.iter_statements(key.key_id))
@@ -276,7 +233,7 @@ def test_agent_killed_and_restarted_continues_its_chain_from_the_spool(tmp_path:
     async def scenario() -> None:
         async with collector(tmp_path) as h:
             (token,) = h.tokens(1)
-            cfg = _agent_config(tmp_path, h.address)
+            cfg = write_agent_config(tmp_path, f'collector = "{h.address}"')
 
             async def stored_at_least(n: int, timeout_s: float = 30) -> int:
                 deadline = time.monotonic() + timeout_s
@@ -289,7 +246,7 @@ def test_agent_killed_and_restarted_continues_its_chain_from_the_spool(tmp_path:
 
             kills = 0
             recover_s: list[float] = []
-            agent = _start_agent(cfg, token)
+            agent = start_agent_process(cfg, token)
             try:
                 await stored_at_least(3)
                 for _ in range(2):  # SIGKILL twice: mid-window, mid-stream, no goodbye
@@ -298,7 +255,7 @@ def test_agent_killed_and_restarted_continues_its_chain_from_the_spool(tmp_path:
                     kills += 1
                     before = h.store.statement_count()
                     t0 = time.monotonic()
-                    agent = _start_agent(cfg, token)
+                    agent = start_agent_process(cfg, token)
                     await stored_at_least(before + 1)
                     recover_s.append(time.monotonic() - t0)
                     await stored_at_least(before + 3)
@@ -340,21 +297,18 @@ def test_collector_away_longer_than_the_spool_holds_gives_a_signed_explained_gap
     """The spool's disk "fills" (a small spool_max_bytes) while the collector is away: the
     agent drops with a signed record, the collector stores the explained gap, counts it,
     and the offline verifier reports it with its reason."""
-    from agent.config import load_agent_config
-    from agent.node import run_agent
-
     port = _free_port()
-    cfg_file = _agent_config(tmp_path, f"127.0.0.1:{port}", ["spool_max_bytes = 60000"])
+    cfg_file = write_agent_config(tmp_path, f'collector = "127.0.0.1:{port}"', "spool_max_bytes = 60000")
     db = tmp_path / "collector.db"
     store = SqliteStore(db)
     (token,) = [store.create_token(600, time.time_ns() // 1_000_000)]
     store.close()
 
     async def scenario() -> None:
-        cfg = load_agent_config(cfg_file, {"GPUAUDIT_JOIN_TOKEN": token})
+        cfg = agent_config(cfg_file, token)
         proc = await asyncio.to_thread(_start_collector, db, port)
-        stop = asyncio.Event()
-        agent = asyncio.create_task(run_agent(cfg, stop=stop))
+        running = start_agent(cfg)
+        agent = running.task
         try:
             # Enrolled and streaming; then the collector goes away for long enough to overflow.
             for _ in range(100):
@@ -379,11 +333,10 @@ def test_collector_away_longer_than_the_spool_holds_gives_a_signed_explained_gap
                 if spool.count() <= 1:
                     break
             spool.close()
-            stop.set()
-            await asyncio.wait_for(agent, timeout=30)
+            await running.stop(timeout_s=30)
             recover_s = time.monotonic() - t0
         finally:
-            stop.set()
+            running.stopping.set()
             if not agent.done():
                 agent.cancel()
             proc.terminate()
@@ -451,25 +404,21 @@ class _JumpyClock:
 
 
 def test_clock_jumping_back_and_forward_keeps_the_chain_valid_and_explained(tmp_path: Path, run_async: Runner) -> None:
-    from agent.config import load_agent_config
-    from agent.node import run_agent
     from agent.sources.sim import SimulatedSource
 
     async def scenario() -> None:
         async with collector(tmp_path) as h:
             (token,) = h.tokens(1)
-            cfg = load_agent_config(_agent_config(tmp_path, h.address), {"GPUAUDIT_JOIN_TOKEN": token})
+            cfg = agent_config(write_agent_config(tmp_path, f'collector = "{h.address}"'), token)
             clock = _JumpyClock()
             source = SimulatedSource(tmp_path / "node.jsonl", None, clock=clock)
-            stop = asyncio.Event()
-            agent = asyncio.create_task(run_agent(cfg, stop=stop, source=source))
+            agent = start_agent(cfg, source=source)
             await asyncio.sleep(3)
             clock.offset -= 2.5  # back
             await asyncio.sleep(5)
             clock.offset += 30  # forward
             await asyncio.sleep(3)
-            stop.set()
-            await asyncio.wait_for(agent, timeout=30)
+            await agent.stop(timeout_s=30)
             assert h.running.metrics.refused.labels("window_overlap")._value.get() == 0
             key_id, seqs, payloads = _stored_chain(h.store)
             assert seqs == list(range(len(seqs))), f"the chain must stay contiguous through clock jumps: {seqs}"

@@ -18,13 +18,10 @@ import pytest
 from collector_harness import collector
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
-from agent.pipeline import windows_from_records
 from agent.replay import TokenPool, replay
 from agent.signing import ChainSigner
-from agent.sim.scenarios import DEMO_OPAQUE_TENANT, demo_site, demo_tenants_toml
 from agent.spool import Spool
 from agent.stream import NodeStream, enroll
-from agent.trace import parse_lines
 from attestation import dsse
 from attestation.keys import Ed25519Signer
 from attestation.statement import Chain, GpuWindow, UsageWindow, Workload, statement_bytes
@@ -32,6 +29,9 @@ from attestation.v1 import collector_pb2 as pb
 from attestation.v1 import collector_pb2_grpc as pb_grpc
 from attestation.wire import envelope_to_proto
 from collector.tenants import TenantDirectory
+from core.pipeline import windows_from_records
+from core.sim.scenarios import DEMO_OPAQUE_TENANT, demo_site, demo_tenants_toml
+from core.trace import parse_lines
 
 Runner = Callable[[Any], Any]
 

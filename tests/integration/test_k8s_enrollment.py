@@ -15,7 +15,6 @@ import pytest
 from cryptography import x509
 from cryptography.x509.oid import NameOID
 
-from agent.config import AgentConfig
 from agent.node import bootstrap_k8s, open_channel
 from agent.spool import Spool
 from agent.stream import enroll, tls_channel
@@ -28,6 +27,7 @@ from collector.enroll_k8s import BOOTSTRAP_NAME
 from collector.server import start_collector
 from collector.store.sqlite import SqliteStore
 from collector.tenants import TenantDirectory
+from core.agentconfig import AgentConfig
 from tests.unit.collector.k8s_tokens import ISSUER, NOW, Issuer
 
 Runner = Callable[[Any], Any]

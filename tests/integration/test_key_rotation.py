@@ -4,64 +4,35 @@ enrolls the new key without a join token, and the node's record continues unbrok
 from __future__ import annotations
 
 import asyncio
-import dataclasses
 import json
 import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+from agent_harness import agent_config, start_agent, wait_until, write_agent_config
 from collector_harness import collector
 
 from agent.cli import main as agent_main
-from agent.config import load_agent_config
-from agent.node import run_agent
-from agent.sim.scenarios import demo_site
-from agent.trace import write_trace
 from attestation.keys import load_key_file
 from attestation.verify import verify_bundle
 from collector.export import Selection, build_bundle
 
 
 def test_a_running_agent_rotates_its_key(tmp_path: Path, run_async: Callable[[Any], Any], capsys: Any) -> None:
-    trace = tmp_path / "node.jsonl"
-    write_trace(
-        trace, demo_site(seed=5, hours=0.2, sample_interval_s=10, training_nodes=1, inference_nodes=0, slurm_nodes=0)
-    )
+    cfg_file = write_agent_config(tmp_path)
     key_file = tmp_path / "agent.key"
-    cfg_file = tmp_path / "agent.toml"
-    cfg_file.write_text(
-        "\n".join(
-            [
-                'node_id = "kl1-n0001"',
-                f'key = "file:{key_file}"',
-                f'spool = "{tmp_path}/spool.db"',
-                'source = "sim"',
-                f'sim_trace = "{trace}"',
-                "window_s = 1",
-                "bucket_s = 1",
-                "sample_interval_s = 0.1",
-                "insecure = true",
-            ]
-        )
-    )
 
     async def scenario() -> dict[str, Any]:
         async with collector(tmp_path) as h:
             (token,) = h.tokens(1)
-            cfg = dataclasses.replace(load_agent_config(cfg_file, {"GPUAUDIT_JOIN_TOKEN": token}), collector=h.address)
-            stop = asyncio.Event()
-            task = asyncio.create_task(run_agent(cfg, stop=stop))
+            agent = start_agent(agent_config(cfg_file, token, h.address))
             await asyncio.sleep(2.5)
             old = load_key_file(key_file)
             assert agent_main(["rotate-key", "--key", f"file:{key_file}"]) == 0
             new_id = capsys.readouterr().out.split()[0]
-            deadline = time.monotonic() + 20
-            while h.store.next_seq(new_id) < 2:
-                assert time.monotonic() < deadline, "no statements from the new key within 20 s"
-                await asyncio.sleep(0.2)
-            stop.set()
-            await asyncio.wait_for(task, timeout=20)
+            await wait_until("no statements from the new key", lambda: h.store.next_seq(new_id) >= 2, timeout_s=20)
+            await agent.stop()
             assert load_key_file(key_file).key_id == new_id, "the new key must replace the old key file"
             old_rec, new_rec = h.store.key(old.key_id), h.store.key(new_id)
             assert old_rec is not None and old_rec.revoked_ms is not None, "the old key must retire"

@@ -3,7 +3,6 @@ dies right after signing a hand-over: the collector and the verifier accept the 
 
 from __future__ import annotations
 
-import asyncio
 import dataclasses
 import json
 import time
@@ -12,46 +11,23 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from agent_harness import agent_config, start_agent, wait_until, write_agent_config
 from collector_harness import Harness, collector
 
 import agent.node
-from agent.config import AgentConfig, load_agent_config
 from agent.node import run_agent
-from agent.sim.scenarios import demo_site
 from agent.spool import Spool
-from agent.trace import write_trace
 from attestation.keys import load_key_file
 from attestation.verify import verify_bundle
 from collector.export import Selection, build_bundle
+from core.agentconfig import AgentConfig
 
 Runner = Callable[[Any], Any]
 SECONDS_PER_DAY = 86_400
 
 
 def _config(tmp_path: Path, rotation_s: float) -> Path:
-    trace = tmp_path / "node.jsonl"
-    write_trace(
-        trace, demo_site(seed=5, hours=0.2, sample_interval_s=10, training_nodes=1, inference_nodes=0, slurm_nodes=0)
-    )
-    cfg_file = tmp_path / "agent.toml"
-    cfg_file.write_text(
-        "\n".join(
-            [
-                'node_id = "kl1-n0001"',
-                f'key = "file:{tmp_path}/agent.key"',
-                f'spool = "{tmp_path}/spool.db"',
-                'source = "sim"',
-                f'sim_trace = "{trace}"',
-                "window_s = 1",
-                "bucket_s = 1",
-                "sample_interval_s = 0.1",
-                "insecure = true",
-                'metrics_listen = ""',
-                f"key_rotation_days = {rotation_s / SECONDS_PER_DAY!r}",
-            ]
-        )
-    )
-    return cfg_file
+    return write_agent_config(tmp_path, 'metrics_listen = ""', f"key_rotation_days = {rotation_s / SECONDS_PER_DAY!r}")
 
 
 def _keys_of_node(h: Harness) -> list[str]:
@@ -69,29 +45,19 @@ def _bundle(h: Harness) -> dict[str, Any]:
     return build_bundle(h.store, h.running.checkpointer.log, Selection(all=True), time.time_ns() // 1_000_000)
 
 
-async def _until(what: str, ok: Callable[[], bool], timeout_s: float = 30) -> None:
-    deadline = time.monotonic() + timeout_s
-    while not ok():
-        assert time.monotonic() < deadline, f"{what} within {timeout_s:g} s"
-        await asyncio.sleep(0.2)
-
-
 def test_the_running_agent_rotates_on_schedule(tmp_path: Path, run_async: Runner) -> None:
     cfg_file = _config(tmp_path, rotation_s=2.0)
 
     async def scenario() -> dict[str, Any]:
         async with collector(tmp_path) as h:
             (token,) = h.tokens(1)
-            cfg = dataclasses.replace(load_agent_config(cfg_file, {"GPUAUDIT_JOIN_TOKEN": token}), collector=h.address)
-            stop = asyncio.Event()
-            task = asyncio.create_task(run_agent(cfg, stop=stop))
+            running = start_agent(agent_config(cfg_file, token, h.address))
             # Two scheduled rotations: the new key's period runs from its own first window.
-            await _until(
+            await wait_until(
                 "no two scheduled rotations accepted by the collector",
                 lambda: len(keys := _keys_of_node(h)) >= 3 and h.store.next_seq(keys[2]) >= 1,
             )
-            stop.set()
-            await asyncio.wait_for(task, timeout=20)
+            await running.stop()
             keys = _keys_of_node(h)
             for epoch, (old, new) in enumerate(zip(keys, keys[1:], strict=False), start=1):
                 record = h.store.key(old)
@@ -126,8 +92,7 @@ def test_an_agent_that_dies_after_the_handover_finishes_the_rotation_on_restart(
     async def scenario() -> dict[str, Any]:
         async with collector(tmp_path) as h:
             (token,) = h.tokens(1)
-            base = load_agent_config(cfg_file, {"GPUAUDIT_JOIN_TOKEN": token})
-            cfg = dataclasses.replace(base, collector=h.address)
+            cfg = agent_config(cfg_file, token, h.address)
             with monkeypatch.context() as m:
                 m.setattr(agent.node, "finish_rotation", die)
                 with pytest.raises(_CrashError):
@@ -143,14 +108,12 @@ def test_an_agent_that_dies_after_the_handover_finishes_the_rotation_on_restart(
 
             # The restart has no join token: the hand-over enrolls the new key.
             restart: AgentConfig = dataclasses.replace(cfg, join_token=None, join_token_file=None, key_rotation_days=0)
-            stop = asyncio.Event()
-            task = asyncio.create_task(run_agent(restart, stop=stop))
-            await _until(
+            running = start_agent(restart)
+            await wait_until(
                 "the restarted agent's new key had no statements accepted",
                 lambda: len(keys := _keys_of_node(h)) == 2 and h.store.next_seq(keys[1]) >= 2,
             )
-            stop.set()
-            await asyncio.wait_for(task, timeout=20)
+            await running.stop()
             old_id, new_id = _keys_of_node(h)
             assert h.store.next_seq(old_id) == handover_seq + 1, "the old key's spooled statements must be stored"
             first = _chain_start(h, new_id)

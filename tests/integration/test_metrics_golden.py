@@ -33,8 +33,6 @@ from fleet_feed import (
 )
 from prometheus_client.parser import text_string_to_metric_families
 
-from agent import __version__
-from agent.sim.scenarios import DEMO_OPAQUE_TENANT, demo_tenants_toml
 from attestation.statement import UNATTRIBUTED
 from collector.config import CollectorConfig
 from collector.detect.config import DetectConfig
@@ -45,6 +43,8 @@ from collector.server import start_collector
 from collector.store.base import FindingRecord
 from collector.store.sqlite import SqliteStore
 from collector.tenants import TenantDirectory
+from core import __version__
+from core.sim.scenarios import DEMO_OPAQUE_TENANT, demo_tenants_toml
 
 GOLDEN = Path(__file__).resolve().parents[1] / "fixtures" / "metrics" / "collector_series.txt"
 # Labels a gpuaudit series may carry; anything else (a pid, a job, a key, a seq) is unbounded.

@@ -14,7 +14,6 @@ from typing import Any
 import grpc
 import pytest
 
-from agent.config import AgentConfig
 from agent.node import open_channel
 from agent.stream import enroll, tls_channel
 from attestation.keys import Ed25519Signer
@@ -25,6 +24,7 @@ from collector.detect.engine import DetectorEngine
 from collector.server import InsecureRefusedError, start_collector
 from collector.store.sqlite import SqliteStore
 from collector.tenants import TenantDirectory
+from core.agentconfig import AgentConfig
 
 Runner = Callable[[Any], Any]
 

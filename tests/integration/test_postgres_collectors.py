@@ -27,10 +27,7 @@ import grpc
 import msgspec
 import pytest
 
-from agent.pipeline import windows_from_records
-from agent.sim.scenarios import DEMO_OPAQUE_TENANT, demo_site, demo_tenants_toml
 from agent.stream import enroll
-from agent.trace import parse_lines
 from attestation import dsse
 from attestation.keys import Ed25519Signer
 from attestation.merkle import MerkleTree
@@ -38,6 +35,9 @@ from attestation.statement import Chain, UsageWindow, statement_bytes
 from attestation.v1 import collector_pb2 as pb
 from attestation.v1 import collector_pb2_grpc as pb_grpc
 from attestation.wire import envelope_to_proto
+from core.pipeline import windows_from_records
+from core.sim.scenarios import DEMO_OPAQUE_TENANT, demo_site, demo_tenants_toml
+from core.trace import parse_lines
 
 psycopg = pytest.importorskip("psycopg", reason="psycopg is not installed (pip install 'gpuaudit[postgres]')")
 

@@ -22,13 +22,13 @@ import grpc
 from test_postgres_collectors import _start, pg_url
 from test_warm_start import sign_chains, site_rounds, stream_rounds
 
-from agent.sim.scenarios import DEMO_OPAQUE_TENANT, demo_tenants_toml
 from agent.stream import enroll
 from attestation.keys import Ed25519Signer
 from collector.detect.config import DetectConfig
 from collector.detect.engine import run_offline
 from collector.detect.findings import KIND_LARGE_TRAINING
 from collector.tenants import TenantDirectory
+from core.sim.scenarios import DEMO_OPAQUE_TENANT, demo_tenants_toml
 
 __all__ = ["pg_url"]  # the fixture, shared with the two-collector test
 

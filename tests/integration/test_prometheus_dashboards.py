@@ -30,8 +30,6 @@ from typing import Any
 import pytest
 from fleet_feed import SHADOW_NODE, SITE_NODES, TAMPER_NODE, feed
 
-from agent.sim.scenarios import demo_site, demo_tenants_toml
-from agent.trace import write_trace
 from attestation.keys import load_key_file
 from collector.config import CollectorConfig
 from collector.detect.config import DetectConfig
@@ -41,6 +39,8 @@ from collector.detect.opacity import Opacity
 from collector.server import start_collector
 from collector.store.sqlite import SqliteStore
 from collector.tenants import TenantDirectory
+from core.sim.scenarios import demo_site, demo_tenants_toml
+from core.trace import write_trace
 
 ROOT = Path(__file__).resolve().parents[2]
 GRAFANA = ROOT / "deploy" / "grafana"

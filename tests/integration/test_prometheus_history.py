@@ -1,7 +1,7 @@
 """``detect --prometheus`` against a real Prometheus holding dcgm-exporter-shaped history,
 compared with ``detect --trace`` on the same simulated site.
 
-The site (agent/sim/scenarios.py components, sampled every 30 s for 2.5 hours): a
+The site (core/sim/scenarios.py components, sampled every 30 s for 2.5 hours): a
 synchronised 12-node (96-GPU) training job of one opaque tenant, starting 20 minutes in, on
 hosts scraped through a ServiceMonitor (``Hostname``, the workload's labels as
 ``exported_namespace``/``exported_pod``, the exporter's own ``namespace``/``pod`` on every
@@ -34,11 +34,11 @@ from typing import Any
 
 import pytest
 
-from agent.sim.scenarios import DEMO_START_S, InferenceFleet, TrainingJob, _names, site_records
-from agent.trace import write_trace
 from collector import cli as collector_cli
 from collector.detect.findings import parse_rfc3339_ms
 from collector.prometheus.sim import write_openmetrics_file
+from core.sim.scenarios import DEMO_START_S, InferenceFleet, TrainingJob, _names, site_records
+from core.trace import write_trace
 
 PROMETHEUS = shutil.which("prometheus")
 PROMTOOL = shutil.which("promtool")

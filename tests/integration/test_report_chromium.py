@@ -21,12 +21,12 @@ import png_pixels
 import pytest
 from collector_harness import collector
 
-from agent.pipeline import windows_from_records
 from agent.replay import TokenPool, replay
-from agent.sim.scenarios import DEMO_OPAQUE_TENANT, demo_site, demo_tenants_toml
-from agent.trace import parse_lines
 from collector import cli
 from collector.tenants import TenantDirectory
+from core.pipeline import windows_from_records
+from core.sim.scenarios import DEMO_OPAQUE_TENANT, demo_site, demo_tenants_toml
+from core.trace import parse_lines
 
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
 pytestmark = pytest.mark.skipif(CHROMIUM is None, reason="chromium absent (Debian package chromium)")

@@ -33,11 +33,9 @@ import pytest
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from test_faults import NODES, report_figures, site_lines
 
-from agent.pipeline import windows_from_records
 from agent.replay import ReplayStats, TokenPool, replay
 from agent.spool import Spool
 from agent.stream import insecure_channel
-from agent.trace import parse_lines
 from collector.config import CollectorConfig
 from collector.detect.config import DetectConfig
 from collector.detect.engine import DetectorEngine
@@ -46,6 +44,8 @@ from collector.server import SERVICE_NAME, RunningCollector, start_collector
 from collector.store.base import Store
 from collector.store.sqlite import SqliteStore
 from collector.tenants import TenantDirectory
+from core.pipeline import windows_from_records
+from core.trace import parse_lines
 
 Runner = Callable[[Any], Any]
 REPO = Path(__file__).resolve().parents[2]

@@ -21,10 +21,7 @@ import msgspec
 import pytest
 from collector_harness import collector
 
-from agent.pipeline import windows_from_records
-from agent.sim.scenarios import DEMO_OPAQUE_TENANT, demo_site, demo_tenants_toml
 from agent.stream import enroll
-from agent.trace import parse_lines
 from attestation import dsse
 from attestation.keys import Ed25519Signer
 from attestation.statement import Chain, UsageWindow, statement_bytes
@@ -36,6 +33,9 @@ from collector.detect.engine import run_offline
 from collector.detect.findings import KIND_LARGE_TRAINING
 from collector.store.sqlite import SqliteStore
 from collector.tenants import TenantDirectory
+from core.pipeline import windows_from_records
+from core.sim.scenarios import DEMO_OPAQUE_TENANT, demo_site, demo_tenants_toml
+from core.trace import parse_lines
 
 Runner = Callable[[Any], Any]
 RESTART_MINUTE = 60

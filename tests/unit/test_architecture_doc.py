@@ -10,7 +10,7 @@ import re
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[2]
-TOP = ("agent", "collector", "attestation")
+TOP = ("agent", "collector", "attestation", "core", "demo")
 
 
 def _packages() -> list[str]:

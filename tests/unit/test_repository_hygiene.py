@@ -41,7 +41,7 @@ def offending(paths: list[str]) -> list[str]:
 def test_rule_catches_each_kind() -> None:
     assert offending([".venv/bin/python", "build/lib/x.py", "dist/a.whl",
                       "gpuaudit.egg-info/PKG-INFO", "agent/__pycache__/a.cpython-311.pyc",
-                      "agent/window.py", "docs/build-notes.md"]) == [
+                      "core/window.py", "docs/build-notes.md"]) == [
         ".venv/bin/python", "build/lib/x.py", "dist/a.whl", "gpuaudit.egg-info/PKG-INFO",
         "agent/__pycache__/a.cpython-311.pyc"]
 

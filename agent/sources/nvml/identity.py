@@ -6,9 +6,9 @@ sample.
 
 from __future__ import annotations
 
-from agent.sources.base import DeviceInfo
 from agent.sources.nvml.api import DeviceHandle
 from agent.sources.nvml.common import Ctx, text
+from core.samples import DeviceInfo
 
 
 def device_info(c: Ctx, i: int, h: DeviceHandle) -> DeviceInfo:

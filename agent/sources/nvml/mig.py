@@ -21,11 +21,11 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import ParamSpec, TypeVar
 
-from agent.sources.base import MigInstanceSample, MigSample, ProcessSample
 from agent.sources.nvml.api import DeviceHandle
 from agent.sources.nvml.common import NA_ULONGLONG, Ctx, text
 from agent.sources.nvml.gpm import GPM_METRICS, Gpm, GpmBuffers
 from agent.sources.nvml.processes import Listed, Processes
+from core.samples import MigInstanceSample, MigSample, ProcessSample
 
 P = ParamSpec("P")
 T = TypeVar("T")

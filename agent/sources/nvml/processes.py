@@ -16,9 +16,9 @@ from collections.abc import Callable, Sequence
 from typing import TypeAlias
 
 from agent.sources import procfs
-from agent.sources.base import ProcessSample
 from agent.sources.nvml.api import DeviceHandle, ProcessInfo
 from agent.sources.nvml.common import NA_ULONGLONG, NO_INSTANCE, Ctx
+from core.samples import ProcessSample
 
 _logger = logging.getLogger(__name__)
 

@@ -15,7 +15,7 @@ import os
 import time
 from collections.abc import Callable
 
-from agent.sources.base import DeviceInfo, GpuSample, NodeSample, SourceError
+from agent.sources.base import SourceError
 from agent.sources.cc import CcEvidence
 from agent.sources.nodeio import NodeIo
 from agent.sources.nvml import api
@@ -29,6 +29,7 @@ from agent.sources.nvml.identity import device_info
 from agent.sources.nvml.mig import Mig
 from agent.sources.nvml.nvlink import NvlinkCounters
 from agent.sources.nvml.processes import Processes
+from core.samples import DeviceInfo, GpuSample, NodeSample
 
 _logger = logging.getLogger(__name__)
 

@@ -13,10 +13,10 @@ from agent.clock import ClockWatch
 from agent.metrics import OTHER, AgentMetrics
 from agent.rotation import RotationSchedule
 from agent.signing import ChainSigner
-from agent.sources.base import DeviceInfo, GpuSample, NodeSample
 from agent.spool import Spool
 from attestation.keys import Ed25519Signer
 from attestation.statement import statement_bytes
+from core.samples import DeviceInfo, GpuSample, NodeSample
 
 DEVICES = tuple(DeviceInfo(i, f"GPU-{i}", f"S{i}", "NVIDIA H100 80GB HBM3", 1, 700_000) for i in range(2))
 

@@ -10,17 +10,10 @@ from pathlib import Path
 
 import pytest
 
-from agent.attribution import (
-    Attributor,
-    Lease,
-    ScontrolSlurmResolver,
-    StaticPodResolver,
-    TenantRules,
-    WorkloadRef,
-    parse_cgroup_path,
-)
-from agent.sources.base import Attribution
+from agent.attribution import Attributor, ScontrolSlurmResolver, StaticPodResolver, WorkloadRef, parse_cgroup_path
 from attestation.statement import UNATTRIBUTED, WORKLOAD_KINDS
+from core.samples import Attribution
+from core.tenantrules import Lease, TenantRules
 
 PROC = Path(__file__).resolve().parents[2] / "fixtures" / "proc"
 

@@ -11,10 +11,11 @@ from pathlib import Path
 
 import pytest
 
-from agent.attribution import Attributor, Lease, TenantRules
+from agent.attribution import Attributor
 from agent.sources import procfs
-from agent.sources.base import Attribution
 from attestation.statement import UNATTRIBUTED
+from core.samples import Attribution
+from core.tenantrules import Lease, TenantRules
 
 PROC = Path(__file__).resolve().parents[2] / "fixtures" / "proc"
 KWORKER = 88

@@ -11,8 +11,6 @@ from pathlib import Path
 
 import pytest
 
-from agent.config import load_agent_config
-from agent.configfile import ConfigError
 from agent.rotation import (
     MS_PER_DAY,
     RotationSchedule,
@@ -28,6 +26,8 @@ from attestation import dsse
 from attestation.errors import KeyFileError
 from attestation.keys import load_key_file, open_signer
 from attestation.statement import Chain, GpuWindow, UsageWindow, parse_statement
+from core.agentconfig import load_agent_config
+from core.errors import ConfigError
 
 T0_MS = 1_700_000_040_000
 

@@ -20,15 +20,6 @@ import pytest
 from test_kubelet_reconcile import FakeKubelet, kubelet, short_dir  # noqa: F401 - fixtures
 
 from agent.reconcile import DRA_ALLOCATION, FOREIGN_POD_USE, MIG_ALLOCATION, UNALLOCATED_USE, Reconciler
-from agent.sources.base import (
-    Attribution,
-    DeviceInfo,
-    GpuSample,
-    MigInstanceSample,
-    MigSample,
-    NodeSample,
-    ProcessSample,
-)
 from agent.sources.kubelet import (
     DeviceOwner,
     DraDeviceMap,
@@ -38,7 +29,8 @@ from agent.sources.kubelet import (
     UnmappedError,
 )
 from agent.sources.podresources import api_pb2
-from agent.window import WindowAggregator
+from core.samples import Attribution, DeviceInfo, GpuSample, MigInstanceSample, MigSample, NodeSample, ProcessSample
+from core.window import WindowAggregator
 
 FIX = Path(__file__).resolve().parents[2] / "fixtures" / "dra"
 GPU0 = "GPU-5fd2a8c0-0000-4000-8000-000000000000"  # minor 0, MIG off

@@ -14,15 +14,16 @@ from pathlib import Path
 import grpc
 import pytest
 
-from agent.attribution import Attributor, TenantRules
+from agent.attribution import Attributor
 from agent.node import attribute
 from agent.reconcile import FOREIGN_POD_USE, UNALLOCATED_USE, Reconciler
 from agent.sources import procfs
-from agent.sources.base import Attribution, DeviceInfo, GpuSample, NodeSample, ProcessSample
 from agent.sources.kubelet import DeviceOwner, MigPlacement, PodResourcesResolver, UnmappedDevice, device_key
 from agent.sources.podresources import api_pb2, api_pb2_grpc
-from agent.window import WindowAggregator
 from attestation.statement import parse_statement, statement_bytes
+from core.samples import Attribution, DeviceInfo, GpuSample, NodeSample, ProcessSample
+from core.tenantrules import TenantRules
+from core.window import WindowAggregator
 
 PROC = Path(__file__).resolve().parents[2] / "fixtures" / "proc"
 GPU0 = "GPU-5fd2a8c0-0000-4000-8000-000000000000"
@@ -366,8 +367,8 @@ def test_statement_carries_blind_spots_events_identity_and_health(
 def test_live_agent_attribution_uses_the_kubelet_for_pod_namespaces(
     kubelet: tuple[FakeKubelet, Path], tmp_path: Path
 ) -> None:
-    from agent.config import AgentConfig
     from agent.node import make_attributor, make_pod_resolver, make_reconciler
+    from core.agentconfig import AgentConfig
 
     fake, sock = kubelet
     fake.allocate("team-a", "trainer-0", "main", GPU0)

@@ -7,9 +7,10 @@ from pathlib import Path
 
 from test_window_mig import T0, inst, mig_gpu, proc, shares, window_of  # type: ignore[import-not-found]
 
-from agent.attribution import Attributor, Lease, TenantRules
+from agent.attribution import Attributor
 from agent.node import attribute
-from agent.sources.base import GpuSample, NodeSample, ProcessSample
+from core.samples import GpuSample, NodeSample, ProcessSample
+from core.tenantrules import Lease, TenantRules
 
 PROC = Path(__file__).resolve().parents[2] / "fixtures" / "proc"
 LEASED = TenantRules(leases=(Lease("t-lessee", start=T0 - 3600, end=T0 + 3600),))

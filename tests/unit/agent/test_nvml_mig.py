@@ -17,9 +17,9 @@ import pynvml
 import pytest
 from test_nvml_source import GIB, MIB, _gpu, _h100, _source
 
-from agent.sources.base import MigSample
 from agent.sources.nvml import NvmlSource
 from agent.sources.nvml.fake import FakeGpu, FakeMig, FakeNvml, FakeProcessInfo
+from core.samples import MigSample
 
 TX = pynvml.NVML_FI_DEV_NVLINK_THROUGHPUT_DATA_TX
 RX = pynvml.NVML_FI_DEV_NVLINK_THROUGHPUT_DATA_RX

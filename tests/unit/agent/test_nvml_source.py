@@ -15,10 +15,11 @@ from typing import Any
 import pynvml
 import pytest
 
-from agent.sources.base import GpuSample, NodeSample, SourceError
+from agent.sources.base import SourceError
 from agent.sources.nodeio import NodeIo
 from agent.sources.nvml import NvmlSource
 from agent.sources.nvml.fake import H100_GPM, FakeAccounted, FakeGpu, FakeNvml, FakeProcessInfo
+from core.samples import GpuSample, NodeSample
 
 PROC = Path(__file__).resolve().parents[2] / "fixtures" / "proc"
 SYS = Path(__file__).resolve().parents[2] / "fixtures" / "sys"

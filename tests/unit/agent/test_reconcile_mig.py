@@ -23,22 +23,15 @@ from test_kubelet_reconcile import POD, PROC, FakeKubelet, _pod_logs
 from test_nvml_mig import _h100_mig
 from test_nvml_source import FakeNvml, _gpu, _source
 
-from agent.attribution import Attributor, TenantRules
+from agent.attribution import Attributor
 from agent.node import attribute
 from agent.reconcile import FOREIGN_POD_USE, MIG_ALLOCATION, UNALLOCATED_USE, Reconciler
-from agent.sources.base import (
-    Attribution,
-    DeviceInfo,
-    GpuSample,
-    MigInstanceSample,
-    MigSample,
-    NodeSample,
-    ProcessSample,
-)
 from agent.sources.kubelet import DeviceOwner, MigPlacement, PodResourcesResolver, UnmappedDevice
 from agent.sources.podresources import api_pb2, api_pb2_grpc
-from agent.window import WindowAggregator
 from attestation.statement import parse_statement, statement_bytes
+from core.samples import Attribution, DeviceInfo, GpuSample, MigInstanceSample, MigSample, NodeSample, ProcessSample
+from core.tenantrules import TenantRules
+from core.window import WindowAggregator
 
 GPU0 = "GPU-5fd2a8c0-0000-4000-8000-000000000000"
 MIG1 = "MIG-11111111-0000-5000-8000-000000000001"  # GPU instance 1, 3g.40gb

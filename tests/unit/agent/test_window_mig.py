@@ -8,17 +8,9 @@ from typing import Any
 
 import msgspec
 
-from agent.sources.base import (
-    Attribution,
-    DeviceInfo,
-    GpuSample,
-    MigInstanceSample,
-    MigSample,
-    NodeSample,
-    ProcessSample,
-)
-from agent.window import WindowAggregator
 from attestation.statement import UNATTRIBUTED, GpuWindow, UsageWindow, Workload, parse_statement, statement_bytes
+from core.samples import Attribution, DeviceInfo, GpuSample, MigInstanceSample, MigSample, NodeSample, ProcessSample
+from core.window import WindowAggregator
 
 T0 = 1_700_000_040  # a multiple of 60 s
 GIB = 2**30

@@ -13,8 +13,6 @@ from typing import Any
 
 import pytest
 
-from agent.pipeline import windows_from_records
-from agent.trace import header, parse_lines
 from collector.evaluate.data import ItpJob, PublicData
 from collector.evaluate.scenarios import masks
 from collector.evaluate.scenarios.family import HELD_OUT_FAMILIES, Scenario, build, plan
@@ -23,6 +21,8 @@ from collector.evaluate.scenarios.physics import MODELS, make_node, read
 from collector.evaluate.scenarios.shocks import SHOCKS, make_shocks
 from collector.evaluate.scenarios.site import Site
 from collector.evaluate.scenarios.training import SHAPES, TrainingRun
+from core.pipeline import windows_from_records
+from core.trace import header, parse_lines
 
 DATA = PublicData(itp=(ItpJob(8, 3600.0), ItpJob(1, 1800.0), ItpJob(4, 7200.0)), sources=())
 T0 = 1_772_409_600.0

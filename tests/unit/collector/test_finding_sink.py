@@ -15,7 +15,6 @@ from typing import Any
 
 import pytest
 
-from agent import __version__
 from collector.detect.config import DetectConfig
 from collector.detect.engine import DetectorEngine
 from collector.detect.findings import KIND_LARGE_TRAINING, Finding
@@ -25,6 +24,7 @@ from collector.metrics import CollectorMetrics
 from collector.server import FindingSink
 from collector.store.sqlite import SqliteStore
 from collector.tenants import TenantDirectory
+from core import __version__
 
 
 def finding(fid: str, severity: str, detected_at_ms: int) -> Finding:

@@ -16,14 +16,14 @@ from typing import Any
 import pytest
 from test_warmup import CONFIG, START_MS, TENANTS, WINDOW_MS, Site, site, uninterrupted
 
-from agent import __version__
-from agent.sim.scenarios import DEMO_OPAQUE_TENANT
 from collector.detect.engine import DetectorEngine
 from collector.detect.findings import KIND_LARGE_TRAINING
 from collector.follow import DetectionFollower
 from collector.metrics import CollectorMetrics
 from collector.server import FindingSink
 from collector.warmup import warm_up
+from core import __version__
+from core.sim.scenarios import DEMO_OPAQUE_TENANT
 
 pytestmark = pytest.mark.usefixtures("postgres_url")
 

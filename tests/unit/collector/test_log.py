@@ -220,8 +220,8 @@ def _key(cfg: CollectorConfig) -> Path:
     ],
 )
 def test_a_log_origin_that_is_not_a_note_key_name_is_a_config_error(tmp_path: Path, origin: str, needle: str) -> None:
-    from agent.configfile import ConfigError
     from collector.config import load_collector_config
+    from core.errors import ConfigError
 
     path = tmp_path / "collector.toml"
     path.write_text(f"log_origin = {origin!r}\n".replace("'", '"'))

@@ -115,9 +115,9 @@ def _windows() -> list[UsageWindow]:
     unknown model, SM activity, missing readings and energy, a GPU with no samples."""
     import json
 
-    from agent.pipeline import windows_from_records
-    from agent.sim.scenarios import demo_site
-    from agent.trace import parse_lines
+    from core.pipeline import windows_from_records
+    from core.sim.scenarios import demo_site
+    from core.trace import parse_lines
 
     records = demo_site(seed=2, hours=0.1, sample_interval_s=20, training_nodes=2, inference_nodes=3, slurm_nodes=3)
     lines = [json.dumps({"format": "gpuaudit-trace", "version": 1})] + [json.dumps(r) for r in records]
@@ -162,7 +162,7 @@ def _families(text: str, names: Iterable[str]) -> str:
 def test_window_series_are_those_of_the_plain_form(max_tenants: int) -> None:
     windows = _windows()
     m = CollectorMetrics("test", mfu=(0.25, 0.55), max_tenants=max_tenants)
-    docs = {attr: getattr(m, attr).documentation for attr, *_ in FAMILIES}
+    docs = {attr: getattr(m.usage, attr).documentation for attr, *_ in FAMILIES}
     ref = PlainMetrics(docs, (0.25, 0.55), max_tenants)
     for w in windows:
         m.observe_window(w)
@@ -197,4 +197,4 @@ def test_node_receive_time_is_the_wall_clock() -> None:
 def test_a_negative_increment_is_refused_as_by_a_counter() -> None:
     m = CollectorMetrics("test")
     with pytest.raises(ValueError):
-        m.gpu_seconds.inc(("t",), -1.0)
+        m.usage.gpu_seconds.inc(("t",), -1.0)

@@ -10,10 +10,12 @@ from pathlib import Path
 
 import pytest
 
-from agent.configfile import ConfigError
-from collector.cli import _load, _screened, build_parser
+from collector.cli import build_parser
+from collector.cli.directory import screened
+from collector.cli.settings import load
 from collector.config import load_collector_config
 from collector.tenants import TenantDirectory
+from core.errors import ConfigError
 
 CSV = Path(__file__).resolve().parents[2] / "fixtures" / "screening" / "csl_excerpt.csv"
 
@@ -34,7 +36,7 @@ def test_the_config_key_and_the_detect_flag_name_the_list(tmp_path: Path) -> Non
     ns = build_parser().parse_args(
         ["detect", "--trace", "t.jsonl", "--config", str(conf), "--screening-list", str(tmp_path / "b.csv")]
     )
-    cfg, _ = _load(ns)
+    cfg, _ = load(ns)
     assert cfg.screening_list == tmp_path / "b.csv", "the flag beats the config file"
     with pytest.raises(ConfigError, match="screening_max_age_days"):
         load_collector_config(None, {"GPUAUDIT_SCREENING_MAX_AGE_DAYS": "-1"})
@@ -45,14 +47,14 @@ def test_an_old_list_is_a_warning_at_load_and_the_directory_carries_it(
 ) -> None:
     cfg, _ = load_collector_config(None, {}, {"screening_list": _list(tmp_path, 10)})
     with caplog.at_level(logging.WARNING):
-        d = _screened(TenantDirectory(), cfg)
+        d = screened(TenantDirectory(), cfg)
     assert d.screening is not None and len(d.screening.current()) == 5
     assert any("10 days old" in r.getMessage() and "screening_max_age_days 7" in r.getMessage() for r in caplog.records)
     caplog.clear()
     cfg, _ = load_collector_config(None, {}, {"screening_list": _list(tmp_path, 1)})
     with caplog.at_level(logging.WARNING):
-        _screened(TenantDirectory(), cfg)
+        screened(TenantDirectory(), cfg)
     assert not caplog.records, "a current list is no warning"
     cfg, _ = load_collector_config(None, {})
     plain = TenantDirectory()
-    assert _screened(plain, cfg) is plain, "no list configured: nobody is screened"
+    assert screened(plain, cfg) is plain, "no list configured: nobody is screened"

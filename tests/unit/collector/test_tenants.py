@@ -7,8 +7,8 @@ from pathlib import Path
 
 import pytest
 
-from agent.sim.scenarios import DEMO_OPAQUE_TENANT, demo_tenants_toml
 from collector.tenants import Tenant, TenantDirectory, TenantsError
+from core.sim.scenarios import DEMO_OPAQUE_TENANT, demo_tenants_toml
 
 FULL = """
 [[tenant]]

@@ -4,10 +4,10 @@ from __future__ import annotations
 
 import pytest
 
-from agent.sim.scenarios import demo_tenants_toml
 from collector.pseudonyms import with_pseudonyms
 from collector.report import tenant_facts
 from collector.tenants import BeneficialOwner, Parent, Tenant, TenantDirectory, TenantsError
+from core.sim.scenarios import demo_tenants_toml
 
 V11 = """
 version = "1.1"

@@ -19,10 +19,6 @@ from typing import Any
 import msgspec
 import pytest
 
-from agent import __version__
-from agent.pipeline import windows_from_records
-from agent.sim.scenarios import DEMO_OPAQUE_TENANT, DEMO_START_S, InferenceFleet, TrainingJob, site_records
-from agent.trace import parse_lines
 from attestation import dsse
 from attestation.keys import Ed25519Signer
 from attestation.statement import Chain, UsageWindow, statement_bytes
@@ -35,6 +31,10 @@ from collector.retention import age_statements
 from collector.server import FindingSink
 from collector.tenants import TenantDirectory
 from collector.warmup import lookback_ms, plan, warm_up
+from core import __version__
+from core.pipeline import windows_from_records
+from core.sim.scenarios import DEMO_OPAQUE_TENANT, DEMO_START_S, InferenceFleet, TrainingJob, site_records
+from core.trace import parse_lines
 
 WINDOW_MS = 60_000
 START_MS = DEMO_START_S * 1000

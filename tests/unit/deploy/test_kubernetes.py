@@ -11,9 +11,9 @@ from typing import Any
 
 import pytest
 
-from agent.config import load_agent_config
 from collector.config import load_collector_config
 from collector.tenants import TenantDirectory
+from core.agentconfig import load_agent_config
 
 yaml = pytest.importorskip("yaml", reason="PyYAML absent: pip install -e '.[dev]'")
 

@@ -6,8 +6,8 @@ import dataclasses
 import re
 from pathlib import Path
 
-from agent.config import AgentConfig
 from collector.config import CollectorConfig
+from core.agentconfig import AgentConfig
 
 ROOT = Path(__file__).resolve().parents[3]
 GUIDE = (ROOT / "docs" / "operator-guide.md").read_text()

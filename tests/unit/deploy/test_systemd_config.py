@@ -11,10 +11,10 @@ from pathlib import Path
 
 import pytest
 
-from agent.config import load_agent_config
 from collector.cli import detect_config_from_table
 from collector.config import load_collector_config
 from collector.tenants import TenantDirectory
+from core.agentconfig import load_agent_config
 
 ROOT = Path(__file__).resolve().parents[3]
 SYSTEMD = ROOT / "deploy" / "systemd"

@@ -16,8 +16,6 @@ from typing import Any
 
 import pytest
 
-from agent.attribution import TenantRules
-from agent.configfile import ConfigError
 from collector.ca import init_ca, issue
 from collector.prometheus.client import (
     MAX_POINTS_PER_SERIES,
@@ -29,6 +27,8 @@ from collector.prometheus.client import (
 )
 from collector.prometheus.source import PrometheusHistory, Span
 from collector.prometheus.windows import WindowBuilder
+from core.errors import ConfigError
+from core.tenantrules import TenantRules
 
 T0 = 1_772_424_000_000
 

@@ -11,7 +11,6 @@ from typing import Any
 
 import pytest
 
-from agent.attribution import TenantRules
 from bench.bench_prometheus import STEP_MS, T0_MS, _chunk_results, _site
 from collector.detect.config import DetectConfig
 from collector.prometheus import pipeline
@@ -20,6 +19,7 @@ from collector.prometheus.pipeline import RunAhead, WorkerError
 from collector.prometheus.source import PrometheusHistory, Span, detect
 from collector.prometheus.windows import METRICS, WindowBuilder
 from collector.tenants import TenantDirectory
+from core.tenantrules import TenantRules
 
 # Small enough that the synthetic site's 96-GPU training run is a finding.
 CONFIG = DetectConfig(size_alone_gpus=64)

@@ -6,8 +6,6 @@ from pathlib import Path
 
 import pytest
 
-from agent.attribution import TenantRules
-from agent.configfile import ConfigError
 from attestation.chain import ENERGY_RESET_EVENT
 from attestation.statement import UNATTRIBUTED, UsageWindow, parse_statement, statement_bytes
 from collector.prometheus.client import Chunk, RangeSeries
@@ -19,6 +17,8 @@ from collector.prometheus.windows import (
     WindowBuilder,
     default_power_limit_mw,
 )
+from core.errors import ConfigError
+from core.tenantrules import TenantRules
 
 T0 = 1_772_424_000_000  # a multiple of 60 s
 H100 = "NVIDIA H100 80GB HBM3"

@@ -16,27 +16,14 @@ from collections.abc import Iterable, Mapping
 
 import pytest
 
-from agent.attribution import TenantRules
 from attestation.chain import ENERGY_RESET_EVENT
 from attestation.statement import Event, GpuWindow, Series, UsageWindow, Workload, statement_bytes
 from collector.prometheus.client import Chunk, RangeSeries
-from collector.prometheus.windows import (
-    _FIELD_KEYS,
-    _MIB,
-    _NO_VISIBLE_PROCESS,
-    _PRESENCE,
-    _READ_KEYS,
-    AGENT_VERSION,
-    BOOT_ID,
-    METRIC_OF,
-    METRICS,
-    NODE_UNAVAILABLE,
-    UNSIGNED_CHAIN,
-    WindowBuilder,
-    _first,
-    _Gpu,
-    _shares,
-)
+from collector.prometheus.labels import _first
+from collector.prometheus.queries import _FIELD_KEYS, _PRESENCE, _READ_KEYS, METRIC_OF, METRICS
+from collector.prometheus.rows import _MIB, _NO_VISIBLE_PROCESS, _Gpu, _shares
+from collector.prometheus.windows import AGENT_VERSION, BOOT_ID, NODE_UNAVAILABLE, UNSIGNED_CHAIN, WindowBuilder
+from core.tenantrules import TenantRules
 
 T0 = 1_772_424_000_000
 RULES = TenantRules(namespaces={"team-a": "t-a", "team-b": "t-b"}, slurm_accounts={"physics": "t-phys"})

@@ -11,7 +11,8 @@ from typing import Any
 
 import pytest
 
-from agent.sim.scenarios import (
+from collector.tenants import TenantDirectory
+from core.sim.scenarios import (
     DEMO_INFERENCE_TENANTS,
     DEMO_OPAQUE_TENANT,
     DEMO_SLURM_TENANTS,
@@ -20,7 +21,6 @@ from agent.sim.scenarios import (
     demo_site,
     demo_tenants_toml,
 )
-from collector.tenants import TenantDirectory
 
 SMALL = {"training_nodes": 20, "inference_nodes": 8, "slurm_nodes": 8}
 
@@ -116,8 +116,8 @@ def test_generation_is_fast() -> None:
 
 
 def test_demo_end_to_end_through_the_agent_windowing_finds_only_the_opaque_tenant() -> None:
-    pipeline = pytest.importorskip("agent.pipeline", reason="agent.pipeline (windowing) not available")
-    trace = pytest.importorskip("agent.trace", reason="agent.trace not available")
+    pipeline = pytest.importorskip("core.pipeline", reason="core.pipeline (windowing) not available")
+    trace = pytest.importorskip("core.trace", reason="core.trace not available")
     from collector.detect.config import DetectConfig
     from collector.detect.engine import DetectorEngine
 

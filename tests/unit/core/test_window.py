@@ -11,12 +11,12 @@ from typing import Any
 import msgspec
 import pytest
 
-from agent.pipeline import windows_from_records
-from agent.sources.base import Attribution, DeviceInfo, GpuSample, NodeSample, ProcessSample
-from agent.trace import NodeRecord, SampleRecord
-from agent.window import NO_SAMPLE, WindowAggregator
 from attestation.chain import ENERGY_RESET_EVENT, ChainHead, check_next
 from attestation.statement import Chain, GpuWindow, UsageWindow, statement_bytes
+from core.pipeline import windows_from_records
+from core.samples import Attribution, DeviceInfo, GpuSample, NodeSample, ProcessSample
+from core.trace import NodeRecord, SampleRecord
+from core.window import NO_SAMPLE, WindowAggregator
 
 T0 = 1_700_000_040  # a multiple of 60 s
 GIB = 2**30
@@ -417,7 +417,7 @@ def _floats(v: Any, path: str = "$") -> list[str]:
 
 
 def test_windows_built_from_float_readings_sign_no_floats() -> None:
-    from agent.sources.base import NodeIoSample
+    from core.samples import NodeIoSample
 
     io = NodeIoSample(ib_tx_bytes_per_s=1.5, net_rx_bytes_per_s=2.25)
     ws = run(

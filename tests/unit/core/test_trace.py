@@ -13,8 +13,9 @@ from typing import Any
 
 import pytest
 
-from agent.sources.base import Attribution
-from agent.trace import ABSENT, NodeRecord, SampleRecord, TraceError, parse_lines, read_trace, write_trace
+from core.errors import TraceError
+from core.samples import Attribution
+from core.trace import ABSENT, NodeRecord, SampleRecord, parse_lines, read_trace, write_trace
 
 HEADER = '{"format": "gpuaudit-trace", "version": 1}'
 

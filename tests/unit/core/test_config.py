@@ -8,10 +8,10 @@ from typing import Any
 
 import pytest
 
-from agent.attribution import Lease
-from agent.config import AgentConfig, load_agent_config
-from agent.configfile import ConfigError
 from collector.config import CollectorConfig, load_collector_config
+from core.agentconfig import AgentConfig, load_agent_config
+from core.errors import ConfigError
+from core.tenantrules import Lease
 
 
 def toml(tmp_path: Path, text: str) -> Path:

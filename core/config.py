@@ -1,33 +1,48 @@
-"""Configuration loading shared by the agent and the collector.
+"""Configuration loading shared by the agent and the collector: one coercer for both.
 
 Precedence: command-line flag > ``GPUAUDIT_<NAME>`` environment variable > TOML file >
 default. Unknown keys and unparseable values are errors that name the key. Nothing is read
 at import time: ``cli.main()`` builds one frozen dataclass and passes it down.
+
+:func:`coerce` turns one TOML or environment value into a dataclass field's type; every
+config reader goes through it: :func:`load` (a process's settings: the agent's, the
+collector's) and :func:`from_table` (a TOML table as a dataclass, tables nested in tables:
+the collector's ``[detect]``).
 """
 
 from __future__ import annotations
 
 import dataclasses
 import tomllib
+import types
 import typing
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any, TypeVar
 
+from core.errors import ConfigError
+
 T = TypeVar("T")
 
 
-class ConfigError(ValueError):
-    """A configuration key is unknown or its value cannot be used."""
-
-
-def _coerce(name: str, typ: Any, value: Any, from_env: bool) -> Any:
+def coerce(name: str, typ: Any, value: Any, *, from_env: bool = False) -> Any:
+    """``value`` as ``typ`` (bool, int, float, str, Path, ``X | None``, ``tuple[X, ...]`` from a
+    list, a dataclass from a table); ConfigError names ``name``. Environment values
+    (``from_env``) are text: numbers and booleans are parsed, "" is None where None is allowed.
+    Any other type (a table the caller validates) is returned as it is."""
     origin = typing.get_origin(typ)
     args = typing.get_args(typ)
-    if origin in (typing.Union, getattr(__import__("types"), "UnionType", None)) and type(None) in args:
+    if origin in (typing.Union, types.UnionType) and type(None) in args:
         if value is None or (from_env and value == ""):
             return None
         (typ,) = [a for a in args if a is not type(None)]
+        origin, args = typing.get_origin(typ), typing.get_args(typ)
+    if isinstance(typ, type) and dataclasses.is_dataclass(typ):
+        if isinstance(value, typ):
+            return value
+        if not isinstance(value, dict):
+            raise ConfigError(f"{name}: expected a table")
+        return from_table(typ, value, name)
     try:
         if typ is bool:
             if isinstance(value, bool):
@@ -59,9 +74,32 @@ def _coerce(name: str, typ: Any, value: Any, from_env: bool) -> Any:
             if isinstance(value, (str, Path)):
                 return Path(value)
             raise ValueError(f"expected a path, got {value!r}")
+        if origin is tuple and len(args) == 2 and args[1] is Ellipsis:
+            if not isinstance(value, list):
+                raise ValueError(f"expected a list, got {value!r}")
+            return tuple(coerce(f"{name}[{i}]", args[0], x, from_env=from_env) for i, x in enumerate(value))
+    except ConfigError:
+        raise
     except ValueError as exc:
         raise ConfigError(f"{name}: {exc}") from exc
     return value  # tables handled by the caller
+
+
+def from_table(cls: type[T], table: Mapping[str, Any], where: str) -> T:
+    """Build the dataclass ``cls`` from the TOML table ``where`` (e.g. ``detect``): each key a
+    field, coerced; a field that is itself a dataclass from a nested table
+    (``[detect.opacity]``); keys left out keep their defaults."""
+    hints = typing.get_type_hints(cls)
+    fields = {f.name for f in dataclasses.fields(cls) if f.init}  # type: ignore[arg-type]
+    kwargs: dict[str, Any] = {}
+    for k, v in table.items():
+        if k not in fields:
+            raise ConfigError(f"{where}: unknown key {k!r}")
+        kwargs[k] = coerce(f"{where}.{k}", hints[k], v)
+    try:
+        return cls(**kwargs)
+    except (TypeError, ValueError) as exc:
+        raise ConfigError(f"{where}: {exc}") from exc
 
 
 def load(
@@ -94,19 +132,19 @@ def load(
                 continue
             if k not in fields or k in tables:
                 raise ConfigError(f"{path}: unknown key {k!r} (known: {', '.join(sorted(fields))})")
-            values[k] = _coerce(k, hints[k], v, from_env=False)
+            values[k] = coerce(k, hints[k], v)
     for k in fields:
         if k in tables:
             continue
         ev = env.get("GPUAUDIT_" + k.upper())
         if ev is not None:
-            values[k] = _coerce(f"GPUAUDIT_{k.upper()}", hints[k], ev, from_env=True)
+            values[k] = coerce(f"GPUAUDIT_{k.upper()}", hints[k], ev, from_env=True)
     for k, v in (overrides or {}).items():
         if v is None:
             continue
         if k not in fields:
             raise ConfigError(f"unknown setting {k!r}")
-        values[k] = _coerce(k, hints[k], v, from_env=False)
+        values[k] = coerce(k, hints[k], v)
     try:
         return cls(**values), raw_tables
     except TypeError as exc:

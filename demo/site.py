@@ -1,4 +1,4 @@
-"""``make demo``: the case gpuaudit exists for, end to end on one machine.
+"""``make demo`` (``gpuaudit-collector demo``): the case gpuaudit exists for, end to end on one machine.
 
 A site of 380 GPU nodes: 300 nodes × 8 H100 leased to an opaque tenant (a local company
 with nominee directors and an offshore parent) running one synchronised training job; a
@@ -9,6 +9,9 @@ trace through real agent code: one key, one chain and one stream per node, every
 signed and verified. It ends with the findings and their evidence, and with commands that
 go on from there (the evidence report, a bundle and its offline verification), which work
 as printed: the store and files stay in the working directory after the demo ends.
+
+It composes both sides (the agent's replay, the collector's store), so it lives in ``demo/``,
+outside ``agent`` and ``collector``, neither of which imports the other.
 """
 
 from __future__ import annotations
@@ -35,7 +38,7 @@ from agent.replay import ReplayStats
 # (3 per 60 s window) so that hours of a 380-node site replay in about a minute on 2 cores.
 DEMO_SAMPLE_INTERVAL_S = 20
 WINDOW_S = 60
-GPUS_PER_NODE = 8  # agent.sim.scenarios: every demo node has 8 H100
+GPUS_PER_NODE = 8  # core.sim.scenarios: every demo node has 8 H100
 
 # Files a run leaves in its working directory; the next run in the same directory replaces them.
 _RUN_FILES = (
@@ -155,10 +158,10 @@ def run_demo(
     seed: int = 7,
     site: DemoSite = DemoSite(),
 ) -> int:
-    from agent.sim.scenarios import demo_site, demo_tenants_toml
-    from agent.trace import write_trace
     from collector.store.sqlite import SqliteStore
     from collector.tenants import TenantDirectory
+    from core.sim.scenarios import demo_site, demo_tenants_toml
+    from core.trace import write_trace
 
     work = (workdir if workdir is not None else default_workdir()).absolute()
     work.mkdir(parents=True, exist_ok=True)

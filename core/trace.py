@@ -20,7 +20,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import IO, Any
 
-from agent.sources.base import Attribution, DeviceInfo, GpuSample, NodeIoSample, NodeSample, ProcessSample
+from core.errors import TraceError, TraceUnreadableError
+from core.samples import Attribution, DeviceInfo, GpuSample, NodeIoSample, NodeSample, ProcessSample
 
 FORMAT = "gpuaudit-trace"
 VERSION = 1
@@ -43,10 +44,6 @@ _OPTIONAL_GPU_FLOATS = (
     "pcie_tx_bytes_per_s",
     "pcie_rx_bytes_per_s",
 )
-
-
-class TraceError(ValueError):
-    """A trace line is malformed. The message starts with ``<file>:<line>:``."""
 
 
 @dataclass(frozen=True)
@@ -293,10 +290,6 @@ def parse_lines(lines: Iterable[str], name: str = "<trace>") -> Iterator[TraceRe
         yield rec
     if lineno == 0:
         raise TraceError(f"{name}: empty trace (no header line)")
-
-
-class TraceUnreadableError(TraceError):
-    """The trace file cannot be read at all (missing, a folder, no permission)."""
 
 
 def read_trace(path: Path | str) -> Iterator[TraceRecord]:

@@ -11,11 +11,11 @@ from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
-from agent import __version__
-from agent.sources.base import DeviceInfo, NodeSample
-from agent.trace import NodeRecord, SampleRecord, TraceRecord, read_trace
-from agent.window import WindowAggregator
 from attestation.statement import UsageWindow
+from core import __version__
+from core.samples import DeviceInfo, NodeSample
+from core.trace import NodeRecord, SampleRecord, TraceRecord, read_trace
+from core.window import WindowAggregator
 
 
 @dataclass

@@ -1,4 +1,6 @@
-"""The agent's configuration: one frozen dataclass built once in ``cli.main()``.
+"""The agent's configuration file (``/etc/gpuaudit/agent.toml``): one frozen dataclass that
+``gpuaudit-agent`` builds once in ``cli.main()``. In ``core`` because the collector reads the
+same file: ``detect --prometheus --tenant-rules`` checks an agent config as the agent does.
 
 Example (docs/operator-guide.md has the full reference)::
 
@@ -22,15 +24,15 @@ Example (docs/operator-guide.md has the full reference)::
 
 from __future__ import annotations
 
-import datetime as dt
 import socket
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from agent.attribution import Lease, TenantRules
-from agent.configfile import ConfigError, load
+from core.config import load
+from core.errors import ConfigError
+from core.tenantrules import TenantRules, parse_tenant_rules
 
 
 @dataclass(frozen=True)
@@ -91,62 +93,6 @@ class AgentConfig:
 
     def resolved_node_id(self) -> str:
         return self.node_id or socket.gethostname()
-
-
-def _time(v: Any, what: str) -> float | None:
-    if v is None:
-        return None
-    if isinstance(v, dt.datetime):
-        if v.tzinfo is None:
-            raise ConfigError(f"{what}: give a time zone (e.g. 2026-03-01T00:00:00Z)")
-        return v.timestamp()
-    raise ConfigError(f"{what}: expected an RFC 3339 date-time, got {v!r}")
-
-
-def _str_map(v: Any, what: str) -> dict[str, str]:
-    if not isinstance(v, dict) or not all(isinstance(k, str) and isinstance(x, str) for k, x in v.items()):
-        raise ConfigError(f"{what}: expected a table of strings")
-    return dict(v)
-
-
-def parse_tenant_rules(t: Any) -> TenantRules:
-    if not isinstance(t, dict):
-        raise ConfigError("[tenants] must be a table")
-    known = {"namespaces", "slurm_accounts", "uids", "containers", "lease"}
-    for k in t:
-        if k not in known:
-            raise ConfigError(f"tenants: unknown key {k!r} (known: {', '.join(sorted(known))})")
-    uids = {}
-    for k, v in _str_map(t.get("uids", {}), "tenants.uids").items():
-        if not k.isdigit():
-            raise ConfigError(f"tenants.uids: {k!r} is not a uid")
-        uids[int(k)] = v
-    leases = []
-    raw = t.get("lease", [])
-    if not isinstance(raw, list):
-        raise ConfigError("tenants.lease: expected [[tenants.lease]] tables")
-    for i, lease in enumerate(raw):
-        if not isinstance(lease, dict) or not isinstance(lease.get("tenant"), str):
-            raise ConfigError(f'tenants.lease[{i}]: needs tenant = "..."')
-        extra = set(lease) - {"tenant", "start", "end"}
-        if extra:
-            raise ConfigError(f"tenants.lease[{i}]: unknown key(s) {sorted(extra)}")
-        start = _time(lease.get("start"), f"tenants.lease[{i}].start")
-        end = _time(lease.get("end"), f"tenants.lease[{i}].end")
-        try:
-            leases.append(Lease(tenant=lease["tenant"], start=start, end=end))
-        except ValueError as exc:
-            raise ConfigError(f"tenants.lease[{i}]: {exc}") from exc
-    try:
-        return TenantRules(
-            namespaces=_str_map(t.get("namespaces", {}), "tenants.namespaces"),
-            slurm_accounts=_str_map(t.get("slurm_accounts", {}), "tenants.slurm_accounts"),
-            uids=uids,
-            containers=_str_map(t.get("containers", {}), "tenants.containers"),
-            leases=tuple(leases),
-        )
-    except ValueError as exc:
-        raise ConfigError(f"tenants: {exc}") from exc
 
 
 def load_agent_config(

@@ -35,7 +35,6 @@ import math
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 
-from agent.sources.base import Attribution, DeviceInfo, GpuSample, MigSample, NodeSample
 from attestation.chain import ENERGY_RESET_EVENT
 from attestation.statement import (
     UNATTRIBUTED,
@@ -49,6 +48,7 @@ from attestation.statement import (
     UsageWindow,
     Workload,
 )
+from core.samples import Attribution, DeviceInfo, GpuSample, MigSample, NodeSample
 
 NO_SAMPLE = "no_sample_in_window"
 # Sample-level reasons copied into the statement as they are (the rest explain a null field).

@@ -1,0 +1,200 @@
+"""A chunk's rows -> what the detector reads of each window, without the records.
+
+``detect --prometheus`` needs of a window what ``collector.detect.usage.aggregate`` makes of
+it: per tenant and workload the GPUs, classes and signal sums, and the load of the GPUs each
+tenant occupies on the nodes the coupling tests sample. ``aggregate_rows`` makes exactly that
+(the same values, in the same order, to the bit) from ``ChunkRows``, for every window of a
+chunk at once, so that no ``GpuWindow``/``UsageWindow`` record is made and only the compact
+result goes from the worker process to the detector's (collector/prometheus/pipeline.py);
+the engine takes it with ``DetectorEngine.observe_site``.
+
+It keeps ``aggregate``'s order throughout: nodes sorted, a node's GPUs by (index, UUID), a
+GPU's workloads as listed; so every sum adds the same terms in the same order and every dict
+is filled in the same order (tests/unit/collector/prometheus/test_sites.py compares the two
+on the benchmark's site and on the realistic chunks of the equivalence tests). The per-node
+GPU lists that ``History.record`` reads (``TenantWindow.by_node``) are kept only for the
+nodes it can read: the stable sample of ``sync_sample_nodes`` of them, which is the sample of
+itself.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import NamedTuple, cast
+
+import msgspec
+
+from collector.detect.config import DetectConfig
+from collector.detect.signals import STRONG, WEAK, classify_values, stable_sample
+from collector.detect.usage import SiteWindow, TenantWindow, WorkloadUse
+from collector.prometheus.coverage import Coverage
+from collector.prometheus.rows import ChunkRows
+
+# The records of the aggregate are msgspec structs where ``aggregate`` has dataclasses: the
+# same fields, read the same way by the engine, but made and pickled in C (a window of a
+# 300-node site has some 1,500 workloads and 1,000 sampled GPUs; with the dataclasses,
+# pickling and unpickling them cost more than the detector).
+
+
+class Buckets(msgspec.Struct, gc=False):
+    """A GPU window's per-step series (``attestation.statement.Series`` without the step)."""
+
+    util_permille: tuple[int | None, ...]
+    power_mw: tuple[int | None, ...]
+
+
+class GpuLoad(msgspec.Struct, gc=False):
+    """What the coupling tests read of a GPU window (``collector.detect.usage.GpuLoad``)."""
+
+    power_limit_mw: int | None
+    energy_start_mj: int | None
+    energy_end_mj: int | None
+    power_mean_mw: int | None
+    util_mean_permille: int | None
+    series: Buckets | None
+
+
+class WorkloadSums(msgspec.Struct):
+    """``collector.detect.usage.WorkloadUse``, field for field."""
+
+    gpus: float = 0.0
+    strong: float = 0.0
+    weak: float = 0.0
+    nodes: dict[str, float] = msgspec.field(default_factory=dict)
+    models: dict[str, list[float]] = msgspec.field(default_factory=dict)
+    util_sum: float = 0.0
+    util_w: float = 0.0
+    power_sum: float = 0.0
+    power_w: float = 0.0
+    sm_sum: float = 0.0
+    sm_w: float = 0.0
+    tensor_sum: float = 0.0
+    tensor_w: float = 0.0
+    mem_sum: float = 0.0
+    mem_sq: float = 0.0
+    mem_n: int = 0
+
+
+class SiteAt(NamedTuple):
+    """One window of the site: its span, the nodes with a window there (sorted), the aggregate."""
+
+    start_ms: int
+    end_ms: int
+    nodes: tuple[str, ...]
+    site: SiteWindow
+
+
+def _load(r: Sequence[object]) -> GpuLoad:
+    return GpuLoad(r[2], r[3], r[4], r[5], r[7], None if r[11] is None else Buckets(r[11], r[12]))  # type: ignore[arg-type]
+
+
+def aggregate_rows(
+    rows: ChunkRows, cfg: DetectConfig, window_ms: int, coverage: Coverage | None = None
+) -> list[SiteAt]:
+    """Every window of the chunk with a node in it, as ``usage.aggregate`` gives it for the
+    windows ``WindowBuilder.assemble`` would make of ``rows``; ``coverage`` counts the host-
+    and GPU-windows as ``assemble`` does."""
+    windows = rows.windows
+    seconds = max(1e-3, window_ms / 1000)
+    tenants_at: list[dict[str, TenantWindow]] = [{} for _ in range(windows)]
+    ib_at: list[dict[str, float | None]] = [{} for _ in range(windows)]
+    nodes_at: list[list[str]] = [[] for _ in range(windows)]
+    seen = [0] * windows
+    weak_min, strong_min = WEAK, STRONG
+    for host, gpus in rows.hosts:
+        present = [0] * windows
+        for _index, _uuid, model, _identity, per_window in gpus:
+            for w, r in enumerate(per_window):
+                if r is None:
+                    continue
+                present[w] += 1
+                workloads = r[14]
+                if not workloads:
+                    continue
+                u = r[7]
+                lim = r[2]
+                pm = r[5]
+                sm = r[9]
+                cls = classify_values(u, pm, lim, sm, r[11], cfg)
+                pf = pm / lim if (pm is not None and lim) else None
+                tc = r[10]
+                activity = sm / 1000 if sm is not None else (u / 1000 if u is not None else 1.0)
+                mem = r[8]
+                tenants = tenants_at[w]
+                for wl in workloads:
+                    share = wl.share_permille / 1000
+                    if share <= 0:
+                        continue
+                    tw = tenants.get(wl.tenant)
+                    if tw is None:
+                        tw = tenants[wl.tenant] = TenantWindow(window_s=seconds)
+                    use = tw.workloads.get(wl.workload)
+                    if use is None:
+                        use = tw.workloads[wl.workload] = cast(WorkloadUse, WorkloadSums())
+                    use.gpus += share
+                    tw.occupied += share
+                    if cls == strong_min:
+                        use.strong += share
+                        tw.strong += share
+                    elif cls == weak_min:
+                        use.weak += share
+                        tw.weak += share
+                    nodes = use.nodes
+                    nodes[host] = nodes.get(host, 0.0) + share
+                    # The row stands for the GPU here (one tuple per GPU-window); turned into a
+                    # ``GpuLoad`` below, for the sampled nodes only.
+                    lst = tw.by_node.get(host)
+                    if lst is None:
+                        tw.by_node[host] = [r]  # type: ignore[list-item]
+                    elif lst[-1] is not r:  # type: ignore[comparison-overlap]
+                        lst.append(r)  # type: ignore[arg-type]
+                    m = use.models.get(model)
+                    if m is None:
+                        use.models[model] = [share, share * activity]
+                    else:
+                        m[0] += share
+                        m[1] += share * activity
+                    if u is not None:
+                        use.util_sum += u * share
+                        use.util_w += share
+                    if pf is not None:
+                        use.power_sum += pf * share
+                        use.power_w += share
+                    if sm is not None:
+                        use.sm_sum += sm * share
+                        use.sm_w += share
+                    if tc is not None:
+                        use.tensor_sum += tc * share
+                        use.tensor_w += share
+                    if mem is not None:
+                        use.mem_sum += mem
+                        use.mem_sq += float(mem) * mem
+                        use.mem_n += 1
+        # Every node with a window has no east-west counters here (not read from Prometheus).
+        for w, k in enumerate(present):
+            if k:
+                ib_at[w][host] = None
+                nodes_at[w].append(host)
+                seen[w] += k
+    k = cfg.sync_sample_nodes
+    out: list[SiteAt] = []
+    start = rows.start_ms
+    host_windows = None if coverage is None else coverage.host_windows
+    for w in range(windows):
+        nodes_w = nodes_at[w]
+        if not nodes_w:
+            continue
+        for tw in tenants_at[w].values():
+            sample = set(stable_sample(tw.by_node, k))
+            tw.by_node = {n: [_load(r) for r in lst] for n, lst in tw.by_node.items() if n in sample}  # type: ignore[arg-type]
+        s = start + w * window_ms
+        out.append(SiteAt(s, s + window_ms, tuple(nodes_w), SiteWindow(tenants_at[w], ib_at[w], seen[w])))
+        if host_windows is not None:
+            for h in nodes_w:
+                host_windows[h] = host_windows.get(h, 0) + 1
+    if coverage is not None:
+        coverage.gpu_windows += sum(seen)
+    return out
+
+
+__all__ = ["Buckets", "GpuLoad", "SiteAt", "WorkloadSums", "aggregate_rows"]
