@@ -56,7 +56,7 @@ from collections.abc import Collection, Iterable
 from dataclasses import dataclass
 
 from attestation.statement import UsageWindow
-from collector.detect import flops
+from collector.detect import flops, priors
 from collector.detect.build import build_finding
 from collector.detect.config import DetectConfig
 from collector.detect.enduse import EndUseRiskOf
@@ -72,7 +72,6 @@ from collector.tenants import TenantDirectory
 _logger = logging.getLogger(__name__)
 
 _MS = 1000
-_SECONDS_PER_HOUR = 3600.0
 _SECONDS_PER_DAY = 86400.0
 
 
@@ -171,20 +170,7 @@ class DetectorEngine:
         for n in nodes:
             self._node_latest[n] = start_ms
         self._max_event_ms = max(self._max_event_ms, end_ms)
-        s = start_ms
-        self._last_closed_start = s
-        self.stats.windows_closed += 1
-        if self._hold_new or self._priors:
-            self._warm_progress(s, end_ms)
-        self._recent_nodes.append(frozenset(nodes))
-        self._expected = frozenset().union(*self._recent_nodes)
-        self._pending_for = None
-        self.stats.gpus_processed += site.gpus_seen
-        self._history.record(s, site.tenants)
-        self._linker.update(s, site.tenants, self._history, self._same_live_run)
-        self._trail.record(s, end_ms, site.tenants, self._linker.candidates, history_span_ms(self.config, end_ms - s))
-        groups = self._linker.groups(list(site.tenants))
-        out.extend(self._update_runs(s, end_ms, groups, site))
+        out.extend(self._close_site(start_ms, end_ms, nodes, site))
         return out
 
     def finish(self) -> list[Finding]:
@@ -241,16 +227,19 @@ class DetectorEngine:
         return not self._pending
 
     def _close(self, s: int, windows: dict[str, UsageWindow]) -> list[Finding]:
+        site = aggregate([windows[n] for n in sorted(windows)], self.config)
+        return self._close_site(s, max(w.end_ms for w in windows.values()), windows, site)
+
+    def _close_site(self, s: int, end: int, nodes: Collection[str], site: SiteWindow) -> list[Finding]:
+        """Close window ``s`` (ending at ``end``) of ``nodes``, aggregated into ``site``."""
         self._last_closed_start = s
         self.stats.windows_closed += 1
         if self._hold_new or self._priors:
-            self._warm_progress(s, max(w.end_ms for w in windows.values()))
-        self._recent_nodes.append(frozenset(windows))
+            self._warm_progress(s, end)
+        self._recent_nodes.append(frozenset(nodes))
         self._expected = frozenset().union(*self._recent_nodes)
         self._pending_for = None
-        site = aggregate([windows[n] for n in sorted(windows)], self.config)
         self.stats.gpus_processed += site.gpus_seen
-        end = max(w.end_ms for w in windows.values())
         self._history.record(s, site.tenants)
         self._linker.update(s, site.tenants, self._history, self._same_live_run)
         self._trail.record(s, end, site.tenants, self._linker.candidates, history_span_ms(self.config, end - s))
@@ -574,105 +563,21 @@ class DetectorEngine:
             return False
         return True
 
-    @staticmethod
-    def _continues(p: Finding, run: Run, gap_ms: int) -> bool:
-        """Did ``run`` start while ``p`` was being recorded (within the gap a run may have)?"""
-        return p.started_at_ms - gap_ms <= run.start_ms <= p.updated_at_ms + gap_ms
-
     def _resume(self, run: Run, members: list[str], gap_ms: int) -> None:
         """A replayed run of a stored finding's group continues it; runs of some of its tenants
         do not count again what its totals hold."""
-        tenants = set(members)
-        exact: Finding | None = None
-        for p in self._priors.values():
-            if tenants.isdisjoint(p.tenants) or not self._continues(p, run, gap_ms):
-                continue
-            run.counted_to_ms = max(run.counted_to_ms, p.updated_at_ms)
-            if set(p.tenants) == tenants and (exact is None or p.started_at_ms > exact.started_at_ms):
-                exact = p
+        exact = priors.resume(self._priors.values(), run, members, gap_ms)
         if exact is not None and run.finding is None:
             self._seed(run, exact)
 
     def _prior_for(self, run: Run, gap_ms: int) -> Finding | None:
-        """The stored finding sharing most tenants with ``run`` that ``run`` continues, if any."""
-        tenants = set(run.tenants)
-        best: tuple[int, int, str] | None = None
-        for p in self._priors.values():
-            shared = len(tenants.intersection(p.tenants))
-            if shared and self._continues(p, run, gap_ms):
-                rank = (shared, p.started_at_ms, p.id)
-                if best is None or rank > best:
-                    best = rank
-        return None if best is None else self._priors[best[2]]
+        return priors.prior_for(self._priors.values(), run, gap_ms)
 
     def _seed(self, run: Run, p: Finding) -> None:
-        """Make ``run`` the continuation of stored finding ``p``: its id, start and detection
-        time, and its totals up to ``p.updated_at_ms`` (windows the run does not count again).
-
-        The totals are read back from the finding's evidence (what ``_build`` wrote); shares
-        that the evidence gives only rounded (GPUs per model, each tenant's part) are
-        apportioned, so sums and means continue, not restart."""
+        """Make ``run`` the continuation of stored finding ``p`` (``priors.seed``)."""
         del self._priors[p.id]
-        ev = p.evidence
-        sig = ev.get("signals", {})
-        gpu_s = float(ev.get("gpu_seconds", p.gpu_hours * _SECONDS_PER_HOUR))
-        run.start_ms = min(run.start_ms, p.started_at_ms)
-        run.finding_id = p.id
-        run.finding = run.emitted = p
         self._findings[p.id] = p
-        run.counted_to_ms = max(run.counted_to_ms, p.updated_at_ms)
-        run.gpu_s += gpu_s
-        run.windows += int(ev.get("windows_counted", 0))
-        run.weak_counted_windows += int(ev.get("throttled_gpus_counted_windows", 0))
-        at_size = int(ev.get("windows_at_size", 0))
-        if at_size:
-            duration_s = sig.get("duration_at_size_s", {}).get("value")
-            large_start = p.started_at_ms if duration_s is None else p.updated_at_ms - int(duration_s * _MS)
-            run.large_start_ms = large_start if run.large_start_ms is None else min(run.large_start_ms, large_start)
-            run.large_last_end_ms = max(run.large_last_end_ms, p.updated_at_ms)
-            run.large_windows += at_size
-        run.peak_gpus = max(run.peak_gpus, float(p.gpus))
-        run.peak_nodes = max(run.peak_nodes, p.nodes)
-        for t in p.tenants:
-            run.tenants.setdefault(t, 0.0)
-        run.tenants[p.tenant] = run.tenants.get(p.tenant, 0.0) + gpu_s
-        sync_max = sig.get("synchrony_corr", {}).get("max")
-        if sync_max is not None:
-            run.sync_max = sync_max if run.sync_max is None else max(run.sync_max, sync_max)
-        run.merged_from.extend(ev.get("supersedes", ()))
-        # Per model: GPU-seconds by the model's share of the run's GPUs; activity-weighted
-        # GPU-seconds so that the FLOP estimate continues from the stored one.
-        shares = {str(m): float(n) for m, n in ev.get("gpu_models", {}).items()}
-        total = sum(shares.values())
-        if shares and total <= 0:
-            shares = dict.fromkeys(shares, 1.0)
-            total = float(len(shares))
-        known = 0.0
-        for m, n in shares.items():
-            peak = flops.lookup(m)
-            if peak is not None:
-                known += peak.bf16_dense_flops * gpu_s * n / total
-        estimate = ev.get("flop", {}).get("estimate")
-        if estimate and known > 0:
-            activity = float(estimate[0]) / self.config.mfu_low / known
-        else:
-            busy = sig.get("sm_active_mean", {}).get("value") or sig.get("util_mean", {}).get("value")
-            activity = 1.0 if busy is None else float(busy)
-        for m, n in shares.items():
-            mu = run.models.setdefault(m, ModelUse())
-            mu.gpu_s += gpu_s * n / total
-            mu.active_gpu_s += gpu_s * n / total * activity
-        for name, key, scale in (
-            ("util", "util_mean", 1000.0),
-            ("power", "power_fraction_of_limit", 1.0),
-            ("sm", "sm_active_mean", 1000.0),
-            ("tensor", "tensor_active_mean", 1000.0),
-        ):
-            value = sig.get(key, {}).get("value")
-            if value is not None:
-                acc = run.sums.setdefault(name, [0.0, 0.0])
-                acc[0] += float(value) * scale * gpu_s
-                acc[1] += gpu_s
+        priors.seed(run, p, self.config)
 
     def _job_evidence(self, run: Run) -> bool:
         """Are the run's GPUs one job? Coupling where measured; else one workload id, or size on a
