@@ -25,7 +25,7 @@ from collector.detect.config import DetectConfig
 from collector.detect.enduse import NO_RISK, EndUseConfig, EndUseRisk
 from collector.detect.findings import KIND_LARGE_TRAINING, SEVERITIES, Finding, finding_id, rfc3339_ms
 from collector.detect.opacity import Opacity
-from collector.detect.runs import Run
+from collector.detect.runs import GroupUse, Run
 from collector.screening import hit_order
 
 _SECONDS_PER_HOUR = 3600.0
@@ -117,6 +117,7 @@ def _signals(run: Run, cfg: DetectConfig, gpus: int, window_ms: int) -> dict[str
         "state": run.coupling_state,
         "max": None if run.sync_max is None else round(run.sync_max, 3),
         "coupled_windows": run.coupled_windows,
+        "uncoupled_windows": run.uncoupled_windows,
         **coupling,
     }
     if run.coupling_state == "unknown":
@@ -298,10 +299,27 @@ def _severity(
     return m.severity, value, why, set_by
 
 
+def slurm_jobs_apart(gu: GroupUse, cfg: DetectConfig) -> bool:
+    """Are the group's GPUs Slurm jobs too narrow to be one job? A multi-node Slurm job has one
+    job id on every node, so where (nearly) every GPU belongs to a Slurm job and none spans more
+    than ``slurm_job_max_nodes`` nodes of a group several times wider, its nodes are several
+    jobs (a sweep, a fleet), however they move together."""
+    return (
+        gu.gpus > 0
+        and gu.slurm_gpus >= 0.9 * gu.gpus
+        and gu.slurm_max_nodes <= cfg.slurm_job_max_nodes
+        and len(gu.nodes) > 2 * gu.slurm_max_nodes
+    )
+
+
 def _job_basis(run: Run, cfg: DetectConfig) -> str:
-    """What says the run is one job: "coupling" (its nodes were tested coupled), "one workload
-    id" (one pod or Slurm job spans ``min_gpus``), else "size alone"."""
-    if run.coupled_windows >= cfg.coupling_confirm_windows:
+    """What says the run is one job: "coupling" (its nodes were tested coupled in at least
+    ``coupling_min_share`` of the windows measured), "one workload id" (one pod or Slurm job
+    spans ``min_gpus``), else "size alone"; "separate Slurm jobs" says it is not one job."""
+    if run.last is not None and slurm_jobs_apart(run.last, cfg):
+        return "separate Slurm jobs"
+    measured = run.coupled_windows + run.uncoupled_windows
+    if run.coupled_windows >= cfg.coupling_confirm_windows and run.coupled_windows >= cfg.coupling_min_share * measured:
         return "coupling"
     if run.last is not None and run.last.shared_workload_gpus >= cfg.min_gpus:
         return "one workload id"
@@ -333,14 +351,26 @@ def build_finding(
     sev, sev_opacity, why, set_by = _severity(cfg, gpus, flop_estimate, material)
     basis = _job_basis(run, cfg)
     end_use_sev = SEVERITIES.index(set_by["end_use"]["severity"])
+    if basis == "separate Slurm jobs" and sev > end_use_sev:
+        sev = end_use_sev
+        why += (
+            f"; at most {SEVERITIES[sev]} (its end-use severity): its GPUs are Slurm jobs of at most "
+            f"{cfg.slurm_job_max_nodes} nodes each, and one multi-node job is one Slurm job on every node"
+        )
     if basis == "size alone" and sev > end_use_sev:
         # Size is what a batch-inference fleet or a sweep at full load shows too: without a
         # measured coupling or one workload id across nodes, opacity alone does not raise the
         # finding above low. Who the tenant is (the end-use axis, its floors) still counts.
         sev = end_use_sev
+        measured = run.coupled_windows + run.uncoupled_windows
+        coupling_said = (
+            f"its nodes tested coupled in only {run.coupled_windows} of the {measured} windows measured"
+            if run.coupled_windows
+            else "coupling could not be measured (flat or missing series)"
+        )
         why += (
-            f"; at most {SEVERITIES[sev]} (its end-use severity): coupling could not be measured (flat or "
-            "missing series) and no one workload id spans the nodes, so only size says it is one job"
+            f"; at most {SEVERITIES[sev]} (its end-use severity): {coupling_said} and no one workload id "
+            "spans the nodes, so only size says it is one job"
         )
     primary = set_by["tenant"]
     op = ops[primary]

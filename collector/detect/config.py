@@ -92,6 +92,19 @@ class DetectConfig:
     windows than uncoupled (a test runs every window: one that passes once by chance, or on
     one shared event, in a long quiet history is not a job)."""
 
+    coupling_strong_corr: float = 0.5
+    """A test that finds a group coupled at this median correlation and at twice
+    ``coupling_min_z`` confirms on its own (one job's nodes give 0.85-0.97 across windows from
+    the energy counters; a fleet that moves together on a shared event gives about 0.2)."""
+    coupling_min_share: float = 1 / 3
+    """Coupling stays a finding's job evidence while its tests found the group coupled in at
+    least this share of the windows they measured it in: a fleet that moved together only for a
+    while (a ramp, a shared event) falls back to what size alone allows."""
+    slurm_job_max_nodes: int = 2
+    """A group whose GPUs are Slurm jobs (one job id on every node of a multi-node job) none of
+    which spans more than this many nodes is independent jobs (a sweep, a fleet), not one:
+    jobs of one node raise nothing unless the fabric is busy, jobs of two are at most what the
+    end-use axis allows."""
     # --- linking tenant accounts that run one job ---------------------------------------
     link_min_gpus: int = 8
     """A tenant needs this many GPUs in a window to be compared with others (one node)."""

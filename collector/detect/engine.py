@@ -314,6 +314,9 @@ class DetectorEngine:
                         continue
                 counted += use.gpus
                 gu.strong += use.strong
+                if use.slurm:
+                    gu.slurm_gpus += use.gpus
+                    gu.slurm_max_nodes = max(gu.slurm_max_nodes, len(use.nodes))
                 gu.nodes.update(use.nodes)
                 if len(use.nodes) >= cfg.shared_workload_min_nodes and use.gpus > gu.shared_workload_gpus:
                     gu.shared_workload_gpus = use.gpus
@@ -472,10 +475,15 @@ class DetectorEngine:
             run.sync_max = best.corr if run.sync_max is None else max(run.sync_max, best.corr)
             if coupling.state == "coupled":
                 run.coupled_windows += 1
+            elif coupling.state == "uncoupled":
+                run.uncoupled_windows += 1
         else:
             run.coupling_state = coupling.state
         if coupling.state == "coupled":
-            run.coupling_votes = min(run.coupling_votes + 1, 2 * self.config.coupling_confirm_windows)
+            cfg = self.config
+            strong = best is not None and best.corr >= cfg.coupling_strong_corr and best.z >= 2 * cfg.coupling_min_z
+            step = cfg.coupling_confirm_windows if strong else 1
+            run.coupling_votes = min(run.coupling_votes + step, 2 * cfg.coupling_confirm_windows)
         elif coupling.state == "uncoupled":
             run.coupling_votes = max(run.coupling_votes - 1, 0)
 

@@ -39,6 +39,8 @@ class GroupUse:
     sums: dict[str, list[float]] = field(default_factory=dict)  # signal -> [sum x GPUs, GPUs]
     shared_workload_gpus: float = 0.0
     shared_workload_nodes: int = 0
+    slurm_gpus: float = 0.0  # GPUs of the group's Slurm jobs
+    slurm_max_nodes: int = 0  # nodes of the widest of them
     mem_cv: float | None = None
     ib_bytes_per_s: float | None = None  # median over the group's nodes that report it
     ib_nodes: int = 0
@@ -67,6 +69,7 @@ class Run:
     coupling: dict[str, object] | None = None  # the last coupling test (JSON), any state
     coupling_state: str = "unknown"
     coupled_windows: int = 0
+    uncoupled_windows: int = 0
     coupling_votes: int = 0  # +1 per window tested coupled, -1 per window tested uncoupled, >= 0
     sync: float | None = None  # statistic of the last coupling test that counted
     sync_max: float | None = None
@@ -106,6 +109,7 @@ class Run:
         if o.sync_max is not None:
             self.sync_max = o.sync_max if self.sync_max is None else max(self.sync_max, o.sync_max)
         self.coupled_windows = max(self.coupled_windows, o.coupled_windows)
+        self.uncoupled_windows = max(self.uncoupled_windows, o.uncoupled_windows)
         self.coupling_votes = max(self.coupling_votes, o.coupling_votes)
         self.weak_counted_windows = max(self.weak_counted_windows, o.weak_counted_windows)
         self.counted_to_ms = max(self.counted_to_ms, o.counted_to_ms)

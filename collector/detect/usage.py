@@ -48,6 +48,7 @@ class WorkloadUse:
     mem_sum: float = 0.0
     mem_sq: float = 0.0
     mem_n: int = 0
+    slurm: bool = False  # a Slurm job: one id on every node of a multi-node job
 
 
 class Buckets(Protocol):
@@ -177,7 +178,7 @@ def aggregate(windows: Iterable[UsageWindow], cfg: DetectConfig) -> SiteWindow:
                     tw = tenants[wl.tenant] = TenantWindow(window_s=seconds)
                 use = tw.workloads.get(wl.workload)
                 if use is None:
-                    use = tw.workloads[wl.workload] = WorkloadUse()
+                    use = tw.workloads[wl.workload] = WorkloadUse(slurm=wl.kind == "slurm_job")
                 use.gpus += share
                 tw.occupied += share
                 if cls == STRONG:

@@ -73,6 +73,7 @@ class WorkloadSums(msgspec.Struct):
     mem_sum: float = 0.0
     mem_sq: float = 0.0
     mem_n: int = 0
+    slurm: bool = False
 
 
 class SiteAt(NamedTuple):
@@ -130,7 +131,7 @@ def aggregate_rows(
                         tw = tenants[wl.tenant] = TenantWindow(window_s=seconds)
                     use = tw.workloads.get(wl.workload)
                     if use is None:
-                        use = tw.workloads[wl.workload] = cast(WorkloadUse, WorkloadSums())
+                        use = tw.workloads[wl.workload] = cast(WorkloadUse, WorkloadSums(slurm=wl.kind == "slurm_job"))
                     use.gpus += share
                     tw.occupied += share
                     if cls == strong_min:
