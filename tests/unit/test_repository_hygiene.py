@@ -16,16 +16,24 @@ import pytest
 ROOT = Path(__file__).resolve().parents[2]
 
 # A path is refused when any of its components matches one of these.
-FORBIDDEN_DIRS = {".venv", "venv", "build", "dist", "__pycache__", ".pytest_cache",
-                  ".mypy_cache", ".ruff_cache", ".hypothesis"}
+FORBIDDEN_DIRS = {
+    ".venv",
+    "venv",
+    "build",
+    "dist",
+    "__pycache__",
+    ".pytest_cache",
+    ".mypy_cache",
+    ".ruff_cache",
+    ".hypothesis",
+}
 FORBIDDEN_SUFFIXES = (".egg-info", ".pyc")
 
 
 def _tracked() -> list[str]:
     if shutil.which("git") is None or not (ROOT / ".git").exists():
         pytest.skip("not a git checkout: nothing is tracked to check")
-    out = subprocess.run(["git", "ls-files", "-z"], cwd=ROOT, capture_output=True,
-                         check=True)
+    out = subprocess.run(["git", "ls-files", "-z"], cwd=ROOT, capture_output=True, check=True)
     return [p for p in out.stdout.decode().split("\0") if p]
 
 
@@ -39,11 +47,23 @@ def offending(paths: list[str]) -> list[str]:
 
 
 def test_rule_catches_each_kind() -> None:
-    assert offending([".venv/bin/python", "build/lib/x.py", "dist/a.whl",
-                      "gpuaudit.egg-info/PKG-INFO", "agent/__pycache__/a.cpython-311.pyc",
-                      "core/window.py", "docs/build-notes.md"]) == [
-        ".venv/bin/python", "build/lib/x.py", "dist/a.whl", "gpuaudit.egg-info/PKG-INFO",
-        "agent/__pycache__/a.cpython-311.pyc"]
+    assert offending(
+        [
+            ".venv/bin/python",
+            "build/lib/x.py",
+            "dist/a.whl",
+            "gpuaudit.egg-info/PKG-INFO",
+            "agent/__pycache__/a.cpython-311.pyc",
+            "core/window.py",
+            "docs/build-notes.md",
+        ]
+    ) == [
+        ".venv/bin/python",
+        "build/lib/x.py",
+        "dist/a.whl",
+        "gpuaudit.egg-info/PKG-INFO",
+        "agent/__pycache__/a.cpython-311.pyc",
+    ]
 
 
 def test_nothing_environment_like_is_tracked() -> None:
