@@ -22,6 +22,7 @@ from pathlib import Path
 
 import grpc
 
+from agent.errors import AgentError
 from agent.signing import ChainSigner
 from agent.spool import Spool
 from agent.stream import NodeStream, enroll, insecure_channel
@@ -64,7 +65,7 @@ class ReplayStats:
         return ", ".join(parts[:limit]) + (f" and {more} more nodes" if more > 0 else "")
 
 
-class CollectorUnreachableError(Exception):
+class CollectorUnreachableError(AgentError):
     """The collector did not answer at its address (nothing listens, or TLS failed)."""
 
     def __init__(self, address: str, details: str) -> None:
@@ -73,7 +74,7 @@ class CollectorUnreachableError(Exception):
         self.details = details
 
 
-class EnrollmentRefusedError(Exception):
+class EnrollmentRefusedError(AgentError):
     """The collector refused to enroll a node of the trace (its token, or its certificate)."""
 
     def __init__(self, node_id: str, code: str, details: str) -> None:
@@ -82,7 +83,7 @@ class EnrollmentRefusedError(Exception):
         self.code = code
 
 
-class TokensExhaustedError(RuntimeError):
+class TokensExhaustedError(AgentError, RuntimeError):
     """The trace has more nodes than join tokens were given."""
 
 

@@ -8,6 +8,7 @@ from collections.abc import Callable
 
 from msgspec.structs import replace
 
+from agent.errors import AgentError
 from agent.sources.cc import CcEvidence
 from agent.spool import DROP_REASONS, DropPlan, Spool, is_disk_full
 from attestation import dsse
@@ -20,11 +21,11 @@ from attestation.wire import envelope_to_bytes
 _logger = logging.getLogger(__name__)
 
 
-class WindowOverlapError(Exception):
+class WindowOverlapError(AgentError):
     """A window would overlap the last signed one (the clock went back)."""
 
 
-class SpoolFullError(Exception):
+class SpoolFullError(AgentError):
     """The spool's disk is full: the window was not recorded (the next statement says so)."""
 
     def diagnostics(self) -> str:

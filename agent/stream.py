@@ -16,6 +16,7 @@ from dataclasses import dataclass
 
 import grpc
 
+from agent.errors import AgentError
 from agent.spool import Spool
 from attestation.keys import Signer
 from attestation.statement import LogCheckpointRef
@@ -69,7 +70,7 @@ def _unavailable(details: str) -> grpc.aio.AioRpcError:
     return grpc.aio.AioRpcError(grpc.StatusCode.UNAVAILABLE, grpc.aio.Metadata(), grpc.aio.Metadata(), details)
 
 
-class RejectedError(Exception):
+class RejectedError(AgentError):
     """The collector refused a statement; the chain cannot continue past it."""
 
     def __init__(self, seq: int, reason: str, message: str) -> None:

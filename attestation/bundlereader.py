@@ -22,6 +22,7 @@ from collections.abc import Iterator
 from typing import Any
 
 from attestation import strictjson
+from attestation.errors import Error
 
 _WS = re.compile(rb"[ \t\n\r]*")
 _STRUCT = re.compile(rb'["\\{}\[\]]')
@@ -30,8 +31,10 @@ _RELEASE_BYTES = 64 << 20  # give pages back every 64 MiB read
 _BOM = b"\xef\xbb\xbf"
 
 
-class ReadError(ValueError):
+class ReadError(Error, ValueError):
     """The bundle's bytes are not one well-formed JSON object (with what is wrong and where)."""
+
+    reason = "bundle_unreadable"
 
 
 def _where(i: int) -> str:

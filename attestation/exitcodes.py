@@ -20,6 +20,8 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
+from attestation.errors import Error
+
 OK = 0
 # The command ran and its answer is no: findings with --fail-on-findings, a bundle that
 # does not verify, a log audit that does not match, statements the collector refused,
@@ -85,8 +87,10 @@ def add_epilogs(parser: argparse.ArgumentParser, text: str) -> None:
                 add_epilogs(sub, text)
 
 
-class CliError(Exception):
+class CliError(Error):
     """An error a command reports as one ``error:`` line, exiting with ``code``."""
+
+    reason = "command_failed"
 
     def __init__(self, code: int, message: str) -> None:
         super().__init__(message)

@@ -29,7 +29,7 @@ import hashlib
 from collections import OrderedDict
 from collections.abc import Callable, Iterable, Sequence
 
-from attestation.errors import ProofError
+from attestation.errors import Error, ProofError
 
 HASH_SIZE = 32
 EMPTY_ROOT = hashlib.sha256(b"").digest()
@@ -150,8 +150,10 @@ class MerkleTree:
         return proof
 
 
-class TileMismatchError(ValueError):
+class TileMismatchError(Error, ValueError):
     """Leaf hashes read back for a tile no longer hash to the root computed when they were appended."""
+
+    reason = "tile_mismatch"
 
 
 class TiledMerkleTree(MerkleTree):

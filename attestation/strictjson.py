@@ -34,6 +34,8 @@ import math
 import re
 from typing import Any
 
+from attestation.errors import Error
+
 MAX_SAFE_INTEGER = 2**53 - 1
 # Digits of MAX_SAFE_INTEGER: a longer integer is out of range without being converted
 # (and never reaches int()'s limit on digits, which would raise a bare ValueError).
@@ -41,8 +43,10 @@ _SAFE_DIGITS = len(str(MAX_SAFE_INTEGER))
 _BOM = b"\xef\xbb\xbf"
 
 
-class NotIJSONError(ValueError):
+class NotIJSONError(Error, ValueError):
     """The text is not JSON that every conforming parser reads the same way."""
+
+    reason = "not_ijson"
 
 
 def _pairs(pairs: list[tuple[str, Any]]) -> dict[str, Any]:

@@ -66,6 +66,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from collector.errors import CollectorError
+
 _logger = logging.getLogger(__name__)
 
 # Columns of the CSV without which it is not the Consolidated Screening List.
@@ -151,7 +153,7 @@ _SKELETON_RULES = (
 )
 
 
-class ScreeningError(Exception):
+class ScreeningError(CollectorError):
     """The screening list cannot be used. ``diagnostics()`` says what to fix."""
 
     def diagnostics(self) -> str:

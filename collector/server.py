@@ -22,7 +22,7 @@ from collector.config import CollectorConfig
 from collector.detect.engine import DetectorEngine
 from collector.detect.findings import KIND_LARGE_TRAINING, Finding
 from collector.enroll_k8s import K8sEnrollment, K8sTokenVerifier
-from collector.errors import StoreError
+from collector.errors import CollectorError, StoreError
 from collector.follow import DetectionFollower
 from collector.ingest import Accepted, Ingestor, IngestResult
 from collector.limits import Limits
@@ -39,7 +39,11 @@ _logger = logging.getLogger(__name__)
 SERVICE_NAME = "gpuaudit.v1.Collector"
 
 
-class InsecureRefusedError(Exception):
+class InsecureRefusedError(CollectorError):
+    """The collector would serve plaintext gRPC without being told to (`insecure = true`)."""
+
+    reason = "insecure_refused"
+
     def diagnostics(self) -> str:
         return (
             "No TLS settings: give tls_cert, tls_key and tls_client_ca (create them with "

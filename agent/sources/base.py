@@ -10,10 +10,11 @@ from __future__ import annotations
 
 from typing import Protocol
 
+from agent.errors import AgentError
 from core.samples import DeviceInfo, NodeSample
 
 
-class SourceError(Exception):
+class SourceError(AgentError):
     """The source cannot start (e.g. no NVIDIA driver). Carries a remedy for a person."""
 
     def __init__(self, message: str, remedy: str = "") -> None:

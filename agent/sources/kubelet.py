@@ -54,6 +54,7 @@ from typing import Any
 
 import grpc
 
+from agent.errors import AgentError
 from agent.sources.podresources import api_pb2, api_pb2_grpc
 
 _logger = logging.getLogger(__name__)
@@ -115,7 +116,7 @@ class UnmappedDevice:
     gpus: frozenset[str] | None
 
 
-class UnmappedError(Exception):
+class UnmappedError(AgentError):
     """Raised by :meth:`DraDeviceMap.resolve`: the reason, and the GPUs it may concern."""
 
     def __init__(self, reason: str, gpus: frozenset[str] | None) -> None:

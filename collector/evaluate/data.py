@@ -22,6 +22,8 @@ from collections import defaultdict
 from dataclasses import dataclass
 from pathlib import Path
 
+from collector.errors import CollectorError
+
 _logger = logging.getLogger(__name__)
 
 GRID_MS = 2000
@@ -38,8 +40,10 @@ GPU_SHARE_OF_DYNAMIC = 0.85
 GPUS_PER_SERVER = 8
 
 
-class DataMissingError(FileNotFoundError):
+class DataMissingError(CollectorError, FileNotFoundError):
     """The shared data directory or one of its files is absent."""
+
+    reason = "data_missing"
 
     def diagnostics(self) -> str:
         return (

@@ -36,6 +36,7 @@ from pathlib import Path
 
 import msgspec
 
+from collector.errors import CollectorError
 from core import __version__
 from core.errors import ConfigError
 
@@ -52,7 +53,7 @@ SERIES_PER_HOST_ESTIMATE = 16
 _TOO_LARGE = ("too many samples", "query timed out", "exceeded maximum resolution", "query processing would load")
 
 
-class PrometheusError(Exception):
+class PrometheusError(CollectorError):
     """Prometheus could not be read. ``diagnostics()`` says what to do."""
 
     def __init__(self, message: str, remedy: str = "") -> None:

@@ -13,6 +13,7 @@ import logging
 from collections.abc import Callable
 from typing import ParamSpec, TypeVar
 
+from agent.errors import AgentError
 from agent.sources.nvml.api import Nvml
 from agent.sources.nvml.constants import NvmlConstants
 
@@ -30,7 +31,7 @@ P = ParamSpec("P")
 T = TypeVar("T")
 
 
-class GpuLostError(Exception):
+class GpuLostError(AgentError):
     """This GPU raised NVML_ERROR_GPU_IS_LOST; carries the reason string."""
 
 
