@@ -315,7 +315,8 @@ def slurm_jobs_apart(gu: GroupUse, cfg: DetectConfig) -> bool:
 def _job_basis(run: Run, cfg: DetectConfig) -> str:
     """What says the run is one job: "coupling" (its nodes were tested coupled in at least
     ``coupling_min_share`` of the windows measured), "one workload id" (one pod or Slurm job
-    spans ``min_gpus``), else "size alone"; "separate Slurm jobs" says it is not one job."""
+    spans ``min_gpus``), else "coupling not sustained" (confirmed once, then uncoupled in more
+    than the share allowed) or "size alone"; "separate Slurm jobs" says it is not one job."""
     if run.last is not None and slurm_jobs_apart(run.last, cfg):
         return "separate Slurm jobs"
     measured = run.coupled_windows + run.uncoupled_windows
@@ -323,7 +324,7 @@ def _job_basis(run: Run, cfg: DetectConfig) -> str:
         return "coupling"
     if run.last is not None and run.last.shared_workload_gpus >= cfg.min_gpus:
         return "one workload id"
-    return "size alone"
+    return "coupling not sustained" if run.coupled_windows >= cfg.coupling_confirm_windows else "size alone"
 
 
 def build_finding(
@@ -357,19 +358,18 @@ def build_finding(
             f"; at most {SEVERITIES[sev]} (its end-use severity): its GPUs are Slurm jobs of at most "
             f"{cfg.slurm_job_max_nodes} nodes each, and one multi-node job is one Slurm job on every node"
         )
-    if basis == "size alone" and sev > end_use_sev:
+    if basis in ("size alone", "coupling not sustained") and sev > end_use_sev:
         # Size is what a batch-inference fleet or a sweep at full load shows too: without a
         # measured coupling or one workload id across nodes, opacity alone does not raise the
         # finding above low. Who the tenant is (the end-use axis, its floors) still counts.
         sev = end_use_sev
-        measured = run.coupled_windows + run.uncoupled_windows
-        coupling_said = (
-            f"its nodes tested coupled in only {run.coupled_windows} of the {measured} windows measured"
-            if run.coupled_windows
-            else "coupling could not be measured (flat or missing series)"
-        )
+        if basis == "size alone":
+            said = "coupling could not be measured (flat or missing series)"
+        else:
+            measured = run.coupled_windows + run.uncoupled_windows
+            said = f"its nodes tested coupled in only {run.coupled_windows} of the {measured} windows measured"
         why += (
-            f"; at most {SEVERITIES[sev]} (its end-use severity): {coupling_said} and no one workload id "
+            f"; at most {SEVERITIES[sev]} (its end-use severity): {said} and no one workload id "
             "spans the nodes, so only size says it is one job"
         )
     primary = set_by["tenant"]

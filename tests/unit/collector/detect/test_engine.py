@@ -490,7 +490,7 @@ def test_coupling_seen_only_for_a_while_is_not_job_evidence() -> None:
     r.coupled_windows, r.uncoupled_windows = 8, 10
     assert _job_basis(r, cfg) == "coupling"
     r.uncoupled_windows = 17
-    assert _job_basis(r, cfg) == "size alone", "8 coupled of 25 measured: less than a third"
+    assert _job_basis(r, cfg) == "coupling not sustained", "8 coupled of 25 measured: less than a third"
     r.coupled_windows, r.uncoupled_windows = 1, 0
     assert _job_basis(r, cfg) == "size alone", "one coupled window is not confirmed"
 
