@@ -10,7 +10,7 @@ agent opens as it is.
 
 The spool is bounded (``plan_drop``): by the bytes of its unacknowledged envelopes and by
 the age of the oldest. When a bound is hit the signer drops statements and the next
-statement it signs carries a signed ``dropped`` record (attestation/statement.py), so the
+statement it signs carries a signed ``dropped`` record (attestation/statement/), so the
 collector sees an explained gap, never a silent hole. An explanation can only cover seqs
 that end right before the statement carrying it (a collector accepts a chain strictly in
 order), so the size bound drops the *newest* unacknowledged statements, keeping the

@@ -1,6 +1,6 @@
 """The range queries ``detect --prometheus`` makes per chunk, which statement field is read
-from which of them, and the boards' default power limits (collector/prometheus/windows.py
-says what each field is)."""
+from which of them, and the boards' default power limits (``POWER_LIMITS_W``;
+collector/prometheus/windows.py says what each field is)."""
 
 from __future__ import annotations
 

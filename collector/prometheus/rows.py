@@ -110,7 +110,7 @@ class RowMaker:
         if limit is None and "power_limit" not in g.vals:
             reasons["power_limit_mw"] = (
                 f"{METRIC_OF['power_limit']} not exported and model {g.model or 'unknown'!r} not in the "
-                "table of default limits (collector/prometheus/windows.py)"
+                "table of default limits (collector/prometheus/queries.py)"
             )
         if self.per_window < 2:
             reasons["series"] = f"the step ({self.step_ms // 1000} s) gives one point per window"

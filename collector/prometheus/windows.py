@@ -8,7 +8,7 @@ that stopped is a gap here, never a value carried over from the past; a GPU with
 in a window is absent from that window, not zero.
 
 Per GPU (``UUID``) and window, as the agent computes them from its samples
-(core/window.py) and with the same names, units and invariants (attestation/statement.py):
+(core/window.py) and with the same names, units and invariants (attestation/statement/):
 
 ===============================  =======================================================
 ``util_mean_permille``           mean of ``DCGM_FI_DEV_GPU_UTIL`` (%) x 10

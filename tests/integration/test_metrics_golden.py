@@ -51,7 +51,7 @@ GOLDEN = Path(__file__).resolve().parents[1] / "fixtures" / "metrics" / "collect
 ALLOWED_LABELS = {"node", "gpu", "tenant", "reason", "kind", "severity", "level", "bound", "collector", "le"}
 INFO_LABELS = {"version", "python_version"}
 # One series per open detector finding (a handful on a site, gone when the run ends), so that
-# an alert can name it: the one place a finding id is a label (collector/metrics.py).
+# an alert can name it: the one place a finding id is a label (collector/metrics/findings.py).
 FINDING_LABELS = {"finding_id", "tenant_pseudonym"}
 
 
