@@ -92,10 +92,6 @@ class DetectConfig:
     windows than uncoupled (a test runs every window: one that passes once by chance, or on
     one shared event, in a long quiet history is not a job)."""
 
-    weak_coupling_confirm_windows: int = 4
-    """... and this many where most of the group's training-shaped GPUs are weak: input-bound
-    training is coupled window after window, while multi-node serving (busy GPUs at moderate
-    power, like it) tests coupled now and then, when its instances' loads move together."""
     coupling_strong_corr: float = 0.5
     """A test that finds a group coupled at this median correlation and at twice
     ``coupling_min_z`` confirms on its own (one job's nodes give 0.85-0.97 across windows from

@@ -483,8 +483,7 @@ class DetectorEngine:
             cfg = self.config
             strong = best is not None and best.corr >= cfg.coupling_strong_corr and best.z >= 2 * cfg.coupling_min_z
             step = cfg.coupling_confirm_windows if strong else 1
-            most = max(2 * cfg.coupling_confirm_windows, cfg.weak_coupling_confirm_windows)
-            run.coupling_votes = min(run.coupling_votes + step, most)
+            run.coupling_votes = min(run.coupling_votes + step, 2 * cfg.coupling_confirm_windows)
         elif coupling.state == "uncoupled":
             run.coupling_votes = max(run.coupling_votes - 1, 0)
 
@@ -595,8 +594,7 @@ class DetectorEngine:
         last = run.last
         if last is not None and self._fabric_idle(last):
             return False  # no east-west traffic: each node works alone, whatever moves together
-        weak = last is not None and last.strong * 2 < last.candidate
-        if run.coupling_votes >= (cfg.weak_coupling_confirm_windows if weak else cfg.coupling_confirm_windows):
+        if run.coupling_votes >= cfg.coupling_confirm_windows:
             return True  # coupled in more windows than not, lately
         if run.coupling_state in ("coupled", "uncoupled", "pending"):
             return False

@@ -514,23 +514,3 @@ def test_a_strongly_coupled_group_confirms_in_one_window() -> None:
     _, eng = run(ws, DetectConfig(coupling_strong_corr=0.4, coupling_min_z=8.0))
     (strict,) = eng.findings()
     assert strict.detected_at_ms > fast.detected_at_ms, "z at least twice coupling_min_z is needed too"
-
-
-def test_a_mostly_weak_group_needs_coupling_in_more_windows() -> None:
-    """Throttled (weak) GPUs count only where the group is coupled, and multi-node serving
-    looks like them and tests coupled now and then: where most of a group's training-shaped
-    GPUs are weak, coupling is job evidence after ``weak_coupling_confirm_windows`` net coupled
-    windows, not ``coupling_confirm_windows``."""
-    from collector.detect.runs import GroupUse, Run
-
-    eng = DetectorEngine(DetectConfig(), TENANTS)
-    r = Run("g", 0, 0)
-    r.coupling_state = "coupled"
-    r.last = GroupUse(gpus=160.0, strong=16.0, candidate=160.0, nodes={f"n{i}" for i in range(20)})
-    r.coupling_votes = 2
-    assert not eng._job_evidence(r), "mostly weak: two net coupled windows are not enough"
-    r.coupling_votes = 4
-    assert eng._job_evidence(r)
-    r.coupling_votes = 2
-    r.last = GroupUse(gpus=160.0, strong=150.0, candidate=160.0, nodes={f"n{i}" for i in range(20)})
-    assert eng._job_evidence(r), "mostly strong: two are"
