@@ -118,6 +118,7 @@ def _signals(run: Run, cfg: DetectConfig, gpus: int, window_ms: int) -> dict[str
         "max": None if run.sync_max is None else round(run.sync_max, 3),
         "coupled_windows": run.coupled_windows,
         "uncoupled_windows": run.uncoupled_windows,
+        "coupled_of_recent": [sum(run.recent_tests), len(run.recent_tests)],
         **coupling,
     }
     if run.coupling_state == "unknown":
@@ -319,8 +320,8 @@ def _job_basis(run: Run, cfg: DetectConfig) -> str:
     than the share allowed) or "size alone"; "separate Slurm jobs" says it is not one job."""
     if run.last is not None and slurm_jobs_apart(run.last, cfg):
         return "separate Slurm jobs"
-    measured = run.coupled_windows + run.uncoupled_windows
-    if run.coupled_windows >= cfg.coupling_confirm_windows and run.coupled_windows >= cfg.coupling_min_share * measured:
+    recent = run.recent_tests
+    if run.coupled_windows >= cfg.coupling_confirm_windows and sum(recent) >= cfg.coupling_min_share * len(recent):
         return "coupling"
     if run.last is not None and run.last.shared_workload_gpus >= cfg.min_gpus:
         return "one workload id"
@@ -366,8 +367,10 @@ def build_finding(
         if basis == "size alone":
             said = "coupling could not be measured (flat or missing series)"
         else:
-            measured = run.coupled_windows + run.uncoupled_windows
-            said = f"its nodes tested coupled in only {run.coupled_windows} of the {measured} windows measured"
+            said = (
+                f"its nodes tested coupled in {run.coupled_windows} windows, but in only {sum(run.recent_tests)} "
+                f"of the last {len(run.recent_tests)} measured"
+            )
         why += (
             f"; at most {SEVERITIES[sev]} (its end-use severity): {said} and no one workload id "
             "spans the nodes, so only size says it is one job"

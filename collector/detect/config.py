@@ -98,8 +98,10 @@ class DetectConfig:
     the energy counters; a fleet that moves together on a shared event gives about 0.2)."""
     coupling_min_share: float = 1 / 3
     """Coupling stays a finding's job evidence while its tests found the group coupled in at
-    least this share of the windows they measured it in: a fleet that moved together only for a
-    while (a ramp, a shared event) falls back to what size alone allows."""
+    least this share of the last ``coupling_history_windows`` windows they measured it in: a
+    fleet that moved together only for a while (a ramp, a shared event) falls back to what size
+    alone allows, and a run that turns coupled after a long uncoupled phase (a tenant's serving
+    before its training) is a coupled run again within that many windows."""
     slurm_job_max_nodes: int = 2
     """A group whose GPUs are Slurm jobs (one job id on every node of a multi-node job) none of
     which spans more than this many nodes is independent jobs (a sweep, a fleet), not one:

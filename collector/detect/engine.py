@@ -477,6 +477,9 @@ class DetectorEngine:
                 run.coupled_windows += 1
             elif coupling.state == "uncoupled":
                 run.uncoupled_windows += 1
+            if coupling.state in ("coupled", "uncoupled"):
+                run.recent_tests.append(coupling.state == "coupled")
+                del run.recent_tests[: -max(1, self.config.coupling_history_windows)]
         else:
             run.coupling_state = coupling.state
         if coupling.state == "coupled":

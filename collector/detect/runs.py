@@ -70,6 +70,7 @@ class Run:
     coupling_state: str = "unknown"
     coupled_windows: int = 0
     uncoupled_windows: int = 0
+    recent_tests: list[bool] = field(default_factory=list)  # the last measured windows: coupled?
     coupling_votes: int = 0  # +1 per window tested coupled, -1 per window tested uncoupled, >= 0
     sync: float | None = None  # statistic of the last coupling test that counted
     sync_max: float | None = None
@@ -110,6 +111,8 @@ class Run:
             self.sync_max = o.sync_max if self.sync_max is None else max(self.sync_max, o.sync_max)
         self.coupled_windows = max(self.coupled_windows, o.coupled_windows)
         self.uncoupled_windows = max(self.uncoupled_windows, o.uncoupled_windows)
+        if len(o.recent_tests) > len(self.recent_tests):
+            self.recent_tests = o.recent_tests
         self.coupling_votes = max(self.coupling_votes, o.coupling_votes)
         self.weak_counted_windows = max(self.weak_counted_windows, o.weak_counted_windows)
         self.counted_to_ms = max(self.counted_to_ms, o.counted_to_ms)

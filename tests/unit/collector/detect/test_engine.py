@@ -481,17 +481,25 @@ def test_slurm_jobs_of_one_or_two_nodes_are_not_one_job() -> None:
 
 def test_coupling_seen_only_for_a_while_is_not_job_evidence() -> None:
     """A group tested coupled in a few windows and uncoupled in the many after (a fleet that
-    moved together on a ramp or a shared event) falls back to what size alone allows."""
+    moved together on a ramp or a shared event) falls back to what size alone allows; one that
+    turns coupled after a long uncoupled phase is a coupled run again once its recent windows
+    say so (the share is over the last ``coupling_history_windows`` measured)."""
     from collector.detect.build import _job_basis
     from collector.detect.runs import Run
 
     cfg = DetectConfig()
     r = Run("g", 0, 0)
     r.coupled_windows, r.uncoupled_windows = 8, 10
+    r.recent_tests = [True] * 8 + [False] * 10
     assert _job_basis(r, cfg) == "coupling"
     r.uncoupled_windows = 17
+    r.recent_tests = [True] * 8 + [False] * 17
     assert _job_basis(r, cfg) == "coupling not sustained", "8 coupled of 25 measured: less than a third"
+    r.coupled_windows, r.uncoupled_windows = 10, 200
+    r.recent_tests = ([False] * 20 + [True] * 10)[-cfg.coupling_history_windows :]
+    assert _job_basis(r, cfg) == "coupling", "10 of the last 30: an uncoupled past does not hold it down"
     r.coupled_windows, r.uncoupled_windows = 1, 0
+    r.recent_tests = [True]
     assert _job_basis(r, cfg) == "size alone", "one coupled window is not confirmed"
 
 
