@@ -234,16 +234,18 @@ def test_chains_that_break_the_rules_are_untrusted(pki: Pki, case: str, says: st
 
 
 def test_a_signature_with_unused_bits_is_not_der(pki: Pki) -> None:
-    """The parser would verify a certificate whose signature BIT STRING declares an unused bit
-    (the same signature, another encoding): the chain is refused as not DER instead."""
+    """A certificate whose signature BIT STRING declares an unused bit (its padding bit zero)
+    parses, the same signature in another encoding: the chain is refused as not DER."""
     leaf = bytearray(pki.leaf.public_bytes(Encoding.DER))
     count = len(leaf) - len(pki.leaf.signature) - 1
     assert leaf[count] == 0
     leaf[count] = 1
+    leaf[-1] &= 0xFE  # the padding bit must be zero, or the parser itself refuses it
     chain = bytes(leaf) + pki.inter.public_bytes(Encoding.DER)
     problems = _check(CcReport(NONCE, pki.report(NONCE), chain), pki.root)
     assert _reasons(problems) == ["cc_chain_malformed"], problems
-    assert "certificate 0 of the chain is not DER: its signature declares 1 unused bits" in problems[0].message
+    message = problems[0].message
+    assert "certificate 0 of the chain is not DER: its signature declares 1 unused bits" in message, message
 
 
 def test_a_root_file_must_hold_one_certificate(pki: Pki) -> None:
