@@ -183,8 +183,10 @@ def _fractions(weights: Mapping[tuple[str, str, str], float], n: int) -> dict[tu
     return out
 
 
-def _split(weights: Mapping[tuple[str, str, str], float]) -> dict[tuple[str, str, str], int]:
-    """Largest-remainder rounding of weights to permille summing to exactly 1000."""
+def permille_shares(weights: Mapping[tuple[str, str, str], float]) -> dict[tuple[str, str, str], int]:
+    """Largest-remainder rounding of weights to permille summing to exactly 1000 (equal shares
+    where every weight is zero): the workloads' ``share_permille`` of a GPU window, here and on
+    the Prometheus path (collector/prometheus/rows.py)."""
     total = sum(weights.values())
     if total <= 0:
         n = len(weights)
@@ -636,7 +638,7 @@ class WindowAggregator:
         else:
             method = "equal"
             weights = {k: w.equal_weight for k, w in acc.workloads.items()}
-        shares = _split(weights)
+        shares = permille_shares(weights)
         out = tuple(
             Workload(
                 tenant=k[0],

@@ -11,7 +11,6 @@ the detector's aggregate.
 
 from __future__ import annotations
 
-import math
 from collections.abc import Mapping
 from typing import Any
 
@@ -19,6 +18,7 @@ from attestation.chain import ENERGY_RESET_EVENT
 from attestation.statement import UNATTRIBUTED, Event, Workload
 from collector.prometheus.coverage import Coverage
 from collector.prometheus.queries import _FIELD_KEYS, _PRESENCE, METRIC_OF, NOT_EXPORTED, default_power_limit_mw
+from core.window import permille_shares
 
 _MIB = 1 << 20
 _NO_VISIBLE_PROCESS = (UNATTRIBUTED, "process", "no-visible-process")
@@ -60,17 +60,6 @@ class ChunkRows:
 
     def __reduce__(self) -> tuple[type[ChunkRows], tuple[int, int, list[tuple[str, list[_GpuRows]]]]]:
         return (ChunkRows, (self.start_ms, self.windows, self.hosts))
-
-
-def _shares(weights: Mapping[tuple[str, str, str], float]) -> dict[tuple[str, str, str], int]:
-    """Largest-remainder permille of ``weights`` adding up to exactly 1000 (as the agent's)."""
-    total = sum(weights.values())
-    raw = {k: w * 1000.0 / total for k, w in weights.items()}
-    out = {k: math.floor(v) for k, v in raw.items()}
-    rest = 1000 - sum(out.values())
-    for k in sorted(raw, key=lambda k: (raw[k] - out[k], k), reverse=True)[:rest]:
-        out[k] += 1
-    return out
 
 
 class RowMaker:
@@ -344,7 +333,7 @@ class RowMaker:
             ((k3, wt),) = weights.items()
             return "exclusive", (Workload(k3[0], k3[1], k3[2], 0, None, 1000, round(wt * self.step_ms)),)
         if weights:
-            shares = _shares(weights)
+            shares = permille_shares(weights)
             return "equal", tuple(
                 Workload(k3[0], k3[1], k3[2], 0, None, shares[k3], round(wt * self.step_ms))
                 for k3, wt in sorted(weights.items())

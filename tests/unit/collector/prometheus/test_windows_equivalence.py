@@ -21,9 +21,10 @@ from attestation.statement import Event, GpuWindow, Series, UsageWindow, Workloa
 from collector.prometheus.client import Chunk, RangeSeries
 from collector.prometheus.labels import _first
 from collector.prometheus.queries import _FIELD_KEYS, _PRESENCE, _READ_KEYS, METRIC_OF, METRICS
-from collector.prometheus.rows import _MIB, _NO_VISIBLE_PROCESS, _Gpu, _shares
+from collector.prometheus.rows import _MIB, _NO_VISIBLE_PROCESS, _Gpu
 from collector.prometheus.windows import AGENT_VERSION, BOOT_ID, NODE_UNAVAILABLE, UNSIGNED_CHAIN, WindowBuilder
 from core.tenantrules import TenantRules
+from core.window import permille_shares
 
 T0 = 1_772_424_000_000
 RULES = TenantRules(namespaces={"team-a": "t-a", "team-b": "t-b"}, slurm_accounts={"physics": "t-phys"})
@@ -270,7 +271,7 @@ class ReferenceBuilder(WindowBuilder):
             ((k3, wt),) = weights.items()
             workloads = (Workload(k3[0], k3[1], k3[2], 0, None, 1000, round(wt * self.step_ms)),)
         elif weights:
-            shares = _shares(weights)
+            shares = permille_shares(weights)
             split = "equal"
             workloads = tuple(
                 Workload(k3[0], k3[1], k3[2], 0, None, shares[k3], round(wt * self.step_ms))
@@ -455,5 +456,4 @@ _REFERENCE_NEEDS = (
     NODE_UNAVAILABLE,
     UNSIGNED_CHAIN,
     _first,
-    _shares,
 )
