@@ -118,10 +118,11 @@ def changes(xs: Sequence[float | None]) -> list[float | None]:
     winsorising and the episodes left out then bound, while the shared step-rate fluctuations
     of a synchronous job survive differencing unchanged.
     """
+    if not xs:
+        return []
     out: list[float | None] = [None]
-    for a, b in zip(xs, xs[1:], strict=False):
-        out.append(None if a is None or b is None else b - a)
-    return out[: len(xs)]
+    out += [None if a is None or b is None else b - a for a, b in zip(xs, xs[1:], strict=False)]
+    return out
 
 
 def common_component(series: Sequence[Sequence[float | None]], length: int) -> list[float | None] | None:
@@ -168,10 +169,12 @@ def _winsorised(x: list[float | None]) -> list[float | None] | None:
         if scale <= _TINY:
             return None
     lo, hi = med - WINSOR * scale, med + WINSOR * scale
-    clipped = [None if v is None else min(hi, max(lo, v)) for v in x]
-    cp = [v for v in clipped if v is not None]
-    mean = sum(cp) / len(cp)
-    return [None if v is None else v - mean for v in clipped]
+    clipped = [lo if v < lo else hi if v > hi else v for v in present]
+    mean = sum(clipped) / len(clipped)
+    if len(present) == len(x):
+        return [v - mean for v in clipped]
+    it = iter(clipped)
+    return [None if v is None else next(it) - mean for v in x]
 
 
 @dataclass
@@ -197,6 +200,28 @@ class _Prepared:
         d = math.sqrt(self.rest_totals[a] * self.rest_totals[b])
         r_rest = sum(map(operator.mul, self.rest[a], self.rest[b])) / d if d > _TINY else 0.0
         return r_full, r_rest
+
+    def all_pairs(self) -> tuple[list[float], list[float]]:
+        """``pair`` of every two units, in (a, b) order with a < b: (full, robust) lists."""
+        dense, rest, totals, rest_totals = self.dense, self.rest, self.totals, self.rest_totals
+        same = rest is dense
+        few_eps = self.used_eps < 2
+        sqrt, mul = math.sqrt, operator.mul
+        full: list[float] = []
+        robust: list[float] = []
+        k = len(dense)
+        for a in range(k):
+            da, ra, ta, rta = dense[a], rest[a], totals[a], rest_totals[a]
+            for b in range(a + 1, k):
+                den = sqrt(ta * totals[b])
+                r_full = sum(map(mul, da, dense[b])) / den if den > _TINY else 0.0
+                full.append(r_full)
+                if same:
+                    robust.append(min(r_full, 0.0) if few_eps else r_full)
+                    continue
+                d = sqrt(rta * rest_totals[b])
+                robust.append(sum(map(mul, ra, rest[b])) / d if d > _TINY else 0.0)
+        return full, robust
 
     def result(self, scale: str, full: list[float], robust_pairs: list[float], units: int) -> Coupling:
         pairs = len(full)
@@ -238,6 +263,7 @@ def _prepare(
     length = len(episodes)
     mask = [False] * length if common is None else common_mask(list(common[:length]))
     use_cache = cache is not None and common is None
+    masked = any(mask)
     prepared: list[list[float | None]] = []
     names: list[str] = []
     points = length
@@ -245,7 +271,7 @@ def _prepare(
         hit = cache.get(id(xs)) if use_cache and cache is not None else None
         if hit is None:
             row = list(xs[:length]) + [None] * (length - len(xs))
-            x = deviations([None if m else v for v, m in zip(row, mask, strict=True)])
+            x = deviations([None if m else v for v, m in zip(row, mask, strict=True)] if masked else row)
             n = sum(1 for v in x if v is not None)
             w = _winsorised(x) if n >= min_points else None
             if use_cache and cache is not None:
@@ -332,15 +358,8 @@ def measure(
     p = _prepare(units, episodes, min_points, common)
     if p is None:
         return None
-    k = len(p.names)
-    full: list[float] = []
-    robust_pairs: list[float] = []
-    for a in range(k):
-        for b in range(a + 1, k):
-            r_full, r_rest = p.pair(a, b)
-            full.append(r_full)
-            robust_pairs.append(r_rest)
-    return p.result(scale, full, robust_pairs, k)
+    full, robust_pairs = p.all_pairs()
+    return p.result(scale, full, robust_pairs, len(p.names))
 
 
 @dataclass(frozen=True)

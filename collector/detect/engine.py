@@ -294,11 +294,19 @@ class DetectorEngine:
         # (serving on the same nodes), and a serving fleet is not coupled.
         weak_counts = coupled and weak >= strong
         gu.weak_counted = weak_counts and weak > 0
-        sums = gu.sums
+        # Sums in locals (a workload without a signal adds 0.0 to it: the same floats); a
+        # signal's entry exists where some workload carried it (its weight is then above 0).
+        util_s = util_w = power_s = power_w = sm_s = sm_w = tensor_s = tensor_w = 0.0
         mem_sum = mem_sq = 0.0
         mem_n = 0
+        strong_gpus = 0.0
+        nodes = gu.nodes
+        models = gu.models
+        shared_min = cfg.shared_workload_min_nodes
         for t, tw in tws:
             known = self._train_wl.get(t)
+            if not known and tw.strong <= 0 and not (weak_counts and tw.weak > 0):
+                continue  # no workload of this tenant is, or was recently, training-shaped
             if known is None:
                 known = self._train_wl[t] = {}
             counted = 0.0
@@ -312,44 +320,47 @@ class DetectorEngine:
                     if s - last > memory_ms:
                         del known[wl]
                         continue
-                counted += use.gpus
-                gu.strong += use.strong
+                g_use = use.gpus
+                counted += g_use
+                strong_gpus += use.strong
+                use_nodes = use.nodes
                 if use.slurm:
-                    gu.slurm_gpus += use.gpus
-                    gu.slurm_max_nodes = max(gu.slurm_max_nodes, len(use.nodes))
-                gu.nodes.update(use.nodes)
-                if len(use.nodes) >= cfg.shared_workload_min_nodes and use.gpus > gu.shared_workload_gpus:
-                    gu.shared_workload_gpus = use.gpus
-                    gu.shared_workload_nodes = len(use.nodes)
+                    gu.slurm_gpus += g_use
+                    gu.slurm_max_nodes = max(gu.slurm_max_nodes, len(use_nodes))
+                nodes.update(use_nodes)
+                if len(use_nodes) >= shared_min and g_use > gu.shared_workload_gpus:
+                    gu.shared_workload_gpus = g_use
+                    gu.shared_workload_nodes = len(use_nodes)
                 for model, (g, a) in use.models.items():
-                    m = gu.models.get(model)
+                    m = models.get(model)
                     if m is None:
-                        gu.models[model] = [g, a]
+                        models[model] = [g, a]
                     else:
                         m[0] += g
                         m[1] += a
-                if use.util_w > 0:
-                    acc = sums.setdefault("util", [0.0, 0.0])
-                    acc[0] += use.util_sum
-                    acc[1] += use.util_w
-                if use.power_w > 0:
-                    acc = sums.setdefault("power", [0.0, 0.0])
-                    acc[0] += use.power_sum
-                    acc[1] += use.power_w
-                if use.sm_w > 0:
-                    acc = sums.setdefault("sm", [0.0, 0.0])
-                    acc[0] += use.sm_sum
-                    acc[1] += use.sm_w
-                if use.tensor_w > 0:
-                    acc = sums.setdefault("tensor", [0.0, 0.0])
-                    acc[0] += use.tensor_sum
-                    acc[1] += use.tensor_w
+                util_s += use.util_sum
+                util_w += use.util_w
+                power_s += use.power_sum
+                power_w += use.power_w
+                sm_s += use.sm_sum
+                sm_w += use.sm_w
+                tensor_s += use.tensor_sum
+                tensor_w += use.tensor_w
                 mem_sum += use.mem_sum
                 mem_sq += use.mem_sq
                 mem_n += use.mem_n
             if counted:
                 gu.tenants[t] = counted
                 gu.gpus += counted
+        gu.strong += strong_gpus
+        for name, total, weight in (
+            ("util", util_s, util_w),
+            ("power", power_s, power_w),
+            ("sm", sm_s, sm_w),
+            ("tensor", tensor_s, tensor_w),
+        ):
+            if weight > 0:
+                gu.sums[name] = [total, weight]
         if mem_n >= 2 and mem_sum > 0:
             mean = mem_sum / mem_n
             gu.mem_cv = math.sqrt(max(0.0, mem_sq / mem_n - mean * mean)) / mean

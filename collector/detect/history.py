@@ -99,12 +99,13 @@ class History:
                         sums[i] += v
                         counts[i] += 1
             self.tseries.setdefault(t, {})[s] = [x / c if c else None for x, c in zip(sums, counts, strict=True)]
+        # Each tenant's windows are in the order they closed: the expired ones come first.
         oldest = self.starts[0]
         for store in (self.levels, self.tlevel, self.snaps, self.tseries):
             for t in list(store):
                 per = store[t]
-                for st in [st for st in per if st < oldest]:
-                    del per[st]
+                while per and (first := next(iter(per))) < oldest:
+                    del per[first]
                 if not per:
                     del store[t]
 
@@ -194,13 +195,17 @@ class History:
         self, members: Sequence[str], nodes: Sequence[str], starts: Sequence[int]
     ) -> dict[str, list[float | None]]:
         """Across windows: per node, the window-to-window change of the members' load there."""
+        # Per window, the members' level maps in member order (looked up once, not per node).
+        empty: dict[str, float] = {}
+        per_member = [self.levels.get(m, {}) for m in members]
+        columns = [[lv.get(st, empty) for lv in per_member] for st in starts]
         units: dict[str, list[float | None]] = {}
         for n in nodes:
             row: list[float | None] = []
-            for st in starts:
+            for maps in columns:
                 v: float | None = None
-                for m in members:
-                    v = self.levels.get(m, {}).get(st, {}).get(n)
+                for lv_map in maps:
+                    v = lv_map.get(n)
                     if v is not None:
                         break
                 row.append(v)

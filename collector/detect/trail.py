@@ -48,11 +48,13 @@ class Trail:
                     m[1] += a
             slots = self._by_tenant.setdefault(t, {})
             slots[s] = _Slot(end_ms, tw.strong, tw.weak, tuple((k, v[0], v[1]) for k, v in sorted(models.items())))
+        # A tenant's slots are in the order its windows closed (``s`` only grows): the expired
+        # ones are the first few, so each tenant costs a look at its oldest slot.
         oldest = s - keep_ms
         for t in list(self._by_tenant):
             slots = self._by_tenant[t]
-            for st in [st for st in slots if st < oldest]:
-                del slots[st]
+            while slots and (first := next(iter(slots))) < oldest:
+                del slots[first]
             if not slots:
                 del self._by_tenant[t]
 
