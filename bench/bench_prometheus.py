@@ -193,7 +193,7 @@ def in_memory_pipelined(nodes: int, hours: float) -> dict[str, object]:
             t = time.process_time()
             results = _chunk_results(site, chunk, T0_MS + 3_600_000)
             t1 = time.process_time()
-            rows = builder.compute(chunk, results)
+            rows = builder.compute(chunk, results, config)
             del results
             spent["generate_s"] += t1 - t
             spent["compute_s"] += time.process_time() - t1

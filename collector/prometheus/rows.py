@@ -1,27 +1,56 @@
 """A chunk's windows as plain values: every aggregate of a GPU's windows at once.
 
 ``RowMaker`` (a part of ``WindowBuilder``, collector/prometheus/windows.py) turns the points
-of each GPU in a chunk into one row per window, key by key on the slices of its windows
-(means, maxima, the energy counter, the per-step series, the workloads once per chunk where
-the GPU's workloads do not change), with the arithmetic of the window-by-window builder it
-replaced (tests/unit/collector/prometheus/test_windows_equivalence.py). The rows are cheap to
-pickle: ``WindowBuilder.assemble`` makes the records of them, collector/prometheus/sites.py
-the detector's aggregate.
+of each GPU in a chunk into its columns: one integer array per aggregate, one value per
+window, computed key by key on the slices of its windows (means, maxima, the energy counter,
+the per-step series, the workloads once per chunk where the GPU's workloads do not change),
+with the arithmetic of the window-by-window builder it replaced
+(tests/unit/collector/prometheus/test_windows_equivalence.py). Columns travel between
+processes at the cost of a copy (an ``array`` pickles as its bytes, where a row of Python
+ints and tuples per GPU-window cost more to unpickle than to aggregate):
+``WindowBuilder.assemble`` makes the records of them, collector/prometheus/sites.py the
+detector's aggregate.
 """
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from array import array
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 from attestation.chain import ENERGY_RESET_EVENT
 from attestation.statement import UNATTRIBUTED, Event, Workload
+from collector.detect.config import DetectConfig
+from collector.detect.signals import classify_values
 from collector.prometheus.coverage import Coverage
 from collector.prometheus.queries import _FIELD_KEYS, _PRESENCE, METRIC_OF, NOT_EXPORTED, default_power_limit_mw
 from core.window import permille_shares
 
 _MIB = 1 << 20
 _NO_VISIBLE_PROCESS = (UNATTRIBUTED, "process", "no-visible-process")
+
+# A GPU's integer columns (``GpuRows.ints``), each ``windows`` long, in this order; then, where
+# the step gives >= 2 points a window, the per-step utilisation and power (``windows *
+# per_window`` each). Every value is >= 0, so -1 stands for None (no value), never for 0.
+# ``SAMPLES`` 0: no point in the window (the GPU is absent from it). ``CLASS``: the window's
+# ``signals.classify_values`` for the ``DetectConfig`` the chunk was computed with (-1: not
+# classified, where the window has no workload).
+(
+    SAMPLES,
+    MEM_TOTAL,
+    POWER_LIMIT,
+    ENERGY_START,
+    ENERGY_END,
+    POWER_MEAN,
+    POWER_MAX,
+    UTIL,
+    MEM_USED,
+    SM,
+    TENSOR,
+    CLASS,
+) = range(12)
+COLUMNS = 12
+NONE = -1
 
 
 class _Gpu:
@@ -38,52 +67,82 @@ class _Gpu:
         self.atts: list[tuple[tuple[str, str, str], ...] | None] = [None] * n
 
 
-# One GPU-window as plain values (cheap to pickle), in this order: samples, mem_total_bytes,
-# power_limit_mw, energy_start_mj, energy_end_mj, power_mean_mw, power_max_mw,
-# util_mean_permille, mem_used_max_bytes, sm_active_mean_permille, tensor_active_mean_permille,
-# the series' util and power tuples (None: no series), split_method, workloads, unavailable, events.
-_Row = tuple[Any, ...]
-# One GPU of a chunk: index, UUID, model, identity, and its row per window (None: absent).
-_GpuRows = tuple[int, str, str, dict[str, str], list[_Row | None]]
+# Per window of a GPU: (split_method, workloads).
+Attribution = tuple[str, tuple[Workload, ...]]
+# One GPU of a chunk: index, UUID, model, identity; its integer columns (an ``array('q')``, or
+# a list where a value does not fit in 64 bits); per window its attribution, its unavailable
+# fields and its events (the same objects window after window where they do not change, so
+# that they pickle once).
+GpuRows = tuple[
+    int, str, str, dict[str, str], Sequence[int], list[Attribution], list[dict[str, str]], list[tuple[Event, ...]]
+]
 
 
 class ChunkRows:
-    """The windows of one chunk as plain values: what ``WindowBuilder.compute`` gives and
-    ``WindowBuilder.assemble`` turns into records. ``hosts``: (host, its GPUs), sorted."""
+    """The windows of one chunk as columns: what ``WindowBuilder.compute`` gives and
+    ``WindowBuilder.assemble`` turns into records. ``hosts``: (host, its GPUs with a point in
+    the chunk), sorted; ``config``: the ``DetectConfig`` the windows were classified with."""
 
-    __slots__ = ("start_ms", "windows", "hosts")
+    __slots__ = ("start_ms", "windows", "per_window", "config", "hosts")
 
-    def __init__(self, start_ms: int, windows: int, hosts: list[tuple[str, list[_GpuRows]]]) -> None:
+    def __init__(
+        self,
+        start_ms: int,
+        windows: int,
+        per_window: int,
+        config: DetectConfig | None,
+        hosts: list[tuple[str, list[GpuRows]]],
+    ) -> None:
         self.start_ms = start_ms
         self.windows = windows
+        self.per_window = per_window
+        self.config = config
         self.hosts = hosts
 
-    def __reduce__(self) -> tuple[type[ChunkRows], tuple[int, int, list[tuple[str, list[_GpuRows]]]]]:
-        return (ChunkRows, (self.start_ms, self.windows, self.hosts))
+    def __reduce__(self) -> tuple[type[ChunkRows], tuple[Any, ...]]:
+        return (ChunkRows, (self.start_ms, self.windows, self.per_window, self.config, self.hosts))
+
+
+def _column(values: list[int | None]) -> list[int]:
+    """``values`` with None as ``NONE``."""
+    return values if None not in values else [NONE if v is None else v for v in values]  # type: ignore[return-value]
+
+
+def _packed(values: list[int]) -> Sequence[int]:
+    """An ``array('q')`` of ``values`` (memcpy to pickle and unpickle), or the list where one
+    does not fit in 64 bits (a reading of 10^13 MiB, say)."""
+    try:
+        return array("q", values)
+    except OverflowError:
+        return values
 
 
 class RowMaker:
-    """The rows of a chunk's GPUs (``WindowBuilder`` is one); the energy counter carries over
-    from chunk to chunk."""
+    """The columns of a chunk's GPUs (``WindowBuilder`` is one); the energy counter carries
+    over from chunk to chunk."""
 
     step_ms: int
     per_window: int
     coverage: Coverage
     _energy_carry: dict[tuple[str, str], int]
 
-    def _hosts_rows(self, gpus: Mapping[tuple[str, str], _Gpu]) -> list[tuple[str, list[_GpuRows]]]:
-        """Per host (sorted), its GPUs sorted by (index, UUID) as a window lists them, with their rows."""
+    def _hosts_rows(
+        self, gpus: Mapping[tuple[str, str], _Gpu], config: DetectConfig | None
+    ) -> list[tuple[str, list[GpuRows]]]:
+        """Per host (sorted), its GPUs with a point in the chunk, sorted by (index, UUID) as a
+        window lists them, with their columns."""
         cov = self.coverage
-        windows_of: dict[str, list[tuple[tuple[int, str], _GpuRows]]] = {}
+        windows_of: dict[str, list[tuple[tuple[int, str], GpuRows]]] = {}
         for host, uuid in gpus:
             cov.host_gpus.setdefault(host, set()).add(uuid)
         for (host, uuid), g in gpus.items():
             index = g.index if g.index is not None else 0
             reasons, limit, identity = self._constants(g)
-            per_window = self._gpu_rows(g, reasons, limit)
-            windows_of.setdefault(host, []).append(
-                ((index, uuid), (index, uuid, g.model or "unknown", identity, per_window))
-            )
+            cols = self._gpu_rows(g, reasons, limit, config)
+            if cols is not None:
+                windows_of.setdefault(host, []).append(
+                    ((index, uuid), (index, uuid, g.model or "unknown", identity, *cols))
+                )
         return [(host, [r for _, r in sorted(items)]) for host, items in sorted(windows_of.items())]
 
     def _constants(self, g: _Gpu) -> tuple[dict[str, str], int | None, dict[str, str]]:
@@ -110,13 +169,15 @@ class RowMaker:
             identity["index"] = "no gpu label: index 0 is a placeholder"
         return reasons, limit, identity
 
-    def _gpu_rows(self, g: _Gpu, base: dict[str, str], table_limit: int | None) -> list[_Row | None]:
-        """The rows of every window of the chunk for ``g`` (None: no point in that window).
+    def _gpu_rows(
+        self, g: _Gpu, base: dict[str, str], table_limit: int | None, config: DetectConfig | None
+    ) -> tuple[Sequence[int], list[Attribution], list[dict[str, str]], list[tuple[Event, ...]]] | None:
+        """The columns of every window of the chunk for ``g`` (None: no point in the chunk).
 
         Each aggregate is computed for all windows at once, key by key, on the slices a
         window's points are in, with the same arithmetic as window by window (the values
-        are the same to the bit: tests/unit/collector/prometheus/test_windows.py keeps the
-        window-by-window builder this replaced and compares the two)."""
+        are the same to the bit: tests/unit/collector/prometheus/test_windows_equivalence.py
+        keeps the window-by-window builder this replaced and compares the two)."""
         p = self.per_window
         vals = g.vals
         n = len(g.atts) // p * p
@@ -124,7 +185,7 @@ class RowMaker:
         starts = range(0, n, p)
         pres = [vals[k] for k in _PRESENCE if k in vals]
         if not pres:
-            return [None] * windows
+            return None
         if all(None not in a for a in pres):
             samples = [p] * windows
         else:
@@ -134,7 +195,7 @@ class RowMaker:
                 flags = [any(v is not None for v in col) for col in zip(*pres, strict=True)]
             samples = [sum(flags[i : i + p]) for i in starts]
             if not any(samples):
-                return [None] * windows
+                return None
         reads = {k: _reads(arr, starts, p) for k, arr in vals.items()}
         none_w: list[Any] = [None] * windows
         r = reads.get("util")
@@ -171,80 +232,89 @@ class RowMaker:
             else [round(x[-1] * 1000) if x is not None and x[-1] > 0 else table_limit for x in r]
         )
         e_start, e_end, events = self._energy(g, reads.get("energy"), vals.get("energy"), starts, p)
+        # A window carries both energy readings or neither.
+        if None in e_start or None in e_end:
+            e_start, e_end = (
+                [None if s is None or e is None else s for s, e in zip(e_start, e_end, strict=True)],
+                [None if s is None or e is None else e for s, e in zip(e_start, e_end, strict=True)],
+            )
         # Series: per step, where the step gives >= 2 points a window.
+        series: list[int] = []
         if p >= 2:
-            arr = vals.get("util")
-            if arr is None:
-                s_util: list[tuple[int | None, ...]] = [p * (None,)] * windows
-            else:
-                u = [None if v is None else max(0, min(1000, round(v * 10))) for v in arr[:n]]
-                s_util = [tuple(u[i : i + p]) for i in starts]
-            arr = vals.get("power")
-            if arr is None:
-                s_power: list[tuple[int | None, ...]] = [p * (None,)] * windows
-            else:
-                pw = [None if v is None else max(0, round(v * 1000)) for v in arr[:n]]
-                s_power = [tuple(pw[i : i + p]) for i in starts]
-        else:
-            s_util = s_power = [None] * windows  # type: ignore[list-item]
+            for key, scale, top in (("util", 10, 1000), ("power", 1000, None)):
+                arr = vals.get(key)
+                if arr is None:
+                    series += [NONE] * n
+                elif top is None:
+                    series += [NONE if v is None else max(0, round(v * scale)) for v in arr[:n]]
+                else:
+                    series += [NONE if v is None else max(0, min(top, round(v * scale))) for v in arr[:n]]
         workloads = self._workloads_by_window(g.atts, vals.get("util"), starts, p)
-        # Reasons: the chunk's, and per window what it had no point of.
+        classes = [NONE] * windows
+        if config is not None:
+            su = series[:n] if p >= 2 else None
+            for w in range(windows):
+                if samples[w] and workloads[w][1]:
+                    b = None if su is None else [None if v == NONE else v for v in su[w * p : w * p + p]]
+                    classes[w] = classify_values(util[w], power_mean[w], limits[w], sm[w], b, config)
+        reasons = self._reasons(g, base, reads, samples, limits, e_start)
+        ints = [
+            *samples,
+            *_column(mem_total),
+            *_column(limits),
+            *_column(e_start),
+            *_column(e_end),
+            *_column(power_mean),
+            *_column(power_max),
+            *_column(util),
+            *_column(mem_used),
+            *_column(sm),
+            *_column(tensor),
+            *classes,
+            *series,
+        ]
+        return _packed(ints), workloads, reasons, events
+
+    def _reasons(
+        self,
+        g: _Gpu,
+        base: dict[str, str],
+        reads: dict[str, list[list[float] | None]],
+        samples: list[int],
+        limits: list[int | None],
+        e_start: list[int | None],
+    ) -> list[dict[str, str]]:
+        """Per window, the fields it has no value of and why: the chunk's reasons, and what the
+        window had no point of (one dict shared by the windows that lack nothing more)."""
         field_reads = [(f, key, reads[key]) for f, key in _FIELD_KEYS if key in reads]
         gappy = [x for _, _, x in field_reads if None in x]
-        missing = [False] * windows if not gappy else [None in col for col in zip(*gappy, strict=True)]
+        missing = [False] * len(samples) if not gappy else [None in col for col in zip(*gappy, strict=True)]
         clean = dict(base)
         clean.pop("energy_start_mj", None)
         clean.pop("energy_end_mj", None)
         limit_reason = "power_limit_mw" not in base
-        rows: list[_Row | None] = []
-        for w in range(windows):
-            s = samples[w]
-            if not s:
-                rows.append(None)
+        out = [clean] * len(samples)
+        for w, s in enumerate(samples):
+            no_limit = limits[w] is None and limit_reason
+            no_energy = e_start[w] is None
+            if not s or not (no_limit or no_energy or missing[w]):
                 continue
-            pl = limits[w]
-            es, ee = e_start[w], e_end[w]
-            reasons = clean
-            if (pl is None and limit_reason) or es is None or ee is None or missing[w]:
-                reasons = dict(base)
-                for fieldname, key, x in field_reads:
-                    if x[w] is None:
-                        reasons[fieldname] = f"{METRIC_OF[key]}: no point in window"
-                if pl is None and limit_reason:
-                    reasons["power_limit_mw"] = (
-                        f"{METRIC_OF['power_limit']}: no point in window, and model {g.model or 'unknown'!r} not in "
-                        "the table of default limits"
-                    )
-                if es is None or ee is None:
-                    es = ee = None
-                    why = reasons.get("energy_start_mj") or f"{METRIC_OF['energy']}: no point yet"
-                    reasons["energy_start_mj"] = reasons["energy_end_mj"] = why
-                else:
-                    reasons.pop("energy_start_mj", None)
-                    reasons.pop("energy_end_mj", None)
-            split, wl = workloads[w]
-            rows.append(
-                (
-                    s,
-                    mem_total[w],
-                    pl,
-                    es,
-                    ee,
-                    power_mean[w],
-                    power_max[w],
-                    util[w],
-                    mem_used[w],
-                    sm[w],
-                    tensor[w],
-                    s_util[w],
-                    s_power[w],
-                    split,
-                    wl,
-                    reasons,
-                    events[w],
+            reasons = out[w] = dict(base)
+            for fieldname, key, x in field_reads:
+                if x[w] is None:
+                    reasons[fieldname] = f"{METRIC_OF[key]}: no point in window"
+            if no_limit:
+                reasons["power_limit_mw"] = (
+                    f"{METRIC_OF['power_limit']}: no point in window, and model {g.model or 'unknown'!r} not in "
+                    "the table of default limits"
                 )
-            )
-        return rows
+            if no_energy:
+                why = reasons.get("energy_start_mj") or f"{METRIC_OF['energy']}: no point yet"
+                reasons["energy_start_mj"] = reasons["energy_end_mj"] = why
+            else:
+                reasons.pop("energy_start_mj", None)
+                reasons.pop("energy_end_mj", None)
+        return out
 
     def _energy(
         self,
@@ -352,4 +422,4 @@ def _reads(arr: list[float | None], starts: range, p: int) -> list[list[float] |
     return out
 
 
-__all__ = ["ChunkRows", "RowMaker"]
+__all__ = ["COLUMNS", "ChunkRows", "GpuRows", "RowMaker"]

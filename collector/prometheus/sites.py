@@ -4,9 +4,10 @@
 it: per tenant and workload the GPUs, classes and signal sums, and the load of the GPUs each
 tenant occupies on the nodes the coupling tests sample. ``aggregate_rows`` makes exactly that
 (the same values, in the same order, to the bit) from ``ChunkRows``, for every window of a
-chunk at once, so that no ``GpuWindow``/``UsageWindow`` record is made and only the compact
-result goes from the worker process to the detector's (collector/prometheus/pipeline.py);
-the engine takes it with ``DetectorEngine.observe_site``.
+chunk at once, so that no ``GpuWindow``/``UsageWindow`` record is made; the rows (integer
+columns, classified in the worker process) come from the worker to the detector's at the cost
+of a copy (collector/prometheus/pipeline.py); the engine takes the result with
+``DetectorEngine.observe_site``.
 
 It keeps ``aggregate``'s order throughout: nodes sorted, a node's GPUs by (index, UUID), a
 GPU's workloads as listed; so every sum adds the same terms in the same order and every dict
@@ -19,16 +20,28 @@ itself.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from array import array
 from typing import NamedTuple, cast
 
 import msgspec
 
 from collector.detect.config import DetectConfig
-from collector.detect.signals import STRONG, WEAK, classify_values, stable_sample
+from collector.detect.signals import STRONG, WEAK, stable_sample
 from collector.detect.usage import SiteWindow, TenantWindow, WorkloadUse
 from collector.prometheus.coverage import Coverage
-from collector.prometheus.rows import ChunkRows
+from collector.prometheus.rows import (
+    CLASS,
+    COLUMNS,
+    MEM_USED,
+    NONE,
+    POWER_LIMIT,
+    POWER_MEAN,
+    SAMPLES,
+    SM,
+    TENSOR,
+    UTIL,
+    ChunkRows,
+)
 
 # The records of the aggregate are msgspec structs where ``aggregate`` has dataclasses: the
 # same fields, read the same way by the engine, but made and pickled in C (a window of a
@@ -54,8 +67,10 @@ class GpuLoad(msgspec.Struct, gc=False):
     series: Buckets | None
 
 
-class WorkloadSums(msgspec.Struct):
-    """``collector.detect.usage.WorkloadUse``, field for field."""
+class WorkloadSums(msgspec.Struct, gc=False):
+    """``collector.detect.usage.WorkloadUse``, field for field. Not tracked by the cyclic
+    garbage collector (its dicts hold floats and lists of floats: no cycle can pass through
+    it), which would otherwise walk the 90,000 of them an hour of a 300-node site makes."""
 
     gpus: float = 0.0
     strong: float = 0.0
@@ -85,8 +100,28 @@ class SiteAt(NamedTuple):
     site: SiteWindow
 
 
-def _load(r: Sequence[object]) -> GpuLoad:
-    return GpuLoad(r[2], r[3], r[4], r[5], r[7], None if r[11] is None else Buckets(r[11], r[12]))  # type: ignore[arg-type]
+def _series(col: list[int], at: int, p: int) -> tuple[int | None, ...]:
+    t = tuple(col[at : at + p])
+    return t if NONE not in t else tuple(None if x == NONE else x for x in t)
+
+
+def _load(col: list[int], nw: int, p: int, w: int) -> GpuLoad:
+    """The coupling tests' view of window ``w`` of the GPU whose columns are ``col``
+    (POWER_LIMIT, ENERGY_START, ENERGY_END and POWER_MEAN are consecutive columns)."""
+    i = POWER_LIMIT * nw + w
+    lim, e0, e1, pm, u = col[i], col[i + nw], col[i + 2 * nw], col[i + 3 * nw], col[UTIL * nw + w]
+    series = None
+    if p >= 2:
+        at = COLUMNS * nw + w * p
+        series = Buckets(_series(col, at, p), _series(col, at + nw * p, p))
+    return GpuLoad(
+        None if lim == NONE else lim,
+        None if e0 == NONE else e0,
+        None if e1 == NONE else e1,
+        None if pm == NONE else pm,
+        None if u == NONE else u,
+        series,
+    )
 
 
 def aggregate_rows(
@@ -94,8 +129,11 @@ def aggregate_rows(
 ) -> list[SiteAt]:
     """Every window of the chunk with a node in it, as ``usage.aggregate`` gives it for the
     windows ``WindowBuilder.assemble`` would make of ``rows``; ``coverage`` counts the host-
-    and GPU-windows as ``assemble`` does."""
-    windows = rows.windows
+    and GPU-windows as ``assemble`` does. The windows must have been classified with ``cfg``
+    (``WindowBuilder.compute``, in the worker process)."""
+    if rows.config != cfg:
+        raise ValueError("the chunk's windows were classified with another detector configuration")
+    windows = nw = rows.windows
     seconds = max(1e-3, window_ms / 1000)
     tenants_at: list[dict[str, TenantWindow]] = [{} for _ in range(windows)]
     ib_at: list[dict[str, float | None]] = [{} for _ in range(windows)]
@@ -104,23 +142,27 @@ def aggregate_rows(
     weak_min, strong_min = WEAK, STRONG
     for host, gpus in rows.hosts:
         present = [0] * windows
-        for _index, _uuid, model, _identity, per_window in gpus:
-            for w, r in enumerate(per_window):
-                if r is None:
+        for _index, _uuid, model, _identity, ints, attributions, _reasons, _events in gpus:
+            # The GPU's columns as lists (an int per window, -1: None), read window by window.
+            col = ints.tolist() if isinstance(ints, array) else list(ints)
+            samples, lims, pms, utils = (col[k * nw : k * nw + nw] for k in (SAMPLES, POWER_LIMIT, POWER_MEAN, UTIL))
+            mems, sms, tcs, classes = (col[k * nw : k * nw + nw] for k in (MEM_USED, SM, TENSOR, CLASS))
+            for w in range(windows):
+                if not samples[w]:
                     continue
                 present[w] += 1
-                workloads = r[14]
+                workloads = attributions[w][1]
                 if not workloads:
                     continue
-                u = r[7]
-                lim = r[2]
-                pm = r[5]
-                sm = r[9]
-                cls = classify_values(u, pm, lim, sm, r[11], cfg)
-                pf = pm / lim if (pm is not None and lim) else None
-                tc = r[10]
-                activity = sm / 1000 if sm is not None else (u / 1000 if u is not None else 1.0)
-                mem = r[8]
+                u = utils[w]
+                lim = lims[w]
+                pm = pms[w]
+                sm = sms[w]
+                cls = classes[w]
+                pf = pm / lim if (pm != NONE and lim > 0) else None
+                tc = tcs[w]
+                activity = sm / 1000 if sm != NONE else (u / 1000 if u != NONE else 1.0)
+                mem = mems[w]
                 tenants = tenants_at[w]
                 for wl in workloads:
                     share = wl.share_permille / 1000
@@ -142,32 +184,32 @@ def aggregate_rows(
                         tw.weak += share
                     nodes = use.nodes
                     nodes[host] = nodes.get(host, 0.0) + share
-                    # The row stands for the GPU here (one tuple per GPU-window); turned into a
+                    # The GPU's columns stand for it here (once per window); turned into a
                     # ``GpuLoad`` below, for the sampled nodes only.
                     lst = tw.by_node.get(host)
                     if lst is None:
-                        tw.by_node[host] = [r]  # type: ignore[list-item]
-                    elif lst[-1] is not r:  # type: ignore[comparison-overlap]
-                        lst.append(r)  # type: ignore[arg-type]
+                        tw.by_node[host] = [col]  # type: ignore[list-item]
+                    elif lst[-1] is not col:  # type: ignore[comparison-overlap]
+                        lst.append(col)  # type: ignore[arg-type]
                     m = use.models.get(model)
                     if m is None:
                         use.models[model] = [share, share * activity]
                     else:
                         m[0] += share
                         m[1] += share * activity
-                    if u is not None:
+                    if u != NONE:
                         use.util_sum += u * share
                         use.util_w += share
                     if pf is not None:
                         use.power_sum += pf * share
                         use.power_w += share
-                    if sm is not None:
+                    if sm != NONE:
                         use.sm_sum += sm * share
                         use.sm_w += share
-                    if tc is not None:
+                    if tc != NONE:
                         use.tensor_sum += tc * share
                         use.tensor_w += share
-                    if mem is not None:
+                    if mem != NONE:
                         use.mem_sum += mem
                         use.mem_sq += float(mem) * mem
                         use.mem_n += 1
@@ -178,6 +220,7 @@ def aggregate_rows(
                 nodes_at[w].append(host)
                 seen[w] += k
     k = cfg.sync_sample_nodes
+    p = rows.per_window
     out: list[SiteAt] = []
     start = rows.start_ms
     host_windows = None if coverage is None else coverage.host_windows
@@ -187,7 +230,11 @@ def aggregate_rows(
             continue
         for tw in tenants_at[w].values():
             sample = set(stable_sample(tw.by_node, k))
-            tw.by_node = {n: [_load(r) for r in lst] for n, lst in tw.by_node.items() if n in sample}  # type: ignore[arg-type]
+            tw.by_node = {
+                n: [_load(x, nw, p, w) for x in lst]  # type: ignore[arg-type]
+                for n, lst in tw.by_node.items()
+                if n in sample
+            }
         s = start + w * window_ms
         out.append(SiteAt(s, s + window_ms, tuple(nodes_w), SiteWindow(tenants_at[w], ib_at[w], seen[w])))
         if host_windows is not None:

@@ -113,8 +113,8 @@ class PrometheusHistory:
                 q, label, batch[half:], start_s, end_s, step_s, r
             )
 
-    def rows(self) -> Iterator[ChunkRows]:
-        """Each chunk's rows (``WindowBuilder.compute``), in time order."""
+    def rows(self, config: DetectConfig | None = None) -> Iterator[ChunkRows]:
+        """Each chunk's rows (``WindowBuilder.compute``, classified with ``config``), in time order."""
         hosts_by_label = self._hosts()
         total_hosts = sum(len(v) for _, v in hosts_by_label)
         points = (self.chunks[0].end_ms - self.chunks[0].start_ms) // self.span.step_ms
@@ -127,7 +127,7 @@ class PrometheusHistory:
             results = {q.key: self._query(q, chunk, batches) for q in METRICS}
             self.coverage.requests = self.client.requests
             self.coverage.bytes_read = self.client.bytes_read
-            rows = self.builder.compute(chunk, results)
+            rows = self.builder.compute(chunk, results, config)
             del results
             _logger.debug("chunk %d/%d %s read", i + 1, len(self.chunks), rfc3339_ms(chunk.start_ms))
             yield rows
@@ -154,10 +154,10 @@ class PrometheusHistory:
         (the rows pickle cheaply; the aggregate, a record per workload, does not). The
         coverage is the same either way."""
         window_ms = self.span.window_ms
-        ahead: Iterable[ChunkRows] = self.rows()
+        ahead: Iterable[ChunkRows] = self.rows(config)
         finished: RunAhead[ChunkRows] | None = None
         if pipeline and usable():
-            ahead = finished = RunAhead(self.rows, lambda: self.coverage)
+            ahead = finished = RunAhead(lambda: self.rows(config), lambda: self.coverage)
         for rows in ahead:
             with no_gc():
                 sites = aggregate_rows(rows, config, window_ms, self.coverage)

@@ -56,6 +56,7 @@ import operator
 from collections.abc import Iterable, Mapping
 
 from attestation.statement import UNATTRIBUTED, Chain, GpuWindow, Series, UsageWindow
+from collector.detect.config import DetectConfig
 from collector.prometheus.client import Chunk, RangeSeries
 from collector.prometheus.coverage import Coverage
 from collector.prometheus.labels import CANONICAL_LABELS, LabelMap, _first
@@ -68,7 +69,24 @@ from collector.prometheus.queries import (
     MetricQuery,
     default_power_limit_mw,
 )
-from collector.prometheus.rows import ChunkRows, RowMaker, _Gpu
+from collector.prometheus.rows import (
+    COLUMNS,
+    ENERGY_END,
+    ENERGY_START,
+    MEM_TOTAL,
+    MEM_USED,
+    NONE,
+    POWER_LIMIT,
+    POWER_MAX,
+    POWER_MEAN,
+    SAMPLES,
+    SM,
+    TENSOR,
+    UTIL,
+    ChunkRows,
+    RowMaker,
+    _Gpu,
+)
 from core import __version__
 from core.errors import ConfigError
 from core.tenantrules import TenantRules
@@ -162,14 +180,20 @@ class WindowBuilder(RowMaker):
         with no_gc():
             return self._assemble(self._compute(chunk, results))
 
-    def compute(self, chunk: Chunk, results: Mapping[str, Iterable[RangeSeries]]) -> ChunkRows:
-        """Every value of the windows of ``chunk`` as plain rows (``ChunkRows``); ``assemble``
-        makes the records. Call it for the chunks in time order (the energy counter carries
-        over); ``assemble`` may run in another process (collector/prometheus/pipeline.py)."""
+    def compute(
+        self, chunk: Chunk, results: Mapping[str, Iterable[RangeSeries]], config: DetectConfig | None = None
+    ) -> ChunkRows:
+        """Every value of the windows of ``chunk`` as columns (``ChunkRows``); ``assemble``
+        makes the records, collector/prometheus/sites.py the detector's aggregate (which needs
+        the windows classified with its ``config``). Call it for the chunks in time order (the
+        energy counter carries over); the rows may be used in another process
+        (collector/prometheus/pipeline.py)."""
         with no_gc():
-            return self._compute(chunk, results)
+            return self._compute(chunk, results, config)
 
-    def _compute(self, chunk: Chunk, results: Mapping[str, Iterable[RangeSeries]]) -> ChunkRows:
+    def _compute(
+        self, chunk: Chunk, results: Mapping[str, Iterable[RangeSeries]], config: DetectConfig | None = None
+    ) -> ChunkRows:
         step = self.step_ms
         n = (chunk.end_ms - chunk.start_ms) // step
         grid0 = chunk.start_ms - 1  # ms of step -1's end; point k ends at grid0 + (k + 1) * step
@@ -255,7 +279,8 @@ class WindowBuilder(RowMaker):
         for q in METRICS:
             cov.series.setdefault(q.key, 0)
 
-        return ChunkRows(chunk.start_ms, (chunk.end_ms - chunk.start_ms) // self.window_ms, self._hosts_rows(gpus))
+        windows = (chunk.end_ms - chunk.start_ms) // self.window_ms
+        return ChunkRows(chunk.start_ms, windows, self.per_window, config, self._hosts_rows(gpus, config))
 
     def assemble(self, rows: ChunkRows) -> list[UsageWindow]:
         """The ``UsageWindow`` records of a chunk's rows, sorted by (window start, host)."""
@@ -267,38 +292,50 @@ class WindowBuilder(RowMaker):
         host_windows = cov.host_windows
         step = self.step_ms
         window_ms = self.window_ms
+        nw = rows.windows
+        p = rows.per_window
         out: list[UsageWindow] = []
         gpu_windows = 0
-        for w in range(rows.windows):
+        for w in range(nw):
             start = rows.start_ms + w * window_ms
             for host, gpus in rows.hosts:
                 gws = []
-                for index, uuid, model, identity, per_window in gpus:
-                    r = per_window[w]
-                    if r is None:
+                for index, uuid, model, identity, ints, workloads, reasons, events in gpus:
+                    if not ints[SAMPLES * nw + w]:
                         continue
+                    v = [None if x == NONE else x for x in ints[w : COLUMNS * nw : nw]]
+                    series = None
+                    if p >= 2:
+                        su = COLUMNS * nw + w * p
+                        sp = su + nw * p
+                        series = Series(
+                            step,
+                            tuple(None if x == NONE else x for x in ints[su : su + p]),
+                            tuple(None if x == NONE else x for x in ints[sp : sp + p]),
+                        )
+                    split, wl = workloads[w]
                     gws.append(
                         GpuWindow(
                             index=index,
                             uuid=uuid,
                             serial=None,
                             model=model,
-                            mem_total_bytes=r[1],
-                            power_limit_mw=r[2],
-                            samples=r[0],
-                            energy_start_mj=r[3],
-                            energy_end_mj=r[4],
-                            power_mean_mw=r[5],
-                            power_max_mw=r[6],
-                            util_mean_permille=r[7],
-                            mem_used_max_bytes=r[8],
-                            sm_active_mean_permille=r[9],
-                            tensor_active_mean_permille=r[10],
-                            series=None if r[11] is None else Series(step, r[11], r[12]),
-                            split_method=r[13],
-                            workloads=r[14],
-                            unavailable=dict(r[15]),
-                            events=r[16],
+                            mem_total_bytes=v[MEM_TOTAL],
+                            power_limit_mw=v[POWER_LIMIT],
+                            samples=ints[SAMPLES * nw + w],
+                            energy_start_mj=v[ENERGY_START],
+                            energy_end_mj=v[ENERGY_END],
+                            power_mean_mw=v[POWER_MEAN],
+                            power_max_mw=v[POWER_MAX],
+                            util_mean_permille=v[UTIL],
+                            mem_used_max_bytes=v[MEM_USED],
+                            sm_active_mean_permille=v[SM],
+                            tensor_active_mean_permille=v[TENSOR],
+                            series=series,
+                            split_method=split,
+                            workloads=wl,
+                            unavailable=dict(reasons[w]),
+                            events=events[w],
                             identity=identity,
                         )
                     )

@@ -56,7 +56,7 @@ def _site(site: SiteWindow, k: int) -> tuple[Any, ...]:
 def _compare(builder: WindowBuilder, twin: WindowBuilder, chunk: Chunk, results: Any, cfg: DetectConfig) -> int:
     """The chunk through records + ``aggregate`` and through rows + ``aggregate_rows``; windows compared."""
     records = builder.build(chunk, results)
-    rows = pickle.loads(pickle.dumps(twin.compute(chunk, results)))
+    rows = pickle.loads(pickle.dumps(twin.compute(chunk, results, cfg)))
     sites = aggregate_rows(rows, cfg, twin.window_ms, twin.coverage)
     by_start: dict[int, dict[str, Any]] = {}
     for w in records:
@@ -68,7 +68,8 @@ def _compare(builder: WindowBuilder, twin: WindowBuilder, chunk: Chunk, results:
         assert at.end_ms == max(w.end_ms for w in ws.values())
         want = aggregate([ws[n] for n in sorted(ws)], cfg)
         got = pickle.loads(pickle.dumps(at.site))  # as the detector's process receives it
-        assert _site(got, cfg.sync_sample_nodes) == _site(want, cfg.sync_sample_nodes), (
+        # repr: floats to the bit (0.0 and -0.0 differ there), dicts in their order.
+        assert repr(_site(got, cfg.sync_sample_nodes)) == repr(_site(want, cfg.sync_sample_nodes)), (
             f"window {at.start_ms}: the aggregate from rows differs from usage.aggregate of the records"
         )
     assert twin.coverage.host_windows == builder.coverage.host_windows
@@ -108,7 +109,7 @@ def test_whole_windows_give_the_findings_of_windows_node_by_node() -> None:
         results = bench_results(site, chunk, T0_MS + 3_600_000)
         for w in builder.build(chunk, results):
             raised_a += by_node.observe(w)
-        for at in aggregate_rows(twin.compute(chunk, results), CONFIG, twin.window_ms, twin.coverage):
+        for at in aggregate_rows(twin.compute(chunk, results, CONFIG), CONFIG, twin.window_ms, twin.coverage):
             raised_b += whole.observe_site(at.start_ms, at.end_ms, at.nodes, at.site)
     raised_a += by_node.finish()
     raised_b += whole.finish()
@@ -131,3 +132,13 @@ def test_the_structs_have_the_fields_the_detector_reads() -> None:
     assert WorkloadSums() == WorkloadSums(**{f.name: getattr(WorkloadUse(), f.name) for f in fields(WorkloadUse)})
     wanted = {n for n in vars(GpuLoadProtocol) if not n.startswith("_")}
     assert set(GpuLoad.__struct_fields__) == wanted
+
+
+def test_rows_classified_for_another_configuration_are_refused() -> None:
+    """The worker classifies each GPU window with the detector's configuration; rows made for
+    another (or none) would give the wrong classes, so they are refused, not aggregated."""
+    site = bench_site(2, random.Random(3))
+    chunk = Chunk(T0_MS, T0_MS + 600_000)
+    rows = WindowBuilder(BENCH_RULES, step_ms=STEP_MS).compute(chunk, bench_results(site, chunk, T0_MS), DetectConfig())
+    with pytest.raises(ValueError, match="another detector configuration"):
+        aggregate_rows(rows, CONFIG, 60_000)

@@ -329,3 +329,21 @@ def test_slurm_accounts_file_is_sacct_parsable_output(tmp_path: Path) -> None:
     p.write_text("4242 physics\n")
     with pytest.raises(ConfigError, match=":1:"):
         load_slurm_accounts(p)
+
+
+def test_columns_are_arrays_and_a_value_past_64_bits_keeps_its_value() -> None:
+    """The rows travel as ``array('q')`` columns (-1: no value); a value that does not fit in
+    64 bits (a reading of 10^14 MiB) keeps the GPU's columns a list, with the same windows."""
+    from array import array
+
+    lab = gpu_labels(namespace="team-a", pod="trainer-0")
+    results = {
+        "util": [series(lab, 30_000, [90.0, 90.0, 90.0, 90.0]), series(gpu_labels(gpu=1), 30_000, [50.0] * 4)],
+        "mem_total": [series(lab, 30_000, [1e14, 1e14, 81559.0, None])],
+    }
+    ws, _ = build(results)
+    assert [g.mem_total_bytes for w in ws for g in w.gpus] == [round(1e14 * (1 << 20)), None, 81559 << 20, None]
+    rows = WindowBuilder(RULES, step_ms=30_000).compute(Chunk(T0, T0 + 120_000), results)
+    (_host, gpus), = rows.hosts  # fmt: skip
+    assert [type(g[4]) for g in gpus] == [list, array]
+    assert WindowBuilder(RULES, step_ms=30_000).assemble(rows) == ws
