@@ -33,7 +33,7 @@ from __future__ import annotations
 
 import math
 import operator
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 
 WINSOR = 2.5
@@ -259,6 +259,7 @@ def _prepare(
     common: Sequence[float | None] | None,
     leave_out: int = LEAVE_OUT,
     cache: RowCache | None = None,
+    side_a: Callable[[str], bool] | None = None,
 ) -> _Prepared | None:
     length = len(episodes)
     mask = [False] * length if common is None else common_mask(list(common[:length]))
@@ -307,10 +308,22 @@ def _prepare(
     # The episodes left out are the group's, not each pair's: those in which the units agree
     # most in total (the sum over pairs of their cross products). Choosing per pair would leave
     # each pair's luckiest episodes out and bias every weak but real coupling below zero.
+    # Between two sets of units (``side_a`` names one), only the cross pairs are tested, so the
+    # agreement is theirs: an episode in which one side moved together on its own (B's nodes
+    # are one job) says nothing about A, and leaving it out would leave the cross pairs with
+    # the episodes of A's noise against B's quiet, a bias below zero.
     agreement = [0.0] * n_ep
-    for i, column in enumerate(zip(*dense, strict=True)):
-        tot = sum(column)
-        agreement[idx[i]] += tot * tot - sum(map(operator.mul, column, column))
+    if side_a is not None:
+        in_a = [side_a(n) for n in names]
+        rows_a = [x for x, a in zip(dense, in_a, strict=True) if a]
+        rows_b = [x for x, a in zip(dense, in_a, strict=True) if not a]
+        if rows_a and rows_b:
+            for i, (col_a, col_b) in enumerate(zip(zip(*rows_a, strict=True), zip(*rows_b, strict=True), strict=True)):
+                agreement[idx[i]] += sum(col_a) * sum(col_b)
+    else:
+        for i, column in enumerate(zip(*dense, strict=True)):
+            tot = sum(column)
+            agreement[idx[i]] += tot * tot - sum(map(operator.mul, column, column))
     top = set(sorted((e for e in occupied if agreement[e] > 0), key=lambda e: -agreement[e])[:leave])
     keep = [idx[i] not in top for i in range(length)]
     rest = dense
@@ -394,7 +407,15 @@ def measure_between(
 ) -> Between | None:
     """Coupling of the node pairs that straddle ``a`` and ``b``."""
     units = {("a", n): v for n, v in a.items()} | {("b", n): v for n, v in b.items()}
-    p = _prepare({f"{s}:{n}": v for (s, n), v in units.items()}, episodes, min_points, common, LEAVE_OUT, cache)
+    p = _prepare(
+        {f"{s}:{n}": v for (s, n), v in units.items()},
+        episodes,
+        min_points,
+        common,
+        LEAVE_OUT,
+        cache,
+        side_a=lambda name: name.startswith("a:"),
+    )
     if p is None:
         return None
     side = [n.split(":", 1)[0] for n in p.names]

@@ -408,6 +408,8 @@ class DetectorEngine:
                 self._history.group_coupling(s, members, exclude) if measured else GroupCoupling(None, None, "unknown")
             )
             gu = self._group_use(s, members, site, coupling.state == "coupled")
+            if gu.weak_counted and gu.gpus >= cfg.run_floor_gpus:
+                run = self._backfill_weak(key, members, run, s, gap_ms)
             if gu.gpus < cfg.run_floor_gpus:
                 if run is not None and s - run.last_hit_end_ms >= gap_ms:
                     out.extend(self._end_run(key))
@@ -437,6 +439,26 @@ class DetectorEngine:
             if f is not None:
                 out.append(f)
         return out
+
+    def _backfill_weak(self, key: str, members: list[str], run: Run | None, s: int, gap_ms: int) -> Run | None:
+        """The group's weak GPUs count from this window (it tested coupled, mostly weak): where
+        it has no finding yet, rebuild its span from its accounts' recent windows, once.
+
+        The coupling test stood on the history before this window, so the weak GPUs of those
+        windows were the same job's (as for accounts linked late: collector/detect/trail.py);
+        without this, an input-bound or power-capped run starts its ``min_duration_s`` only
+        when the test first has enough points, minutes after it reached size.
+        """
+        if run is not None and (run.finding is not None or run.weak_backfilled):
+            return run
+        fresh = set(members) if run is None else set()
+        run = self._trail.backfill(run, key, members, fresh, s, gap_ms)
+        if run is not None:
+            run.weak_backfilled = True
+            self._runs[key] = run
+            for m in members:
+                self._run_key_of[m] = key
+        return run
 
     def _account(self, run: Run, gu: GroupUse, coupling: GroupCoupling, window_s: float, counted: bool) -> None:
         """Add one window to ``run``; its totals only where ``counted`` (its state always)."""

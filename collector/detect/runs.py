@@ -82,6 +82,7 @@ class Run:
     emitted: Finding | None = None
     counted_to_ms: int = 0  # warm start: windows ending by then are in a stored finding's totals
     link_waits: int = 0  # windows a new finding waited for a link being confirmed
+    weak_backfilled: bool = False  # its span was rebuilt once its weak GPUs first counted
 
     def absorb(self, o: Run) -> None:
         """Fold another run of the same (now linked) group into this one."""
