@@ -173,8 +173,9 @@ def in_memory_pipelined(nodes: int, hours: float) -> dict[str, object]:
     process makes (here: generates) and computes each chunk's rows one ahead; the main
     process aggregates its windows as the detector does (collector/prometheus/sites.py) and
     runs the detector on the whole windows (``observe_site``). Wall and CPU of each process."""
-    from collector.prometheus.pipeline import RunAhead, no_gc
+    from collector.prometheus.pipeline import RunAhead
     from collector.prometheus.sites import aggregate_rows
+    from core.nogc import no_gc
 
     rng = random.Random(3)
     site = _site(nodes, rng)

@@ -68,6 +68,7 @@ from collector.detect.runs import GroupUse, ModelUse, Run, history_span_ms, run_
 from collector.detect.trail import Trail
 from collector.detect.usage import SiteWindow, aggregate
 from collector.tenants import TenantDirectory
+from core.nogc import no_gc
 
 _logger = logging.getLogger(__name__)
 
@@ -170,7 +171,8 @@ class DetectorEngine:
         for n in nodes:
             self._node_latest[n] = start_ms
         self._max_event_ms = max(self._max_event_ms, end_ms)
-        out.extend(self._close_site(start_ms, end_ms, nodes, site))
+        with no_gc():
+            out.extend(self._close_site(start_ms, end_ms, nodes, site))
         return out
 
     def finish(self) -> list[Finding]:
@@ -227,8 +229,9 @@ class DetectorEngine:
         return not self._pending
 
     def _close(self, s: int, windows: dict[str, UsageWindow]) -> list[Finding]:
-        site = aggregate([windows[n] for n in sorted(windows)], self.config)
-        return self._close_site(s, max(w.end_ms for w in windows.values()), windows, site)
+        with no_gc():  # a window's aggregate and tests make many objects and no cycles
+            site = aggregate([windows[n] for n in sorted(windows)], self.config)
+            return self._close_site(s, max(w.end_ms for w in windows.values()), windows, site)
 
     def _close_site(self, s: int, end: int, nodes: Collection[str], site: SiteWindow) -> list[Finding]:
         """Close window ``s`` (ending at ``end``) of ``nodes``, aggregated into ``site``."""

@@ -18,8 +18,6 @@ is false and the caller runs the producer in its own process.
 
 from __future__ import annotations
 
-import contextlib
-import gc
 import logging
 import multiprocessing
 import os
@@ -29,6 +27,7 @@ from multiprocessing.connection import Connection
 from typing import Any, Generic, TypeVar
 
 from collector.prometheus.client import PrometheusError
+from core.nogc import no_gc
 
 _logger = logging.getLogger(__name__)
 
@@ -38,21 +37,6 @@ T = TypeVar("T")
 class WorkerError(PrometheusError):
     """The worker process ended without saying why (killed, out of memory), or raised an
     exception that does not pickle (its type and text)."""
-
-
-@contextlib.contextmanager
-def no_gc() -> Iterator[None]:
-    """The cyclic garbage collector off while a chunk is built, sent, received or assembled:
-    a chunk makes millions of objects and no cycles, and each full collection would walk all
-    of them (a third of the window builder's time, and most of unpickling a chunk's rows);
-    back on afterwards, as it was."""
-    was = gc.isenabled()
-    gc.disable()
-    try:
-        yield
-    finally:
-        if was:
-            gc.enable()
 
 
 def cpus() -> int:
@@ -136,4 +120,4 @@ class RunAhead(Generic[T]):
             proc.join(timeout=10)
 
 
-__all__ = ["RunAhead", "WorkerError", "cpus", "no_gc", "usable"]
+__all__ = ["RunAhead", "WorkerError", "cpus", "usable"]

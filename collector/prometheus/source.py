@@ -30,10 +30,11 @@ from collector.prometheus.client import (
     quote,
     regex_alternation,
 )
-from collector.prometheus.pipeline import RunAhead, no_gc, usable
+from collector.prometheus.pipeline import RunAhead, usable
 from collector.prometheus.sites import SiteAt, aggregate_rows
 from collector.prometheus.windows import METRICS, ChunkRows, Coverage, MetricQuery, WindowBuilder
 from collector.tenants import TenantDirectory
+from core.nogc import no_gc
 
 _logger = logging.getLogger(__name__)
 

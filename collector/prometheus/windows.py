@@ -60,7 +60,6 @@ from collector.detect.config import DetectConfig
 from collector.prometheus.client import Chunk, RangeSeries
 from collector.prometheus.coverage import Coverage
 from collector.prometheus.labels import CANONICAL_LABELS, LabelMap, _first
-from collector.prometheus.pipeline import no_gc
 from collector.prometheus.queries import (
     METRIC_OF,
     METRICS,
@@ -89,6 +88,7 @@ from collector.prometheus.rows import (
 )
 from core import __version__
 from core.errors import ConfigError
+from core.nogc import no_gc
 from core.tenantrules import TenantRules
 
 # The placeholder chain of every window built here: nothing signed it.
