@@ -16,7 +16,7 @@ import pytest
 
 from attestation.statement import Chain, GpuWindow, NodeIo, Series, UsageWindow, Workload
 from collector.detect.config import DetectConfig
-from collector.detect.coupling import measure
+from collector.detect.coupling import measure, measure_between
 from collector.detect.engine import DetectorEngine
 from collector.detect.findings import Finding
 from collector.tenants import TenantDirectory
@@ -229,6 +229,26 @@ def test_one_shared_excursion_is_not_coupling_but_agreement_over_episodes_is() -
     assert c is not None and c.fired(0.1, 4.0) and c.corr > 0.3, c
 
 
+def test_a_link_test_leaves_out_where_the_two_sides_agree_not_where_one_side_does() -> None:
+    """Unrelated A and B share one shock; B's own nodes (one job) agree most in two other
+    episodes. Leaving out B's episodes would keep the shared shock and link A to B."""
+    rng = random.Random(0)
+    n = 30
+    eps = [t // 3 for t in range(n)]
+    own_b = [rng.gauss(0, 0.05) for _ in range(n)]
+    for t in (0, 1, 2, 3, 4, 5):
+        own_b[t] += 0.6 if t % 2 else -0.6  # B's job: two checkpoint-like swings of its own
+    shock = [(-0.5 if t in (18, 19) else 0.0) for t in range(n)]
+    a = {"a0": [rng.gauss(0, 0.05) + shock[t] for t in range(n)]}
+    b = {f"b{i}": [own_b[t] + rng.gauss(0, 0.02) + shock[t] for t in range(n)] for i in range(8)}
+    res = measure_between(a, b, eps, scale="across_windows", min_points=8)
+    assert res is not None and not res.fired(0.1, 4.0, 0.3), res
+    # Control: A that moves with B's job throughout is linked.
+    a_job = {"a0": [own_b[t] + rng.gauss(0, 0.02) + shock[t] for t in range(n)]}
+    res = measure_between(a_job, b, eps, scale="across_windows", min_points=8)
+    assert res is not None and res.fired(0.1, 4.0, 0.3), res
+
+
 def test_units_that_move_only_in_the_episodes_left_out_cannot_tell() -> None:
     """A job at its power limit is flat but for its checkpoints: once those are left out
     nothing is left to correlate, and that is "cannot tell" (None), not "uncoupled" (0)."""
@@ -325,6 +345,17 @@ def test_input_bound_fine_tuning_at_40_percent_is_found() -> None:
     found = Site([Nodes("ft", 16, "t-ft", sync_job(level=0.45, util=0.42, seed=41))], windows=40).run()
     (f,) = found
     assert f.gpus == 128 and f.evidence["throttled_gpus_counted_windows"] > 0
+
+
+def test_a_throttled_run_sampled_every_60_s_is_dated_from_its_start_not_from_its_first_test() -> None:
+    """Every GPU weak (utilisation 50%, power 40% of the limit) and one sample a window: the
+    weak GPUs count only once the group tests coupled, which needs 12 windows of window means;
+    the test stood on those windows, so the run starts where they do."""
+    site = Site([Nodes("pc", 16, "t-pc", sync_job(level=0.40, util=0.5, seed=43, start=2))], windows=40, sample_s=60)
+    (f,) = site.run()
+    assert f.gpus == 128 and f.evidence["throttled_gpus_counted_windows"] > 0
+    assert f.started_at_ms <= T0_MS + 3 * WINDOW_MS, f.started_at_ms - T0_MS
+    assert f.detected_at_ms - T0_MS <= 17 * WINDOW_MS, f.detected_at_ms - T0_MS
 
 
 def test_gpus_that_dip_below_the_thresholds_still_count_for_their_run() -> None:
