@@ -16,9 +16,10 @@ jobs move alone. Two things make that comparison fragile, and this module answer
   The share of points masked is reported.
 * **One excursion is not agreement.** Residuals are winsorised at ``WINSOR`` robust standard
   deviations (1.4826 x MAD), and the time points are cut into *episodes* (consecutive
-  windows). The statistic is the median pair correlation computed with every episode and
-  with each episode left out in turn, and the smallest of these counts: agreement has to
-  hold without any single episode. The median over pairs (not the mean) asks whether the
+  windows). The statistic is the smaller of the median pair correlation over every episode
+  and the one without the ``LEAVE_OUT`` episodes in which the units agree most (the
+  group's, or in a test between two sets of units the cross pairs'): agreement has to hold
+  without its strongest episodes. The median over pairs (not the mean) asks whether the
   *typical* pair of units is coupled, so several small clusters that each move together
   (multi-node inference instances) do not pass for one job.
 
