@@ -97,8 +97,9 @@ class DetectConfig:
     ``coupling_min_z`` confirms on its own (one job's nodes give 0.85-0.97 across windows from
     the energy counters; a fleet that moves together on a shared event gives about 0.2)."""
     coupling_min_share: float = 1 / 3
-    """Coupling stays a finding's job evidence while its tests found the group coupled in at
-    least this share of the last ``coupling_history_windows`` windows they measured it in: a
+    """Coupling is job evidence only while its tests found the group coupled in at least this
+    share of the last ``coupling_history_windows`` windows they measured it in (a run with
+    fewer tests than that is not held to it, so a new run is not delayed): a
     fleet that moved together only for a while (a ramp, a shared event) falls back to what size
     alone allows, and a run that turns coupled after a long uncoupled phase (a tenant's serving
     before its training) is a coupled run again within that many windows."""

@@ -25,7 +25,9 @@ Per closed window (the modules named do the work):
    ``workload_memory_s``) and the GPUs they occupy, which is the run's size; the run goes on
    across pauses, phases and restarts within ``run_gap_s`` (``runs``).
 5. A run of ``min_gpus`` whose span at size reaches ``min_duration_s`` at a duty cycle of at
-   least ``min_duty_cycle`` raises a finding when its nodes are coupled. Where coupling could
+   least ``min_duty_cycle`` raises a finding when its nodes are coupled (and, once
+   ``coupling_history_windows`` tests stand behind it, were in ``coupling_min_share`` of
+   them). Where coupling could
    not be measured at all (unknown, not evidence either way) one workload id across nodes, or
    ``size_alone_gpus`` strong GPUs on nodes whose InfiniBand is not idle, stands in for it;
    where it was measured and did not fire, nothing is raised. ``build`` writes the finding.
@@ -634,7 +636,14 @@ class DetectorEngine:
         if last is not None and self._fabric_idle(last):
             return False  # no east-west traffic: each node works alone, whatever moves together
         if run.coupling_votes >= cfg.coupling_confirm_windows:
-            return True  # coupled in more windows than not, lately
+            # Coupled in more windows than not, lately; and, once a whole history of tests
+            # stands behind the run, in ``coupling_min_share`` of them (``build._job_basis``):
+            # a fleet whose nodes moved together for a few windows after half an hour of
+            # testing apart (a shared event, a burst of load) has no job evidence.
+            recent = run.recent_tests
+            if len(recent) < cfg.coupling_history_windows:
+                return True
+            return sum(recent) >= cfg.coupling_min_share * len(recent)
         if run.coupling_state in ("coupled", "uncoupled", "pending"):
             return False
         if last is None:

@@ -4,7 +4,10 @@ Two time scales (collector/detect/coupling.py):
 
 * **across windows**: each sizeable tenant's load per sampled node and window (the window
   mean of power / limit, else utilisation, over the GPUs the tenant occupies there), and the
-  tenant's own level (the mean over all its nodes), for ``coupling_history_windows``;
+  tenant's own level (the mean over all its nodes), for ``coupling_history_windows``. A node
+  read once a window ends its window at its own sampling phase (``signals.sample_lag``): its
+  point is moved to the window's end, interpolating towards its next reading, and so waits
+  one window; the tenant's level waits with it;
 * **within windows**: the per-bucket node series, each window's mean removed, for
   ``max(sync_history_windows, link_history_windows)`` windows; only where windows carry
   buckets (samples 10 s apart or closer).
@@ -21,8 +24,8 @@ from collections.abc import Collection, Sequence
 from dataclasses import dataclass
 
 from collector.detect.config import DetectConfig
-from collector.detect.coupling import MIN_COMMON_TENANTS, Coupling, changes, common_component, measure
-from collector.detect.signals import node_series, stable_sample
+from collector.detect.coupling import MIN_COMMON_TENANTS, Coupling, changes, common_component, measure, median
+from collector.detect.signals import node_series, sample_lag, stable_sample
 from collector.detect.usage import TenantWindow
 
 SCALE_WITHIN = "within_windows"
@@ -49,6 +52,18 @@ class GroupCoupling:
         return max(cands, key=lambda c: (c.z, c.points))
 
 
+_LAG_WINDOWS = 5
+"""A node's sampling lag is the median of this many windows' (see ``History._lag``)."""
+
+
+def _raw(n: str, now: dict[str, float], waiting: dict[str, tuple[float, float]]) -> float | None:
+    v = now.get(n)
+    if v is not None:
+        return v
+    w = waiting.get(n)
+    return None if w is None else w[0]
+
+
 class History:
     def __init__(self, config: DetectConfig) -> None:
         self.config = config
@@ -60,6 +75,11 @@ class History:
         self.tseries: dict[str, dict[int, list[float | None]]] = {}  # tenant -> start -> tenant buckets
         self.reference: list[str] = []  # tenants that make the common component this window
         self._common_cache: dict[tuple[str, frozenset[str]], list[float | None] | None] = {}
+        # Sampling phase per node: its last ``_LAG_WINDOWS`` lags (seconds) and the last window seen.
+        self._lags: dict[str, tuple[deque[float], int]] = {}
+        self._lag_seen_now: set[str] = set()
+        # Per tenant, last window's node points that wait for this one: (start, node -> (level, share)).
+        self._pending: dict[str, tuple[int, dict[str, tuple[float, float]]]] = {}
 
     # ------------------------------------------------------------------ intake
 
@@ -73,15 +93,48 @@ class History:
         keep = set(sized[: max(0, cfg.link_max_tenants)])
         keep.update(t for t, tw in tws.items() if tw.candidate_gpus() >= cfg.sync_min_gpus)
         self.reference = [t for t in sized[: max(0, cfg.link_max_tenants)]]
+        prev_start = self.starts[-2] if len(self.starts) >= 2 else None
+        pending = self._pending
+        self._pending = {}
         for t in keep:
             tw = tws[t]
             # The tenant's level is the mean over its sampled nodes (the same stable sample
             # window after window), so a big tenant costs what a small one does.
             sample = stable_sample(tw.by_node, cfg.sync_sample_nodes)
-            lv_snap = {n: lv for n in sample if (lv := tw.node_level(n)) is not None}
-            if lv_snap:
-                self.levels.setdefault(t, {})[s] = lv_snap
-                self.tlevel.setdefault(t, {})[s] = sum(lv_snap.values()) / len(lv_snap)
+            now: dict[str, float] = {}
+            waiting: dict[str, tuple[float, float]] = {}
+            for n in sample:
+                lv = tw.node_level(n)
+                if lv is None:
+                    continue
+                lag = self._lag(n, sample_lag(tw.by_node[n], tw.window_s), s)
+                if lag is None or lag <= 0.0:
+                    now[n] = lv
+                else:
+                    waiting[n] = (lv, lag / tw.window_s)
+            # A node read once a window, early in it, has its point moved to the window's end:
+            # linearly towards its next reading, so last window's such points are done now.
+            before = pending.get(t)
+            if before is not None and before[0] == prev_start:
+                done = {
+                    n: v0 + f * (now_v - v0)
+                    for n, (v0, f) in before[1].items()
+                    if (now_v := _raw(n, now, waiting)) is not None
+                }
+                lv_prev = self.levels.get(t, {}).get(before[0])
+                if done:
+                    lv_prev = self.levels.setdefault(t, {}).setdefault(before[0], {})
+                    lv_prev.update(done)
+                if lv_prev:
+                    self.tlevel.setdefault(t, {})[before[0]] = sum(lv_prev.values()) / len(lv_prev)
+            if waiting:
+                self._pending[t] = (s, waiting)
+            if now:
+                self.levels.setdefault(t, {})[s] = now
+                if not waiting:
+                    # With points still waiting, the tenant's level waits too: a mean over some
+                    # of its nodes now and all of them a window later would be a change of its own.
+                    self.tlevel.setdefault(t, {})[s] = sum(now.values()) / len(now)
             snap: dict[str, list[float | None]] = {}
             for n in sample:
                 ser = node_series(tw.by_node[n])
@@ -101,6 +154,9 @@ class History:
             self.tseries.setdefault(t, {})[s] = [x / c if c else None for x, c in zip(sums, counts, strict=True)]
         # Each tenant's windows are in the order they closed: the expired ones come first.
         oldest = self.starts[0]
+        if len(self._lags) > 4 * len(self._lag_seen_now) + 1024:
+            self._lags = {n: v for n, v in self._lags.items() if v[1] >= oldest}
+        self._lag_seen_now = set()
         for store in (self.levels, self.tlevel, self.snaps, self.tseries):
             for t in list(store):
                 per = store[t]
@@ -108,6 +164,20 @@ class History:
                     del per[first]
                 if not per:
                     del store[t]
+
+    def _lag(self, node: str, lag: float | None, s: int) -> float | None:
+        """The node's sampling lag: the median of its last ``_LAG_WINDOWS`` (a sample that
+        jitters across a bucket's edge does not move the node back and forth)."""
+        entry = self._lags.get(node)
+        if lag is not None:
+            if entry is None:
+                entry = self._lags[node] = (deque(maxlen=_LAG_WINDOWS), s)
+            entry[0].append(lag)
+            self._lags[node] = (entry[0], s)
+            self._lag_seen_now.add(node)
+        if entry is None or not entry[0]:
+            return None
+        return median(list(entry[0]))
 
     # ------------------------------------------------------------------ series
 
@@ -189,6 +259,9 @@ class History:
         for m in members:
             now.update(self.levels.get(m, {}).get(s, {}))
             now.update(self.snaps.get(m, {}).get(s, {}))
+            waiting = self._pending.get(m)
+            if waiting is not None and waiting[0] == s:
+                now.update(waiting[1])  # occupied now, their point waits for the next window
         return stable_sample(now, k)
 
     def node_changes(

@@ -123,6 +123,49 @@ def node_series(gpus: Sequence[GpuLoad]) -> list[float | None] | None:
     return [None if m is None else m - centre for m in means]
 
 
+COARSE_MAX_SAMPLES = 1
+"""A node whose window holds at most this many readings (samples a window apart) is aligned
+on its sampling phase (``sample_lag``)."""
+
+
+def sample_lag(gpus: Sequence[GpuLoad], window_s: float) -> float | None:
+    """How far before the window's end a coarsely sampled node's window ends, in seconds: from
+    the last bucket holding a sample of any of ``gpus`` to the last bucket of the window (0 up
+    to a window less a bucket). 0 where the window holds more than ``COARSE_MAX_SAMPLES``
+    readings; None where no GPU has a series with a sample.
+
+    Each node's agent samples at its own phase of the interval, and a window's mean (or its
+    energy counter's change, carried from the last reading of the window before) ends at that
+    node's last reading. With one reading a window, two nodes' "same" window can be most of a
+    window apart, and a shared fluctuation then gives their window-to-window changes a
+    correlation near zero or below; ``History`` moves such points to the window's end. With
+    two or more the offset is at most half a window: on real MLPerf power read every 30 s,
+    moving the points changed nothing (docs/detection.md), and interpolating smooths.
+    """
+    last = -1
+    length = 0
+    sampled = 0
+    for g in gpus:
+        s = g.series
+        if s is None:
+            continue
+        for vals in (s.power_mw, s.util_permille):
+            length = max(length, len(vals))
+            n = len(vals) - vals.count(None)
+            if n == 0:
+                continue
+            sampled = max(sampled, n)
+            for i in range(len(vals) - 1, last, -1):
+                if vals[i] is not None:
+                    last = i
+                    break
+    if last < 0 or not length:
+        return None
+    if sampled > COARSE_MAX_SAMPLES:
+        return 0.0
+    return (length - 1 - last) * window_s / length
+
+
 _CRC: dict[str, tuple[int, str]] = {}
 
 

@@ -7,6 +7,7 @@ jobs do not; a common shock moves every tenant of the site at once.
 
 from __future__ import annotations
 
+import math
 import random
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -73,12 +74,16 @@ class Site:
         rng = random.Random(self.seed)
         out: list[UsageWindow] = []
         n_buckets = WINDOW_MS // BUCKET_MS
+        # Each node's agent samples at its own phase of the interval, the same window after
+        # window (it started when the node booted), plus a little jitter.
+        phases = random.Random(self.seed + 1)
+        node_phase = {(g.prefix, n): phases.uniform(0, self.sample_s) for g in self.groups for n in range(g.count)}
         for k in range(self.windows):
             start = T0_MS + k * WINDOW_MS
             for g in self.groups:
                 for n in range(g.count):
                     node = f"{g.prefix}-n{n:04d}"
-                    phase = rng.uniform(0, self.sample_s)
+                    phase = min(self.sample_s - 0.01, max(0.0, node_phase[(g.prefix, n)] + rng.gauss(0.0, 0.1)))
                     times = [phase + i * self.sample_s for i in range(int(60 // self.sample_s) + 1)]
                     times = [t for t in times if t < 60]
                     gpus = []
@@ -171,18 +176,24 @@ def _gpu(
 
 
 def sync_job(level: float = 0.72, util: float = 0.95, seed: int = 0, start: int = 0, end: int = 10**9) -> Level:
-    """A synchronous job: every rank shares the job's step rate in each window (stragglers and
-    congestion slow all of them), plus per-sample noise of its own (where in the step it is)."""
+    """A synchronous job: every rank shares the job's step rate (stragglers and congestion slow
+    all of them), plus per-sample noise of its own (where in the step it is)."""
     job_rng = random.Random(seed)
-    rate = [job_rng.gauss(0.0, 0.05) for _ in range(2000)]
+    rate = [job_rng.gauss(0.0, 0.05) for _ in range(2001)]
     checkpoint_every = job_rng.randrange(9, 14)
+    # The step rate wanders in continuous time (linearly between knots a minute apart, off the
+    # windows' grid): what a node reads depends on when it samples.
+    shift = job_rng.uniform(0.0, 60.0)
 
     def f(n: int, k: int, t: float, rng: random.Random) -> tuple[float, float] | None:
         if not start <= k < end:
             return None
-        r = rate[k]
-        if (k - start) % checkpoint_every == checkpoint_every - 1 and t < 30:
-            r -= 0.4  # the whole job pauses to checkpoint
+        x = (k * 60 + t - shift) / 60 + 1
+        j = int(x)
+        r = rate[j] + (x - j) * (rate[j + 1] - rate[j])
+        since = (k - start) * 60 + t - shift
+        if since % (60 * checkpoint_every) >= 60 * checkpoint_every - 30:
+            r -= 0.4  # the whole job pauses 30 s to checkpoint, every few minutes
         return util * (1 + r / 2), level * (1 + r) + rng.gauss(0.0, 0.06)
 
     return f
@@ -295,7 +306,9 @@ def test_independent_one_node_jobs_started_together_raise_nothing_at_any_interva
 
 
 def _stall(k: int, t: float) -> float:
-    return 0.15 if k in (14, 15, 33) else 1.0
+    """The shared file system hangs twice (two minutes, then one), starting 25 s into a minute."""
+    tau = k * 60 + t - 25
+    return 0.15 if 14 * 60 <= tau < 16 * 60 or 33 * 60 <= tau < 34 * 60 else 1.0
 
 
 def test_a_common_shock_links_no_tenants_and_a_transparent_tenant_stays_low() -> None:
@@ -434,6 +447,30 @@ def test_nodes_that_exchange_nothing_are_single_node_work_whatever_moves_them_to
     assert f.evidence["signals"]["infiniband_bytes_per_s"]["fired"] is True
 
 
+def test_a_fleet_that_moves_together_for_a_few_windows_after_half_an_hour_apart_raises_nothing() -> None:
+    """Sixteen nodes of independent work on a busy fabric (serving instances, say), tested
+    apart for 35 minutes; then a burst of shared load moves all of them in one rhythm for three
+    minutes, and they test coupled in 8 of the last 30 windows. Coupled in a few windows of a
+    long history is not a job (without the share rule: raised at `low`)."""
+    solo = independent_jobs(seed=31)
+
+    def fleet(n: int, k: int, t: float, rng: random.Random) -> tuple[float, float] | None:
+        lv = solo(n, k, t, rng)
+        if lv is None or not 35 <= k < 38:
+            return lv
+        wave = 0.25 * math.sin(2 * math.pi * (k * 60 + t) / 40)  # one shared rhythm, 40 s period
+        return lv[0], lv[1] * (1 + wave)
+
+    site = Site([Nodes("fl", 16, "t-fl", fleet, workload=lambda n, k: f"w-{n}", ib_bytes_per_s=3e9)], windows=50)
+    eng = DetectorEngine(DetectConfig(), TENANTS)
+    for w in site.stream():
+        eng.observe(w)
+    run = next(iter(eng._runs.values()))
+    assert run.coupled_windows >= 2, "the burst itself tests coupled"
+    eng.finish()
+    assert eng.findings() == []
+
+
 def test_a_run_split_over_one_node_accounts_is_found_from_its_true_start() -> None:
     """Ten accounts of one node each run one job (80 GPUs, none of them near a finding's size
     alone), sampled every 30 s. Their links come only after the link test's history; the run
@@ -450,6 +487,22 @@ def test_a_run_split_over_one_node_accounts_is_found_from_its_true_start() -> No
     started_min = (f.started_at_ms - T0_MS) // WINDOW_MS
     assert started_min <= 4, f"dated from the link ({started_min} min), not from the accounts' start"
     assert f.evidence["gpu_seconds"] >= 80 * 60 * 30, "the accounts' GPU-seconds before the link are counted"
+
+
+def test_a_coarse_nodes_lag_is_read_from_its_buckets() -> None:
+    from collector.detect.signals import sample_lag
+
+    def gpu(samples: list[int]) -> GpuWindow:
+        util = [900 if b in samples else None for b in range(6)]
+        return msgspec.structs.replace(
+            _gpu(0, "n", [0.9] * 6, [0.7] * 6, Workload("t", "k8s_pod", "w", 1, 1, 1000, 0)),
+            series=Series(BUCKET_MS, tuple(util), tuple(None for _ in util)),
+        )
+
+    assert sample_lag([gpu([1])], 60.0) == 40.0  # one reading a minute, taken 10-20 s in
+    assert sample_lag([gpu([0, 3])], 60.0) == 0.0  # every 30 s: not moved
+    assert sample_lag([gpu([1, 3, 5]), gpu([0, 2, 4])], 60.0) == 0.0  # every 20 s: not moved
+    assert sample_lag([msgspec.structs.replace(gpu([1]), series=None)], 60.0) is None
 
 
 def test_window_means_come_from_the_energy_counter_where_it_is_consistent() -> None:
