@@ -103,3 +103,43 @@ def test_real_training_nodes_read_once_a_minute_at_their_own_phases_are_coupled_
     monkeypatch.setattr(history, "sample_lag", lambda gpus, window_s: 0.0)
     raw = [c for src in sources for seed in range(3) for c in _coupling(src, 60.0, seed)]
     assert statistics.median(raw) < DetectConfig().coupling_min_corr <= statistics.median(aligned)
+
+
+def _node(level: float, bucket: int | None) -> _Gpu:
+    """A GPU window read once, in ``bucket`` (None: no series), at ``level`` of its limit."""
+    mw = int(level * LIMIT_MW)
+    power: list[int | None] = [mw if b == bucket else None for b in range(BUCKETS)]
+    return _Gpu(
+        power_mean_mw=mw,
+        energy_start_mj=0,
+        energy_end_mj=mw * WINDOW_S,
+        series=_Series(tuple(None for _ in power), tuple(power)),
+    )
+
+
+def test_a_point_read_early_in_its_window_waits_for_the_next_reading_and_moves_towards_it() -> None:
+    hist = History(DetectConfig())
+    levels = {"early": [0.50, 0.80, 0.20], "late": [0.60, 0.70, 0.40], "blind": [0.30, 0.30, 0.90]}
+    # Read 10-20 s into the window (40 s before its last bucket), in its last 10 s, no series.
+    bucket = {"early": 1, "late": 5, "blind": None}
+    for k in range(3):
+        tw = TenantWindow(window_s=float(WINDOW_S))
+        for n, lv in levels.items():
+            g = _node(lv[k], bucket[n])
+            if bucket[n] is None:
+                g.series = None  # type: ignore[assignment]
+            tw.by_node[n] = [g]
+        tw.occupied = tw.strong = 24.0
+        hist.record(k * 60_000, {"t": tw})
+        got = hist.levels["t"]
+        assert "early" not in got[k * 60_000], "the newest early point waits for the next reading"
+        assert got[k * 60_000]["late"] == pytest.approx(levels["late"][k])  # at the window's end already
+        assert got[k * 60_000]["blind"] == pytest.approx(levels["blind"][k])  # no phase: not moved
+        assert k * 60_000 not in hist.tlevel.get("t", {}), "the tenant's level waits for its nodes"
+        if k:
+            prev = levels["early"]
+            moved = prev[k - 1] + 40 / 60 * (prev[k] - prev[k - 1])
+            assert got[(k - 1) * 60_000]["early"] == pytest.approx(moved)
+            mean = (moved + levels["late"][k - 1] + levels["blind"][k - 1]) / 3
+            assert hist.tlevel["t"][(k - 1) * 60_000] == pytest.approx(mean)
+    assert set(hist.sample_nodes(2 * 60_000, ["t"], 8)) == set(levels), "a waiting node is still sampled"
