@@ -121,6 +121,10 @@ class DetectConfig:
     whichever account leases them."""
     link_coarse_min_corr: float = 0.08
     """Across windows: the same, on window-to-window changes (as ``coupling_min_corr``)."""
+    link_coarse_history_windows: int = 60
+    """Across windows: windows of node changes pooled for a link test. Longer than a group's
+    ``coupling_history_windows``: an account of one node read once a minute has one series
+    to offer, and thirty points of it are little evidence however coupled it is."""
     link_min_ratio: float = 0.5
     """... and at least this share of the coupling within each account's own nodes: unrelated
     jobs are coupled within and not across; one job's accounts are coupled both ways."""

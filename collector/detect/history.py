@@ -67,7 +67,13 @@ def _raw(n: str, now: dict[str, float], waiting: dict[str, tuple[float, float]])
 class History:
     def __init__(self, config: DetectConfig) -> None:
         self.config = config
-        span = max(config.coupling_history_windows, config.sync_history_windows, config.link_history_windows, 1)
+        span = max(
+            config.coupling_history_windows,
+            config.link_coarse_history_windows,
+            config.sync_history_windows,
+            config.link_history_windows,
+            1,
+        )
         self.starts: deque[int] = deque(maxlen=span)
         self.levels: dict[str, dict[int, dict[str, float]]] = {}  # tenant -> start -> node -> load
         self.tlevel: dict[str, dict[int, float]] = {}  # tenant -> start -> mean load over its nodes
@@ -152,15 +158,23 @@ class History:
                         sums[i] += v
                         counts[i] += 1
             self.tseries.setdefault(t, {})[s] = [x / c if c else None for x, c in zip(sums, counts, strict=True)]
-        # Each tenant's windows are in the order they closed: the expired ones come first.
+        # Each tenant's windows are in the order they closed: the expired ones come first. The
+        # bucket series are kept for the within-windows histories only.
         oldest = self.starts[0]
+        within_span = max(cfg.sync_history_windows, cfg.link_history_windows, 1)
+        oldest_within = self.starts[-within_span] if len(self.starts) >= within_span else oldest
         if len(self._lags) > 4 * len(self._lag_seen_now) + 1024:
             self._lags = {n: v for n, v in self._lags.items() if v[1] >= oldest}
         self._lag_seen_now = set()
-        for store in (self.levels, self.tlevel, self.snaps, self.tseries):
+        for store, since in (
+            (self.levels, oldest),
+            (self.tlevel, oldest),
+            (self.snaps, oldest_within),
+            (self.tseries, oldest_within),
+        ):
             for t in list(store):
                 per = store[t]
-                while per and (first := next(iter(per))) < oldest:
+                while per and (first := next(iter(per))) < since:
                     del per[first]
                 if not per:
                     del store[t]
@@ -181,8 +195,9 @@ class History:
 
     # ------------------------------------------------------------------ series
 
-    def across_starts(self) -> list[int]:
-        return list(self.starts)[-self.config.coupling_history_windows :]
+    def across_starts(self, windows: int | None = None) -> list[int]:
+        """The last ``windows`` (default ``coupling_history_windows``) window starts."""
+        return list(self.starts)[-(windows or self.config.coupling_history_windows) :]
 
     def within_starts(self, windows: int) -> list[int]:
         return list(self.starts)[-windows:]

@@ -96,7 +96,7 @@ class Linker:
 
     def _scales(self, hist: History) -> list[_Scale]:
         cfg = self.config
-        across = hist.across_starts()
+        across = hist.across_starts(cfg.link_coarse_history_windows)
         within = hist.within_starts(cfg.link_history_windows)
         lengths = [
             max((len(v) for per in hist.tseries.values() if (v := per.get(st)) is not None), default=0) for st in within

@@ -143,7 +143,8 @@ def run_gap_ms(config: DetectConfig, window_ms: int) -> int:
 def history_span_ms(config: DetectConfig, window_ms: int) -> int:
     """How far back in event time the detector's decisions reach, for windows of ``window_ms``.
 
-    Coupling pools ``coupling_history_windows`` windows; a link needs its history and then
+    Coupling pools ``coupling_history_windows`` windows; a link needs its history (the longer
+    ``link_coarse_history_windows`` across windows) and then
     ``link_confirm_windows`` tests in a row; the nodes a window waits for are those of the last
     ``active_node_windows``; a run is raised once it has held its size for ``min_duration_s``
     (from the start of its first window at size). A detector that has seen this span of
@@ -153,6 +154,7 @@ def history_span_ms(config: DetectConfig, window_ms: int) -> int:
         config.sync_history_windows,
         config.coupling_history_windows + config.link_confirm_windows,
         config.link_history_windows + config.link_confirm_windows,
+        config.link_coarse_history_windows + config.link_confirm_windows,
         config.active_node_windows,
     )
     return max(windows * window_ms, config.min_duration_s * _MS + window_ms)

@@ -169,13 +169,14 @@ def _detected_at(found: list[Finding]) -> int:
 
 def test_lookback_follows_the_detector_history_not_a_constant() -> None:
     base = lookback_ms(CONFIG, WINDOW_MS)
-    # 33 windows of history (30 of coupling series + 3 link confirmations), a run's gap of
-    # 1,200 s, 300 s of lateness.
-    assert base == 33 * WINDOW_MS + 1_200_000 + 300_000
-    longer = DetectConfig(coupling_history_windows=50)
+    # 63 windows of history (60 of a link test's series across windows + 3 link
+    # confirmations), a run's gap of 1,200 s, 300 s of lateness.
+    assert base == 63 * WINDOW_MS + 1_200_000 + 300_000
+    longer = DetectConfig(link_coarse_history_windows=80)
     assert lookback_ms(longer, WINDOW_MS) == base + 20 * WINDOW_MS
-    slow = DetectConfig(min_duration_s=3600)
-    assert lookback_ms(slow, WINDOW_MS) == 3600_000 + WINDOW_MS + 1_200_000 + 300_000
+    assert lookback_ms(DetectConfig(coupling_history_windows=50), WINDOW_MS) == base, "the longest history decides"
+    slow = DetectConfig(min_duration_s=7200)
+    assert lookback_ms(slow, WINDOW_MS) == 7200_000 + WINDOW_MS + 1_200_000 + 300_000
     assert lookback_ms(DetectConfig(run_gap_s=600), WINDOW_MS) == base - 600_000
     assert lookback_ms(CONFIG, 30_000) < base, "shorter windows, shorter look-back"
 
@@ -183,7 +184,7 @@ def test_lookback_follows_the_detector_history_not_a_constant() -> None:
 def test_a_run_about_to_be_raised_at_a_restart_is_raised_in_the_first_window_after_it(
     open_store: Callable[..., Any],
 ) -> None:
-    late = site(110, train_from=70)  # the run starts after more than a look-back of history
+    late = site(140, train_from=100)  # the run starts after more than a look-back of history
     expected = _detected_at(uninterrupted(late))
     restart_at = (expected - START_MS) // WINDOW_MS - 1  # every window before the deciding one is stored
     restart_end_ms = START_MS + restart_at * WINDOW_MS
@@ -233,11 +234,12 @@ def test_an_open_finding_is_continued_after_a_restart_not_raised_again(
 
 
 def test_a_run_that_ended_before_the_restart_is_not_raised_again(open_store: Callable[..., Any]) -> None:
-    rounds = site(100, train_from=30, train_to=84)
+    rounds = site(160, train_from=30, train_to=144)
     (ref,) = [f for f in uninterrupted(rounds) if f.tenant == DEMO_OPAQUE_TENANT]
-    # The look-back (31 min before minute 88) holds the run's last 27 windows: replayed alone
+    # The look-back (88 min before minute 148) holds the run's last 84 windows: replayed alone
     # they would make a run long enough to raise.
-    store, _ = run_with_restart(open_store, rounds, restart_at=88)
+    assert 148 * WINDOW_MS - lookback_ms(CONFIG, WINDOW_MS) > 30 * WINDOW_MS, "the run began before the look-back"
+    store, _ = run_with_restart(open_store, rounds, restart_at=148)
     records = [r for r in store.findings() if r.kind == KIND_LARGE_TRAINING]
     assert [(r.finding_id, r.detected_ms) for r in records] == [(ref.id, ref.detected_at_ms)]
 
@@ -248,10 +250,11 @@ def test_linked_accounts_of_one_job_stay_one_finding_across_a_restart(
 ) -> None:
     # Small accounts (32 GPUs each) are a run only together; large ones (80 GPUs) each alone
     # would be one, before the replay has linked them again.
-    rounds = site(100, train_from=30, accounts=accounts, train_nodes=train_nodes)
+    rounds = site(130, train_from=30, accounts=accounts, train_nodes=train_nodes)
     refs = [f for f in uninterrupted(rounds) if f.tenant.startswith(DEMO_OPAQUE_TENANT)]
     assert len(refs) == 1 and len(refs[0].tenants) == accounts, "the scenario links the accounts"
-    store, _ = run_with_restart(open_store, rounds, restart_at=80)
+    assert 125 * WINDOW_MS - lookback_ms(CONFIG, WINDOW_MS) > 30 * WINDOW_MS, "the replay starts after the link"
+    store, _ = run_with_restart(open_store, rounds, restart_at=125)
     records = [r for r in store.findings() if r.kind == KIND_LARGE_TRAINING]
     assert [r.finding_id for r in records] == [refs[0].id], [json.loads(r.json_text)["tenants"] for r in records]
     assert json.loads(records[0].json_text)["tenants"] == list(refs[0].tenants)
@@ -316,7 +319,7 @@ class _CountingStore:
 
 
 def test_the_start_leaf_is_found_without_reading_the_whole_log(open_store: Callable[..., Any]) -> None:
-    rounds = site(240, train_from=40)  # four hours, received as they end
+    rounds = site(330, train_from=40)  # five and a half hours, received as they end
     store = open_store()
     feed = Site.enroll(store, sorted({w.node_id for ws in rounds for w in ws}))
     for ws in rounds:

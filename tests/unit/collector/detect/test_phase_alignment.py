@@ -143,3 +143,27 @@ def test_a_point_read_early_in_its_window_waits_for_the_next_reading_and_moves_t
             mean = (moved + levels["late"][k - 1] + levels["blind"][k - 1]) / 3
             assert hist.tlevel["t"][(k - 1) * 60_000] == pytest.approx(mean)
     assert set(hist.sample_nodes(2 * 60_000, ["t"], 8)) == set(levels), "a waiting node is still sampled"
+
+
+def test_link_tests_pool_a_longer_history_across_windows_than_the_bucket_series_keep() -> None:
+    cfg = DetectConfig()
+    hist = History(cfg)
+    for k in range(cfg.link_coarse_history_windows + 10):
+        tw = TenantWindow(window_s=float(WINDOW_S))
+        power = tuple(500_000 + 1000 * (k % 7) * (b + 1) for b in range(BUCKETS))
+        for n in ("a", "b", "c"):
+            tw.by_node[n] = [
+                _Gpu(
+                    power_mean_mw=power[-1],
+                    energy_start_mj=0,
+                    energy_end_mj=power[-1] * WINDOW_S,
+                    series=_Series(tuple(None for _ in power), power),
+                )
+            ]
+        tw.occupied = tw.strong = 24.0
+        hist.record(k * 60_000, {"t": tw})
+    assert len(hist.levels["t"]) == cfg.link_coarse_history_windows
+    assert len(hist.across_starts()) == cfg.coupling_history_windows
+    assert len(hist.across_starts(cfg.link_coarse_history_windows)) == cfg.link_coarse_history_windows
+    # The per-bucket series serve only the within-windows tests, over the shorter histories.
+    assert len(hist.snaps["t"]) == max(cfg.sync_history_windows, cfg.link_history_windows)
