@@ -320,8 +320,7 @@ def _job_basis(run: Run, cfg: DetectConfig) -> str:
     than the share allowed) or "size alone"; "separate Slurm jobs" says it is not one job."""
     if run.last is not None and slurm_jobs_apart(run.last, cfg):
         return "separate Slurm jobs"
-    recent = run.recent_tests
-    if run.coupled_windows >= cfg.coupling_confirm_windows and sum(recent) >= cfg.coupling_min_share * len(recent):
+    if run.coupled_windows >= cfg.coupling_confirm_windows and run.coupled_share(cfg.coupling_min_share):
         return "coupling"
     if run.last is not None and run.last.shared_workload_gpus >= cfg.min_gpus:
         return "one workload id"

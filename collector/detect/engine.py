@@ -640,10 +640,7 @@ class DetectorEngine:
             # stands behind the run, in ``coupling_min_share`` of them (``build._job_basis``):
             # a fleet whose nodes moved together for a few windows after half an hour of
             # testing apart (a shared event, a burst of load) has no job evidence.
-            recent = run.recent_tests
-            if len(recent) < cfg.coupling_history_windows:
-                return True
-            return sum(recent) >= cfg.coupling_min_share * len(recent)
+            return len(run.recent_tests) < cfg.coupling_history_windows or run.coupled_share(cfg.coupling_min_share)
         if run.coupling_state in ("coupled", "uncoupled", "pending"):
             return False
         if last is None:

@@ -54,6 +54,8 @@ class GroupCoupling:
 
 _LAG_WINDOWS = 5
 """A node's sampling lag is the median of this many windows' (see ``History._lag``)."""
+_LAGS_KEPT = 4096
+"""Above this many nodes, the lags of nodes not seen within the history are dropped."""
 
 
 def _raw(n: str, now: dict[str, float], waiting: dict[str, tuple[float, float]]) -> float | None:
@@ -83,7 +85,6 @@ class History:
         self._common_cache: dict[tuple[str, frozenset[str]], list[float | None] | None] = {}
         # Sampling phase per node: its last ``_LAG_WINDOWS`` lags (seconds) and the last window seen.
         self._lags: dict[str, tuple[deque[float], int]] = {}
-        self._lag_seen_now: set[str] = set()
         # Per tenant, last window's node points that wait for this one: (start, node -> (level, share)).
         self._pending: dict[str, tuple[int, dict[str, tuple[float, float]]]] = {}
 
@@ -163,9 +164,8 @@ class History:
         oldest = self.starts[0]
         within_span = max(cfg.sync_history_windows, cfg.link_history_windows, 1)
         oldest_within = self.starts[-within_span] if len(self.starts) >= within_span else oldest
-        if len(self._lags) > 4 * len(self._lag_seen_now) + 1024:
+        if len(self._lags) > _LAGS_KEPT:
             self._lags = {n: v for n, v in self._lags.items() if v[1] >= oldest}
-        self._lag_seen_now = set()
         for store, since in (
             (self.levels, oldest),
             (self.tlevel, oldest),
@@ -181,14 +181,13 @@ class History:
 
     def _lag(self, node: str, lag: float | None, s: int) -> float | None:
         """The node's sampling lag: the median of its last ``_LAG_WINDOWS`` (a sample that
-        jitters across a bucket's edge does not move the node back and forth)."""
+        jitters across a bucket's edge does not move the node back and forth). One reading per
+        window, however many tenants share the node."""
         entry = self._lags.get(node)
-        if lag is not None:
-            if entry is None:
-                entry = self._lags[node] = (deque(maxlen=_LAG_WINDOWS), s)
-            entry[0].append(lag)
-            self._lags[node] = (entry[0], s)
-            self._lag_seen_now.add(node)
+        if lag is not None and (entry is None or entry[1] != s):
+            lags = entry[0] if entry is not None else deque(maxlen=_LAG_WINDOWS)
+            lags.append(lag)
+            entry = self._lags[node] = (lags, s)
         if entry is None or not entry[0]:
             return None
         return median(list(entry[0]))

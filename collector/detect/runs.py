@@ -127,6 +127,10 @@ class Run:
             self.merged_from.append(theirs.id)
         self.merged_from.extend(o.merged_from)
 
+    def coupled_share(self, share: float) -> bool:
+        """Tested coupled in at least ``share`` of its recent measured windows (``recent_tests``)."""
+        return sum(self.recent_tests) >= share * len(self.recent_tests)
+
     def duty_cycle(self, window_ms: int) -> float | None:
         """Share of the span at size in which the run held ``min_gpus``."""
         if self.large_start_ms is None or window_ms <= 0:

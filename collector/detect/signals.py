@@ -144,7 +144,6 @@ def sample_lag(gpus: Sequence[GpuLoad], window_s: float) -> float | None:
     """
     last = -1
     length = 0
-    sampled = 0
     for g in gpus:
         s = g.series
         if s is None:
@@ -152,17 +151,16 @@ def sample_lag(gpus: Sequence[GpuLoad], window_s: float) -> float | None:
         for vals in (s.power_mw, s.util_permille):
             length = max(length, len(vals))
             n = len(vals) - vals.count(None)
+            if n > COARSE_MAX_SAMPLES:
+                return 0.0  # read more often than that: not moved, whatever the other GPUs say
             if n == 0:
                 continue
-            sampled = max(sampled, n)
             for i in range(len(vals) - 1, last, -1):
                 if vals[i] is not None:
                     last = i
                     break
     if last < 0 or not length:
         return None
-    if sampled > COARSE_MAX_SAMPLES:
-        return 0.0
     return (length - 1 - last) * window_s / length
 
 
