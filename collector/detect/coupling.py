@@ -444,6 +444,7 @@ __all__ = [
     "MIN_COMMON_TENANTS",
     "changes",
     "common_component",
+    "common_mask",
     "deviations",
     "measure",
     "measure_between",

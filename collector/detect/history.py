@@ -24,7 +24,15 @@ from collections.abc import Collection, Sequence
 from dataclasses import dataclass
 
 from collector.detect.config import DetectConfig
-from collector.detect.coupling import MIN_COMMON_TENANTS, Coupling, changes, common_component, measure, median
+from collector.detect.coupling import (
+    MIN_COMMON_TENANTS,
+    Coupling,
+    changes,
+    common_component,
+    common_mask,
+    measure,
+    median,
+)
 from collector.detect.signals import node_series, sample_lag, stable_sample
 from collector.detect.usage import TenantWindow
 
@@ -341,12 +349,13 @@ class History:
         # Across windows: one point per window per node (its change since the window before).
         starts = self.across_starts()
         units = self.node_changes(members, sample, starts)
+        common_across = self.common_across(starts, exclude)
         across = measure(
             units,
             self.episodes_across(starts),
             scale=SCALE_ACROSS,
             min_points=cfg.coupling_min_windows,
-            common=self.common_across(starts, exclude),
+            common=common_across,
         )
 
         # Within windows: the buckets of each window, mean-removed, over a shorter history.
@@ -372,8 +381,18 @@ class History:
         else:
             # Nothing measured: "pending" while the history is still too short for the
             # across-windows scale (it will be measurable), "unknown" when it is long enough and
-            # the series are flat or missing (the data cannot tell).
-            longest = max((sum(1 for v in row if v is not None) for row in units.values()), default=0)
+            # the series are flat or missing (the data cannot tell). Points left out where the
+            # site's common component made an excursion do not count: a history that holds
+            # enough windows only with them is still too short, not one that cannot tell (and
+            # "unknown" would let size alone stand in for coupling).
+            mask = [False] * len(starts) if common_across is None else common_mask(list(common_across))
+            longest = max(
+                (
+                    sum(1 for i, v in enumerate(row) if v is not None and not (i < len(mask) and mask[i]))
+                    for row in units.values()
+                ),
+                default=0,
+            )
             state = "pending" if longest < cfg.coupling_min_windows else "unknown"
         return GroupCoupling(within, across, state)
 
