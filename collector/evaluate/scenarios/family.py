@@ -28,7 +28,7 @@ from dataclasses import dataclass, field
 from collector.evaluate.data import PublicData
 from collector.evaluate.scenarios import negatives as neg
 from collector.evaluate.scenarios.masks import MASKS
-from collector.evaluate.scenarios.physics import GPUS_PER_NODE, MODEL_KEYS, MODELS, make_node
+from collector.evaluate.scenarios.physics import MODEL_KEYS, MODELS, make_node
 from collector.evaluate.scenarios.shocks import SHOCKS, make_shocks
 from collector.evaluate.scenarios.site import NamePool, Site, rid, tenant_entry
 from collector.evaluate.scenarios.training import SHAPES, TrainingRun, job_minutes
@@ -56,8 +56,9 @@ class Scenario:
     axes: dict[str, str] = field(default_factory=dict, hash=False, compare=False)
 
     def node_minutes(self) -> int:
-        nodes = sum(g // GPUS_PER_NODE + (max(1, g // 32) if s == "restarts" else 0) for s, g, _ in self.positives)
-        nodes += sum(g // GPUS_PER_NODE for _, g in self.negatives)
+        gpn = MODELS[self.model].gpus_per_node
+        nodes = sum(g // gpn + (max(1, g // (4 * gpn)) if s == "restarts" else 0) for s, g, _ in self.positives)
+        nodes += sum(g // gpn for _, g in self.negatives)
         return nodes * self.minutes
 
 
@@ -145,7 +146,7 @@ def plan(quick: bool) -> list[Scenario]:
             lo, hi = _NEG_NODES[kind]
             if tier.interval_s == 1:
                 lo, hi = 4, 6
-            negs.append((kind, rng.randint(lo, hi) * GPUS_PER_NODE))
+            negs.append((kind, rng.randint(lo, hi) * MODELS[str(models[c])].gpus_per_node))
         masks: list[str] = ["all"]
         while len(masks) < 1 + tier.masks:
             m = str(other_masks.pop(0))
@@ -198,7 +199,7 @@ def build(sc: Scenario, data: PublicData) -> Site:
 
     multi = data.multi_node_sources()
     for shape, gpus, tenancy in sc.positives:
-        n = gpus // GPUS_PER_NODE
+        n = gpus // model.gpus_per_node
         extra = max(1, n // 4) if shape == "restarts" else 0
         k = rng.randint(2, min(8, n)) if shape == "multi_account" else 1
         accounts = [tenant(tenancy) for _ in range(k)]
@@ -218,7 +219,7 @@ def build(sc: Scenario, data: PublicData) -> Site:
         )
         site.components.append(run)
     for kind, gpus in sc.negatives:
-        n = gpus // GPUS_PER_NODE
+        n = gpus // model.gpus_per_node
         if kind == "inference_multi":
             comp = neg.inference_multi(rng, nodes(n), tenant("opaque"), dur, shocks, start)
         elif kind == "batch_inference":
@@ -235,7 +236,7 @@ def build(sc: Scenario, data: PublicData) -> Site:
                 dur,
                 shocks,
                 start,
-                [j for j in data.itp if j.gpus == GPUS_PER_NODE],
+                [j for j in data.itp if j.gpus == model.gpus_per_node],
             )
         site.components.append(comp)
     rng.shuffle(site.components)  # no meaning in the order of nodes either

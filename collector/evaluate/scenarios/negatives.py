@@ -26,7 +26,7 @@ import random
 
 from collector.evaluate.data import ItpJob
 from collector.evaluate.scenarios.clock import JobClock, Recipe, recipe_for, render
-from collector.evaluate.scenarios.physics import GPUS_PER_NODE, Node
+from collector.evaluate.scenarios.physics import Node
 from collector.evaluate.scenarios.shocks import Shocks
 from collector.evaluate.scenarios.site import IB_IDLE_BPS, Component, Proc, Timeline, rid
 from collector.evaluate.truth import TruthJob
@@ -102,7 +102,8 @@ class Solo(Component):
 
     def __init__(self, nodes: list[Node]) -> None:
         self.nodes = nodes
-        self.slots: list[list[list[tuple[Timeline, Proc, int]]]] = [[[] for _ in range(GPUS_PER_NODE)] for _ in nodes]
+        self.gpus_per_node = nodes[0].model.gpus_per_node if nodes else 0
+        self.slots: list[list[list[tuple[Timeline, Proc, int]]]] = [[[] for _ in n.gpus] for n in nodes]
         self.links: dict[int, tuple[Timeline, float]] = {}
         self.truths = []
 
@@ -143,12 +144,12 @@ def inference_multi(
             b, _ = tl.at(k)
             link.set(k, 0.0, 0.0, b)
         for jj in range(j, j + size):
-            c.put(jj, range(GPUS_PER_NODE), tl, _proc(rng, tenant, mem), mem)
+            c.put(jj, range(c.gpus_per_node), tl, _proc(rng, tenant, mem), mem)
             if size > 1:
                 c.links[jj] = (link, ib)
         j += size
     c.tensor_ratio, c.sm_ratio = 0.25, 0.9
-    c.truths = [_truth(rng, "inference_multi", [tenant], start_s, k1, len(nodes) * GPUS_PER_NODE)]
+    c.truths = [_truth(rng, "inference_multi", [tenant], start_s, k1, len(nodes) * c.gpus_per_node)]
     return c
 
 
@@ -201,13 +202,13 @@ def fleet(
                 r = Recipe(**{**vars(shared), "step_s": shared.step_s * rng.uniform(0.97, 1.03)})
             tl = _solo_job(rng, a, min(k1, a + dur), r, shocks, nodes, multi_node=size > 1)
             for jj in range(j, j + size):
-                c.put(jj, range(GPUS_PER_NODE), tl, proc, mem)
+                c.put(jj, range(c.gpus_per_node), tl, proc, mem)
                 if size > 1:
                     c.links[jj] = (tl, rng.uniform(3e9, 10e9))
             first = False
             a += dur
         j += size
-    c.truths = [_truth(rng, kind, [tenant], start_s, k1, len(nodes) * GPUS_PER_NODE)]
+    c.truths = [_truth(rng, kind, [tenant], start_s, k1, len(nodes) * c.gpus_per_node)]
     return c
 
 
@@ -218,9 +219,9 @@ def batch_inference(
     mem = int(nodes[0].model.mem_bytes * 0.9)
     for j in range(len(nodes)):
         tl = load_timeline(rng, k1, shocks, start_s, multi_node=False, steady=True)
-        c.put(j, range(GPUS_PER_NODE), tl, _proc(rng, tenant, mem), mem)
+        c.put(j, range(c.gpus_per_node), tl, _proc(rng, tenant, mem), mem)
     c.tensor_ratio, c.sm_ratio = 0.45, 0.9
-    c.truths = [_truth(rng, "batch_inference", [tenant], start_s, k1, len(nodes) * GPUS_PER_NODE)]
+    c.truths = [_truth(rng, "batch_inference", [tenant], start_s, k1, len(nodes) * c.gpus_per_node)]
     return c
 
 
@@ -235,14 +236,14 @@ def itp_small(
 ) -> Solo:
     c = Solo(nodes)
     model = nodes[0].model
-    small = [j for j in itp if j.gpus <= GPUS_PER_NODE] or [ItpJob(1, 3600.0)]
+    small = [j for j in itp if j.gpus <= c.gpus_per_node] or [ItpJob(1, 3600.0)]
     used: set[str] = set()
     for j in range(len(nodes)):
-        free = [rng.randint(-7200, 600) for _ in range(GPUS_PER_NODE)]
+        free = [rng.randint(-7200, 600) for _ in range(c.gpus_per_node)]
         while min(free) < k1:
             pick = rng.choice(small)
             size = pick.gpus
-            order = sorted(range(GPUS_PER_NODE), key=lambda g: free[g])[:size]
+            order = sorted(range(c.gpus_per_node), key=lambda g: free[g])[:size]
             a = max(free[g] for g in order) + int(rng.expovariate(1 / 600.0))
             dur = int(min(max(pick.duration_s, 120.0), 3 * 86400.0))
             tenant = rng.choice(tenants)
@@ -261,5 +262,5 @@ def itp_small(
                 c.put(j, tuple(order), tl, _proc(rng, tenant, mem, "user"), mem)
             for g in order:
                 free[g] = a + dur
-    c.truths = [_truth(rng, "itp_small", sorted(used) or tenants[:1], start_s, k1, len(nodes) * GPUS_PER_NODE)]
+    c.truths = [_truth(rng, "itp_small", sorted(used) or tenants[:1], start_s, k1, len(nodes) * c.gpus_per_node)]
     return c

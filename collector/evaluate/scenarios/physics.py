@@ -37,6 +37,13 @@ Per-model figures (``MODELS``) and where they come from:
   0.82. H200 has the H100 die with faster HBM, so steps stall less on memory: 0.77.
 * Memory sizes are NVML's ``memory.total`` of each board: 81920 MiB (A100 80GB),
   81559 MiB (H100 80GB HBM3), 143771 MiB (H200 141GB), 183359 MiB (B200 180GB).
+* GB200 (a GB200 NVL72 compute tray: **4 GPUs per node**, each at a 1200 W TGP): dense BF16
+  2.5 PFLOP/s (GB200 NVL72 datasheet: 360 PFLOPS sparse BF16 for 72 GPUs). Its idle draw
+  (140-170 W), ``train_frac`` (0.72: the higher limit leaves more headroom than HGX B200's
+  1000 W) and ``memory.total`` (189471 MiB, of the 192 GB HBM3e board) are our estimates,
+  scaled from B200: no public per-GPU power log of a GB200 tray was at hand. What matters
+  for the evaluation is the node shape: twice the nodes for the same GPUs, and accounts of
+  one node holding four GPUs.
 * GPM ratios: SM activity during a training step runs 0.75-0.9 of the time busy (NCCL
   kernels occupy few SMs), tensor-pipe activity tracks ``drive`` and MFU (Llama 3 and
   MegaScale report 38-55% MFU on H100; tensor activity of 0.4-0.6 is typical in DCGM
@@ -49,6 +56,7 @@ import random
 from dataclasses import dataclass
 
 GPUS_PER_NODE = 8
+"""GPUs of an HGX/DGX board (A100, H100, H200, B200); a GB200 NVL72 compute tray holds 4."""
 
 
 @dataclass(frozen=True)
@@ -60,6 +68,7 @@ class GpuModel:
     mem_bytes: int
     peak_bf16: float  # dense FLOP/s
     train_frac: float  # mean power / limit of a dense BF16 training step at full drive
+    gpus_per_node: int = GPUS_PER_NODE
 
 
 MODELS: dict[str, GpuModel] = {
@@ -67,6 +76,7 @@ MODELS: dict[str, GpuModel] = {
     "H100": GpuModel("H100", "NVIDIA H100 80GB HBM3", 700.0, (66.0, 74.0), 81559 * 2**20, 989e12, 0.74),
     "H200": GpuModel("H200", "NVIDIA H200", 700.0, (72.0, 80.0), 143771 * 2**20, 989e12, 0.77),
     "B200": GpuModel("B200", "NVIDIA B200", 1000.0, (120.0, 140.0), 183359 * 2**20, 2250e12, 0.76),
+    "GB200": GpuModel("GB200", "NVIDIA GB200", 1200.0, (140.0, 170.0), 189471 * 2**20, 2500e12, 0.72, 4),
 }
 MODEL_KEYS: tuple[str, ...] = tuple(MODELS)
 
@@ -119,7 +129,7 @@ def make_node(rng: random.Random, name: str, model: GpuModel, interval_s: float)
             1.0 + rng.gauss(0.0, 0.025),
             float(rng.randrange(10**9, 10**11)),
         )
-        for i in range(GPUS_PER_NODE)
+        for i in range(model.gpus_per_node)
     ]
     # Agents start at arbitrary times: each node samples at its own phase of the interval.
     return Node(name, model, gpus, rng.uniform(0.0, min(interval_s, 60.0)))

@@ -41,7 +41,7 @@ import random
 
 from collector.evaluate.data import PowerSource
 from collector.evaluate.scenarios.clock import FABRIC, SYNC, JobClock, recipe_for, render
-from collector.evaluate.scenarios.physics import GPUS_PER_NODE, Node
+from collector.evaluate.scenarios.physics import Node
 from collector.evaluate.scenarios.shocks import Shocks
 from collector.evaluate.scenarios.site import IB_IDLE_BPS, Component, Proc, Timeline, rid
 from collector.evaluate.truth import TruthJob
@@ -84,7 +84,8 @@ class TrainingRun(Component):
         r = recipe_for(rng, kind)
         self.recipe = r
         self.tensor_ratio = min(0.9, r.mfu * 1.25)
-        n = len(nodes) if gpus is None else gpus // GPUS_PER_NODE
+        gpn = model.gpus_per_node
+        n = len(nodes) if gpus is None else gpus // gpn
         self.ib_bps = r.ib_bps
         gaps: list[tuple[int, int]] = []
         reconfigs: list[int] = []
@@ -165,7 +166,7 @@ class TrainingRun(Component):
         self.procs = [
             [
                 Proc(accounts[acct_of[j]], workloads[acct_of[j]], mem - 300_000_000, rng.randrange(2000, 60000), pkind)
-                for _ in range(GPUS_PER_NODE)
+                for _ in range(gpn)
             ]
             for j in range(len(nodes))
         ]
@@ -177,7 +178,7 @@ class TrainingRun(Component):
                     gpu_s += tl.alive[k - tl.k0]
                     flop += tl.progress[k - tl.k0]
         steps: list[tuple[float, int]] = [
-            (start_s + (clock.steady_from(k) if c else k), c * GPUS_PER_NODE) for k, c in sizes
+            (start_s + (clock.steady_from(k) if c else k), c * gpn) for k, c in sizes
         ]
         self.truths = [
             TruthJob(
@@ -189,8 +190,8 @@ class TrainingRun(Component):
                 steps=steps,
                 model=model.name,
                 mfu=r.mfu,
-                flop=flop * GPUS_PER_NODE * r.mfu * model.peak_bf16,
-                gpu_s=gpu_s * GPUS_PER_NODE,
+                flop=flop * gpn * r.mfu * model.peak_bf16,
+                gpu_s=gpu_s * gpn,
                 family=kind,
                 transparent=transparent,
             )

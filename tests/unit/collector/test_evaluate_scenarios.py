@@ -279,6 +279,30 @@ def test_physics_per_model() -> None:
         assert capped[1] <= 0.6 * m.limit_w and capped[0] > 95
 
 
+def test_a_gb200_site_has_four_gpus_per_node_and_sizes_jobs_in_gpus() -> None:
+    """GPUs per node is the model's (a GB200 NVL72 tray holds 4): a job of 64 GPUs takes 16
+    nodes, a negative its nodes' worth, and the windows carry four GPUs a node."""
+    sc = Scenario(
+        "x",
+        11,
+        30,
+        "GB200",
+        "none",
+        45,
+        (("dp", 64, "opaque"),),
+        (("fleet_random", 8 * 4),),
+    )
+    site = build(sc, DATA)
+    assert site.node_count() == 64 // 4 + 8
+    (run,) = [t for t in site.truths if t.positive]
+    assert run.peak_gpus == 64
+    (neg,) = [t for t in site.truths if not t.positive]
+    assert neg.peak_gpus == 32
+    ws = _windows(site)
+    assert ws and {len(w.gpus) for w in ws} == {4}
+    assert {g.power_limit_mw for w in ws for g in w.gpus} == {1_200_000}
+
+
 @pytest.mark.slow
 def test_every_planned_scenario_builds() -> None:
     for quick in (True, False):
