@@ -65,10 +65,12 @@ _FIELD_KEYS = (
 # 700 W, PCIe 300-350 W, NVL 350-400 W; H200: datasheet 2024, SXM up to 700 W, NVL up to
 # 600 W; A100: datasheet 2021, SXM 400 W, PCIe 250 W (40 GB) and 300 W (80 GB); L40S and
 # L40: datasheets, 350 W and 300 W; L4 72 W; A10 150 W; A30 165 W; A40 300 W; B200: HGX
-# B200 datasheet, 1,000 W). An operator who capped the limit lower (nvidia-smi -pl) makes
+# B200 datasheet, 1,000 W; GB200: the B200 of a GB200 superchip, configured up to 1,200 W in
+# GB200 NVL72 racks). An operator who capped the limit lower (nvidia-smi -pl) makes
 # the power fraction read low; export DCGM_FI_DEV_POWER_MGMT_LIMIT to use the real one.
 # (words that must all be in collector.detect.flops.normalise(name), watts); first match wins.
 POWER_LIMITS_W: tuple[tuple[str, int], ...] = (
+    ("GB200", 1200),
     ("B200", 1000),
     ("H200 NVL", 600),
     ("H200", 700),

@@ -270,6 +270,8 @@ def test_power_limit_series_beats_the_table_and_an_unknown_model_says_why() -> N
         ("NVIDIA L40S", 350),
         ("NVIDIA L4", 72),
         ("NVIDIA H200", 700),
+        ("NVIDIA B200", 1000),
+        ("NVIDIA GB200", 1200),
         ("Tesla K80", None),
     ],
 )
