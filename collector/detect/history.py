@@ -21,18 +21,10 @@ from __future__ import annotations
 
 from collections import deque
 from collections.abc import Collection, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 from collector.detect.config import DetectConfig
-from collector.detect.coupling import (
-    MIN_COMMON_TENANTS,
-    Coupling,
-    changes,
-    common_component,
-    common_mask,
-    measure,
-    median,
-)
+from collector.detect.coupling import MIN_COMMON_TENANTS, Coupling, changes, common_component, measure, median
 from collector.detect.signals import node_series, sample_lag, stable_sample
 from collector.detect.usage import TenantWindow
 
@@ -89,6 +81,9 @@ class History:
         self.tlevel: dict[str, dict[int, float]] = {}  # tenant -> start -> mean load over its nodes
         self.snaps: dict[str, dict[int, dict[str, list[float | None]]]] = {}  # tenant -> start -> node -> buckets
         self.tseries: dict[str, dict[int, list[float | None]]] = {}  # tenant -> start -> tenant buckets
+        # tenant -> share of its sampled nodes whose level was an exact window mean (energy
+        # counters), in the last window it was recorded.
+        self.exact: dict[str, float] = {}
         self.reference: list[str] = []  # tenants that make the common component this window
         self._common_cache: dict[tuple[str, frozenset[str]], list[float | None] | None] = {}
         # Sampling phase per node: its last ``_LAG_WINDOWS`` lags (seconds) and the last window seen.
@@ -118,15 +113,20 @@ class History:
             sample = stable_sample(tw.by_node, cfg.sync_sample_nodes)
             now: dict[str, float] = {}
             waiting: dict[str, tuple[float, float]] = {}
+            exact = levelled = 0
             for n in sample:
-                lv = tw.node_level(n)
+                lv, is_exact = tw.node_level_exact(n)
                 if lv is None:
                     continue
+                levelled += 1
+                exact += is_exact
                 lag = self._lag(n, sample_lag(tw.by_node[n], tw.window_s), s)
                 if lag is None or lag <= 0.0:
                     now[n] = lv
                 else:
                     waiting[n] = (lv, lag / tw.window_s)
+            if levelled:
+                self.exact[t] = exact / levelled
             # A node read once a window, early in it, has its point moved to the window's end:
             # linearly towards its next reading, so last window's such points are done now.
             before = pending.get(t)
@@ -186,6 +186,8 @@ class History:
                     del per[first]
                 if not per:
                     del store[t]
+        for t in [t for t in self.exact if t not in self.levels]:
+            del self.exact[t]
 
     def _lag(self, node: str, lag: float | None, s: int) -> float | None:
         """The node's sampling lag: the median of its last ``_LAG_WINDOWS`` (a sample that
@@ -349,13 +351,12 @@ class History:
         # Across windows: one point per window per node (its change since the window before).
         starts = self.across_starts()
         units = self.node_changes(members, sample, starts)
-        common_across = self.common_across(starts, exclude)
         across = measure(
             units,
             self.episodes_across(starts),
             scale=SCALE_ACROSS,
             min_points=cfg.coupling_min_windows,
-            common=common_across,
+            common=self.common_across(starts, exclude),
         )
 
         # Within windows: the buckets of each window, mean-removed, over a shorter history.
@@ -371,8 +372,19 @@ class History:
             common = self.common_within(wstarts, lengths, exclude)
             within = measure(bunits, eps, scale=SCALE_WITHIN, min_points=cfg.sync_min_points, common=common)
 
+        # Across windows, the bar depends on what the points are: exact window means (energy
+        # counters) of one synchronous job's nodes agree closely (0.64-1.0 on the MLPerf
+        # multi-node logs), while point readings alias the step and agree far less (0.15-0.24
+        # at 30 s). A weak agreement of exact means is shared demand, not one job.
+        across_min = cfg.coupling_min_corr
+        if self.exact_share(members) >= 0.5:
+            across_min = max(across_min, cfg.coupling_exact_min_corr)
+        if across is not None:
+            across = replace(across, min_corr=across_min)
+        if within is not None:
+            within = replace(within, min_corr=cfg.sync_min_corr)
         fired = (within is not None and within.fired(cfg.sync_min_corr, cfg.coupling_min_z)) or (
-            across is not None and across.fired(cfg.coupling_min_corr, cfg.coupling_min_z)
+            across is not None and across.fired(across_min, cfg.coupling_min_z)
         )
         if fired:
             state = "coupled"
@@ -381,20 +393,16 @@ class History:
         else:
             # Nothing measured: "pending" while the history is still too short for the
             # across-windows scale (it will be measurable), "unknown" when it is long enough and
-            # the series are flat or missing (the data cannot tell). Points left out where the
-            # site's common component made an excursion do not count: a history that holds
-            # enough windows only with them is still too short, not one that cannot tell (and
-            # "unknown" would let size alone stand in for coupling).
-            mask = [False] * len(starts) if common_across is None else common_mask(list(common_across))
-            longest = max(
-                (
-                    sum(1 for i, v in enumerate(row) if v is not None and not (i < len(mask) and mask[i]))
-                    for row in units.values()
-                ),
-                default=0,
-            )
+            # the series are flat or missing (the data cannot tell).
+            longest = max((sum(1 for v in row if v is not None) for row in units.values()), default=0)
             state = "pending" if longest < cfg.coupling_min_windows else "unknown"
         return GroupCoupling(within, across, state)
+
+    def exact_share(self, members: Sequence[str]) -> float:
+        """Mean over the members recorded lately of the share of their sampled nodes whose
+        level was an exact window mean (energy counters); 0 where none was recorded."""
+        shares = [v for m in members if (v := self.exact.get(m)) is not None]
+        return sum(shares) / len(shares) if shares else 0.0
 
 
 __all__ = ["GroupCoupling", "History", "SCALE_ACROSS", "SCALE_WITHIN"]

@@ -94,8 +94,13 @@ class TenantWindow:
         return self.strong + self.weak
 
     def node_level(self, node: str) -> float | None:
+        """Mean load of the GPUs the tenant occupies on ``node`` (``node_level_exact``'s level)."""
+        return self.node_level_exact(node)[0]
+
+    def node_level_exact(self, node: str) -> tuple[float | None, bool]:
         """Mean load of the GPUs the tenant occupies on ``node``: power / limit where known, else
-        utilisation (computed on demand: only the tenants the coupling tests keep need it).
+        utilisation (computed on demand: only the tenants the coupling tests keep need it), and
+        whether it is an exact window mean (every GPU's from its energy counter).
 
         Power is the energy counter's change over the window where the window carries both
         readings: the exact mean over the window, where the mean of a few instantaneous
@@ -106,6 +111,7 @@ class TenantWindow:
         """
         total = 0.0
         n = 0
+        exact = True
         for g in self.by_node.get(node, ()):
             lim = g.power_limit_mw
             e0, e1 = g.energy_start_mj, g.energy_end_mj
@@ -120,10 +126,12 @@ class TenantWindow:
             elif g.power_mean_mw is not None and lim:
                 total += g.power_mean_mw / lim
                 n += 1
+                exact = False
             elif g.util_mean_permille is not None:
                 total += g.util_mean_permille / 1000
                 n += 1
-        return total / n if n else None
+                exact = False
+        return (total / n, exact) if n else (None, False)
 
 
 @dataclass

@@ -177,9 +177,7 @@ class TrainingRun(Component):
                 for k in range(max(a, tl.k0), min(b, tl.k1)):
                     gpu_s += tl.alive[k - tl.k0]
                     flop += tl.progress[k - tl.k0]
-        steps: list[tuple[float, int]] = [
-            (start_s + (clock.steady_from(k) if c else k), c * gpn) for k, c in sizes
-        ]
+        steps: list[tuple[float, int]] = [(start_s + (clock.steady_from(k) if c else k), c * gpn) for k, c in sizes]
         self.truths = [
             TruthJob(
                 id=rid(rng, "run-"),

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import math
 import random
+import statistics
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
@@ -72,6 +73,7 @@ class Site:
 
     def stream(self) -> list[UsageWindow]:
         rng = random.Random(self.seed)
+        integral = random.Random(self.seed + 2)
         out: list[UsageWindow] = []
         n_buckets = WINDOW_MS // BUCKET_MS
         # Each node's agent samples at its own phase of the interval, the same window after
@@ -107,7 +109,16 @@ class Site:
                         util = [sum(x) / len(x) if x else None for x in b_u]
                         power = [sum(x) / len(x) if x else None for x in b_p]
                         wl = g.workload(n, k)
-                        gpus.append(_gpu(i, node, util, power, Workload(g.tenant, "k8s_pod", wl, 1, 60 << 30, 1000, 0)))
+                        # The energy counter integrates what the board drew over the window,
+                        # not the few readings: the level every 5 s (its own noise drawn apart,
+                        # so the readings stay what they were).
+                        grid = range(0, 60, 5)
+                        drawn = [g.level(n, k, t, integral) for t in grid]
+                        energy_p = statistics.fmean(
+                            max(0.08, lv[1] * self.shock(k, t)) for t, lv in zip(grid, drawn, strict=True) if lv
+                        )
+                        use = Workload(g.tenant, "k8s_pod", wl, 1, 60 << 30, 1000, 0)
+                        gpus.append(_gpu(i, node, util, power, use, energy_p))
                     io = None
                     if g.ib_bytes_per_s is not None:
                         b = int(g.ib_bytes_per_s * 30)
@@ -137,7 +148,12 @@ class Site:
 
 
 def _gpu(
-    i: int, node: str, util: list[float | None] | None, power: list[float | None] | None, wl: Workload | None
+    i: int,
+    node: str,
+    util: list[float | None] | None,
+    power: list[float | None] | None,
+    wl: Workload | None,
+    energy_p: float | None = None,
 ) -> GpuWindow:
     if util is None or power is None or wl is None:
         return GpuWindow(
@@ -148,6 +164,7 @@ def _gpu(
     us = [u for u in util if u is not None]
     ps = [p for p in power if p is not None]
     mean_mw = int(sum(ps) / len(ps) * LIMIT_MW)
+    drawn_mw = mean_mw if energy_p is None else int(energy_p * LIMIT_MW)
     return GpuWindow(
         index=i,
         uuid=f"GPU-{node}-{i}",
@@ -156,9 +173,9 @@ def _gpu(
         mem_total_bytes=80 << 30,
         power_limit_mw=LIMIT_MW,
         samples=len(us),
-        # The counter moves by the window's mean power (mW) times its 60 s: what the board drew.
+        # The counter moves by what the board drew over the window (mW times its 60 s).
         energy_start_mj=0,
-        energy_end_mj=mean_mw * WINDOW_MS // 1000,
+        energy_end_mj=drawn_mw * WINDOW_MS // 1000,
         power_mean_mw=mean_mw,
         power_max_mw=int(max(ps) * LIMIT_MW),
         util_mean_permille=int(sum(us) / len(us) * 1000),
@@ -311,12 +328,17 @@ def _stall(k: int, t: float) -> float:
     return 0.15 if 14 * 60 <= tau < 16 * 60 or 33 * 60 <= tau < 34 * 60 else 1.0
 
 
+def _pod(n: int, k: int) -> str:
+    return f"wl-pod-{n}"
+
+
 def test_a_common_shock_links_no_tenants_and_a_transparent_tenant_stays_low() -> None:
     groups = [
         Nodes("open", 40, "t-open", sync_job(seed=11)),  # the largest tenant is transparent
         Nodes("op1", 12, "t-op1", sync_job(seed=12)),
         Nodes("op2", 10, "t-op2", sync_job(seed=13)),
-        Nodes("inf", 12, "t-inf", lambda n, k, t, rng: (rng.uniform(0.2, 0.8), rng.uniform(0.25, 0.5))),
+        # A serving deployment: one pod per node, each its own workload id.
+        Nodes("inf", 12, "t-inf", lambda n, k, t, rng: (rng.uniform(0.2, 0.8), rng.uniform(0.25, 0.5)), _pod),
     ]
     for sample_s in (10, 30):
         found = Site(groups, windows=45, sample_s=sample_s, shock=_stall).run()
