@@ -87,10 +87,11 @@ class DetectConfig:
     0 +- 0.02 over 24 sampled nodes."""
     coupling_exact_min_corr: float = 0.3
     """Across windows, where most of the group's levels are exact window means (energy
-    counters): the median pair correlation for coupling. One synchronous job's nodes do the
-    same steps in a window: window means of the real MLPerf multi-node runs give 0.64-1.0 (24
-    of 25 runs; docs/detection.md); a serving fleet whose instances follow shared demand
-    gave 0.07-0.19 in the tests that raised it before this bar."""
+    counters, two readings or more a window): the median pair correlation for coupling. One
+    synchronous job's nodes do the same steps in a window and agree closely; a serving fleet
+    whose instances follow shared demand gave 0.12-0.19 in the tests that raised it before this
+    bar. With one reading a window the means span windows up to a minute apart (real MLPerf
+    nodes read once a minute: about 0.2) and ``coupling_min_corr`` applies (docs/detection.md)."""
     coupling_min_z: float = 4.0
     """Standard errors from what independent nodes give, for coupling at either scale."""
     coupling_confirm_windows: int = 2

@@ -373,9 +373,9 @@ class History:
             within = measure(bunits, eps, scale=SCALE_WITHIN, min_points=cfg.sync_min_points, common=common)
 
         # Across windows, the bar depends on what the points are: exact window means (energy
-        # counters) of one synchronous job's nodes agree closely (0.64-1.0 on the MLPerf
-        # multi-node logs), while point readings alias the step and agree far less (0.15-0.24
-        # at 30 s). A weak agreement of exact means is shared demand, not one job.
+        # counters over windows of two readings or more) of one synchronous job's nodes agree
+        # closely, while point readings alias the step and agree far less. A weak agreement of
+        # exact means is shared demand, not one job (``coupling_exact_min_corr``).
         across_min = cfg.coupling_min_corr
         if self.exact_share(members) >= 0.5:
             across_min = max(across_min, cfg.coupling_exact_min_corr)

@@ -76,6 +76,8 @@ class GpuLoad(Protocol):
     def util_mean_permille(self) -> int | None: ...
     @property
     def series(self) -> Buckets | None: ...
+    @property
+    def samples(self) -> int: ...
 
 
 @dataclass(slots=True)
@@ -100,7 +102,9 @@ class TenantWindow:
     def node_level_exact(self, node: str) -> tuple[float | None, bool]:
         """Mean load of the GPUs the tenant occupies on ``node``: power / limit where known, else
         utilisation (computed on demand: only the tenants the coupling tests keep need it), and
-        whether it is an exact window mean (every GPU's from its energy counter).
+        whether it is an exact window mean: every GPU's from its energy counter, over a window
+        that holds two readings or more (with one, its span ends at the node's own sampling
+        phase, up to a window away from another node's).
 
         Power is the energy counter's change over the window where the window carries both
         readings: the exact mean over the window, where the mean of a few instantaneous
@@ -123,6 +127,8 @@ class TenantWindow:
             if lim and mean_mw is not None and mean_mw <= _MAX_DRAW * lim:
                 total += mean_mw / lim
                 n += 1
+                if g.samples < 2:
+                    exact = False
             elif g.power_mean_mw is not None and lim:
                 total += g.power_mean_mw / lim
                 n += 1

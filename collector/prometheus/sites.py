@@ -65,6 +65,7 @@ class GpuLoad(msgspec.Struct, gc=False):
     power_mean_mw: int | None
     util_mean_permille: int | None
     series: Buckets | None
+    samples: int = 0
 
 
 class WorkloadSums(msgspec.Struct, gc=False):
@@ -121,6 +122,7 @@ def _load(col: list[int], nw: int, p: int, w: int) -> GpuLoad:
         None if pm == NONE else pm,
         None if u == NONE else u,
         series,
+        max(0, col[SAMPLES * nw + w]),
     )
 
 

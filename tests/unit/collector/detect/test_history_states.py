@@ -18,6 +18,7 @@ class _Gpu:
     """What ``TenantWindow.node_level`` and ``sample_lag`` read of a GPU window: utilisation only."""
 
     util_mean_permille: int
+    samples: int = 6
     power_limit_mw: int | None = None
     power_mean_mw: int | None = None
     energy_start_mj: int | None = None
@@ -64,6 +65,7 @@ class _PowerGpu:
 
     power_mean_mw: int
     exact: bool
+    samples: int = 6
     power_limit_mw: int = 1_000_000
     util_mean_permille: int | None = 900
     series: None = None
