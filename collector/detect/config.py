@@ -117,7 +117,8 @@ class DetectConfig:
     end-use axis allows."""
     # --- linking tenant accounts that run one job ---------------------------------------
     link_min_gpus: int = 8
-    """A tenant needs this many GPUs in a window to be compared with others (one node)."""
+    """A tenant needs this many GPUs in a window to be compared with others (one HGX node), or
+    every GPU of a node with fewer (a GB200 NVL72 tray holds four)."""
     link_history_windows: int = 20
     """Within windows: windows of tenant-level series pooled for a link test."""
     link_min_points: int = 24

@@ -98,7 +98,7 @@ class History:
         cfg = self.config
         self.starts.append(s)
         self._common_cache = {}
-        sized = [t for t, tw in tws.items() if tw.occupied >= cfg.link_min_gpus]
+        sized = [t for t, tw in tws.items() if tw.occupied >= tw.sizeable(cfg.link_min_gpus)]
         sized.sort(key=lambda t: (-tws[t].occupied, t))
         keep = set(sized[: max(0, cfg.link_max_tenants)])
         keep.update(t for t, tw in tws.items() if tw.candidate_gpus() >= cfg.sync_min_gpus)

@@ -1,9 +1,10 @@
 """Linking tenant accounts that run one job.
 
-Per window, the tenants with at least ``link_min_gpus`` training-shaped GPUs (the largest
-``link_max_tenants``) are clustered greedily, largest first: a tenant joins the cluster whose
-mean series it is coupled with (collector/detect/coupling.py, two units: the tenant and the
-cluster's mean) at either time scale, without the episodes in which they agree most. Each
+Per window, the tenants with at least ``link_min_gpus`` training-shaped GPUs (or a whole node
+of fewer: ``TenantWindow.sizeable``), the largest ``link_max_tenants`` of them, are clustered
+greedily, largest first: a tenant joins the cluster whose mean series it is coupled with
+(collector/detect/coupling.py, two units: the tenant and the cluster's mean) at either time
+scale, without the episodes in which they agree most. Each
 member of a cluster is then tested again against the rest of it with the common component
 of the tenants *outside* the cluster removed: what the other tenants of the site share in
 those minutes is not evidence of one job. A pair that clusters in ``link_confirm_windows``
@@ -139,7 +140,9 @@ class Linker:
         self._hist, self._s = hist, s
         self._units: dict[tuple[str, str], dict[str, list[float | None]]] = {}
         self._rows: dict[str, RowCache] = {}  # prepared node rows per scale, this window
-        cands = [t for t, tw in tws.items() if tw.candidate_gpus() >= cfg.link_min_gpus and t in hist.tlevel]
+        cands = [
+            t for t, tw in tws.items() if tw.candidate_gpus() >= tw.sizeable(cfg.link_min_gpus) and t in hist.tlevel
+        ]
         cands.sort(key=lambda t: (-tws[t].candidate_gpus(), t))
         cands = cands[: max(0, cfg.link_max_tenants)]
         self.candidates = cands  # the tenants that could be linked this window (trail.py keeps them)

@@ -90,10 +90,18 @@ class TenantWindow:
     weak: float = 0.0
     occupied: float = 0.0
     window_s: float = 60.0  # the window's length (energy counters turn into mean power with it)
+    whole_node_gpus: int = 0
+    """GPUs of the smallest node whose every GPU the tenant occupies (0: none): a GB200 tray's
+    four, an HGX board's eight."""
 
     def candidate_gpus(self) -> float:
         """Training-shaped GPUs, strong and weak."""
         return self.strong + self.weak
+
+    def sizeable(self, min_gpus: int) -> int:
+        """GPUs that make the tenant worth comparing with others: ``min_gpus``, or one whole
+        node where its nodes hold fewer (an account of one four-GPU tray is a node's worth)."""
+        return min(min_gpus, self.whole_node_gpus) if self.whole_node_gpus else min_gpus
 
     def node_level(self, node: str) -> float | None:
         """Mean load of the GPUs the tenant occupies on ``node`` (``node_level_exact``'s level)."""
@@ -168,6 +176,7 @@ def aggregate(windows: Iterable[UsageWindow], cfg: DetectConfig) -> SiteWindow:
         else:
             counters = (io.ib_tx_bytes, io.ib_rx_bytes, io.net_tx_bytes, io.net_rx_bytes)
             ib[node] = sum(v for v in counters if v is not None) / seconds
+        touched: list[TenantWindow] = []
         for g in w.gpus:
             workloads = g.workloads
             if not workloads:
@@ -190,6 +199,8 @@ def aggregate(windows: Iterable[UsageWindow], cfg: DetectConfig) -> SiteWindow:
                 tw = tenants.get(wl.tenant)
                 if tw is None:
                     tw = tenants[wl.tenant] = TenantWindow(window_s=seconds)
+                if not touched or touched[-1] is not tw:
+                    touched.append(tw)
                 use = tw.workloads.get(wl.workload)
                 if use is None:
                     use = tw.workloads[wl.workload] = WorkloadUse(slurm=wl.kind == "slurm_job")
@@ -230,6 +241,10 @@ def aggregate(windows: Iterable[UsageWindow], cfg: DetectConfig) -> SiteWindow:
                     use.mem_sum += mem
                     use.mem_sq += float(mem) * mem
                     use.mem_n += 1
+        n_gpus = sum(1 for g in w.gpus if g.samples)  # as the Prometheus path counts them
+        for tw in touched:
+            if len(tw.by_node.get(node, ())) == n_gpus and not 0 < tw.whole_node_gpus <= n_gpus:
+                tw.whole_node_gpus = n_gpus
     return SiteWindow(tenants, ib, gpus_seen)
 
 

@@ -140,6 +140,7 @@ def aggregate_rows(
     tenants_at: list[dict[str, TenantWindow]] = [{} for _ in range(windows)]
     ib_at: list[dict[str, float | None]] = [{} for _ in range(windows)]
     nodes_at: list[list[str]] = [[] for _ in range(windows)]
+    gpus_at: list[dict[str, int]] = [{} for _ in range(windows)]  # GPUs with a reading, per host
     seen = [0] * windows
     weak_min, strong_min = WEAK, STRONG
     for host, gpus in rows.hosts:
@@ -221,6 +222,7 @@ def aggregate_rows(
                 ib_at[w][host] = None
                 nodes_at[w].append(host)
                 seen[w] += k
+                gpus_at[w][host] = k
     k = cfg.sync_sample_nodes
     p = rows.per_window
     out: list[SiteAt] = []
@@ -230,7 +232,12 @@ def aggregate_rows(
         nodes_w = nodes_at[w]
         if not nodes_w:
             continue
+        node_gpus = gpus_at[w]
         for tw in tenants_at[w].values():
+            for n, lst in tw.by_node.items():
+                g = node_gpus.get(n, 0)
+                if g and len(lst) == g and not 0 < tw.whole_node_gpus <= g:
+                    tw.whole_node_gpus = g
             sample = set(stable_sample(tw.by_node, k))
             tw.by_node = {
                 n: [_load(x, nw, p, w) for x in lst]  # type: ignore[arg-type]

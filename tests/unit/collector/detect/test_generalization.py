@@ -7,6 +7,7 @@ jobs do not; a common shock moves every tenant of the site at once.
 
 from __future__ import annotations
 
+import json
 import math
 import random
 import statistics
@@ -546,3 +547,28 @@ def test_window_means_come_from_the_energy_counter_where_it_is_consistent() -> N
     assert level(None, 300_000) == pytest.approx(300_000 / LIMIT_MW, abs=1e-3)
     assert level(1, 300_000) == pytest.approx(300_000 / LIMIT_MW, abs=1e-3)  # a counter that does not move
     assert level(5 * LIMIT_MW * 60, 600_000) == pytest.approx(600_000 / LIMIT_MW, abs=1e-3)  # above any draw
+
+
+def test_an_account_of_one_four_gpu_tray_is_linked_into_its_run() -> None:
+    """GB200 NVL72 trays hold four GPUs: an account of one tray is a whole node, below the
+    eight GPUs (one HGX board) a tenant otherwise needs to be compared with others."""
+    from collector.evaluate.data import ItpJob, PublicData
+    from collector.evaluate.scenarios.family import Scenario, build
+    from core.pipeline import windows_from_records
+    from core.trace import header, parse_lines
+
+    sc = Scenario("gb", 5, 30, "GB200", "none", 60, (("multi_account", 64, "opaque"),), ())
+    site = build(sc, PublicData(itp=(ItpJob(4, 3600.0),), sources=()))
+    (run,) = site.truths
+    per_account: dict[str, int] = {}
+    for comp in site.components:
+        for procs in getattr(comp, "procs", []):
+            per_account[procs[0].tenant] = per_account.get(procs[0].tenant, 0) + 1
+    assert min(per_account.values()) == 1 and len(per_account) >= 2, per_account  # a one-tray account
+    lines = [json.dumps(header())] + [json.dumps(r) for r in site.records()]
+    eng = DetectorEngine(DetectConfig(), TenantDirectory.from_toml(site.tenants_toml))
+    for w in windows_from_records(parse_lines(lines, site.name)):
+        eng.observe(w)
+    eng.finish()
+    named = [f for f in eng.findings() if set(run.tenants) <= set(f.tenants)]
+    assert named, [(f.tenants, f.gpus) for f in eng.findings()]

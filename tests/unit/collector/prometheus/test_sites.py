@@ -44,8 +44,10 @@ def _tenant(tw: TenantWindow, k: int) -> tuple[Any, ...]:
         (wl, [list(v.items()) if isinstance(v := getattr(u, n), dict) else v for n in names])
         for wl, u in tw.workloads.items()
     ]
-    nodes = [(n, tw.node_level(n), node_series(tw.by_node[n]), len(tw.by_node[n])) for n in tw.by_node if n in sample]
-    return (workloads, tw.strong, tw.weak, tw.occupied, tw.window_s, nodes)
+    nodes = [
+        (n, tw.node_level_exact(n), node_series(tw.by_node[n]), len(tw.by_node[n])) for n in tw.by_node if n in sample
+    ]
+    return (workloads, tw.strong, tw.weak, tw.occupied, tw.window_s, tw.whole_node_gpus, nodes)
 
 
 def _site(site: SiteWindow, k: int) -> tuple[Any, ...]:
