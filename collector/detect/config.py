@@ -87,11 +87,13 @@ class DetectConfig:
     0 +- 0.02 over 24 sampled nodes."""
     coupling_exact_min_corr: float = 0.3
     """Across windows, where most of the group's levels are exact window means (energy
-    counters, two readings or more a window): the median pair correlation for coupling. One
-    synchronous job's nodes do the same steps in a window and agree closely; a serving fleet
-    whose instances follow shared demand gave 0.12-0.19 in the tests that raised it before this
-    bar. With one reading a window the means span windows up to a minute apart (real MLPerf
-    nodes read once a minute: about 0.2) and ``coupling_min_corr`` applies (docs/detection.md)."""
+    counters, two readings or more a window): the median pair correlation at which throttled
+    (weak) GPUs count for the group's run. One synchronous job's nodes do the same steps in a
+    window and agree closely; a serving fleet whose instances follow shared demand gave
+    0.12-0.19 in the tests that counted its GPUs before this bar. The group's coupling keeps
+    ``coupling_min_corr`` (a job among other work of one tenant has a low median), and so do
+    windows of one reading (their means span windows up to a minute apart: real MLPerf nodes
+    read once a minute agree at about 0.2). docs/detection.md."""
     coupling_min_z: float = 4.0
     """Standard errors from what independent nodes give, for coupling at either scale."""
     coupling_confirm_windows: int = 2

@@ -75,9 +75,10 @@ class Coupling:
     common_removed: float | None
     """Share of the time points masked as excursions of the common component (None: no
     common component, fewer than ``MIN_COMMON_TENANTS`` other tenants)."""
-    min_corr: float | None = None
-    """The correlation this test was held to, where the caller recorded it (the bar depends on
-    what the points are: exact window means or point readings)."""
+    weak_min_corr: float | None = None
+    """Where the caller recorded it: the correlation at which this test lets throttled (weak)
+    GPUs count for a run (across windows it depends on what the points are: exact window
+    means or point readings)."""
 
     def fired(self, min_corr: float, min_z: float) -> bool:
         return self.corr >= min_corr and self.z >= min_z
@@ -93,7 +94,7 @@ class Coupling:
             "pairs": self.pairs,
             "episodes": self.episodes,
             "common_share_removed": None if self.common_removed is None else round(self.common_removed, 3),
-            **({} if self.min_corr is None else {"min_corr": round(self.min_corr, 3)}),
+            **({} if self.weak_min_corr is None else {"weak_min_corr": round(self.weak_min_corr, 3)}),
         }
 
 

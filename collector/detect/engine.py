@@ -412,7 +412,7 @@ class DetectorEngine:
             coupling = (
                 self._history.group_coupling(s, members, exclude) if measured else GroupCoupling(None, None, "unknown")
             )
-            gu = self._group_use(s, members, site, coupling.state == "coupled")
+            gu = self._group_use(s, members, site, coupling.state == "coupled" and coupling.weak_ok)
             if gu.weak_counted and gu.gpus >= cfg.run_floor_gpus:
                 run = self._backfill_weak(key, members, run, s, gap_ms)
             if gu.gpus < cfg.run_floor_gpus:

@@ -42,6 +42,9 @@ class GroupCoupling:
     within: Coupling | None
     across: Coupling | None
     state: str  # "coupled", "uncoupled", "pending" (history too short yet) or "unknown" (cannot tell)
+    weak_ok: bool = True
+    """Coupled enough for throttled (weak) GPUs to count as the run's: where the levels are
+    exact window means, across windows only at ``coupling_exact_min_corr``."""
 
     @property
     def best(self) -> Coupling | None:
@@ -372,20 +375,24 @@ class History:
             common = self.common_within(wstarts, lengths, exclude)
             within = measure(bunits, eps, scale=SCALE_WITHIN, min_points=cfg.sync_min_points, common=common)
 
-        # Across windows, the bar depends on what the points are: exact window means (energy
-        # counters over windows of two readings or more) of one synchronous job's nodes agree
-        # closely, while point readings alias the step and agree far less. A weak agreement of
-        # exact means is shared demand, not one job (``coupling_exact_min_corr``).
-        across_min = cfg.coupling_min_corr
+        within_fired = within is not None and within.fired(cfg.sync_min_corr, cfg.coupling_min_z)
+        fired = within_fired or (across is not None and across.fired(cfg.coupling_min_corr, cfg.coupling_min_z))
+        # Weak GPUs count for a run only where its nodes are coupled as one job's are. Across
+        # windows that bar depends on what the points are: exact window means (energy counters
+        # over windows of two readings or more) of one synchronous job's nodes agree closely,
+        # while point readings alias the step and agree far less; a weak agreement of exact
+        # means over GPUs that are all weak is a serving fleet following shared demand
+        # (``coupling_exact_min_corr``). Strong GPUs keep the low bar: a group whose coupled
+        # nodes are only some of its nodes (a tenant's training beside its serving, or every
+        # unattributed GPU of a site) has a low median however coupled the job in it is.
+        weak_min = cfg.coupling_min_corr
         if self.exact_share(members) >= 0.5:
-            across_min = max(across_min, cfg.coupling_exact_min_corr)
+            weak_min = max(weak_min, cfg.coupling_exact_min_corr)
+        weak_ok = within_fired or (across is not None and across.fired(weak_min, cfg.coupling_min_z))
         if across is not None:
-            across = replace(across, min_corr=across_min)
+            across = replace(across, weak_min_corr=weak_min)
         if within is not None:
-            within = replace(within, min_corr=cfg.sync_min_corr)
-        fired = (within is not None and within.fired(cfg.sync_min_corr, cfg.coupling_min_z)) or (
-            across is not None and across.fired(across_min, cfg.coupling_min_z)
-        )
+            within = replace(within, weak_min_corr=cfg.sync_min_corr)
         if fired:
             state = "coupled"
         elif within or across:
@@ -396,7 +403,7 @@ class History:
             # the series are flat or missing (the data cannot tell).
             longest = max((sum(1 for v in row if v is not None) for row in units.values()), default=0)
             state = "pending" if longest < cfg.coupling_min_windows else "unknown"
-        return GroupCoupling(within, across, state)
+        return GroupCoupling(within, across, state, weak_ok)
 
     def exact_share(self, members: Sequence[str]) -> float:
         """Mean over the members recorded lately of the share of their sampled nodes whose
