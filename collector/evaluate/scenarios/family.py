@@ -9,7 +9,8 @@ scenario records its axis values:
 * ``fields``: the telemetry delivered (``masks.MASKS``), applied to the windows; every site
   is scored with ``all`` and with two (quick) or three (full) other masks in rotation (the
   same trace under each mask, so the comparison is paired).
-* ``model``: A100, H100, H200 or B200 (``physics.MODELS``), one per site.
+* ``model``: A100, H100, H200, B200 (eight GPUs a node) or GB200 (four: an NVL72 tray)
+  (``physics.MODELS``), one per site.
 * ``shock``: none, storage_stall, power_cap, aligned_checkpoints, fabric (``shocks``).
 * ``shape``: the job's shape family (``training.SHAPES`` for positives,
   ``negatives.NEGATIVES`` for negatives).

@@ -1,5 +1,6 @@
-"""What ``History.group_coupling`` says when it cannot measure: "pending" (wait) or "unknown"
-(the data cannot tell, so size or one workload id may stand in for coupling)."""
+"""What ``History.group_coupling`` says: "unknown" where the data cannot tell (size or one
+workload id may then stand in for coupling), and whether throttled GPUs may count, which
+depends on what the points are (exact window means or point readings)."""
 
 from __future__ import annotations
 
@@ -34,27 +35,23 @@ def _tenant(levels: dict[str, int]) -> TenantWindow:
     return tw
 
 
-def _site(windows: int, flat_group: bool, shocks: set[int]) -> tuple[History, int]:
-    """A four-node group beside three other tenants; in the windows of ``shocks`` those three
-    dip together (a site-wide stall)."""
+def _flat_site(windows: int) -> tuple[History, int]:
+    """A four-node group pinned at one level (a job at its power cap) beside three other tenants."""
     rng = random.Random(7)
     hist = History(DetectConfig())
     s = 0
     for k in range(windows):
         s = k * WINDOW_MS
-        tws = {
-            "group": _tenant({f"g{j}": 900 if flat_group else 850 + rng.randrange(100) for j in range(4)}),
-        }
+        tws = {"group": _tenant({f"g{j}": 900 for j in range(4)})}
         for o in range(3):
-            base = 500 if k in shocks else 900
-            tws[f"other{o}"] = _tenant({f"o{o}n{j}": base + rng.randrange(20) for j in range(2)})
+            tws[f"other{o}"] = _tenant({f"o{o}n{j}": 900 + rng.randrange(20) for j in range(2)})
         hist.record(s, tws)
     return hist, s
 
 
 def test_flat_series_over_a_long_history_are_unknown() -> None:
     cfg = DetectConfig()
-    hist, s = _site(cfg.coupling_min_windows + 4, flat_group=True, shocks=set())
+    hist, s = _flat_site(cfg.coupling_min_windows + 4)
     c = hist.group_coupling(s, ["group"], {"group"})
     assert c.across is None and c.state == "unknown"
 
