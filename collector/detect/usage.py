@@ -61,7 +61,7 @@ class Buckets(Protocol):
 
 
 class GpuLoad(Protocol):
-    """What the coupling tests read of a GPU window (``node_level``, ``signals.node_series``):
+    """What the coupling tests read of a GPU window (``node_level_exact``, ``signals.node_series``):
     a ``GpuWindow``, or the same values made without the record (collector/prometheus/sites.py)."""
 
     @property
@@ -102,10 +102,6 @@ class TenantWindow:
         """GPUs that make the tenant worth comparing with others: ``min_gpus``, or one whole
         node where its nodes hold fewer (an account of one four-GPU tray is a node's worth)."""
         return min(min_gpus, self.whole_node_gpus) if self.whole_node_gpus else min_gpus
-
-    def node_level(self, node: str) -> float | None:
-        """Mean load of the GPUs the tenant occupies on ``node`` (``node_level_exact``'s level)."""
-        return self.node_level_exact(node)[0]
 
     def node_level_exact(self, node: str) -> tuple[float | None, bool]:
         """Mean load of the GPUs the tenant occupies on ``node``: power / limit where known, else
@@ -241,10 +237,11 @@ def aggregate(windows: Iterable[UsageWindow], cfg: DetectConfig) -> SiteWindow:
                     use.mem_sum += mem
                     use.mem_sq += float(mem) * mem
                     use.mem_n += 1
-        n_gpus = sum(1 for g in w.gpus if g.samples)  # as the Prometheus path counts them
-        for tw in touched:
-            if len(tw.by_node.get(node, ())) == n_gpus and not 0 < tw.whole_node_gpus <= n_gpus:
-                tw.whole_node_gpus = n_gpus
+        if touched:  # a node some tenant occupies: does one of them hold all of it?
+            n_gpus = sum(1 for g in w.gpus if g.samples)  # as the Prometheus path counts them
+            for tw in touched:
+                if len(tw.by_node.get(node, ())) == n_gpus and not 0 < tw.whole_node_gpus <= n_gpus:
+                    tw.whole_node_gpus = n_gpus
     return SiteWindow(tenants, ib, gpus_seen)
 
 

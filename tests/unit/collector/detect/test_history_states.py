@@ -16,7 +16,7 @@ WINDOW_MS = 60_000
 
 @dataclass
 class _Gpu:
-    """What ``TenantWindow.node_level`` and ``sample_lag`` read of a GPU window: utilisation only."""
+    """What ``TenantWindow.node_level_exact`` and ``sample_lag`` read of a GPU window: utilisation only."""
 
     util_mean_permille: int
     samples: int = 6

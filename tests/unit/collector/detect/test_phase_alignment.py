@@ -35,7 +35,7 @@ class _Series:
 
 @dataclass
 class _Gpu:
-    """What ``TenantWindow.node_level`` and ``sample_lag`` read of a GPU window."""
+    """What ``TenantWindow.node_level_exact`` and ``sample_lag`` read of a GPU window."""
 
     power_mean_mw: int
     energy_start_mj: int
