@@ -196,6 +196,15 @@ class _Prepared:
     used_eps: int
     leave: int
     removed: float | None
+    present: list[int]
+    """Per unit, the time points it has a value at (bit i: point i)."""
+    min_overlap: int
+    """Points two units must share for their pair to say anything (``measurable``)."""
+
+    def measurable(self, a: int, b: int) -> bool:
+        """Do units a and b share enough time points? Nodes read every 20 s at their own phases
+        fill different 10-s buckets: such a pair's correlation is no evidence either way (not 0)."""
+        return (self.present[a] & self.present[b]).bit_count() >= self.min_overlap
 
     def pair(self, a: int, b: int) -> tuple[float, float]:
         """(correlation with every episode, without the episodes left out) of units a and b."""
@@ -210,6 +219,7 @@ class _Prepared:
     def all_pairs(self) -> tuple[list[float], list[float]]:
         """``pair`` of every two units, in (a, b) order with a < b: (full, robust) lists."""
         dense, rest, totals, rest_totals = self.dense, self.rest, self.totals, self.rest_totals
+        present, need = self.present, self.min_overlap
         same = rest is dense
         few_eps = self.used_eps < 2
         sqrt, mul = math.sqrt, operator.mul
@@ -217,8 +227,10 @@ class _Prepared:
         robust: list[float] = []
         k = len(dense)
         for a in range(k):
-            da, ra, ta, rta = dense[a], rest[a], totals[a], rest_totals[a]
+            da, ra, ta, rta, pa = dense[a], rest[a], totals[a], rest_totals[a], present[a]
             for b in range(a + 1, k):
+                if (pa & present[b]).bit_count() < need:
+                    continue
                 den = sqrt(ta * totals[b])
                 r_full = sum(map(mul, da, dense[b])) / den if den > _TINY else 0.0
                 full.append(r_full)
@@ -229,8 +241,11 @@ class _Prepared:
                 robust.append(sum(map(mul, ra, rest[b])) / d if d > _TINY else 0.0)
         return full, robust
 
-    def result(self, scale: str, full: list[float], robust_pairs: list[float], units: int) -> Coupling:
+    def result(self, scale: str, full: list[float], robust_pairs: list[float], units: int) -> Coupling | None:
+        """The statistic over the pairs given; None where no pair was measurable."""
         pairs = len(full)
+        if not pairs:
+            return None
         med_all = median(full)
         robust = min(med_all, median(robust_pairs))
         # Points left after the episodes left out (what the statistic stands on).
@@ -274,6 +289,7 @@ def _prepare(
     prepared: list[list[float | None]] = []
     names: list[str] = []
     points = length
+    present: list[int] = []
     for name, xs in units.items():
         hit = cache.get(id(xs)) if use_cache and cache is not None else None
         if hit is None:
@@ -289,6 +305,7 @@ def _prepare(
             continue
         prepared.append(w)
         names.append(name)
+        present.append(sum(1 << i for i, v in enumerate(w) if v is not None))
         points = min(points, n)
     if len(prepared) < 2:
         return None
@@ -356,7 +373,9 @@ def _prepare(
             rest = [rest[i] for i in keep_units]
             totals = [totals[i] for i in keep_units]
             rest_totals = [rest_totals[i] for i in keep_units]
-    return _Prepared(names, dense, rest, totals, rest_totals, points, used_eps, leave, removed)
+            present = [present[i] for i in keep_units]
+    min_overlap = max(3, min_points // 2)
+    return _Prepared(names, dense, rest, totals, rest_totals, points, used_eps, leave, removed, present, min_overlap)
 
 
 def measure(
@@ -431,15 +450,18 @@ def measure_between(
     within: list[float] = []
     for i in range(k):
         for j in range(i + 1, k):
+            if not p.measurable(i, j):
+                continue
             r_full, r_rest = p.pair(i, j)
             if side[i] == side[j]:
                 within.append(min(r_full, r_rest))
             else:
                 full.append(r_full)
                 robust_pairs.append(r_rest)
-    if not full:
+    cross = p.result(scale, full, robust_pairs, k)
+    if cross is None:
         return None
-    return Between(p.result(scale, full, robust_pairs, k), median(within) if within else None)
+    return Between(cross, median(within) if within else None)
 
 
 __all__ = [

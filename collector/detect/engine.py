@@ -566,10 +566,15 @@ class DetectorEngine:
                 return None
             if not self._job_evidence(run):
                 return None
-            # A link of one of its accounts is being confirmed: wait for it (at most the
-            # windows a confirmation takes), so the finding names every account from the
-            # start instead of being raised for one and superseded a minute later.
-            if self._linker.pending(list(run.tenants)) and run.link_waits < cfg.link_confirm_windows:
+            # A link of one of its accounts with an account that has a run of its own is being
+            # confirmed: wait for it (at most the windows a confirmation takes), so that one
+            # finding names both instead of two being raised and one superseded a minute later.
+            # An account without a run of its own (a node or two of the job) joins this
+            # finding when its link is confirmed: the same finding, updated.
+            if run.link_waits < cfg.link_confirm_windows and any(
+                (k := self._run_key_of.get(p)) is not None and k != run.group and k in self._runs
+                for p in self._linker.pending(list(run.tenants))
+            ):
                 run.link_waits += 1
                 return None
             prior = self._prior_for(run, gap_ms) if self._priors else None

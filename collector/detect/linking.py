@@ -306,10 +306,15 @@ class Linker:
                     self.evidence[pair] = {**c.to_json(), "windows": windows}
         return kept if len(kept) >= 2 else []
 
-    def pending(self, tenants: Sequence[str]) -> bool:
-        """Is a link of one of ``tenants`` being confirmed (tested as one job, not yet linked)?"""
+    def pending(self, tenants: Sequence[str]) -> set[str]:
+        """The tenants outside ``tenants`` whose link with one of them is being confirmed
+        (tested as one job, not yet linked)."""
         ts = set(tenants)
-        return any((a in ts or b in ts) and (a, b) not in self.links for a, b in self.agree)
+        out: set[str] = set()
+        for a, b in self.agree:
+            if (a in ts) != (b in ts) and (a, b) not in self.links:
+                out.add(b if a in ts else a)
+        return out
 
     def groups(self, tenants: Sequence[str]) -> dict[str, list[str]]:
         """Group key -> sorted members, for every tenant given (a lone tenant is its own group)."""

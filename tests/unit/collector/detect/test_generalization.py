@@ -299,6 +299,26 @@ def test_clusters_that_move_apart_are_not_one_job() -> None:
     assert c is not None and not c.fired(0.1, 4.0), c
 
 
+def test_units_read_at_different_phases_with_no_point_in_common_cannot_tell() -> None:
+    """Nodes read every 20 s at their own phases fill different 10-s buckets. A pair with no
+    bucket in common says nothing about coupling: it is left out, not counted as zero (which
+    made one job's nodes read "uncoupled" at a median of exactly 0)."""
+    rng = random.Random(7)
+    n = 60
+    eps = [t // 6 for t in range(n)]
+    job = [rng.gauss(0, 0.1) for _ in range(n)]
+
+    def node(parity: int) -> list[float | None]:
+        return [job[t] + rng.gauss(0, 0.03) if t % 2 == parity else None for t in range(n)]
+
+    assert measure({"even": node(0), "odd": node(1)}, eps, scale="within_windows", min_points=24) is None
+    mixed = {f"n{i}": node(i % 2) for i in range(8)}  # 12 pairs share their buckets, 16 share none
+    c = measure(mixed, eps, scale="within_windows", min_points=24)
+    assert c is not None and c.pairs == 12 and c.fired(0.3, 4.0), c
+    apart = measure_between({"a": node(0)}, {"b": node(1)}, eps, scale="within_windows", min_points=24)
+    assert apart is None
+
+
 # ---------------------------------------------------------------------- 1. coarse sampling
 
 
@@ -318,6 +338,19 @@ def test_independent_one_node_jobs_started_together_raise_nothing_at_any_interva
             sample_s=sample_s,
         )
         assert site.run() == [], f"{sample_s} s samples"
+
+
+def test_an_account_without_a_run_of_its_own_does_not_hold_back_the_finding() -> None:
+    """A one-node account of the job joins the finding when its link is confirmed; the run that
+    holds size on its own is raised when it would be without that account."""
+    job = sync_job(seed=23)
+    cfg = DetectConfig()
+    big = Nodes("big", 10, "t-big", job, workload=lambda n, k: "wl-big")
+    one = Nodes("one", 1, "t-one", job, workload=lambda n, k: "wl-one")
+    (alone,) = Site([big], windows=40, sample_s=30).run(cfg)
+    (both,) = Site([big, one], windows=40, sample_s=30).run(cfg)
+    assert alone.tenants == ("t-big",) and both.tenants == ("t-big", "t-one") and both.gpus == 88
+    assert both.detected_at_ms == alone.detected_at_ms
 
 
 # ---------------------------------------------------------------------- 2. common shocks
