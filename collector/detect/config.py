@@ -79,6 +79,11 @@ class DetectConfig:
     """Across windows: window means pooled per node (any sample interval has them)."""
     coupling_min_windows: int = 12
     """Across windows: windows a node needs over that history to count (four episodes)."""
+    coupling_early_min_windows: int = 9
+    """Across windows, with fewer than ``coupling_min_windows`` points: a test on this many
+    (three episodes, the strongest left out) counts only where it is strong
+    (``coupling_strong_corr`` at twice ``coupling_min_z``): one job's nodes at 0.85-0.97 are
+    not made to wait minutes for points that can only confirm it."""
     coupling_episode_windows: int = 3
     """Across windows: consecutive windows that form one episode (left out together)."""
     coupling_min_corr: float = 0.08

@@ -354,13 +354,24 @@ class History:
         # Across windows: one point per window per node (its change since the window before).
         starts = self.across_starts()
         units = self.node_changes(members, sample, starts)
-        across = measure(
-            units,
-            self.episodes_across(starts),
-            scale=SCALE_ACROSS,
-            min_points=cfg.coupling_min_windows,
-            common=self.common_across(starts, exclude),
-        )
+        episodes = self.episodes_across(starts)
+        common = self.common_across(starts, exclude)
+        across = measure(units, episodes, scale=SCALE_ACROSS, min_points=cfg.coupling_min_windows, common=common)
+        if across is None and cfg.coupling_early_min_windows < cfg.coupling_min_windows:
+            # Before the history holds ``coupling_min_windows`` points, only a test far past
+            # the bars counts (``coupling_early_min_windows``, as strong as a test that
+            # confirms on its own); anything less is still "pending", not "uncoupled". Its
+            # episodes are two windows, so that it too has four or more and leaves out two
+            # (a shared dip across an episode's edge is left out whole).
+            early = measure(
+                units,
+                [i // 2 for i in range(len(starts))],
+                scale=SCALE_ACROSS,
+                min_points=cfg.coupling_early_min_windows,
+                common=common,
+            )
+            if early is not None and early.fired(cfg.coupling_strong_corr, 2 * cfg.coupling_min_z):
+                across = early
 
         # Within windows: the buckets of each window, mean-removed, over a shorter history.
         # Where the history holds fewer buckets than a node needs (``sync_min_points``: at a

@@ -330,6 +330,22 @@ def test_a_run_sampled_every_30_s_is_found_from_window_means() -> None:
     assert f.detected_at_ms - T0_MS <= 20 * WINDOW_MS
 
 
+def test_strong_coupling_counts_before_the_full_history_and_weaker_coupling_waits_for_it() -> None:
+    """One job's window means agree at 0.7-0.96: a test on nine points (four episodes or more,
+    two left out) that strong does not wait three more windows for points that can only confirm
+    it. A test below the strong bar on that few points counts for nothing (still pending)."""
+    for sample_s in (30, 60):
+        site = Site([Nodes("tr", 16, "t-a", sync_job(seed=1))], windows=30, sample_s=sample_s)
+        (early,) = site.run()
+        (full,) = site.run(DetectConfig(coupling_early_min_windows=12))  # the full history only
+        assert early.gpus == full.gpus == 128
+        assert early.detected_at_ms <= full.detected_at_ms - 3 * WINDOW_MS, sample_s
+        # With a strong bar the job does not reach, the early test never counts.
+        (weak,) = site.run(DetectConfig(coupling_strong_corr=0.99))
+        (weak_full,) = site.run(DetectConfig(coupling_strong_corr=0.99, coupling_early_min_windows=12))
+        assert weak.detected_at_ms == weak_full.detected_at_ms, sample_s
+
+
 def test_independent_one_node_jobs_started_together_raise_nothing_at_any_interval() -> None:
     for sample_s in (10, 30, 60):
         site = Site(
@@ -344,7 +360,7 @@ def test_an_account_without_a_run_of_its_own_does_not_hold_back_the_finding() ->
     """A one-node account of the job joins the finding when its link is confirmed; the run that
     holds size on its own is raised when it would be without that account."""
     job = sync_job(seed=23)
-    cfg = DetectConfig()
+    cfg = DetectConfig(coupling_early_min_windows=12)  # the full test only: both sites' first test in one window
     big = Nodes("big", 10, "t-big", job, workload=lambda n, k: "wl-big")
     one = Nodes("one", 1, "t-one", job, workload=lambda n, k: "wl-one")
     (alone,) = Site([big], windows=40, sample_s=30).run(cfg)
