@@ -32,6 +32,7 @@ dot products per pair, bounded by the number of units the engine samples.
 
 from __future__ import annotations
 
+import itertools
 import math
 import operator
 from collections.abc import Callable, Mapping, Sequence
@@ -161,6 +162,22 @@ def common_mask(c: Sequence[float | None]) -> list[bool]:
     return [v is not None and abs(v - med) > COMMON_MASK_SD * scale for v in c]
 
 
+def _present_bits(w: Sequence[float | None], n: int) -> int:
+    """The points ``w`` has a value at, as bits (bit i: point i); ``n`` of them."""
+    if n == len(w):
+        return (1 << n) - 1
+    return sum(itertools.compress(_pow2(len(w)), map(operator.is_not, w, itertools.repeat(None))))
+
+
+_POW2: list[int] = []
+
+
+def _pow2(length: int) -> list[int]:
+    if len(_POW2) < length:
+        _POW2.extend(1 << i for i in range(len(_POW2), length))
+    return _POW2
+
+
 def _winsorised(x: list[float | None]) -> list[float | None] | None:
     """Centre on the mean, clip at ``WINSOR`` robust SDs; None when the series is flat."""
     present = [v for v in x if v is not None]
@@ -200,11 +217,14 @@ class _Prepared:
     """Per unit, the time points it has a value at (bit i: point i)."""
     min_overlap: int
     """Points two units must share for their pair to say anything (``measurable``)."""
+    aligned: bool = False
+    """Every unit has its values at the same points (each has ``min_points`` or more): every
+    pair is measurable, and no pair needs checking."""
 
     def measurable(self, a: int, b: int) -> bool:
         """Do units a and b share enough time points? Nodes read every 20 s at their own phases
         fill different 10-s buckets: such a pair's correlation is no evidence either way (not 0)."""
-        return (self.present[a] & self.present[b]).bit_count() >= self.min_overlap
+        return self.aligned or (self.present[a] & self.present[b]).bit_count() >= self.min_overlap
 
     def pair(self, a: int, b: int) -> tuple[float, float]:
         """(correlation with every episode, without the episodes left out) of units a and b."""
@@ -220,6 +240,7 @@ class _Prepared:
         """``pair`` of every two units, in (a, b) order with a < b: (full, robust) lists."""
         dense, rest, totals, rest_totals = self.dense, self.rest, self.totals, self.rest_totals
         present, need = self.present, self.min_overlap
+        check = not self.aligned
         same = rest is dense
         few_eps = self.used_eps < 2
         sqrt, mul = math.sqrt, operator.mul
@@ -229,7 +250,7 @@ class _Prepared:
         for a in range(k):
             da, ra, ta, rta, pa = dense[a], rest[a], totals[a], rest_totals[a], present[a]
             for b in range(a + 1, k):
-                if (pa & present[b]).bit_count() < need:
+                if check and (pa & present[b]).bit_count() < need:
                     continue
                 den = sqrt(ta * totals[b])
                 r_full = sum(map(mul, da, dense[b])) / den if den > _TINY else 0.0
@@ -268,7 +289,7 @@ class _Prepared:
         )
 
 
-RowCache = dict[int, tuple[list[float | None] | None, int]]
+RowCache = dict[int, tuple[list[float | None] | None, int, int]]
 """Prepared rows by the id of their series (valid while those series live, and only where no
 common component is masked): the linker tests one tenant's nodes against several clusters."""
 
@@ -297,15 +318,16 @@ def _prepare(
             x = deviations([None if m else v for v, m in zip(row, mask, strict=True)] if masked else row)
             n = sum(1 for v in x if v is not None)
             w = _winsorised(x) if n >= min_points else None
+            bits = 0 if w is None else _present_bits(w, n)
             if use_cache and cache is not None:
-                cache[id(xs)] = (w, n)
+                cache[id(xs)] = (w, n, bits)
         else:
-            w, n = hit
+            w, n, bits = hit
         if w is None:
             continue
         prepared.append(w)
         names.append(name)
-        present.append(sum(1 << i for i, v in enumerate(w) if v is not None))
+        present.append(bits)
         points = min(points, n)
     if len(prepared) < 2:
         return None
@@ -375,7 +397,10 @@ def _prepare(
             rest_totals = [rest_totals[i] for i in keep_units]
             present = [present[i] for i in keep_units]
     min_overlap = max(3, min_points // 2)
-    return _Prepared(names, dense, rest, totals, rest_totals, points, used_eps, leave, removed, present, min_overlap)
+    aligned = all(b == present[0] for b in present)
+    return _Prepared(
+        names, dense, rest, totals, rest_totals, points, used_eps, leave, removed, present, min_overlap, aligned
+    )
 
 
 def measure(
@@ -448,9 +473,10 @@ def measure_between(
     full: list[float] = []
     robust_pairs: list[float] = []
     within: list[float] = []
+    check = not p.aligned
     for i in range(k):
         for j in range(i + 1, k):
-            if not p.measurable(i, j):
+            if check and not p.measurable(i, j):
                 continue
             r_full, r_rest = p.pair(i, j)
             if side[i] == side[j]:

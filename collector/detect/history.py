@@ -357,7 +357,11 @@ class History:
         episodes = self.episodes_across(starts)
         common = self.common_across(starts, exclude)
         across = measure(units, episodes, scale=SCALE_ACROSS, min_points=cfg.coupling_min_windows, common=common)
-        if across is None and cfg.coupling_early_min_windows < cfg.coupling_min_windows:
+        if (
+            across is None
+            and cfg.coupling_early_min_windows < cfg.coupling_min_windows
+            and len(starts) > cfg.coupling_early_min_windows  # a change needs two windows
+        ):
             # Before the history holds ``coupling_min_windows`` points, only a test far past
             # the bars counts (``coupling_early_min_windows``, as strong as a test that
             # confirms on its own); anything less is still "pending", not "uncoupled". Its
