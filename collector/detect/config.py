@@ -81,9 +81,9 @@ class DetectConfig:
     """Across windows: windows a node needs over that history to count (four episodes)."""
     coupling_early_min_windows: int = 9
     """Across windows, with fewer than ``coupling_min_windows`` points: a test on this many
-    (three episodes, the strongest left out) counts only where it is strong
-    (``coupling_strong_corr`` at twice ``coupling_min_z``): one job's nodes at 0.85-0.97 are
-    not made to wait minutes for points that can only confirm it."""
+    (episodes of two windows, so four or more, two left out) counts only where it is strong
+    (``coupling_strong_corr`` at twice ``coupling_min_z``); a weaker one is still pending. One
+    job's nodes at 0.7-0.97 are not made to wait minutes for points that can only confirm it."""
     coupling_episode_windows: int = 3
     """Across windows: consecutive windows that form one episode (left out together)."""
     coupling_min_corr: float = 0.08
