@@ -32,6 +32,7 @@ dot products per pair, bounded by the number of units the engine samples.
 
 from __future__ import annotations
 
+import functools
 import itertools
 import math
 import operator
@@ -169,13 +170,10 @@ def _present_bits(w: Sequence[float | None], n: int) -> int:
     return sum(itertools.compress(_pow2(len(w)), map(operator.is_not, w, itertools.repeat(None))))
 
 
-_POW2: list[int] = []
-
-
-def _pow2(length: int) -> list[int]:
-    if len(_POW2) < length:
-        _POW2.extend(1 << i for i in range(len(_POW2), length))
-    return _POW2
+@functools.cache
+def _pow2(length: int) -> tuple[int, ...]:
+    """1, 2, 4, ... (``length`` of them): immutable per length, so safe to share between threads."""
+    return tuple(1 << i for i in range(length))
 
 
 def _winsorised(x: list[float | None]) -> list[float | None] | None:
@@ -250,7 +248,7 @@ class _Prepared:
         for a in range(k):
             da, ra, ta, rta, pa = dense[a], rest[a], totals[a], rest_totals[a], present[a]
             for b in range(a + 1, k):
-                if check and (pa & present[b]).bit_count() < need:
+                if check and (pa & present[b]).bit_count() < need:  # ``measurable``, inlined
                     continue
                 den = sqrt(ta * totals[b])
                 r_full = sum(map(mul, da, dense[b])) / den if den > _TINY else 0.0
