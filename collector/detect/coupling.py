@@ -22,6 +22,16 @@ jobs move alone. Two things make that comparison fragile, and this module answer
   without its strongest episodes. The median over pairs (not the mean) asks whether the
   *typical* pair of units is coupled, so several small clusters that each move together
   (multi-node inference instances) do not pass for one job.
+* **Clusters are not independent units.** Where units fall into tight clusters
+  (``CLUSTER_CORR``) none of which holds half of them, the pairs inside a cluster say
+  nothing about the rest, and the pairs between two clusters are near-copies of one
+  another. ``Coupling.between_clusters`` is then the same test over the pairs *between*
+  clusters, its standard error counting one pair per two clusters. A serving fleet of
+  2-4-node instances reads as fourteen independent nodes agreeing a little (0.16-0.29 over
+  91 pairs, "z" 4-9) when it is five instances; but one job's nodes can fall into tight
+  groups too (nodes that share a switch or a pipeline stage) and still agree across them.
+  The engine holds throttled (weak) GPUs to the test between clusters, busy ones to the
+  test over every pair (``history.group_coupling``).
 
 The same code serves two time scales (``engine`` decides which series it passes):
 *within windows* (per-bucket series, each window's mean removed: needs buckets, i.e. samples
@@ -37,7 +47,7 @@ import itertools
 import math
 import operator
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 WINSOR = 2.5
 """Residuals are clipped at this many robust standard deviations."""
@@ -51,6 +61,13 @@ COMMON_MASK_SD = 3.0
 """A time point whose common component is this many robust SDs from its median is masked."""
 MIN_COMMON_TENANTS = 3
 """A common component needs this many other tenants: with fewer, a "median" is one of them."""
+CLUSTER_CORR = 0.7
+"""Units whose pair correlation over every episode is at least this are one cluster (joined
+transitively). Nodes of one multi-node serving instance agree at 0.64-0.98 across windows
+read once a minute; nodes of one job read that coarsely agree at 0.15-0.25, and a pair of
+them reaches 0.7 by chance in 0.3% of pairs over 20 points (2% over 12), so a job's typical
+coupling is not split into clusters. A job read finely agrees above it everywhere: one
+cluster of all its units, which is then the job (``_clusters``)."""
 _TINY = 1e-12
 _MAD_TO_SD = 1.4826
 _MEDIAN_EFFICIENCY = 1.57
@@ -77,6 +94,12 @@ class Coupling:
     common_removed: float | None
     """Share of the time points masked as excursions of the common component (None: no
     common component, fewer than ``MIN_COMMON_TENANTS`` other tenants)."""
+    clusters: int | None = None
+    """Set on a test over the pairs between clusters of units (``between_clusters``): how
+    many clusters (singletons included); ``z`` counts one pair per two of them."""
+    between_clusters: Coupling | None = None
+    """Where the units fell into tight clusters none of which holds half of them: the test
+    over the pairs between clusters only. None: no such clusters."""
     weak_min_corr: float | None = None
     """Where the caller recorded it: the correlation at which this test lets throttled (weak)
     GPUs count for a run (across windows it depends on what the points are: exact window
@@ -96,6 +119,8 @@ class Coupling:
             "pairs": self.pairs,
             "episodes": self.episodes,
             "common_share_removed": None if self.common_removed is None else round(self.common_removed, 3),
+            **({} if self.clusters is None else {"clusters": self.clusters}),
+            **({} if self.between_clusters is None else {"between_clusters": self.between_clusters.to_json()}),
             **({} if self.weak_min_corr is None else {"weak_min_corr": round(self.weak_min_corr, 3)}),
         }
 
@@ -260,8 +285,21 @@ class _Prepared:
                 robust.append(sum(map(mul, ra, rest[b])) / d if d > _TINY else 0.0)
         return full, robust
 
-    def result(self, scale: str, full: list[float], robust_pairs: list[float], units: int) -> Coupling | None:
-        """The statistic over the pairs given; None where no pair was measurable."""
+    def pair_index(self) -> list[tuple[int, int]]:
+        """The (a, b) of each pair ``all_pairs`` gives, in its order."""
+        k = len(self.dense)
+        return [(a, b) for a in range(k) for b in range(a + 1, k) if self.measurable(a, b)]
+
+    def result(
+        self,
+        scale: str,
+        full: list[float],
+        robust_pairs: list[float],
+        units: int,
+        clusters: int | None = None,
+    ) -> Coupling | None:
+        """The statistic over the pairs given; None where no pair was measurable. ``clusters``:
+        the pairs are those between that many clusters of units (``z`` counts one per two)."""
         pairs = len(full)
         if not pairs:
             return None
@@ -269,11 +307,12 @@ class _Prepared:
         robust = min(med_all, median(robust_pairs))
         # Points left after the episodes left out (what the statistic stands on).
         support = max(0, self.points - (self.points * self.leave) // max(self.used_eps, 1))
-        if pairs == 1:
+        independent = pairs if clusters is None else min(pairs, clusters * (clusters - 1) // 2)
+        if independent == 1:
             r = min(max(robust, -0.999999), 0.999999)
             z = math.atanh(r) * math.sqrt(max(support - 3, 0))
         else:
-            z = robust * math.sqrt(pairs * max(support - 1, 0) / _MEDIAN_EFFICIENCY)
+            z = robust * math.sqrt(independent * max(support - 1, 0) / _MEDIAN_EFFICIENCY)
         return Coupling(
             scale=scale,
             corr=robust,
@@ -284,6 +323,7 @@ class _Prepared:
             pairs=pairs,
             episodes=self.used_eps,
             common_removed=self.removed,
+            clusters=clusters,
         )
 
 
@@ -420,7 +460,47 @@ def measure(
     if p is None:
         return None
     full, robust_pairs = p.all_pairs()
-    return p.result(scale, full, robust_pairs, len(p.names))
+    k = len(p.names)
+    res = p.result(scale, full, robust_pairs, k)
+    if res is not None and k >= 3 and any(r >= CLUSTER_CORR for r in full):
+        index = p.pair_index()
+        cluster = _clusters(k, index, full)
+        if cluster is not None:
+            count = len(set(cluster))
+            cross = [i for i, (a, b) in enumerate(index) if cluster[a] != cluster[b]]
+            apart = p.result(scale, [full[i] for i in cross], [robust_pairs[i] for i in cross], k, clusters=count)
+            res = replace(res, between_clusters=apart)
+    return res
+
+
+def _clusters(k: int, index: Sequence[tuple[int, int]], full: Sequence[float]) -> list[int] | None:
+    """Cluster of each of ``k`` units, joining pairs at ``CLUSTER_CORR`` or more; None where
+    one cluster holds half the units or more (the group's typical unit is in one job: its
+    pairs are the evidence) or where no pair joined."""
+    parent = list(range(k))
+
+    def root(i: int) -> int:
+        while parent[i] != i:
+            parent[i] = parent[parent[i]]
+            i = parent[i]
+        return i
+
+    joined = False
+    for (a, b), r in zip(index, full, strict=True):
+        if r >= CLUSTER_CORR:
+            ra, rb = root(a), root(b)
+            if ra != rb:
+                parent[ra] = rb
+                joined = True
+    if not joined:
+        return None
+    roots = [root(i) for i in range(k)]
+    sizes: dict[int, int] = {}
+    for r in roots:
+        sizes[r] = sizes.get(r, 0) + 1
+    if 2 * max(sizes.values()) >= k:
+        return None
+    return roots
 
 
 @dataclass(frozen=True)
@@ -489,6 +569,7 @@ def measure_between(
 
 
 __all__ = [
+    "CLUSTER_CORR",
     "Between",
     "Coupling",
     "LEAVE_OUT",

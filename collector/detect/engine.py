@@ -409,9 +409,12 @@ class DetectorEngine:
             # Coupling decides findings (runs of ``min_gpus``) and whether weak GPUs count; a group
             # that occupies fewer GPUs than a finding needs, with no run going, is not measured.
             measured = occupied >= cfg.sync_min_gpus and (occupied >= cfg.min_gpus or run is not None)
-            coupling = (
-                self._history.group_coupling(s, members, exclude) if measured else GroupCoupling(None, None, "unknown")
-            )
+            if measured:
+                strong = sum(site.tenants[m].strong for m in present)
+                weak = sum(site.tenants[m].weak for m in present)
+                coupling = self._history.group_coupling(s, members, exclude, mostly_weak=weak >= strong)
+            else:
+                coupling = GroupCoupling(None, None, "unknown")
             gu = self._group_use(s, members, site, coupling.state == "coupled" and coupling.weak_ok)
             if gu.weak_counted and gu.gpus >= cfg.run_floor_gpus:
                 run = self._backfill_weak(key, members, run, s, gap_ms)

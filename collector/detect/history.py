@@ -343,9 +343,15 @@ class History:
             units[n] = row
         return units
 
-    def group_coupling(self, s: int, members: Sequence[str], exclude: Collection[str]) -> GroupCoupling:
+    def group_coupling(
+        self, s: int, members: Sequence[str], exclude: Collection[str], mostly_weak: bool = False
+    ) -> GroupCoupling:
         """Coupling of the group's sampled nodes, at both scales; ``exclude``: tenants kept out of
-        the common component (the group and the tenants that move with it)."""
+        the common component (the group and the tenants that move with it). ``mostly_weak``:
+        most of the group's candidate GPUs are throttled (weak), as a serving fleet's are: where
+        its nodes fall into tight clusters, the tests between clusters decide (coupling.py,
+        "Clusters are not independent units"); a group of busy GPUs keeps the tests over every
+        pair (one job's nodes in tight groups still agree across them)."""
         cfg = self.config
         sample = self.sample_nodes(s, members, cfg.sync_sample_nodes)
         if len(sample) < 2:
@@ -390,6 +396,9 @@ class History:
             common = self.common_within(wstarts, lengths, exclude)
             within = measure(bunits, eps, scale=SCALE_WITHIN, min_points=cfg.sync_min_points, common=common)
 
+        if mostly_weak:
+            within = None if within is None else (within.between_clusters or within)
+            across = None if across is None else (across.between_clusters or across)
         within_fired = within is not None and within.fired(cfg.sync_min_corr, cfg.coupling_min_z)
         fired = within_fired or (across is not None and across.fired(cfg.coupling_min_corr, cfg.coupling_min_z))
         # Weak GPUs count for a run only where its nodes are coupled as one job's are. Across

@@ -299,6 +299,39 @@ def test_clusters_that_move_apart_are_not_one_job() -> None:
     assert c is not None and not c.fired(0.1, 4.0), c
 
 
+def test_instances_that_share_a_little_demand_are_counted_as_instances_not_as_nodes() -> None:
+    """Serving instances of 2-4 nodes (each instance's nodes near-copies of one another) that
+    share a little demand across instances: the median pair is above the bar, and counted as
+    91 independent pairs it reads coupled. There are five instances, not fourteen nodes: the
+    test between clusters stands on the pairs between instances and counts one pair per two
+    instances. Nodes of one job with the same weak agreement everywhere are not split by a
+    pair close by chance, and nodes of one job that agree closely are one cluster: the job."""
+    rng = random.Random(11)
+    n = 22
+    eps = [t // 3 for t in range(n)]
+    demand = [rng.gauss(0, 0.1) for _ in range(n)]
+    fleet: dict[str, list[float | None]] = {}
+    for inst, size in enumerate((4, 3, 3, 2, 2)):
+        own = [rng.gauss(0, 0.2) for _ in range(n)]
+        for j in range(size):
+            fleet[f"i{inst}-{j}"] = [d + o + rng.gauss(0, 0.06) for d, o in zip(demand, own, strict=True)]
+    c = measure(fleet, eps, scale="across_windows", min_points=12)
+    assert c is not None and c.pairs == 91 and c.fired(0.08, 4.0), "over every pair the fleet reads coupled"
+    apart = c.between_clusters
+    assert apart is not None and apart.clusters == 5 and apart.pairs == 77, c
+    assert apart.corr > 0.08 and not apart.fired(0.08, 4.0), apart
+    assert "between_clusters" in c.to_json()
+    job = [rng.gauss(0, 0.1) for _ in range(30)]  # a full across-windows history
+    long_eps = [t // 3 for t in range(30)]
+    weak = {f"n{i}": [j + rng.gauss(0, 0.15) for j in job] for i in range(24)}  # pairs at ~0.3
+    c = measure(weak, long_eps, scale="across_windows", min_points=12)
+    assert c is not None and c.fired(0.08, 4.0), c
+    assert c.between_clusters is None or c.between_clusters.fired(0.08, 4.0), "a pair close by chance"
+    close = {f"n{i}": [j + rng.gauss(0, 0.02) for j in job] for i in range(14)}
+    c = measure(close, long_eps, scale="across_windows", min_points=12)
+    assert c is not None and c.between_clusters is None and c.fired(0.5, 8.0), c
+
+
 def test_units_read_at_different_phases_with_no_point_in_common_cannot_tell() -> None:
     """Nodes read every 20 s at their own phases fill different 10-s buckets. A pair with no
     bucket in common says nothing about coupling: it is left out, not counted as zero (which
@@ -493,6 +526,40 @@ def test_multi_node_inference_instances_raise_nothing() -> None:
         sample_s=10,
     )
     assert site.run() == []
+
+
+def _instances(sizes: tuple[int, ...], busy: bool, seed: int) -> Level:
+    """Nodes in tight groups (``sizes``) that share a little load across groups, read once a
+    minute: serving instances at moderate load (``busy`` False: weak GPUs), or the node groups
+    of one job at full speed (``busy`` True: strong GPUs)."""
+    g_rng = random.Random(seed)
+    shared = [g_rng.gauss(0, 0.05) for _ in range(200)]
+    own = [[g_rng.gauss(0, 0.1) for _ in range(200)] for _ in sizes]
+    group = [i for i, size in enumerate(sizes) for _ in range(size)]
+
+    def level(n: int, k: int, t: float, rng: random.Random) -> tuple[float, float]:
+        x = shared[k] + own[group[n]][k] + rng.gauss(0, 0.01)
+        if busy:
+            return min(1.0, 0.95 + 0.2 * x), 0.7 + 0.5 * x
+        return 0.55 + x, 0.35 + 0.5 * x
+
+    return level
+
+
+def test_serving_instances_read_once_a_minute_raise_nothing_but_one_jobs_node_groups_do() -> None:
+    """Sixteen nodes in groups of 2-4 that move together, groups a little alike, one reading a
+    minute. At moderate load (weak GPUs) they are serving instances following shared demand:
+    over all 120 node pairs they read coupled, between the five groups they do not, and the
+    GPUs of a mostly weak group are held to the test between groups. At full speed (strong
+    GPUs) the same structure is one job whose nodes share switches or stages: found."""
+    sizes = (4, 4, 3, 3, 2)
+    serving = Site(
+        [Nodes("srv", 16, "t-srv", _instances(sizes, False, 5), ib_bytes_per_s=2e9)], windows=45, sample_s=60
+    )
+    assert serving.run() == []
+    job = Site([Nodes("job", 16, "t-job", _instances(sizes, True, 5), ib_bytes_per_s=2e10)], windows=45, sample_s=60)
+    found = job.run()
+    assert [f.tenant for f in found] == ["t-job"], found
 
 
 def test_a_sweep_of_independent_jobs_of_one_tenant_is_at_most_low() -> None:
