@@ -285,8 +285,9 @@ class DetectorEngine:
                 self._run_key_of[m] = key
         return run
 
-    def _group_use(self, s: int, members: list[str], site: SiteWindow, coupled: bool) -> GroupUse:
-        """The group's training workloads this window and the GPUs they occupy."""
+    def _group_use(self, s: int, members: list[str], site: SiteWindow, coupled: bool, mostly_weak: bool) -> GroupUse:
+        """The group's training workloads this window and the GPUs they occupy; ``mostly_weak``:
+        its weak candidate GPUs are at least its strong ones (``_update_runs``)."""
         cfg = self.config
         memory_ms = cfg.workload_memory_s * _MS
         gu = GroupUse()
@@ -297,7 +298,7 @@ class DetectorEngine:
         # Weak (throttled, input-bound) GPUs make workloads training ones where the group is
         # coupled and mostly weak: beside a strong training majority they are other work
         # (serving on the same nodes), and a serving fleet is not coupled.
-        weak_counts = coupled and weak >= strong
+        weak_counts = coupled and mostly_weak
         gu.weak_counted = weak_counts and weak > 0
         # Sums in locals (a workload without a signal adds 0.0 to it: the same floats); a
         # signal's entry exists where some workload carried it (its weight is then above 0).
@@ -409,13 +410,16 @@ class DetectorEngine:
             # Coupling decides findings (runs of ``min_gpus``) and whether weak GPUs count; a group
             # that occupies fewer GPUs than a finding needs, with no run going, is not measured.
             measured = occupied >= cfg.sync_min_gpus and (occupied >= cfg.min_gpus or run is not None)
-            if measured:
-                strong = sum(site.tenants[m].strong for m in present)
-                weak = sum(site.tenants[m].weak for m in present)
-                coupling = self._history.group_coupling(s, members, exclude, mostly_weak=weak >= strong)
-            else:
-                coupling = GroupCoupling(None, None, "unknown")
-            gu = self._group_use(s, members, site, coupling.state == "coupled" and coupling.weak_ok)
+            # Mostly weak (throttled) GPUs are what serving looks like: such a group's weak GPUs
+            # count only where it is coupled, and its coupling is the test between tight
+            # clusters of its nodes where they form some (``History.group_coupling``).
+            mostly_weak = sum(site.tenants[m].weak for m in present) >= sum(site.tenants[m].strong for m in present)
+            coupling = (
+                self._history.group_coupling(s, members, exclude, mostly_weak=mostly_weak)
+                if measured
+                else GroupCoupling(None, None, "unknown")
+            )
+            gu = self._group_use(s, members, site, coupling.state == "coupled" and coupling.weak_ok, mostly_weak)
             if gu.weak_counted and gu.gpus >= cfg.run_floor_gpus:
                 run = self._backfill_weak(key, members, run, s, gap_ms)
             if gu.gpus < cfg.run_floor_gpus:
