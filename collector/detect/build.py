@@ -123,6 +123,11 @@ def _signals(run: Run, cfg: DetectConfig, gpus: int, window_ms: int) -> dict[str
     }
     if run.coupling_state == "unknown":
         synchrony["note"] = "every node series flat or missing at both scales: the data cannot tell"
+    elif run.coupling_state == "flat":
+        synchrony["note"] = (
+            f"not coupled, but the node series barely move (typical point below {cfg.coupling_flat_change:g} of "
+            "full scale, as pinned GPUs read): nothing to measure, not evidence of independent nodes"
+        )
     elif run.coupling_state == "pending":
         synchrony["note"] = "history still too short to measure coupling"
     ib = None if last is None else last.ib_bytes_per_s

@@ -101,6 +101,14 @@ class DetectConfig:
     read once a minute agree at about 0.2). docs/detection.md."""
     coupling_min_z: float = 4.0
     """Standard errors from what independent nodes give, for coupling at either scale."""
+    coupling_flat_change: float = 0.005
+    """A test that finds no coupling where the typical point of its node series (median over
+    nodes of the median window-to-window change across windows, of the distance from the
+    window's mean within windows) moves less than this share of full scale had nothing to
+    measure: the series are flat between a few excursions (utilisation pinned at 100%, which
+    NVML reports in whole percent), as a job's and a fleet's pinned GPUs both are. It is
+    *flat*, not evidence of independent nodes: counted as uncoupled for the run's votes, and
+    as unknown for what else may say it is one job (one workload id, size)."""
     coupling_confirm_windows: int = 2
     """A run's coupling is job evidence once its tests found it coupled in this many more
     windows than uncoupled (a test runs every window: one that passes once by chance, or on

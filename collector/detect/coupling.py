@@ -143,6 +143,15 @@ def deviations(xs: Sequence[float | None]) -> list[float | None]:
     return [None if x is None else x - m for x in xs]
 
 
+def typical_move(units: Mapping[str, Sequence[float | None]]) -> float | None:
+    """How far a typical point of the units moves from zero: the median over units of each
+    unit's median absolute value (window-to-window changes across windows, distances from the
+    window's mean within them); None where no unit has a point. A median, so that a few
+    excursions (checkpoints, a start) do not make a series that is flat between them move."""
+    per = [median([abs(v) for v in row if v is not None]) for row in units.values() if any(v is not None for v in row)]
+    return median(per) if per else None
+
+
 def changes(xs: Sequence[float | None]) -> list[float | None]:
     """Window-to-window changes (None where either side is missing; the first is None).
 
@@ -577,6 +586,7 @@ __all__ = [
     "changes",
     "common_component",
     "deviations",
+    "typical_move",
     "measure",
     "measure_between",
     "median",

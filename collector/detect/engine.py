@@ -518,11 +518,13 @@ class DetectorEngine:
             run.coupling_state = coupling.state
             run.sync = best.corr
             run.sync_max = best.corr if run.sync_max is None else max(run.sync_max, best.corr)
+            # A flat test counts against the run's coupling as an uncoupled one does: what
+            # it cannot say is left to the other evidence (``_job_evidence``).
             if coupling.state == "coupled":
                 run.coupled_windows += 1
-            elif coupling.state == "uncoupled":
+            elif coupling.state in ("uncoupled", "flat"):
                 run.uncoupled_windows += 1
-            if coupling.state in ("coupled", "uncoupled"):
+            if coupling.state in ("coupled", "uncoupled", "flat"):
                 run.recent_tests.append(coupling.state == "coupled")
                 del run.recent_tests[: -max(1, self.config.coupling_history_windows)]
         else:
@@ -532,7 +534,7 @@ class DetectorEngine:
             strong = best is not None and best.corr >= cfg.coupling_strong_corr and best.z >= 2 * cfg.coupling_min_z
             step = cfg.coupling_confirm_windows if strong else 1
             run.coupling_votes = min(run.coupling_votes + step, 2 * cfg.coupling_confirm_windows)
-        elif coupling.state == "uncoupled":
+        elif coupling.state in ("uncoupled", "flat"):
             run.coupling_votes = max(run.coupling_votes - 1, 0)
 
     def _end_run(self, key: str) -> list[Finding]:
@@ -641,8 +643,9 @@ class DetectorEngine:
         priors.seed(run, p, self.config)
 
     def _job_evidence(self, run: Run) -> bool:
-        """Are the run's GPUs one job? Coupling where measured; else one workload id, or size on a
-        fabric that is not idle."""
+        """Are the run's GPUs one job? Coupling where measured; else one workload id (where
+        coupling is unknown, or its series were flat: nothing to measure), or, only where it
+        is unknown, size on a fabric that is not idle."""
         cfg = self.config
         last = run.last
         if last is not None and self._fabric_idle(last):
@@ -659,6 +662,10 @@ class DetectorEngine:
             return False
         if last.shared_workload_gpus >= cfg.min_gpus:
             return True
+        if run.coupling_state == "flat":
+            # Pinned GPUs of a fleet of one-node jobs read as flat as one job's: where the
+            # fabric is not reported, size alone would raise every large pinned fleet.
+            return False
         ib_idle = last.ib_bytes_per_s is not None and last.ib_bytes_per_s < cfg.ib_idle_bytes_per_s
         return last.strong >= cfg.size_alone_gpus and not ib_idle
 

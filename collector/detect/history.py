@@ -24,7 +24,15 @@ from collections.abc import Collection, Sequence
 from dataclasses import dataclass, replace
 
 from collector.detect.config import DetectConfig
-from collector.detect.coupling import MIN_COMMON_TENANTS, Coupling, changes, common_component, measure, median
+from collector.detect.coupling import (
+    MIN_COMMON_TENANTS,
+    Coupling,
+    changes,
+    common_component,
+    measure,
+    median,
+    typical_move,
+)
 from collector.detect.signals import node_series, sample_lag, stable_sample
 from collector.detect.usage import TenantWindow
 
@@ -41,7 +49,10 @@ class GroupCoupling:
 
     within: Coupling | None
     across: Coupling | None
-    state: str  # "coupled", "uncoupled", "pending" (history too short yet) or "unknown" (cannot tell)
+    state: str
+    """"coupled"; "uncoupled"; "flat" (measured, not coupled, and the series barely move between
+    a few excursions: nothing to measure, ``DetectConfig.coupling_flat_change``); "pending"
+    (history too short yet); or "unknown" (no series to measure: the data cannot tell)."""
     weak_ok: bool = True
     """Coupled enough for throttled (weak) GPUs to count as the run's: where the levels are
     exact window means, across windows only at ``coupling_exact_min_corr``."""
@@ -390,6 +401,7 @@ class History:
         wstarts = self.within_starts(cfg.sync_history_windows)
         lengths = self.bucket_lengths(members, wstarts)
         within = None
+        bunits: dict[str, list[float | None]] = {}
         if lengths and sum(lengths) >= max(1, cfg.sync_min_points):
             bunits = self.node_buckets(members, sample, wstarts, lengths)
             eps = [i for i, length in enumerate(lengths) for _ in range(length)]
@@ -420,7 +432,11 @@ class History:
         if fired:
             state = "coupled"
         elif within or across:
-            state = "uncoupled"
+            # Not coupled: evidence of independent nodes only where their series move. Pinned
+            # GPUs read the same value window after window, one job's and a fleet's alike.
+            moves = [typical_move(u) for u, c in ((units, across), (bunits, within)) if c is not None]
+            flat = all(m is not None and m < cfg.coupling_flat_change for m in moves)
+            state = "flat" if flat else "uncoupled"
         else:
             # Nothing measured: "pending" while the history is still too short for the
             # across-windows scale (it will be measurable), "unknown" when it is long enough and

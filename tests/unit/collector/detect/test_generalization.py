@@ -688,3 +688,53 @@ def test_an_account_of_one_four_gpu_tray_is_linked_into_its_run() -> None:
     eng.finish()
     named = [f for f in eng.findings() if set(run.tenants) <= set(f.tenants)]
     assert named, [(f.tenants, f.gpus) for f in eng.findings()]
+
+
+def pinned(seed: int, shared_schedule: bool) -> Level:
+    """GPUs at 100% utilisation between checkpoints (a 30 s pause every 25-35 minutes, as large
+    runs checkpoint), read with a little jitter: one job's nodes keep one schedule, a fleet's
+    each its own."""
+    rng0 = random.Random(seed)
+    every: dict[int, tuple[int, float]] = {}
+
+    def f(n: int, k: int, t: float, rng: random.Random) -> tuple[float, float] | None:
+        key = 0 if shared_schedule else n
+        if key not in every:
+            every[key] = (rng0.randrange(25, 36), rng0.uniform(0, 1800))
+        period, offset = every[key]
+        since = k * 60 + t + offset
+        if since % (60 * period) >= 60 * period - 30:
+            return 0.2, 0.3
+        return 1.0 - abs(rng.gauss(0.0, 0.002)), 0.92 + rng.gauss(0.0, 0.04)
+
+    return f
+
+
+def test_pinned_gpus_read_flat_not_uncoupled_and_one_workload_id_says_one_job() -> None:
+    """Utilisation only (no power, energy or IB), read every 20 s. Pinned at 100% between
+    checkpoints, a 16-node job reads the same value window after window: its tests find no
+    coupling because there is nothing to measure, which is not evidence of independent nodes
+    (state "flat"). One workload id over its 128 GPUs then says it is one job, as it would
+    where coupling could not be measured at all. A fleet of 32 such nodes running one-node
+    jobs, one id each, raises nothing: flat series leave size alone out (256 pinned GPUs of a
+    fleet read as flat as a job's, and no fabric is reported)."""
+    from collector.evaluate.scenarios.masks import apply
+
+    def found(site: Site) -> list[Finding]:
+        eng = DetectorEngine(DetectConfig(), TENANTS)
+        for w in site.stream():
+            eng.observe(apply(w, "util_only"))
+        eng.finish()
+        return eng.findings()
+
+    job = Site([Nodes("pj", 16, "t-pin", pinned(7, True))], windows=40, sample_s=20)
+    (f,) = found(job)
+    assert f.evidence["job_evidence"] == "one workload id", f.evidence["job_evidence"]
+    sync = f.evidence["signals"]["synchrony_corr"]
+    assert sync["state"] == "flat" and sync["fired"] is None, sync
+    assert f.gpus == 128
+
+    fleet = Site(
+        [Nodes("pf", 32, "t-pinf", pinned(7, False), workload=lambda n, k: f"job-{n}")], windows=40, sample_s=20
+    )
+    assert found(fleet) == []
