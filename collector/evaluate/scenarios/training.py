@@ -163,9 +163,17 @@ class TrainingRun(Component):
         pkind = rng.choice(("k8s_pod", "slurm_job"))
         mem = int(model.mem_bytes * rng.uniform(0.82, 0.95))
         self.mem = mem
+
+        # The id the agent gives the process: a Slurm job has one job id on every node it
+        # runs on; Kubernetes runs one pod per node (a PyTorchJob's or JobSet's workers), and
+        # the agent's id is the pod's namespace/name, so a job's pods share no id.
+        def workload(j: int) -> str:
+            w = workloads[acct_of[j]]
+            return w if pkind == "slurm_job" else f"{w}/worker-{j}"
+
         self.procs = [
             [
-                Proc(accounts[acct_of[j]], workloads[acct_of[j]], mem - 300_000_000, rng.randrange(2000, 60000), pkind)
+                Proc(accounts[acct_of[j]], workload(j), mem - 300_000_000, rng.randrange(2000, 60000), pkind)
                 for _ in range(gpn)
             ]
             for j in range(len(nodes))

@@ -229,6 +229,22 @@ def test_accounts_split_a_run_including_single_node_accounts() -> None:
     assert set(run.truths[0].tenants) == set(accts)
 
 
+def test_a_slurm_job_has_one_id_on_every_node_and_a_kubernetes_job_one_pod_per_node() -> None:
+    """What the agent reports: a Slurm job id is the same on every node of the job; a
+    Kubernetes job runs one pod per node, and a pod's namespace/name is its workload id."""
+    kinds: set[str] = set()
+    for seed in range(12):
+        rng = random.Random(seed)
+        site = _site(rng, 60)
+        nodes = [make_node(rng, f"n{i}", site.model, 20.0) for i in range(6)]
+        run = TrainingRun(rng, "dp", nodes, ["t-a"], 300, 1500, site.shocks, T0)
+        ids = {p.workload for procs in run.procs for p in procs}
+        kind = run.procs[0][0].kind
+        kinds.add(kind)
+        assert len(ids) == (1 if kind == "slurm_job" else len(nodes)), (kind, ids)
+    assert kinds == {"slurm_job", "k8s_pod"}
+
+
 def test_names_are_random_ids_and_the_plan_holds_families_out() -> None:
     sc = Scenario(
         "x",
