@@ -404,16 +404,23 @@ def _prepare(
     # agreement is theirs: an episode in which one side moved together on its own (B's nodes
     # are one job) says nothing about A, and leaving it out would leave the cross pairs with
     # the episodes of A's noise against B's quiet, a bias below zero.
+    # Each unit weighs the same in it (its row scaled to unit length, as a correlation scales
+    # it): otherwise the unit that moves most chooses the episodes, and a shared excursion of
+    # units that are otherwise quiet (a fleet's common start) stays in.
+    scaled: list[list[float]] = []
+    for vals in dense:
+        norm = math.sqrt(sum(map(operator.mul, vals, vals)))
+        scaled.append([v / norm for v in vals] if norm > _TINY else vals)
     agreement = [0.0] * n_ep
     if side_a is not None:
         in_a = [side_a(n) for n in names]
-        rows_a = [x for x, a in zip(dense, in_a, strict=True) if a]
-        rows_b = [x for x, a in zip(dense, in_a, strict=True) if not a]
+        rows_a = [x for x, a in zip(scaled, in_a, strict=True) if a]
+        rows_b = [x for x, a in zip(scaled, in_a, strict=True) if not a]
         if rows_a and rows_b:
             for i, (col_a, col_b) in enumerate(zip(zip(*rows_a, strict=True), zip(*rows_b, strict=True), strict=True)):
                 agreement[idx[i]] += sum(col_a) * sum(col_b)
     else:
-        for i, column in enumerate(zip(*dense, strict=True)):
+        for i, column in enumerate(zip(*scaled, strict=True)):
             tot = sum(column)
             agreement[idx[i]] += tot * tot - sum(map(operator.mul, column, column))
     top = set(sorted((e for e in occupied if agreement[e] > 0), key=lambda e: -agreement[e])[:leave])

@@ -258,6 +258,23 @@ def test_one_shared_excursion_is_not_coupling_but_agreement_over_episodes_is() -
     assert c is not None and c.fired(0.1, 4.0) and c.corr > 0.3, c
 
 
+def test_the_unit_that_moves_most_does_not_choose_the_episodes_left_out() -> None:
+    """A batch fleet started together: every node is flat at its power but for the common
+    start (one shared step), and one node swings widely on its own. Weighed by size, that
+    node's swings made its episodes the ones "agreeing most", they were left out, and the
+    shared start stayed in (0.27 at z 7 on a real site). Each unit weighs the same: the start
+    is left out and nothing is coupled."""
+    rng = random.Random(4)
+    n = 14
+    eps = [t // 3 for t in range(n)]
+    units: dict[str, list[float | None]] = {
+        f"q{i}": [None, 0.2] + [rng.gauss(0, 0.002) for _ in range(n - 2)] for i in range(23)
+    }
+    units["loud"] = [None] + [rng.choice((-0.4, -0.2, 0.0, 0.2)) for _ in range(n - 1)]
+    c = measure(units, eps, scale="across_windows", min_points=12)
+    assert c is not None and not c.fired(0.08, 4.0), c
+
+
 def test_a_link_test_leaves_out_where_the_two_sides_agree_not_where_one_side_does() -> None:
     """Unrelated A and B share one shock; B's own nodes (one job) agree most in two other
     episodes. Leaving out B's episodes would keep the shared shock and link A to B."""
