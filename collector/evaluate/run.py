@@ -4,11 +4,12 @@ Each scenario (``collector.evaluate.scenarios.family.plan``) is built into a sit
 Trace v1 text (written to ``--out`` as ``.jsonl.gz`` when given, else kept in memory),
 parsed back with ``core.trace.parse_lines``, windowed by ``core.pipeline`` (the agent's
 own code: 60 s windows, 10 s buckets), masked to each telemetry field set of the scenario
-(``scenarios.masks``) and fed to one ``DetectorEngine`` per mask. Sites run in parallel
-worker processes.
+(``scenarios.masks``), thinned by the site's telemetry loss (``scenarios.loss``: windows of
+agents that were down never arrive) and fed to one ``DetectorEngine`` per mask. Sites run in
+parallel worker processes.
 
 Figures are reported overall and broken down by every axis (sample interval, fields, GPU
-model, shock, shape family), for the tuning and the held-out sites apart (held-out: the
+model, shock, telemetry loss, shape family), for the tuning and the held-out sites apart (held-out: the
 families and seeds named in ``scenarios.family``; pass ``--hide-held-out`` while tuning).
 
 Exit codes: 0 every goal met; 1 a goal missed; 2 usage or data missing.
@@ -60,6 +61,7 @@ def run_scenario(data_dir: str, sc: Scenario, out: str | None) -> dict[str, Any]
     from collector.detect.config import DetectConfig
     from collector.detect.engine import DetectorEngine
     from collector.evaluate.scenarios.family import build
+    from collector.evaluate.scenarios.loss import Loss
     from collector.evaluate.scenarios.masks import apply
     from collector.tenants import TenantDirectory
     from core.pipeline import windows_from_records
@@ -80,7 +82,11 @@ def run_scenario(data_dir: str, sc: Scenario, out: str | None) -> dict[str, Any]
     tenants = TenantDirectory.from_toml(site.tenants_toml)
     engines = {m: DetectorEngine(cfg, tenants) for m in sc.masks}
     n = 0
-    for w in windows_from_records(parse_lines(lines, name)):
+    loss = Loss(sc.loss, sc.seed)
+    for made in windows_from_records(parse_lines(lines, name)):
+        w = loss.window(made)
+        if w is None:
+            continue  # the agent was down: no statement of this node for the window
         n += 1
         for m, eng in engines.items():
             eng.observe(apply(w, m))
@@ -96,7 +102,7 @@ def run_scenario(data_dir: str, sc: Scenario, out: str | None) -> dict[str, Any]
         "site": name,
         "seed": sc.seed,
         "held_out": sc.held_out,
-        "axes": {"interval": f"{sc.interval_s}s", "model": sc.model, "shock": sc.shock},
+        "axes": {"interval": f"{sc.interval_s}s", "model": sc.model, "shock": sc.shock, "loss": sc.loss},
         "truth": truth,
         "findings": findings,
         "node_windows": n,
@@ -140,7 +146,7 @@ def score(results: list[dict[str, Any]]) -> dict[str, Any]:
         ("held_out", lambda r: r["held_out"]),
     ):
         overall = Report()
-        reps: dict[str, dict[str, Report]] = {"interval": {}, "fields": {}, "model": {}, "shock": {}}
+        reps: dict[str, dict[str, Report]] = {"interval": {}, "fields": {}, "model": {}, "shock": {}, "loss": {}}
         for r in results:
             if not keep(r):
                 continue

@@ -12,6 +12,8 @@ scenario records its axis values:
 * ``model``: A100, H100, H200, B200 (eight GPUs a node) or GB200 (four: an NVL72 tray)
   (``physics.MODELS``), one per site.
 * ``shock``: none, storage_stall, power_cap, aligned_checkpoints, fabric (``shocks``).
+* ``loss``: none or outages: agents down for minutes, GPUs left unread (``loss``), applied
+  after the field mask. Drawn from a stream of its own, so adding it moved no other draw.
 * ``shape``: the job's shape family (``training.SHAPES`` for positives,
   ``negatives.NEGATIVES`` for negatives).
 
@@ -28,6 +30,7 @@ from dataclasses import dataclass, field
 
 from collector.evaluate.data import PublicData
 from collector.evaluate.scenarios import negatives as neg
+from collector.evaluate.scenarios.loss import LOSSES
 from collector.evaluate.scenarios.masks import MASKS
 from collector.evaluate.scenarios.physics import MODEL_KEYS, MODELS, make_node
 from collector.evaluate.scenarios.shocks import SHOCKS, make_shocks
@@ -38,7 +41,7 @@ HELD_OUT_FAMILIES: tuple[str, ...] = ("rl", "moe")
 TUNING_SEEDS = range(1, 1000)
 HELD_OUT_SEEDS = range(1001, 2000)
 INTERVALS: tuple[int, ...] = (1, 10, 20, 30, 60)
-AXES: tuple[str, ...] = ("interval", "fields", "model", "shock", "shape")
+AXES: tuple[str, ...] = ("interval", "fields", "model", "shock", "loss", "shape")
 SITE_EPOCH = 1_772_409_600  # 2026-03-02T00:00:00Z
 
 
@@ -54,6 +57,7 @@ class Scenario:
     negatives: tuple[tuple[str, int], ...]  # (kind, GPUs)
     masks: tuple[str, ...] = MASKS
     held_out: bool = False
+    loss: str = "none"
     axes: dict[str, str] = field(default_factory=dict, hash=False, compare=False)
 
     def node_minutes(self) -> int:
@@ -112,7 +116,8 @@ _NEG_NODES = {
 def plan(quick: bool) -> list[Scenario]:
     """The scenarios of the quick or the full evaluation (deterministic)."""
     tiers = QUICK if quick else FULL
-    rng = random.Random(20260302 if quick else 20260303)
+    rng_seed = 20260302 if quick else 20260303
+    rng = random.Random(rng_seed)
     slots = [(t, h) for t in tiers for h in [False] * t.tuning + [True] * t.held_out]
     n = len(slots)
     models = _cycle(rng, MODEL_KEYS, n)
@@ -122,6 +127,9 @@ def plan(quick: bool) -> list[Scenario]:
     pos_h = list(HELD_OUT_FAMILIES) * 2 + _cycle(rng, SHAPES, sum(t.positives for t, h in slots if h))
     neg_kinds = _cycle(rng, tuple(neg.NEGATIVES), sum(t.negatives for t, _ in slots))
     other_masks = _cycle(rng, MASKS[1:], sum(t.masks for t, _ in slots) + len(MASKS))
+    # A stream of its own: the loss axis came later, and drawing it from ``rng`` would have
+    # moved every draw after it (comparisons with earlier runs would not be paired).
+    losses = _cycle(random.Random(rng_seed + 1), LOSSES, n)
     out: list[Scenario] = []
     seeds = {False: iter(TUNING_SEEDS), True: iter(HELD_OUT_SEEDS)}
     pi = 0
@@ -166,6 +174,7 @@ def plan(quick: bool) -> list[Scenario]:
             negatives=tuple(negs),
             masks=tuple(masks),
             held_out=held,
+            loss=str(losses[c]),
         )
         out.append(sc)
     return out
@@ -187,7 +196,7 @@ def build(sc: Scenario, data: PublicData) -> Site:
         float(sc.interval_s),
         model,
         shocks,
-        axes={"interval": f"{sc.interval_s}s", "model": sc.model, "shock": sc.shock},
+        axes={"interval": f"{sc.interval_s}s", "model": sc.model, "shock": sc.shock, "loss": sc.loss},
     )
 
     def nodes(count: int) -> list:  # type: ignore[type-arg]

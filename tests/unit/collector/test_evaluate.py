@@ -209,5 +209,5 @@ def test_a_scenario_runs_end_to_end_and_is_scored_by_every_axis() -> None:
     s = score([r])
     assert s["tuning"]["summary"]["findings"] == 0
     by = s["held_out"]["by_axis"]
-    assert set(by) == {"interval", "fields", "model", "shock", "shape"}
+    assert set(by) == {"interval", "fields", "model", "shock", "loss", "shape"}
     assert set(by["fields"]) == {"all", "util_only"} and set(by["shape"]) == {"dp", "rl", "hp_sweep"}

@@ -1,4 +1,4 @@
-"""The scenario generators (collector.evaluate.scenarios): physics, shapes, negatives, shocks, masks.
+"""The scenario generators (collector.evaluate.scenarios): physics, shapes, negatives, shocks, masks, loss.
 
 Built without the public data (a tiny stand-in ``PublicData``), so they run in any clone.
 """
@@ -16,6 +16,7 @@ import pytest
 from collector.evaluate.data import ItpJob, PublicData
 from collector.evaluate.scenarios import masks
 from collector.evaluate.scenarios.family import HELD_OUT_FAMILIES, Scenario, build, plan
+from collector.evaluate.scenarios.loss import LOSSES, LOST_READING, Loss
 from collector.evaluate.scenarios.negatives import NEGATIVES, fleet
 from collector.evaluate.scenarios.physics import MODELS, make_node, read
 from collector.evaluate.scenarios.shocks import SHOCKS, make_shocks
@@ -245,6 +246,40 @@ def test_a_slurm_job_has_one_id_on_every_node_and_a_kubernetes_job_one_pod_per_n
     assert kinds == {"slurm_job", "k8s_pod"}
 
 
+def test_loss_drops_whole_node_windows_in_outages_and_leaves_unread_gpus_without_readings() -> None:
+    rng = random.Random(5)
+    site = _site(rng, 240, 60.0)
+    nodes = [make_node(rng, f"n{i}", site.model, 60.0) for i in range(12)]
+    site.components.append(TrainingRun(rng, "dp", nodes, ["t-a"], 0, site.duration_s, site.shocks, T0))
+    ws = _windows(site)
+    assert Loss("none", 3).window(ws[0]) is ws[0]
+    loss = Loss("outages", 3)
+    kept = [loss.window(w) for w in ws]
+    lost = [w for w, k in zip(ws, kept, strict=True) if k is None]
+    # About one outage per node every 90 minutes, most of them short: a few percent of the
+    # windows, in runs of consecutive minutes of one node.
+    assert 0.005 < len(lost) / len(ws) < 0.15
+    by_node: dict[str, list[int]] = defaultdict(list)
+    for w in lost:
+        by_node[w.node_id].append(w.start_ms // 60_000)
+    assert any(any(b - a == 1 for a, b in zip(ks, ks[1:], strict=False)) for ks in by_node.values())
+    unread = [g for k in kept if k is not None for g in k.gpus if g.samples == 0]
+    assert unread, "some GPUs go unread"
+    for g in unread:
+        assert g.unavailable["readings"] == LOST_READING
+        assert g.util_mean_permille is None and g.power_mean_mw is None and g.energy_end_mj is None
+        assert g.workloads == () and g.series is None
+    read_ok = [g for k in kept if k is not None for g in k.gpus if g.samples > 0]
+    assert all(g.util_mean_permille is not None for g in read_ok)
+    # The same seed loses the same windows; another seed others.
+    again = Loss("outages", 3)
+    assert [again.window(w) is None for w in ws] == [k is None for k in kept]
+    other = Loss("outages", 4)
+    assert [other.window(w) is None for w in ws] != [k is None for k in kept]
+    with pytest.raises(ValueError, match="unknown loss"):
+        Loss("most", 1)
+
+
 def test_names_are_random_ids_and_the_plan_holds_families_out() -> None:
     sc = Scenario(
         "x",
@@ -274,6 +309,7 @@ def test_names_are_random_ids_and_the_plan_holds_families_out() -> None:
                 assert not fams & set(HELD_OUT_FAMILIES)
         assert {s.interval_s for s in scenarios} == {1, 10, 20, 30, 60}
         assert {s.shock for s in scenarios} == set(SHOCKS)
+        assert {s.loss for s in scenarios} == set(LOSSES)
         assert {s.model for s in scenarios} == set(MODELS)
         assert {m for s in scenarios for m in s.masks} == set(masks.MASKS)
         assert {p[0] for s in scenarios for p in s.positives} == set(SHAPES)
