@@ -422,6 +422,7 @@ def build_finding(
         "nodes": run.peak_nodes,
         "nodes_last_window": run.last_nodes,
         "gpus_last_window": round(run.last_gpus, 1),
+        "gpus_unreported_last_window": round(run.last.unreported, 1) if run.last is not None else 0.0,
         "gpus_typical": None if typical is None else round(typical, 1),
         "gpu_models": models,
         "windows_counted": run.windows,

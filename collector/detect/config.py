@@ -19,6 +19,15 @@ class DetectConfig:
     """A window closes at the latest when the newest event time seen is this far past its end."""
     active_node_windows: int = 3
     """A window also closes once every node seen in this many preceding windows reported it."""
+    straggler_grace_s: int = 60
+    """A window also closes once event time is this far past its end and the nodes that have
+    not reported it are few (``straggler_max_share`` of those expected, one node at least) and
+    silent (nothing heard from them for a window and this long): an agent that is down (a restart, a crash
+    loop) writes no statement for those minutes, waiting ``allowed_lateness_s`` for it would
+    hold every window of the site, and a large fleet always has an agent restarting somewhere.
+    A node that is only behind keeps sending and is waited for; more nodes missing than that
+    share (a rack's network, the collector's own intake) wait for the lateness too."""
+    straggler_max_share: float = 0.05
 
     # --- what makes a finding -----------------------------------------------------------
     min_gpus: int = 64
@@ -48,6 +57,13 @@ class DetectConfig:
     it occupies them, also in windows where they dip below the training thresholds."""
     max_gap_windows: int = 2
     """Kept for configuration files written before ``run_gap_s``; not used by the detector."""
+    unreported_carry_s: int = 600
+    """A node of a run that sends no statement for a window (its agent is down) or whose GPUs
+    go unread in it (no sample) still holds, for this long after it was last seen in the run,
+    the GPUs it held then: they count towards the run's size (``min_gpus``, ``size_alone_gpus``),
+    never towards its GPU-seconds or FLOP, and a finding reports them apart
+    (``gpus_unreported_last_window``). Without it a run of exactly ``min_gpus`` falls below its
+    size whenever one agent restarts."""
 
     # --- one GPU in one window: training-shaped? (permille of 0..1) ----------------------
     strong_util_permille: int = 700

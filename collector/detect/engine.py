@@ -5,6 +5,10 @@ them by window start and processes whole windows in event-time order. A window c
 
 * when every node seen in the last ``active_node_windows`` closed windows has reported it
   (or a later window, which means it skipped this one), or
+* when the newest event time seen is ``straggler_grace_s`` past the window's end and the nodes
+  still missing are few (``straggler_max_share`` of those expected, one at least) and silent:
+  nothing heard from them for a window and ``straggler_grace_s`` (an agent that is down writes nothing,
+  and a large fleet always has one restarting; one that is only behind keeps sending), or
 * when the newest event time seen is ``allowed_lateness_s`` past the window's end.
 
 Before any window has closed nothing is known about which nodes exist, so the first window
@@ -104,6 +108,7 @@ class DetectorEngine:
         self._last_closed_start: int | None = None
         self._max_event_ms = 0
         self._node_latest: dict[str, int] = {}
+        self._node_heard: dict[str, int] = {}  # node -> event time when its last window arrived
         self._recent_nodes: deque[frozenset[str]] = deque(maxlen=max(1, config.active_node_windows))
         self._expected: frozenset[str] = frozenset()
         self._pending: set[str] = set()
@@ -156,6 +161,7 @@ class DetectorEngine:
             self._node_latest[w.node_id] = s
         if w.end_ms > self._max_event_ms:
             self._max_event_ms = w.end_ms
+        self._node_heard[w.node_id] = self._max_event_ms
         if self._pending_for is not None and s >= self._pending_for:
             self._pending.discard(w.node_id)
         return self._drain(final=False)
@@ -211,9 +217,15 @@ class DetectorEngine:
     def _drain(self, final: bool) -> list[Finding]:
         out: list[Finding] = []
         lateness_ms = self.config.allowed_lateness_s * _MS
+        grace_ms = self.config.straggler_grace_s * _MS
         while self._heap:
             s = self._heap[0]
-            if not final and not (self._max_event_ms >= self._open_end[s] + lateness_ms or self._complete(s)):
+            past = self._max_event_ms - self._open_end[s]
+            if not final and not (
+                past >= lateness_ms
+                or self._complete(s)
+                or (past >= grace_ms and self._stragglers_silent(self._open_end[s] - s))
+            ):
                 break
             heapq.heappop(self._heap)
             windows = self._open.pop(s)
@@ -230,6 +242,21 @@ class DetectorEngine:
             self._pending = {n for n in self._expected if latest.get(n, -1) < s}
         return not self._pending
 
+    def _stragglers_silent(self, window_ms: int) -> bool:
+        """After ``_complete`` (which computed them): are the nodes still missing few
+        (``straggler_max_share`` of those expected, one at least) and silent, nothing heard from
+        them for a window and ``straggler_grace_s`` more of event time? An agent that is down
+        sends nothing; one that is only behind (a slow link, a spool being resent) keeps sending
+        a window a window, and is waited for, up to ``allowed_lateness_s``."""
+        if not self._expected:
+            return False
+        pending = self._pending
+        if len(pending) > max(1, int(self.config.straggler_max_share * len(self._expected))):
+            return False
+        quiet_before = self._max_event_ms - window_ms - self.config.straggler_grace_s * _MS
+        heard = self._node_heard
+        return all(heard.get(n, -1) <= quiet_before for n in pending)
+
     def _close(self, s: int, windows: dict[str, UsageWindow]) -> list[Finding]:
         with no_gc():  # a window's aggregate and tests make many objects and no cycles
             site = aggregate([windows[n] for n in sorted(windows)], self.config)
@@ -241,7 +268,8 @@ class DetectorEngine:
         self.stats.windows_closed += 1
         if self._hold_new or self._priors:
             self._warm_progress(s, end)
-        self._recent_nodes.append(frozenset(nodes))
+        reported = frozenset(nodes)
+        self._recent_nodes.append(reported)
         self._expected = frozenset().union(*self._recent_nodes)
         self._pending_for = None
         self.stats.gpus_processed += site.gpus_seen
@@ -249,7 +277,7 @@ class DetectorEngine:
         self._linker.update(s, site.tenants, self._history, self._same_live_run)
         self._trail.record(s, end, site.tenants, self._linker.candidates, history_span_ms(self.config, end - s))
         groups = self._linker.groups(list(site.tenants))
-        return self._update_runs(s, end, groups, site)
+        return self._update_runs(s, end, groups, site, reported)
 
     # ------------------------------------------------------------------ per window
 
@@ -307,6 +335,7 @@ class DetectorEngine:
         mem_n = 0
         strong_gpus = 0.0
         nodes = gu.nodes
+        node_gpus = gu.node_gpus
         models = gu.models
         shared_min = cfg.shared_workload_min_nodes
         for t, tw in tws:
@@ -334,6 +363,8 @@ class DetectorEngine:
                     gu.slurm_gpus += g_use
                     gu.slurm_max_nodes = max(gu.slurm_max_nodes, len(use_nodes))
                 nodes.update(use_nodes)
+                for n, g_n in use_nodes.items():
+                    node_gpus[n] = node_gpus.get(n, 0.0) + g_n
                 if len(use_nodes) >= shared_min and g_use > gu.shared_workload_gpus:
                     gu.shared_workload_gpus = g_use
                     gu.shared_workload_nodes = len(use_nodes)
@@ -376,7 +407,9 @@ class DetectorEngine:
             gu.ib_nodes = len(rates)
         return gu
 
-    def _update_runs(self, s: int, end: int, groups: dict[str, list[str]], site: SiteWindow) -> list[Finding]:
+    def _update_runs(
+        self, s: int, end: int, groups: dict[str, list[str]], site: SiteWindow, reported: frozenset[str]
+    ) -> list[Finding]:
         cfg = self.config
         out: list[Finding] = []
         window_ms = end - s
@@ -435,10 +468,11 @@ class DetectorEngine:
                     self._run_key_of[m] = key
             if self._priors:
                 self._resume(run, members, gap_ms)
+            gu.unreported = self._unreported(run, gu, site, reported, s)
             counted = end > run.counted_to_ms  # else already in the totals of the stored finding it continues
             self._account(run, gu, coupling, window_s, counted)
             run.last_hit_end_ms = end
-            if gu.gpus >= cfg.min_gpus:
+            if gu.gpus + gu.unreported >= cfg.min_gpus:
                 if run.large_start_ms is None or s - run.large_last_end_ms >= gap_ms:
                     run.large_start_ms = s
                     run.large_windows = 0
@@ -450,6 +484,38 @@ class DetectorEngine:
             f = self._evaluate(run, end, gap_ms)
             if f is not None:
                 out.append(f)
+        return out
+
+    def _unreported(self, run: Run, gu: GroupUse, site: SiteWindow, reported: frozenset[str], s: int) -> float:
+        """GPUs that the run's nodes held when last counted and that this window cannot show:
+        the node sent no statement (its agent was down), or GPUs of it went unread (no sample).
+        Carried for ``unreported_carry_s`` after the node was last fully counted; a node that
+        reports readings without the run's workloads has left the run and carries nothing."""
+        carry_ms = self.config.unreported_carry_s * _MS
+        seen = run.node_seen
+        unread = site.unread_gpus
+        out = 0.0
+        for n, g in gu.node_gpus.items():
+            prev = seen.get(n)
+            lost, read = unread.get(n, (0, 0))
+            if lost and prev is not None and s - prev[0] <= carry_ms and prev[1] > g:
+                out += min(prev[1] - g, lost)  # keep the full count and its time
+                continue
+            if lost and g >= read:
+                # The run holds every GPU of the node that could be read: the unread ones are
+                # taken as its too (a job's ranks fill their nodes), counted apart as unreported.
+                out += lost
+            seen[n] = (s, g)
+        for n in [n for n in seen if n not in gu.node_gpus]:
+            last, g = seen[n]
+            if s - last > carry_ms:
+                del seen[n]
+            elif n not in reported:
+                out += g
+            elif n in unread:
+                out += min(g, unread[n][0])
+            else:
+                del seen[n]
         return out
 
     def _backfill_weak(self, key: str, members: list[str], run: Run | None, s: int, gap_ms: int) -> Run | None:
@@ -667,7 +733,7 @@ class DetectorEngine:
             # fabric is not reported, size alone would raise every large pinned fleet.
             return False
         ib_idle = last.ib_bytes_per_s is not None and last.ib_bytes_per_s < cfg.ib_idle_bytes_per_s
-        return last.strong >= cfg.size_alone_gpus and not ib_idle
+        return last.strong + last.unreported >= cfg.size_alone_gpus and not ib_idle
 
     def _fabric_idle(self, gu: GroupUse) -> bool:
         """InfiniBand/RoCE reported on most of the group's nodes and idle there (median)."""

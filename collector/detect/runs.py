@@ -44,6 +44,8 @@ class GroupUse:
     mem_cv: float | None = None
     ib_bytes_per_s: float | None = None  # median over the group's nodes that report it
     ib_nodes: int = 0
+    node_gpus: dict[str, float] = field(default_factory=dict)  # node -> GPUs counted there
+    unreported: float = 0.0  # GPUs of the run's nodes without a statement or a reading (carried)
 
 
 @dataclass
@@ -61,6 +63,7 @@ class Run:
     peak_gpus: float = 0.0
     peak_nodes: int = 0
     at_size_gpus: list[float] = field(default_factory=list)  # GPUs in each window at size (typical)
+    node_seen: dict[str, tuple[int, float]] = field(default_factory=dict)  # node -> (window start, GPUs) last counted
     last_gpus: float = 0.0
     last_nodes: int = 0
     last_window_s: float = 0.0
@@ -104,6 +107,9 @@ class Run:
         self.peak_gpus = max(self.peak_gpus, o.peak_gpus, self.last_gpus + o.last_gpus)
         self.peak_nodes = max(self.peak_nodes, o.peak_nodes, self.last_nodes + o.last_nodes)
         self.at_size_gpus = self.at_size_gpus if len(self.at_size_gpus) >= len(o.at_size_gpus) else o.at_size_gpus
+        for n, seen in o.node_seen.items():
+            if seen[0] >= self.node_seen.get(n, (-1, 0.0))[0]:
+                self.node_seen[n] = seen
         for name, (a, w) in o.sums.items():
             acc = self.sums.setdefault(name, [0.0, 0.0])
             acc[0] += a

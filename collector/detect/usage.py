@@ -152,11 +152,16 @@ class SiteWindow:
     tenants: dict[str, TenantWindow]
     ib_bytes_per_s: dict[str, float | None]
     gpus_seen: int
+    unread_gpus: dict[str, tuple[int, int]] = field(default_factory=dict)
+    """Per node that reported with GPUs it could not read this window (no sample: neither their
+    use nor their workloads are known): (GPUs unread, GPUs read). Nodes that sent no statement
+    at all are not here (``DetectorEngine`` knows them as not reported)."""
 
 
 def aggregate(windows: Iterable[UsageWindow], cfg: DetectConfig) -> SiteWindow:
     tenants: dict[str, TenantWindow] = {}
     ib: dict[str, float | None] = {}
+    unread: dict[str, tuple[int, int]] = {}
     gpus_seen = 0
     for w in windows:
         node = w.node_id
@@ -173,9 +178,12 @@ def aggregate(windows: Iterable[UsageWindow], cfg: DetectConfig) -> SiteWindow:
             counters = (io.ib_tx_bytes, io.ib_rx_bytes, io.net_tx_bytes, io.net_rx_bytes)
             ib[node] = sum(v for v in counters if v is not None) / seconds
         touched: list[TenantWindow] = []
+        n_unread = 0
         for g in w.gpus:
             workloads = g.workloads
             if not workloads:
+                if not g.samples:
+                    n_unread += 1
                 continue
             u = g.util_mean_permille
             lim = g.power_limit_mw
@@ -237,12 +245,14 @@ def aggregate(windows: Iterable[UsageWindow], cfg: DetectConfig) -> SiteWindow:
                     use.mem_sum += mem
                     use.mem_sq += float(mem) * mem
                     use.mem_n += 1
+        if n_unread:
+            unread[node] = (n_unread, len(w.gpus) - n_unread)
         if touched:  # a node some tenant occupies: does one of them hold all of it?
             n_gpus = sum(1 for g in w.gpus if g.samples)  # as the Prometheus path counts them
             for tw in touched:
                 if len(tw.by_node.get(node, ())) == n_gpus and not 0 < tw.whole_node_gpus <= n_gpus:
                     tw.whole_node_gpus = n_gpus
-    return SiteWindow(tenants, ib, gpus_seen)
+    return SiteWindow(tenants, ib, gpus_seen, unread)
 
 
 __all__ = ["Buckets", "GpuLoad", "SiteWindow", "TenantWindow", "WorkloadUse", "aggregate"]

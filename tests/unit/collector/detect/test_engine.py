@@ -524,3 +524,100 @@ def test_a_strongly_coupled_group_confirms_in_one_window() -> None:
     _, eng = run(ws, DetectConfig(coupling_strong_corr=0.4, coupling_min_z=8.0, coupling_early_min_windows=full))
     (strict,) = eng.findings()
     assert strict.detected_at_ms > fast.detected_at_ms, "z at least twice coupling_min_z is needed too"
+
+
+# --------------------------------------------------------------------------- telemetry loss
+
+
+def _without(ws: list[UsageWindow], nodes: set[str], windows: range) -> list[UsageWindow]:
+    """``ws`` less the statements of ``nodes`` for the window indexes in ``windows`` (agents down)."""
+    return [w for w in ws if not (w.node_id in nodes and (w.start_ms - T0_MS) // WINDOW_MS in windows)]
+
+
+def _closed_after(ws: list[UsageWindow], through: int) -> int:
+    """Windows closed once every statement of windows 0..``through`` was fed."""
+    eng = DetectorEngine(DetectConfig(), TENANTS)
+    for w in ws:
+        if w.start_ms < T0_MS + (through + 1) * WINDOW_MS:
+            eng.observe(w)
+    assert eng.stats.late_dropped == 0
+    return eng.stats.windows_closed
+
+
+def test_a_window_waits_a_minute_for_an_agent_that_went_silent_not_the_whole_lateness() -> None:
+    ws = stream([Group("g", 40, "t-g", "train")], 12)
+    # All 40 nodes report: window k closes as soon as its last statement arrives.
+    assert _closed_after(ws, 6) == 7
+    # One agent is down from window 5 on: nothing is heard from it, and once a window and the
+    # grace have passed without a word from it, windows 5 and on close without it (here when
+    # the statements of window 6 arrive), not ``allowed_lateness_s`` (5 windows) later.
+    down = _without(ws, {"g-n0003"}, range(5, 12))
+    assert _closed_after(down, 5) == 5  # window 5 itself still waits for it a while
+    assert _closed_after(down, 6) == 6
+    # A quarter of the nodes silent at once is no agent restart (a rack's link, the intake): the
+    # window waits the whole lateness for their spooled statements.
+    many = _without(ws, {f"g-n{n:04d}" for n in range(10)}, range(5, 12))
+    assert _closed_after(many, 9) == 5
+    assert _closed_after(many, 10) == 6
+
+
+def test_a_run_of_exactly_min_gpus_keeps_its_size_while_an_agent_restarts() -> None:
+    ws = stream([Group("e", 8, "t-e", "train")], 30)  # 64 GPUs: exactly min_gpus
+    _, eng = run(ws)
+    (clean,) = eng.findings()
+    # One agent down for three windows around the window the run is raised in, and one GPU of
+    # another node unread for a while (no sample, no workloads): the run still holds its size.
+    raised = (clean.detected_at_ms - T0_MS) // WINDOW_MS - 1
+    lossy = _without(ws, {"e-n0002"}, range(raised - 1, raised + 2))
+    unread = range(raised + 3, raised + 9)
+
+    def blind(w: UsageWindow) -> UsageWindow:
+        if w.node_id != "e-n0005" or (w.start_ms - T0_MS) // WINDOW_MS not in unread:
+            return w
+        g = w.gpus[3]
+        dead = replace(
+            g,
+            samples=0,
+            energy_start_mj=None,
+            energy_end_mj=None,
+            power_mean_mw=None,
+            power_max_mw=None,
+            util_mean_permille=None,
+            mem_used_max_bytes=None,
+            series=None,
+            workloads=(),
+            unavailable={"readings": "nvml_error_in_window"},
+        )
+        return replace(w, gpus=(*w.gpus[:3], dead, *w.gpus[4:]))
+
+    lossy = [blind(w) for w in lossy]
+    emitted, eng = run(lossy)
+    (f,) = eng.findings()
+    assert (f.id, f.started_at_ms, f.detected_at_ms) == (clean.id, clean.started_at_ms, clean.detected_at_ms)
+    assert f.gpus == 64
+    # What was carried is reported apart, never as a reading: the raised state is the window
+    # the agent was down in.
+    first = min(emitted, key=lambda e: e.updated_at_ms)
+    assert first.evidence["gpus_unreported_last_window"] == 8.0
+    assert first.evidence["gpus_last_window"] == 56.0
+    # GPU-seconds count what was read only.
+    assert f.evidence["gpu_seconds"] < clean.evidence["gpu_seconds"]
+
+
+def test_a_node_silent_longer_than_the_carry_no_longer_counts() -> None:
+    cfg = DetectConfig()
+    carry = cfg.unreported_carry_s * 1000 // WINDOW_MS
+    ws = _without(stream([Group("c", 9, "t-c", "train")], 40), {"c-n0000"}, range(15, 40))
+    eng = DetectorEngine(cfg, TENANTS)
+    seen: dict[int, tuple[float, float]] = {}  # window -> (GPUs read, GPUs carried) of the run
+    for w in ws:
+        closed = eng.stats.windows_closed
+        eng.observe(w)
+        if eng.stats.windows_closed != closed:
+            (r,) = eng._runs.values()
+            assert r.last is not None and eng._last_closed_start is not None
+            seen[(eng._last_closed_start - T0_MS) // WINDOW_MS] = (r.last.gpus, r.last.unreported)
+    assert seen[14] == (72.0, 0.0)
+    # Carried while the node was last counted at most ``unreported_carry_s`` ago, then dropped.
+    assert [seen.get(k) for k in range(15, 15 + carry)] == [(64.0, 8.0)] * carry, seen
+    assert [seen.get(k) for k in range(15 + carry, 38)] == [(64.0, 0.0)] * (23 - carry), seen
