@@ -41,7 +41,7 @@ _GPU_STUCK_PER_MIN = 1 / 6000
 LOST_READING = "nvml_error_in_window"
 
 
-def _no_reading(g: GpuWindow) -> GpuWindow:
+def no_reading(g: GpuWindow) -> GpuWindow:
     """``g`` as the agent writes a GPU it could not read in the window (core/window.py)."""
     return msgspec.structs.replace(
         g,
@@ -91,7 +91,7 @@ class _NodeLoss:
             if until is None and rng.random() < _GPU_STUCK_PER_MIN:
                 until = self.stuck[g.index] = k + rng.randint(5, 20)
             if until is not None or rng.random() < _GPU_MISS:
-                gpus[i] = _no_reading(g)
+                gpus[i] = no_reading(g)
                 changed = True
         return msgspec.structs.replace(w, gpus=tuple(gpus)) if changed else w
 
@@ -116,4 +116,4 @@ class Loss:
         return node.window(w)
 
 
-__all__ = ["LOSSES", "LOST_READING", "Loss"]
+__all__ = ["LOSSES", "LOST_READING", "Loss", "no_reading"]

@@ -12,6 +12,7 @@ from attestation.statement import Chain, GpuWindow, Series, UsageWindow, Workloa
 from collector.detect.config import DetectConfig
 from collector.detect.engine import DetectorEngine
 from collector.detect.findings import Finding
+from collector.evaluate.scenarios.loss import no_reading
 from collector.tenants import TenantDirectory
 
 T0_MS = 1_772_424_000_000  # 2026-03-02T04:00:00Z
@@ -574,21 +575,7 @@ def test_a_run_of_exactly_min_gpus_keeps_its_size_while_an_agent_restarts() -> N
     def blind(w: UsageWindow) -> UsageWindow:
         if w.node_id != "e-n0005" or (w.start_ms - T0_MS) // WINDOW_MS not in unread:
             return w
-        g = w.gpus[3]
-        dead = replace(
-            g,
-            samples=0,
-            energy_start_mj=None,
-            energy_end_mj=None,
-            power_mean_mw=None,
-            power_max_mw=None,
-            util_mean_permille=None,
-            mem_used_max_bytes=None,
-            series=None,
-            workloads=(),
-            unavailable={"readings": "nvml_error_in_window"},
-        )
-        return replace(w, gpus=(*w.gpus[:3], dead, *w.gpus[4:]))
+        return replace(w, gpus=(*w.gpus[:3], no_reading(w.gpus[3]), *w.gpus[4:]))
 
     lossy = [blind(w) for w in lossy]
     emitted, eng = run(lossy)
