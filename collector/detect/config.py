@@ -22,7 +22,7 @@ class DetectConfig:
     straggler_grace_s: int = 60
     """A window also closes once event time is this far past its end and the nodes that have
     not reported it are few (``straggler_max_share`` of those expected, one node at least) and
-    silent (nothing heard from them for a window and this long): an agent that is down (a restart, a crash
+    silent (nothing heard from them for two windows and this long): an agent that is down (a restart, a crash
     loop) writes no statement for those minutes, waiting ``allowed_lateness_s`` for it would
     hold every window of the site, and a large fleet always has an agent restarting somewhere.
     A node that is only behind keeps sending and is waited for; more nodes missing than that

@@ -7,7 +7,7 @@ them by window start and processes whole windows in event-time order. A window c
   (or a later window, which means it skipped this one), or
 * when the newest event time seen is ``straggler_grace_s`` past the window's end and the nodes
   still missing are few (``straggler_max_share`` of those expected, one at least) and silent:
-  nothing heard from them for a window and ``straggler_grace_s`` (an agent that is down writes nothing,
+  nothing heard from them for two windows and ``straggler_grace_s`` (an agent that is down writes nothing,
   and a large fleet always has one restarting; one that is only behind keeps sending), or
 * when the newest event time seen is ``allowed_lateness_s`` past the window's end.
 
@@ -245,15 +245,16 @@ class DetectorEngine:
     def _stragglers_silent(self, window_ms: int) -> bool:
         """After ``_complete`` (which computed them): are the nodes still missing few
         (``straggler_max_share`` of those expected, one at least) and silent, nothing heard from
-        them for a window and ``straggler_grace_s`` more of event time? An agent that is down
-        sends nothing; one that is only behind (a slow link, a spool being resent) keeps sending
-        a window a window, and is waited for, up to ``allowed_lateness_s``."""
+        them for two windows and ``straggler_grace_s`` more of event time? An agent that is down
+        sends nothing; one that is only behind (a slow link, a spool being resent, a replayed
+        trace whose windows end only at the node's next sample) keeps sending a window a
+        window, and is waited for, up to ``allowed_lateness_s``."""
         if not self._expected:
             return False
         pending = self._pending
         if len(pending) > max(1, int(self.config.straggler_max_share * len(self._expected))):
             return False
-        quiet_before = self._max_event_ms - window_ms - self.config.straggler_grace_s * _MS
+        quiet_before = self._max_event_ms - 2 * window_ms - self.config.straggler_grace_s * _MS
         heard = self._node_heard
         return all(heard.get(n, -1) <= quiet_before for n in pending)
 

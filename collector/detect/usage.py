@@ -90,6 +90,7 @@ class TenantWindow:
     weak: float = 0.0
     occupied: float = 0.0
     window_s: float = 60.0  # the window's length (energy counters turn into mean power with it)
+    interval_s: dict[str, float] = field(default_factory=dict)  # node -> its sample interval
     whole_node_gpus: int = 0
     """GPUs of the smallest node whose every GPU the tenant occupies (0: none): a GB200 tray's
     four, an HGX board's eight."""
@@ -103,6 +104,23 @@ class TenantWindow:
         node where its nodes hold fewer (an account of one four-GPU tray is a node's worth)."""
         return min(min_gpus, self.whole_node_gpus) if self.whole_node_gpus else min_gpus
 
+    def _energy_span_s(self, samples: int, step: float | None) -> float:
+        """Seconds between a window's two energy readings: the last one before the window
+        (carried over) and the window's last. Where the sample interval divides the window,
+        every window holds the same readings and the span is the window, whatever readings in
+        between were missed. Where it does not (45 s samples in 60 s windows), a window holds
+        one reading or two, and the span is that many intervals: 45 s or 90 s, not 60, and
+        dividing by the window would make a steady GPU's mean alternate between 0.75 and 1.5
+        of its power with its node's sampling phase."""
+        w = self.window_s
+        if not step or samples <= 0:
+            return w
+        ratio = w / step
+        if abs(ratio - round(ratio)) < 1e-6:
+            return w
+        span = samples * step
+        return span if span <= 2 * w else w
+
     def node_level_exact(self, node: str) -> tuple[float | None, bool]:
         """Mean load of the GPUs the tenant occupies on ``node``: power / limit where known, else
         utilisation (computed on demand: only the tenants the coupling tests keep need it), and
@@ -111,7 +129,8 @@ class TenantWindow:
         phase, up to a window away from another node's).
 
         Power is the energy counter's change over the window where the window carries both
-        readings: the exact mean over the window, where the mean of a few instantaneous
+        readings, over the time between them (``_energy_span_s``): the exact mean over the
+        window, where the mean of a few instantaneous
         readings (two at 30 s, one at 60 s) mostly says at which point of a training step each
         reading fell. A change that is negative (a counter reset), above what the board can
         draw, or more than twice off the readings' mean (a reading carried over a gap, a counter
@@ -120,11 +139,12 @@ class TenantWindow:
         total = 0.0
         n = 0
         exact = True
+        step = self.interval_s.get(node)
         for g in self.by_node.get(node, ()):
             lim = g.power_limit_mw
             e0, e1 = g.energy_start_mj, g.energy_end_mj
-            # mJ over the window's seconds: mean power in mW.
-            mean_mw = None if e0 is None or e1 is None or e1 < e0 else (e1 - e0) / self.window_s
+            # mJ over the seconds between the two readings: mean power in mW.
+            mean_mw = None if e0 is None or e1 is None or e1 < e0 else (e1 - e0) / self._energy_span_s(g.samples, step)
             sampled = g.power_mean_mw
             if mean_mw is not None and sampled is not None and not sampled / 2 <= mean_mw <= 2 * sampled:
                 mean_mw = None  # readings carried over a gap, or a counter that does not move
@@ -249,7 +269,9 @@ def aggregate(windows: Iterable[UsageWindow], cfg: DetectConfig) -> SiteWindow:
             unread[node] = (n_unread, len(w.gpus) - n_unread)
         if touched:  # a node some tenant occupies: does one of them hold all of it?
             n_gpus = sum(1 for g in w.gpus if g.samples)  # as the Prometheus path counts them
+            step = w.sample_interval_ms / 1000
             for tw in touched:
+                tw.interval_s[node] = step
                 if len(tw.by_node.get(node, ())) == n_gpus and not 0 < tw.whole_node_gpus <= n_gpus:
                     tw.whole_node_gpus = n_gpus
     return SiteWindow(tenants, ib, gpus_seen, unread)

@@ -6,6 +6,9 @@ scenario records its axis values:
 
 * ``interval``: the trace's sample spacing, 1, 10, 20, 30 or 60 s (each node at its own
   phase, with jitter). 1-s sites are few and small: windowing costs ~20x more per minute.
+  Since the tenth state also 15 and 45 s (``ODD_QUICK``, ``ODD_FULL``): a Prometheus scrape
+  every 15 s, and an interval that does not divide the window, so that windows hold one
+  reading or two. Those sites are drawn from streams of their own after the others.
 * ``fields``: the telemetry delivered (``masks.MASKS``), applied to the windows; every site
   is scored with ``all`` and with two (quick) or three (full) other masks in rotation (the
   same trace under each mask, so the comparison is paired).
@@ -26,6 +29,7 @@ HELD OUT (do not look at these results while tuning the detector): the shape fam
 from __future__ import annotations
 
 import random
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 
 from collector.evaluate.data import PublicData
@@ -40,7 +44,7 @@ from collector.evaluate.scenarios.training import SHAPES, TrainingRun, job_minut
 HELD_OUT_FAMILIES: tuple[str, ...] = ("rl", "moe")
 TUNING_SEEDS = range(1, 1000)
 HELD_OUT_SEEDS = range(1001, 2000)
-INTERVALS: tuple[int, ...] = (1, 10, 20, 30, 60)
+INTERVALS: tuple[int, ...] = (1, 10, 15, 20, 30, 45, 60)
 AXES: tuple[str, ...] = ("interval", "fields", "model", "shock", "loss", "shape")
 SITE_EPOCH = 1_772_409_600  # 2026-03-02T00:00:00Z
 
@@ -95,12 +99,20 @@ QUICK: tuple[Tier, ...] = (
     Tier(30, 2, 1, 75, 512, 3, 2),
     Tier(60, 2, 1, 75, 512, 3, 2),
 )
+ODD_QUICK: tuple[Tier, ...] = (
+    Tier(15, 1, 0, 75, 512, 3, 2),
+    Tier(45, 1, 0, 75, 512, 3, 2),
+)
 FULL: tuple[Tier, ...] = (
     Tier(1, 2, 1, 60, 128, 2, 1, 3),
     Tier(10, 5, 2, 75, 512, 3, 3, 3),
     Tier(20, 5, 2, 105, 1024, 4, 3, 3),
     Tier(30, 5, 2, 105, 1024, 4, 3, 3),
     Tier(60, 5, 2, 105, 1024, 4, 3, 3),
+)
+ODD_FULL: tuple[Tier, ...] = (
+    Tier(15, 2, 1, 105, 1024, 4, 3, 3),
+    Tier(45, 2, 1, 105, 1024, 4, 3, 3),
 )
 _NEG_NODES = {
     "inference_multi": (10, 24),
@@ -115,9 +127,23 @@ _NEG_NODES = {
 
 def plan(quick: bool) -> list[Scenario]:
     """The scenarios of the quick or the full evaluation (deterministic)."""
-    tiers = QUICK if quick else FULL
     rng_seed = 20260302 if quick else 20260303
-    rng = random.Random(rng_seed)
+    seeds = {False: iter(TUNING_SEEDS), True: iter(HELD_OUT_SEEDS)}
+    out = _plan_tiers(QUICK if quick else FULL, random.Random(rng_seed), random.Random(rng_seed + 1), seeds)
+    # Sample intervals that do not divide the window came later: their sites are drawn from
+    # streams of their own, after the others, so that adding them moved no other draw.
+    out += _plan_tiers(
+        ODD_QUICK if quick else ODD_FULL, random.Random(rng_seed + 2), random.Random(rng_seed + 3), seeds
+    )
+    return out
+
+
+def _plan_tiers(
+    tiers: tuple[Tier, ...],
+    rng: random.Random,
+    loss_rng: random.Random,
+    seeds: dict[bool, Iterator[int]],
+) -> list[Scenario]:
     slots = [(t, h) for t in tiers for h in [False] * t.tuning + [True] * t.held_out]
     n = len(slots)
     models = _cycle(rng, MODEL_KEYS, n)
@@ -129,9 +155,8 @@ def plan(quick: bool) -> list[Scenario]:
     other_masks = _cycle(rng, MASKS[1:], sum(t.masks for t, _ in slots) + len(MASKS))
     # A stream of its own: the loss axis came later, and drawing it from ``rng`` would have
     # moved every draw after it (comparisons with earlier runs would not be paired).
-    losses = _cycle(random.Random(rng_seed + 1), LOSSES, n)
+    losses = _cycle(loss_rng, LOSSES, n)
     out: list[Scenario] = []
-    seeds = {False: iter(TUNING_SEEDS), True: iter(HELD_OUT_SEEDS)}
     pi = 0
     for c, (tier, held) in enumerate(slots):
         seed = next(seeds[held])

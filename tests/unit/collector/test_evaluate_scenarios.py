@@ -307,7 +307,7 @@ def test_names_are_random_ids_and_the_plan_holds_families_out() -> None:
             fams = {p[0] for p in s.positives}
             if not s.held_out:
                 assert not fams & set(HELD_OUT_FAMILIES)
-        assert {s.interval_s for s in scenarios} == {1, 10, 20, 30, 60}
+        assert {s.interval_s for s in scenarios} == {1, 10, 15, 20, 30, 45, 60}
         assert {s.shock for s in scenarios} == set(SHOCKS)
         assert {s.loss for s in scenarios} == set(LOSSES)
         assert {s.model for s in scenarios} == set(MODELS)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import random
 from dataclasses import dataclass
+from typing import Any
 
 import pytest
 from msgspec.structs import replace
@@ -549,12 +550,15 @@ def test_a_window_waits_a_minute_for_an_agent_that_went_silent_not_the_whole_lat
     ws = stream([Group("g", 40, "t-g", "train")], 12)
     # All 40 nodes report: window k closes as soon as its last statement arrives.
     assert _closed_after(ws, 6) == 7
-    # One agent is down from window 5 on: nothing is heard from it, and once a window and the
-    # grace have passed without a word from it, windows 5 and on close without it (here when
-    # the statements of window 6 arrive), not ``allowed_lateness_s`` (5 windows) later.
+    # One agent is down from window 5 on: nothing is heard from it, and once two windows and
+    # the grace have passed without a word from it, windows 5 and on close without it (here
+    # when the statements of window 7 arrive), not ``allowed_lateness_s`` (5 windows) later.
     down = _without(ws, {"g-n0003"}, range(5, 12))
-    assert _closed_after(down, 5) == 5  # window 5 itself still waits for it a while
-    assert _closed_after(down, 6) == 6
+    assert _closed_after(down, 6) == 5  # window 5 itself still waits for it a while
+    assert _closed_after(down, 7) == 7
+    # Three windows closed without it (``active_node_windows``): it is no longer expected, and
+    # window 8 closes with its last statement.
+    assert _closed_after(down, 8) == 9
     # A quarter of the nodes silent at once is no agent restart (a rack's link, the intake): the
     # window waits the whole lateness for their spooled statements.
     many = _without(ws, {f"g-n{n:04d}" for n in range(10)}, range(5, 12))
@@ -597,13 +601,17 @@ def test_a_node_silent_longer_than_the_carry_no_longer_counts() -> None:
     ws = _without(stream([Group("c", 9, "t-c", "train")], 40), {"c-n0000"}, range(15, 40))
     eng = DetectorEngine(cfg, TENANTS)
     seen: dict[int, tuple[float, float]] = {}  # window -> (GPUs read, GPUs carried) of the run
+    count = eng._unreported
+
+    def spy(run: Any, gu: Any, site: Any, reported: frozenset[str], s: int) -> float:
+        out = count(run, gu, site, reported, s)
+        seen[(s - T0_MS) // WINDOW_MS] = (gu.gpus, out)
+        return out
+
+    eng._unreported = spy  # type: ignore[method-assign]
     for w in ws:
-        closed = eng.stats.windows_closed
         eng.observe(w)
-        if eng.stats.windows_closed != closed:
-            (r,) = eng._runs.values()
-            assert r.last is not None and eng._last_closed_start is not None
-            seen[(eng._last_closed_start - T0_MS) // WINDOW_MS] = (r.last.gpus, r.last.unreported)
+    eng.finish()
     assert seen[14] == (72.0, 0.0)
     # Carried while the node was last counted at most ``unreported_carry_s`` ago, then dropped.
     assert [seen.get(k) for k in range(15, 15 + carry)] == [(64.0, 8.0)] * carry, seen

@@ -682,6 +682,67 @@ def test_window_means_come_from_the_energy_counter_where_it_is_consistent() -> N
     assert level(5 * LIMIT_MW * 60, 600_000) == pytest.approx(600_000 / LIMIT_MW, abs=1e-3)  # above any draw
 
 
+def test_the_energy_counter_mean_is_over_the_time_between_its_readings() -> None:
+    """The counter at a window's start is the last reading before it. Every 45 s, a 60-s
+    window holds one reading or two, and the counter's change spans 45 or 90 s: the mean is
+    over that, not the window, or a steady GPU's level alternates with its node's phase
+    between 0.75 and 1.5 of its draw. Where the interval divides the window, the span is the
+    window whatever readings in between were missed."""
+    from collector.detect.usage import TenantWindow
+
+    def level(samples: int, step_s: float, seconds: float, draw_mw: int = 420_000) -> float | None:
+        g = _gpu(0, "n", [0.9] * samples, [draw_mw / LIMIT_MW] * samples, Workload("t", "k8s_pod", "w", 1, 1, 1000, 0))
+        g = msgspec.structs.replace(g, energy_start_mj=1_000, energy_end_mj=1_000 + round(draw_mw * seconds))
+        tw = TenantWindow(by_node={"n": [g]}, window_s=60.0, interval_s={"n": step_s})
+        return tw.node_level_exact("n")[0]
+
+    steady = 420_000 / LIMIT_MW
+    assert level(1, 45.0, 45.0) == pytest.approx(steady)  # one reading: 45 s since the last
+    assert level(2, 45.0, 90.0) == pytest.approx(steady)  # two: 90 s
+    assert level(6, 10.0, 60.0) == pytest.approx(steady)
+    assert level(5, 10.0, 60.0) == pytest.approx(steady)  # a reading missed in between
+    assert level(2, 30.0, 60.0) == pytest.approx(steady)
+    # No interval known (a source that does not say): the window, as before.
+    g = _gpu(0, "n", [0.9], [0.6], Workload("t", "k8s_pod", "w", 1, 1, 1000, 0))
+    g = msgspec.structs.replace(g, energy_start_mj=0, energy_end_mj=420_000 * 60)
+    assert TenantWindow(by_node={"n": [g]}, window_s=60.0).node_level_exact("n")[0] == pytest.approx(steady)
+
+
+def test_windows_of_45_s_samples_read_a_job_at_one_level_with_one_reading_or_two() -> None:
+    """End to end through the agent's windowing: nodes of a training job read every 45 s. A
+    window with one reading and a window with two read the same level (dividing the
+    counter's change by the window made them 0.75 and 1.5 of it)."""
+    from collector.detect.config import DetectConfig
+    from collector.detect.usage import aggregate
+    from collector.evaluate.scenarios.physics import MODELS, make_node
+    from collector.evaluate.scenarios.shocks import make_shocks
+    from collector.evaluate.scenarios.site import Site
+    from collector.evaluate.scenarios.training import TrainingRun
+    from core.pipeline import windows_from_records
+    from core.trace import header, parse_lines
+
+    rng = random.Random(4)
+    t0 = 1_772_409_600.0
+    site = Site("s45", 1, t0, 40 * 60, 45.0, MODELS["H100"], make_shocks(rng, "none", t0, 40 * 60))
+    nodes = [make_node(rng, f"n{i}", site.model, 45.0) for i in range(4)]
+    site.components.append(TrainingRun(rng, "dp", nodes, ["t-a"], 0, site.duration_s, site.shocks, t0))
+    lines = [json.dumps(header())] + [json.dumps(r) for r in site.records()]
+    by_count: dict[int, list[float]] = {1: [], 2: []}
+    for w in windows_from_records(parse_lines(lines, site.name)):
+        if w.start_ms < (t0 + 600) * 1000:
+            continue  # past the job's start
+        tw = aggregate([w], DetectConfig()).tenants.get("t-a")
+        if tw is None:
+            continue
+        level, _ = tw.node_level_exact(w.node_id)
+        samples = {g.samples for g in w.gpus}
+        if level is not None and len(samples) == 1:
+            by_count[samples.pop()].append(level)
+    assert len(by_count[1]) > 20 and len(by_count[2]) > 20
+    one, two = statistics.median(by_count[1]), statistics.median(by_count[2])
+    assert one == pytest.approx(two, rel=0.05), (one, two)
+
+
 def test_an_account_of_one_four_gpu_tray_is_linked_into_its_run() -> None:
     """GB200 NVL72 trays hold four GPUs: an account of one tray is a whole node, below the
     eight GPUs (one HGX board) a tenant otherwise needs to be compared with others."""
