@@ -26,7 +26,7 @@ help:
 	@echo "make lint       ruff + mypy --strict"
 	@echo "make bench      benchmarks against their goals (docs/benchmarks.md)"
 	@echo "make eval       detector evaluation on ../shared/data, quick (~2 min; docs/evaluation.md)"
-	@echo "make eval-full  the full evaluation (~10 min on 2 idle cores)"
+	@echo "make eval-full  the full evaluation (~11 min on 2 idle cores)"
 	@echo "make proto      regenerate attestation/v1 from proto/"
 
 $(STAMP): pyproject.toml
