@@ -22,11 +22,12 @@ class DetectConfig:
     straggler_grace_s: int = 60
     """A window also closes once event time is this far past its end and the nodes that have
     not reported it are few (``straggler_max_share`` of those expected, one node at least) and
-    silent (nothing heard from them for two windows and this long): an agent that is down (a restart, a crash
-    loop) writes no statement for those minutes, waiting ``allowed_lateness_s`` for it would
-    hold every window of the site, and a large fleet always has an agent restarting somewhere.
-    A node that is only behind keeps sending and is waited for; more nodes missing than that
-    share (a rack's network, the collector's own intake) wait for the lateness too."""
+    silent (nothing heard from them for two windows and this long): an agent that is down (a
+    restart, a crash loop) writes no statement for those minutes, waiting ``allowed_lateness_s``
+    for it would hold every window of the site, and a large fleet always has an agent
+    restarting somewhere. A node that is only behind keeps sending and is waited for; more
+    nodes missing than that share (a rack's network, the collector's own intake) wait for the
+    lateness too."""
     straggler_max_share: float = 0.05
 
     # --- what makes a finding -----------------------------------------------------------

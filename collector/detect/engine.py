@@ -7,8 +7,9 @@ them by window start and processes whole windows in event-time order. A window c
   (or a later window, which means it skipped this one), or
 * when the newest event time seen is ``straggler_grace_s`` past the window's end and the nodes
   still missing are few (``straggler_max_share`` of those expected, one at least) and silent:
-  nothing heard from them for two windows and ``straggler_grace_s`` (an agent that is down writes nothing,
-  and a large fleet always has one restarting; one that is only behind keeps sending), or
+  nothing heard from them for two windows and ``straggler_grace_s`` (an agent that is down
+  writes nothing, and a large fleet always has one restarting; one that is only behind keeps
+  sending), or
 * when the newest event time seen is ``allowed_lateness_s`` past the window's end.
 
 Before any window has closed nothing is known about which nodes exist, so the first window
