@@ -42,12 +42,12 @@ LOST_READING = "nvml_error_in_window"
 
 
 def no_reading(g: GpuWindow) -> GpuWindow:
-    """``g`` as the agent writes a GPU it could not read in the window (core/window.py)."""
+    """``g`` as the agent writes a GPU it could not read in the window (core/window.py): the
+    energy counter at both ends is the last reading before the window, carried over."""
     return msgspec.structs.replace(
         g,
         samples=0,
-        energy_start_mj=None,
-        energy_end_mj=None,
+        energy_end_mj=g.energy_start_mj,
         power_mean_mw=None,
         power_max_mw=None,
         util_mean_permille=None,
