@@ -363,6 +363,12 @@ def build_finding(
             f"; at most {SEVERITIES[sev]} (its end-use severity): its GPUs are Slurm jobs of at most "
             f"{cfg.slurm_job_max_nodes} nodes each, and one multi-node job is one Slurm job on every node"
         )
+    if basis in ("size alone", "coupling not sustained"):
+        # Nor does a declared use that only this finding's claim of training contradicts: a
+        # tenant that declared inference and runs a fleet at full load did what it declared.
+        if any(r.contradiction for *_, r in material):
+            plain = [(t, sh, op, r.without_contradiction()) for t, sh, op, r in material]
+            end_use_sev = SEVERITIES.index(_severity(cfg, gpus, flop_estimate, plain)[3]["end_use"]["severity"])
     if basis in ("size alone", "coupling not sustained") and sev > end_use_sev:
         # Size is what a batch-inference fleet or a sweep at full load shows too: without a
         # measured coupling or one workload id across nodes, opacity alone does not raise the
@@ -376,8 +382,9 @@ def build_finding(
                 f"of the last {len(run.recent_tests)} measured"
             )
         why += (
-            f"; at most {SEVERITIES[sev]} (its end-use severity): {said} and no one workload id "
-            "spans the nodes, so only size says it is one job"
+            f"; at most {SEVERITIES[sev]} (its end-use severity, a declared use that only training "
+            f"would contradict left out): {said} and no one workload id spans the nodes, so only "
+            "size says it is one job"
         )
     primary = set_by["tenant"]
     op = ops[primary]

@@ -35,7 +35,7 @@ import datetime as dt
 import logging
 import re
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 from collector.detect.opacity import DEFAULT_NON_TRAINING_USES, DEFAULT_TRAINING_USES
@@ -167,6 +167,19 @@ class EndUseRisk:
     """Registered, a parent, or a controlling owner in a country of concern: ``country_floor``."""
     screening_hit: bool = False
     """A name matched the list: ``screening_floor``."""
+    contradiction: float = 0.0
+    """The weight of "declared use contradicted: training observed" in ``score`` (0: not
+    among the reasons). It rests on the finding's own claim that the GPUs train."""
+    contradiction_reason: str = ""
+
+    def without_contradiction(self) -> EndUseRisk:
+        """This risk without the declared-use contradiction: what is known of the tenant where
+        the finding cannot say its GPUs train (only size says they are one job)."""
+        if not self.contradiction:
+            return self
+        rest = tuple(r for r in self.reasons if r != self.contradiction_reason)
+        score = round(1.0 - (1.0 - self.score) / (1.0 - self.contradiction), 4) if rest else 0.0
+        return replace(self, score=max(0.0, score), reasons=rest, contradiction=0.0, contradiction_reason="")
 
     def level(self, config: EndUseConfig) -> str:
         if self.score >= config.high_min:
@@ -265,11 +278,14 @@ def end_use_risk(
         more = f" (and {len(related) - 1} more)" if related[1:] else ""
         reasons.append((config.w_screening_hit_related, related[0].explain() + more))
 
+    contradiction = 0.0
+    contradicted = ""
     if observed_training:
         use = (tenant.declared_use or "").strip().lower()
         if use and not any(w in use for w in config.training_uses) and any(w in use for w in config.non_training_uses):
-            why = f"declared use {tenant.declared_use!r} contradicted: training observed"
-            reasons.append((config.w_declared_use_contradicted, why))
+            contradicted = f"declared use {tenant.declared_use!r} contradicted: training observed"
+            contradiction = min(max(config.w_declared_use_contradicted, 0.0), 0.999)
+            reasons.append((contradiction, contradicted))
 
     return EndUseRisk(
         _combine([w for w, _ in reasons]),
@@ -277,6 +293,8 @@ def end_use_risk(
         screening,
         country_of_concern=country_floor,
         screening_hit=bool(screening.hits),
+        contradiction=contradiction,
+        contradiction_reason=contradicted,
     )
 
 

@@ -451,6 +451,42 @@ def test_where_coupling_cannot_be_measured_size_or_one_workload_id_stand_in() ->
     assert f.evidence["job_evidence"] == "one workload id" and f.severity in ("medium", "high")
 
 
+def test_a_declared_use_only_the_size_alone_claim_contradicts_does_not_raise_the_finding() -> None:
+    """On size alone nothing says the GPUs train: a tenant that declared inference and runs
+    320 pinned GPUs did what it declared, so "declared use contradicted" does not lift the
+    finding above ``low``. What is known of the tenant otherwise (a country of concern) does."""
+
+    def finding(country: str) -> Finding:
+        tenants = TenantDirectory.from_toml(
+            f"""
+[[tenant]]
+id = "t-big"
+country = "{country}"
+registered = 2001-01-01
+ultimate_parent_country = "{country}"
+beneficial_owners_disclosed = true
+nominee_directors = false
+declared_use = "LLM inference serving"
+kyc_level = "enhanced"
+"""
+        )
+        eng = DetectorEngine(DetectConfig(), tenants)
+        for w in _flat(stream([Group("big", 40, "t-big", "train")], 20), shared_workload=False):
+            eng.observe(w)
+        eng.finish()
+        (f,) = eng.findings()
+        assert f.evidence["job_evidence"] == "size alone"
+        return f
+
+    f = finding("DE")
+    risk = f.evidence["end_use_risk_by_tenant"]["t-big"]
+    assert any("contradicted" in r for r in risk["reasons"])  # reported, as known
+    assert f.severity == "low", f.evidence["severity_reason"]
+    assert "left out" in f.evidence["severity_reason"]
+    f = finding("CN")
+    assert f.severity != "low", f.evidence["severity_reason"]  # the country floor still counts
+
+
 def _as_slurm_jobs(ws: list[UsageWindow], nodes_per_job: int) -> list[UsageWindow]:
     """The same load, its workloads turned into Slurm jobs of ``nodes_per_job`` nodes each."""
     out = []
