@@ -336,7 +336,6 @@ class DetectorEngine:
         mem_sum = mem_sq = 0.0
         mem_n = 0
         strong_gpus = 0.0
-        nodes = gu.nodes
         node_gpus = gu.node_gpus
         models = gu.models
         shared_min = cfg.shared_workload_min_nodes
@@ -364,7 +363,6 @@ class DetectorEngine:
                 if use.slurm:
                     gu.slurm_gpus += g_use
                     gu.slurm_max_nodes = max(gu.slurm_max_nodes, len(use_nodes))
-                nodes.update(use_nodes)
                 for n, g_n in use_nodes.items():
                     node_gpus[n] = node_gpus.get(n, 0.0) + g_n
                 if len(use_nodes) >= shared_min and g_use > gu.shared_workload_gpus:

@@ -9,6 +9,7 @@ which it held that size.
 
 from __future__ import annotations
 
+from collections.abc import KeysView
 from dataclasses import dataclass, field
 
 from collector.detect.config import DetectConfig
@@ -33,7 +34,6 @@ class GroupUse:
     strong: float = 0.0  # of those, strong training-shaped this window
     candidate: float = 0.0  # training-shaped GPUs of the group, strong and weak
     weak_counted: bool = False
-    nodes: set[str] = field(default_factory=set)
     tenants: dict[str, float] = field(default_factory=dict)  # tenant -> GPUs counted
     models: dict[str, list[float]] = field(default_factory=dict)  # model -> [GPUs, activity-weighted]
     sums: dict[str, list[float]] = field(default_factory=dict)  # signal -> [sum x GPUs, GPUs]
@@ -46,6 +46,11 @@ class GroupUse:
     ib_nodes: int = 0
     node_gpus: dict[str, float] = field(default_factory=dict)  # node -> GPUs counted there
     unreported: float = 0.0  # GPUs of the run's nodes without a statement or a reading (carried)
+
+    @property
+    def nodes(self) -> KeysView[str]:
+        """The nodes the group's training workloads occupy."""
+        return self.node_gpus.keys()
 
 
 @dataclass

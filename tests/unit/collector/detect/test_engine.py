@@ -371,21 +371,25 @@ def test_a_run_that_grows_and_shrinks_is_one_finding() -> None:
     assert f.gpus == 128 and f.nodes == 16
 
 
-def test_training_declared_as_inference_carries_the_opacity_reason() -> None:
-    tenants = TenantDirectory.from_toml(
-        """
+def _declared_inference(tenant: str, country: str = "DE") -> TenantDirectory:
+    """One disclosed, enhanced-KYC tenant registered in ``country`` that declared inference."""
+    return TenantDirectory.from_toml(
+        f"""
 [[tenant]]
-id = "t-liar"
-country = "DE"
+id = "{tenant}"
+country = "{country}"
 registered = 2001-01-01
-ultimate_parent_country = "DE"
+ultimate_parent_country = "{country}"
 beneficial_owners_disclosed = true
 nominee_directors = false
 declared_use = "LLM inference serving"
 kyc_level = "enhanced"
 """
     )
-    eng = DetectorEngine(DetectConfig(), tenants)
+
+
+def test_training_declared_as_inference_carries_the_opacity_reason() -> None:
+    eng = DetectorEngine(DetectConfig(), _declared_inference("t-liar"))
     for w in stream([Group("li", 20, "t-liar", "train")], 20):
         eng.observe(w)
     eng.finish()
@@ -457,20 +461,7 @@ def test_a_declared_use_only_the_size_alone_claim_contradicts_does_not_raise_the
     finding above ``low``. What is known of the tenant otherwise (a country of concern) does."""
 
     def finding(country: str) -> Finding:
-        tenants = TenantDirectory.from_toml(
-            f"""
-[[tenant]]
-id = "t-big"
-country = "{country}"
-registered = 2001-01-01
-ultimate_parent_country = "{country}"
-beneficial_owners_disclosed = true
-nominee_directors = false
-declared_use = "LLM inference serving"
-kyc_level = "enhanced"
-"""
-        )
-        eng = DetectorEngine(DetectConfig(), tenants)
+        eng = DetectorEngine(DetectConfig(), _declared_inference("t-big", country))
         for w in _flat(stream([Group("big", 40, "t-big", "train")], 20), shared_workload=False):
             eng.observe(w)
         eng.finish()
